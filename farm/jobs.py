@@ -1,0 +1,142 @@
+"""Frozen values that cross module boundaries: Model, Job, Batch, Result; and the job id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+
+# Bump only when the meaning of the identity fields changes: it re-keys every run folder.
+ID_VERSION = 1
+ID_LENGTH = 24  # hex digits: 96 bits, no collision in any run folder that fits on a disk
+
+
+@dataclass(frozen=True)
+class Model:
+    """A checkpoint or VAE, resolved: where its files are and what they are."""
+
+    ref: str  # what the recipe said: "tiny", "org/name@rev", "models/x.safetensors"
+    path: str  # its files on this machine; never part of an id (another node may differ)
+    identity: str  # sha256 of the weights (hex), or "hub:<repo>@<commit>" for a pinned hub model
+
+    @property
+    def short_hash(self) -> str:
+        """AUTOMATIC1111's "Model hash": the first 10 hex digits of the weights' sha256."""
+        return self.identity.split("@")[-1][:10]
+
+    @property
+    def name(self) -> str:
+        """A display name for infotext: the file or folder name without extension."""
+        tail = self.ref.rstrip("/").split("/")[-1].split("@")[0]
+        return tail.removesuffix(".safetensors")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image: every field here except the models' paths decides its pixels."""
+
+    checkpoint: Model
+    vae: Model | None  # None: the checkpoint's own VAE
+    prompt: str
+    negative: str
+    seed: int
+    sampler: str  # canonical name from samplers.py
+    scheduler: str  # canonical schedule name from samplers.py
+    steps: int
+    cfg: float
+    width: int
+    height: int
+
+    def identity_fields(self) -> dict:
+        """What the id hashes: model identities, never paths or reference spellings."""
+        return {
+            "v": ID_VERSION,
+            "checkpoint": self.checkpoint.identity,
+            "vae": self.vae.identity if self.vae else None,
+            "prompt": self.prompt,
+            "negative": self.negative,
+            "seed": self.seed,
+            "sampler": self.sampler,
+            "scheduler": self.scheduler,
+            "steps": self.steps,
+            "cfg": float(self.cfg),
+            "width": self.width,
+            "height": self.height,
+        }
+
+    @cached_property
+    def id(self) -> str:
+        canonical = json.dumps(self.identity_fields(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:ID_LENGTH]
+
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share one pipeline call."""
+        return (
+            self.checkpoint.identity,
+            self.vae.identity if self.vae else None,
+            self.sampler,
+            self.scheduler,
+            self.steps,
+            float(self.cfg),
+            self.width,
+            self.height,
+        )
+
+    def to_dict(self) -> dict:
+        """Everything needed to render this image again (the `farm` PNG chunk, the manifest)."""
+        return {
+            "id": self.id,
+            "checkpoint": self.checkpoint.ref,
+            "checkpoint_identity": self.checkpoint.identity,
+            "vae": self.vae.ref if self.vae else None,
+            "vae_identity": self.vae.identity if self.vae else None,
+            "prompt": self.prompt,
+            "negative": self.negative,
+            "seed": self.seed,
+            "sampler": self.sampler,
+            "scheduler": self.scheduler,
+            "steps": self.steps,
+            "cfg": float(self.cfg),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Jobs rendered by one pipeline call, each with the run-relative path it is written to."""
+
+    jobs: tuple[Job, ...]
+    paths: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.jobs:
+            raise ValueError("a batch needs at least one job")
+        if len({job.batch_key for job in self.jobs}) != 1:
+            raise ValueError("a batch mixes jobs that cannot share a pipeline call")
+        if self.paths and len(self.paths) != len(self.jobs):
+            raise ValueError("a batch needs one path per job")
+
+    @property
+    def first(self) -> Job:
+        return self.jobs[0]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a worker sends back for one job: small, never the image itself."""
+
+    job_id: str
+    path: str  # relative to the run folder
+    pixel_hash: str | None  # sha256 of the decoded RGB pixels; None when it failed
+    seconds: float  # this image's share of its batch's wall time
+    batch_size: int
+    position: int  # index within its batch
+    worker: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,151 @@
+"""The manifest: an SQLite database (WAL) with one row per job the run folder has seen.
+
+One process writes (the driver of a render); any number may read while it runs. A job is
+done when its row says 'done' and its file is present. Rows are created as 'queued' when a job
+is handed to a worker, so that its file path is fixed before anything is written: a render
+killed half-way and started again writes each image to the same place, exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+from farm.jobs import Job, Result
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,     -- Job.id: content hash of what decides the pixels
+    seq         INTEGER NOT NULL UNIQUE,  -- order of first claim; decides the file name
+    path        TEXT NOT NULL,        -- relative to the run folder
+    status      TEXT NOT NULL CHECK (status IN ('queued', 'done', 'failed')),
+    pixel_hash  TEXT,                 -- sha256 of the decoded RGB pixels
+    params      TEXT NOT NULL,        -- Job.to_dict() as JSON
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    seconds     REAL,                 -- this image's share of its batch's wall time
+    batch_size  INTEGER,
+    position    INTEGER,              -- index within that batch
+    worker      TEXT,
+    run_id      INTEGER,
+    updated_at  TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT,
+    recipe      TEXT NOT NULL,        -- the resolved recipe, as YAML
+    planned     INTEGER NOT NULL,     -- jobs in the plan of this run
+    rendered    INTEGER,
+    skipped     INTEGER,
+    failed      INTEGER,
+    seconds     REAL
+);
+"""
+
+
+class Row(NamedTuple):
+    status: str
+    path: str
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Manifest:
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        else:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across kills
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Manifest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def rows(self) -> dict[str, Row]:
+        """Every job id the folder has seen, with its status and path."""
+        return {id_: Row(status, path)
+                for id_, status, path in self.db.execute("SELECT id, status, path FROM jobs")}
+
+    def claim(self, jobs: Iterable[Job], path_for: Callable[[int, Job], str]) -> list[str]:
+        """Mark jobs as queued and return their paths: the old one if seen before, else new."""
+        paths = []
+        with self.db:
+            (top,) = self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM jobs").fetchone()
+            for job in jobs:
+                found = self.db.execute("SELECT path FROM jobs WHERE id = ?", (job.id,)).fetchone()
+                if found:
+                    self.db.execute("UPDATE jobs SET status = 'queued', updated_at = ? "
+                                    "WHERE id = ?", (now(), job.id))
+                    paths.append(found[0])
+                    continue
+                top += 1
+                path = path_for(top, job)
+                self.db.execute(
+                    "INSERT INTO jobs (id, seq, path, status, params, updated_at) "
+                    "VALUES (?, ?, ?, 'queued', ?, ?)",
+                    (job.id, top, path, json.dumps(job.to_dict(), ensure_ascii=False), now()),
+                )
+                paths.append(path)
+        return paths
+
+    def record(self, results: Iterable[Result], run_id: int) -> None:
+        """Store what workers report; called only after their files are in place."""
+        with self.db:
+            for r in results:
+                self.db.execute(
+                    "UPDATE jobs SET status = ?, pixel_hash = ?, error = ?, seconds = ?, "
+                    "batch_size = ?, position = ?, worker = ?, run_id = ?, updated_at = ?, "
+                    "attempts = attempts + 1 WHERE id = ?",
+                    ("done" if r.ok else "failed", r.pixel_hash, r.error, r.seconds,
+                     r.batch_size, r.position, r.worker, run_id, now(), r.job_id),
+                )
+
+    def begin_run(self, recipe_yaml: str, planned: int) -> int:
+        with self.db:
+            cursor = self.db.execute(
+                "INSERT INTO runs (started_at, recipe, planned) VALUES (?, ?, ?)",
+                (now(), recipe_yaml, planned))
+        return int(cursor.lastrowid)
+
+    def end_run(self, run_id: int, rendered: int, skipped: int, failed: int,
+                seconds: float) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE runs SET ended_at = ?, rendered = ?, skipped = ?, failed = ?, seconds = ? "
+                "WHERE id = ?", (now(), rendered, skipped, failed, seconds, run_id))
+
+    def last_run(self) -> dict | None:
+        cursor = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row)) if row else None
+
+    def counts(self) -> dict[str, int]:
+        """How many rows have each status."""
+        counts = {"queued": 0, "done": 0, "failed": 0}
+        counts.update(self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"))
+        return counts
+
+    def failures(self) -> Iterator[tuple[str, str, str]]:
+        """(id, path, error) of every failed job."""
+        yield from self.db.execute(
+            "SELECT id, path, error FROM jobs WHERE status = 'failed' ORDER BY seq")
+
+    def job(self, job_id: str) -> dict | None:
+        cursor = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row)) if row else None

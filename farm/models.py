@@ -1,0 +1,181 @@
+"""Model references -> local files, content hashes, loaded pipelines.
+
+A reference is one of (DESIGN.md): a built-in tiny model, a local diffusers folder, a local
+single-file `.safetensors`, or a Hugging Face repo id `org/name[@revision]`. Resolving one
+checks it and gives a Model with its identity; loading it gives diffusers objects. Weights
+are only ever read from safetensors, and remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from farm import tiny
+from farm.jobs import Model
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?")
+# Files that decide what a diffusers folder computes; configs are hashed without the keys that
+# only say which library version wrote them.
+HASHED_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+VOLATILE_KEYS = ("_diffusers_version", "transformers_version", "_name_or_path")
+
+
+class ModelError(ValueError):
+    """A model reference that cannot be used, with what to do about it."""
+
+    def __init__(self, field: str, ref: str, problem: str):
+        self.field, self.ref = field, ref
+        super().__init__(f"{field}: {ref!r}: {problem}")
+
+
+def resolve(ref: str, field: str = "checkpoint") -> Model:
+    """Check a reference and find its files and identity. `field` is checkpoint or vae."""
+    role = "vae" if field.startswith("vae") else "checkpoint"
+    if ref in tiny.BUILDERS:
+        if tiny.ROLES[ref] != role:
+            raise ModelError(field, ref, f"built-in {tiny.ROLES[ref]}, not a {role}; "
+                             f"built-in {role}s: "
+                             + ", ".join(n for n, r in tiny.ROLES.items() if r == role))
+        path = tiny.ensure(ref)
+        return Model(ref=ref, path=str(path), identity=folder_hash(path))
+    path = Path(ref).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError(field, ref, "pickle files can run arbitrary code when loaded, so farm "
+                         "never loads them; convert it to .safetensors first (e.g. with "
+                         "diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py "
+                         "--to_safetensors, or safetensors.torch.save_file)")
+    if path.exists() or _looks_like_path(ref):
+        return _resolve_local(ref, path, field, role)
+    match = HUB_ID.fullmatch(ref)
+    if match:
+        return _resolve_hub(ref, match["repo"], match["revision"], field)
+    raise ModelError(field, ref, "not a model reference: expected "
+                     + ", ".join(n for n, r in tiny.ROLES.items() if r == role)
+                     + ", a Hugging Face repo id (org/name[@revision]), a local diffusers "
+                     "folder or a local .safetensors file")
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or ref.endswith(".safetensors") \
+        or os.sep in ref and not HUB_ID.fullmatch(ref)
+
+
+def _resolve_local(ref: str, path: Path, field: str, role: str) -> Model:
+    if not path.exists():
+        raise ModelError(field, ref, f"no such file or folder (looked at {path.resolve()})")
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise ModelError(field, ref, "a single-file model must be a .safetensors file")
+        raise ModelError(field, ref, "single-file .safetensors checkpoints are not supported "
+                         "yet; convert it to a diffusers folder "
+                         "(DiffusionPipeline.from_single_file(...).save_pretrained(folder))")
+    marker = "model_index.json" if role == "checkpoint" else "config.json"
+    if not (path / marker).exists() and not (role == "vae" and (path / "vae/config.json").exists()):
+        raise ModelError(field, ref, f"not a diffusers {role} folder: it has no {marker}")
+    return Model(ref=ref, path=str(path.resolve()), identity=folder_hash(path))
+
+
+def _resolve_hub(ref: str, repo: str, revision: str | None, field: str) -> Model:
+    """A repo from the local Hugging Face cache (or downloaded when online)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(
+            repo, revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
+            local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"),
+        ))
+    except LocalEntryNotFoundError:
+        rev = f" --revision {revision}" if revision else ""
+        raise ModelError(field, ref, "not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                         f"set; download it first on a machine with network access: "
+                         f"huggingface-cli download {repo}{rev}") from None
+    except Exception as e:  # network errors, missing repos, gated repos: say which
+        raise ModelError(field, ref, f"could not fetch it from the Hugging Face hub: {e}") from None
+    return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}")
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over a diffusers folder's weights and configs (relative path + file hash)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in HASHED_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(_config_hash(file) if file.suffix == ".json" else file_hash(file).encode())
+    return digest.hexdigest()
+
+
+def _config_hash(file: Path) -> bytes:
+    config = json.loads(file.read_text())
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest().encode()
+
+
+def file_hash(file: Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime) so multi-GB weights are read once."""
+    stat = file.stat()
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = tiny.cache_dir() / "hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    cache[key] = digest.hexdigest()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, delete=False) as tmp:
+        json.dump(cache, tmp)
+    os.replace(tmp.name, cache_file)
+    return cache[key]
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers log and draw progress bars per load; a farm loads often."""
+    import warnings
+
+    import transformers  # before diffusers, whose imports trigger transformers' warnings
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated")
+
+
+def load_pipeline(checkpoint: Model, device: str, dtype):
+    """A text-to-image pipeline for a resolved checkpoint, on `device`, without progress bars."""
+    from diffusers import AutoPipelineForText2Image
+
+    pipe = AutoPipelineForText2Image.from_pretrained(
+        checkpoint.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_vae(vae: Model, device: str, dtype):
+    """An AutoencoderKL from a VAE folder, or from the vae/ part of a checkpoint folder."""
+    from diffusers import AutoencoderKL
+
+    path = Path(vae.path)
+    subfolder = "vae" if not (path / "config.json").exists() else None
+    model = AutoencoderKL.from_pretrained(
+        path, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+    )
+    return model.to(device)

@@ -1,0 +1,156 @@
+"""The run folder: file layout, image metadata, atomic writes, pixel hashes.
+
+    outputs/<name>/
+      manifest.sqlite          what is done (manifest.py)
+      runs/run-0001.yaml       the resolved recipe of each run
+      images/00000/00000042-a-red-fox-in-fresh-snow-3.png
+                               sharded by sequence number, 10,000 files a folder
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, PngImagePlugin
+
+from farm import __version__, samplers
+from farm.jobs import Job
+
+SHARD_SIZE = 10_000
+SLUG_LENGTH = 40
+PARTIAL_SUFFIX = ".partial"  # files still being written; removed at the start of every run
+
+
+class FolderBusy(RuntimeError):
+    """Another `farm render` is writing to this run folder."""
+
+
+class RunFolder:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.sqlite"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's write lock: one render at a time may write a run folder."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FolderBusy(f"another farm render is writing to {self.root}; wait for it "
+                                 "or stop it (farm status shows its progress)") from None
+            yield
+
+    def image_path(self, seq: int, job: Job) -> str:
+        """Where job number `seq` of this folder goes, relative to the folder."""
+        return (f"images/{seq // SHARD_SIZE:05d}/"
+                f"{seq:08d}-{slug(job.prompt)}-{job.seed}.png")
+
+    def absolute(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"{relative!r} is outside the run folder {self.root}")
+        return path
+
+    def remove_partial_files(self) -> int:
+        """Delete files left half-written by a killed run; they were never recorded."""
+        removed = 0
+        for partial in (self.root / "images").glob(f"*/*{PARTIAL_SUFFIX}"):
+            partial.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def save_recipe(self, run_id: int, text: str) -> Path:
+        path = self.root / "runs" / f"run-{run_id:04d}.yaml"
+        write_atomic(path, text.encode())
+        return path
+
+
+def slug(text: str) -> str:
+    """A file-name-safe, lower-case ASCII excerpt of a prompt: never a path, never empty."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    cleaned = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return cleaned[:SLUG_LENGTH].rstrip("-") or "image"
+
+
+def infotext(job: Job) -> str:
+    """AUTOMATIC1111's `parameters` text, so that other tools read the settings."""
+    lines = [job.prompt]
+    if job.negative:
+        lines.append(f"Negative prompt: {job.negative}")
+    fields = {
+        "Steps": job.steps,
+        "Sampler": samplers.sampler(job.sampler).a1111,
+        "Schedule type": samplers.schedule(job.scheduler).a1111,
+        "CFG scale": f"{job.cfg:g}",
+        "Seed": job.seed,
+        "Size": f"{job.width}x{job.height}",
+        "Model hash": job.checkpoint.short_hash,
+        "Model": job.checkpoint.name,
+    }
+    if job.vae:
+        fields.update({"VAE hash": job.vae.short_hash, "VAE": job.vae.name})
+    fields["Version"] = f"farm {__version__}"
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+def metadata(job: Job) -> dict:
+    """The `farm` PNG chunk: enough to render the same image again."""
+    return {**job.to_dict(), "farm_version": __version__}
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """sha256 of the decoded RGB pixels and the size: PNG bytes may differ, pixels may not."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def write_png(image: Image.Image, path: Path, job: Job) -> None:
+    """Save with both text chunks under a temporary name, flush, then rename into place."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext(job))
+    info.add_text("farm", json.dumps(metadata(job), ensure_ascii=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(partial, "wb") as f:
+        image.save(f, format="PNG", pnginfo=info)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def read_metadata(path: Path) -> tuple[str, dict]:
+    """The `parameters` infotext and the `farm` JSON of an image farm wrote."""
+    with Image.open(path) as image:
+        text = image.text  # type: ignore[attr-defined]
+        return text["parameters"], json.loads(text["farm"])

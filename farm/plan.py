@@ -1,0 +1,55 @@
+"""Expand a recipe into jobs and batches: pure, deterministic, streaming."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterable, Iterator, Mapping
+
+from farm.jobs import Job, Model
+from farm.recipe import Recipe
+
+
+def jobs(recipe: Recipe, models: Mapping[str, Model]) -> Iterator[Job]:
+    """Every job of the recipe, one at a time, in an order that keeps batches together.
+
+    Expensive switches change least often: checkpoint, then VAE, then size, then the sampler
+    settings; prompts and seeds, which a single pipeline call can mix, vary fastest.
+    `models` maps each checkpoint and VAE reference of the recipe to its resolved Model.
+    """
+    for ckpt, vae, size, sampler, schedule, steps, cfg in itertools.product(
+        recipe.checkpoint, recipe.vae, recipe.size, recipe.sampler, recipe.scheduler,
+        recipe.steps, recipe.cfg,
+    ):
+        for prompt in recipe.prompt:
+            negative = recipe.negative if prompt.negative is None else prompt.negative
+            for seed in recipe.seed_values():
+                yield Job(
+                    checkpoint=models[ckpt],
+                    vae=models[vae] if vae is not None else None,
+                    prompt=prompt.text,
+                    negative=negative,
+                    seed=seed,
+                    sampler=sampler,
+                    scheduler=schedule,
+                    steps=steps,
+                    cfg=cfg,
+                    width=size[0],
+                    height=size[1],
+                )
+
+
+def batches(stream: Iterable[Job], batch_size: int) -> Iterator[tuple[Job, ...]]:
+    """Group consecutive jobs that can share a pipeline call, at most batch_size at a time."""
+    group: list[Job] = []
+    for job in stream:
+        if group and (len(group) == batch_size or job.batch_key != group[0].batch_key):
+            yield tuple(group)
+            group = []
+        group.append(job)
+    if group:
+        yield tuple(group)
+
+
+def pending(stream: Iterable[Job], is_done: Callable[[str], bool]) -> Iterator[Job]:
+    """The jobs of a stream that are not done yet."""
+    return (job for job in stream if not is_done(job.id))

@@ -1,0 +1,254 @@
+"""The recipe schema and its validation: plain data in, typed Recipe out, one clear error.
+
+A recipe is data. It is read from YAML (via Hydra in cli.py) and checked here field by field;
+nothing in it is ever imported, evaluated or instantiated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from farm import samplers
+
+# Every field a recipe may set, with its default. Hydra composes on top of these, so that any of
+# them can be overridden from the command line even when the recipe file leaves it out.
+DEFAULTS: dict[str, Any] = {
+    "name": None,  # run folder name; defaults to the recipe's file name
+    "checkpoint": "tiny",
+    "vae": None,  # None: the checkpoint's own VAE
+    "prompt": None,  # required
+    "negative": "",
+    "seeds": 0,
+    "sampler": "euler",
+    "scheduler": "normal",
+    "steps": 20,
+    "cfg": 7.0,
+    "size": "512x512",
+    "batch_size": 1,
+}
+
+AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "size", "seeds")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
+MAX_STEPS = 1000
+MAX_BATCH = 256
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class RecipeError(ValueError):
+    """Bad input in a recipe: which recipe, which field, what was given, what is allowed."""
+
+    def __init__(self, recipe: str, field: str, given: Any, allowed: str):
+        self.recipe, self.field, self.given, self.allowed = recipe, field, given, allowed
+        super().__init__(f"recipe {recipe}: {field}: got {given!r}; {allowed}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    negative: str | None = None  # None: the recipe's default negative
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. Every axis is a non-empty tuple; the plan is their product."""
+
+    name: str
+    checkpoint: tuple[str, ...]
+    vae: tuple[str | None, ...]
+    prompt: tuple[Prompt, ...]
+    negative: str
+    seeds: tuple[range, ...]  # disjoint, in the order given
+    sampler: tuple[str, ...]  # canonical names
+    scheduler: tuple[str, ...]  # canonical names
+    steps: tuple[int, ...]
+    cfg: tuple[float, ...]
+    size: tuple[tuple[int, int], ...]  # (width, height)
+    batch_size: int
+
+    def seed_values(self) -> Iterator[int]:
+        for r in self.seeds:
+            yield from r
+
+    def axis_lengths(self) -> dict[str, int]:
+        lengths = {axis: len(getattr(self, axis)) for axis in AXES if axis != "seeds"}
+        lengths["seeds"] = sum(len(r) for r in self.seeds)
+        return {axis: lengths[axis] for axis in AXES}
+
+    @property
+    def job_count(self) -> int:
+        count = 1
+        for n in self.axis_lengths().values():
+            count *= n
+        return count
+
+
+def parse(data: dict[str, Any], source: str) -> Recipe:
+    """Check a plain recipe mapping and turn it into a Recipe. `source` names it in errors."""
+    if not isinstance(data, dict):
+        raise RecipeError(source, "(top level)", data, "expected a mapping of recipe fields")
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise RecipeError(source, unknown[0], data[unknown[0]],
+                          f"unknown field; allowed: {', '.join(DEFAULTS)}")
+    fields = {**DEFAULTS, **data}
+    label = fields["name"] or source
+    p = _Parser(str(label))
+    recipe = Recipe(
+        name=p.name(fields["name"] if fields["name"] is not None else source),
+        checkpoint=p.axis("checkpoint", fields["checkpoint"], p.model_ref),
+        vae=p.axis("vae", fields["vae"], p.optional_model_ref),
+        prompt=p.axis("prompt", fields["prompt"], p.prompt),
+        negative=p.text("negative", fields["negative"], allow_empty=True),
+        seeds=p.seeds(fields["seeds"]),
+        sampler=p.axis("sampler", fields["sampler"], p.sampler),
+        scheduler=p.axis("scheduler", fields["scheduler"], p.schedule),
+        steps=p.axis("steps", fields["steps"], p.steps),
+        cfg=p.axis("cfg", fields["cfg"], p.cfg),
+        size=p.axis("size", fields["size"], p.size),
+        batch_size=p.integer("batch_size", fields["batch_size"], 1, MAX_BATCH),
+    )
+    for s in recipe.sampler:
+        for sch in recipe.scheduler:
+            try:
+                samplers.check_pair(s, sch)
+            except samplers.UnknownName as e:
+                raise RecipeError(recipe.name, "scheduler", sch, str(e)) from None
+    return recipe
+
+
+class _Parser:
+    """Field checkers for one recipe; each returns a clean value or raises RecipeError."""
+
+    def __init__(self, recipe: str):
+        self.recipe = recipe
+
+    def fail(self, field: str, given: Any, allowed: str):
+        raise RecipeError(self.recipe, field, given, allowed)
+
+    def axis(self, field: str, value: Any, item) -> tuple:
+        """A scalar or a list: either way, a non-empty tuple of checked items, no repeats."""
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            self.fail(field, value, "an axis needs at least one value")
+        checked = tuple(item(f"{field}[{i}]" if len(items) > 1 else field, v)
+                        for i, v in enumerate(items))
+        seen = set()
+        for v in checked:
+            if v in seen:
+                self.fail(field, value, f"{v!r} is listed twice; each value must appear once")
+            seen.add(v)
+        return checked
+
+    def name(self, value: Any) -> str:
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+            self.fail("name", value, "expected letters, digits, '.', '_' or '-' "
+                      "(starting with a letter or digit, at most 100), used as the run folder name")
+        return value
+
+    def text(self, field: str, value: Any, allow_empty: bool = False) -> str:
+        if value is None and allow_empty:
+            return ""
+        if not isinstance(value, str) or (not allow_empty and not value.strip()):
+            self.fail(field, value, "expected a non-empty string" if not allow_empty
+                      else "expected a string")
+        return value
+
+    def prompt(self, field: str, value: Any) -> Prompt:
+        if isinstance(value, dict):
+            extra = sorted(set(value) - {"text", "negative"})
+            if extra:
+                self.fail(f"{field}.{extra[0]}", value[extra[0]],
+                          "a prompt item takes only 'text' and 'negative'")
+            if "text" not in value:
+                self.fail(field, value, "a prompt item needs 'text'")
+            negative = value.get("negative")
+            return Prompt(self.text(f"{field}.text", value["text"]),
+                          None if negative is None
+                          else self.text(f"{field}.negative", negative, allow_empty=True))
+        if value is None:
+            self.fail(field, value, "a recipe needs at least one prompt")
+        return Prompt(self.text(field, value))
+
+    def model_ref(self, field: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(field, value, "expected a model reference: tiny, a Hugging Face repo id "
+                      "(org/name[@revision]), a diffusers folder or a .safetensors file")
+        return value.strip()
+
+    def optional_model_ref(self, field: str, value: Any) -> str | None:
+        return None if value is None else self.model_ref(field, value)
+
+    def sampler(self, field: str, value: Any) -> str:
+        try:
+            return samplers.sampler(value).name
+        except samplers.UnknownName as e:
+            self.fail(field, value, str(e).split("; ", 1)[1])
+
+    def schedule(self, field: str, value: Any) -> str:
+        try:
+            return samplers.schedule(value).name
+        except samplers.UnknownName as e:
+            self.fail(field, value, str(e).split("; ", 1)[1])
+
+    def integer(self, field: str, value: Any, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(field, value, f"expected a whole number from {low} to {high}")
+        return value
+
+    def steps(self, field: str, value: Any) -> int:
+        return self.integer(field, value, 1, MAX_STEPS)
+
+    def cfg(self, field: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            self.fail(field, value, "expected a number from 0 to 100")
+        return float(value)
+
+    def size(self, field: str, value: Any) -> tuple[int, int]:
+        allowed = ('expected "WxH" (or one number for a square) with width and height '
+                   "positive multiples of 8, at most 8192, e.g. 512x768")
+        if isinstance(value, int) and not isinstance(value, bool):
+            w = h = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*[xX]\s*\d+\s*", value):
+            w, h = (int(v) for v in re.split(r"[xX]", value))
+        else:
+            self.fail(field, value, allowed)
+        if not (0 < w <= 8192 and 0 < h <= 8192 and w % 8 == 0 and h % 8 == 0):
+            self.fail(field, value, allowed)
+        return (w, h)
+
+    def seeds(self, value: Any) -> tuple[range, ...]:
+        """'A-B' (inclusive), an int, {start, count}, or a list of ints and 'A-B' ranges."""
+        allowed = (f"expected seeds as 'A-B' (inclusive), an integer, {{start: S, count: N}} "
+                   f"or a list of those, each from 0 to {MAX_SEED}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            self.fail("seeds", value, "an axis needs at least one value")
+        ranges = []
+        for item in items:
+            if isinstance(item, bool):
+                self.fail("seeds", value, allowed)
+            elif isinstance(item, int):
+                r = range(item, item + 1)
+            elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", item):
+                a, b = (int(v) for v in item.split("-"))
+                if b < a:
+                    self.fail("seeds", value, f"range end {b} is before its start {a}; {allowed}")
+                r = range(a, b + 1)
+            elif isinstance(item, dict) and set(item) == {"start", "count"}:
+                start, count = item["start"], item["count"]
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, count)) \
+                        or count < 1:
+                    self.fail("seeds", value, allowed)
+                r = range(start, start + count)
+            else:
+                self.fail("seeds", value, allowed)
+            if r.start < 0 or r.stop - 1 > MAX_SEED:
+                self.fail("seeds", value, allowed)
+            ranges.append(r)
+        ordered = sorted(ranges, key=lambda r: r.start)
+        for a, b in zip(ordered, ordered[1:]):
+            if b.start < a.stop:
+                self.fail("seeds", value, f"seed {b.start} is listed twice; each seed must appear once")
+        return tuple(ranges)

@@ -1,0 +1,45 @@
+"""One batch through a diffusers pipeline -> images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from farm import samplers
+from farm.jobs import Batch
+
+# A decoded image, or why there is none (a NaN-poisoned latent decodes to garbage).
+Rendered = Image.Image | str
+
+
+def render(pipe, batch: Batch, scheduler_config: dict) -> list[Rendered]:
+    """Render every job of a batch in one pipeline call.
+
+    Each image gets its own CPU generator seeded with its own seed, passed as a list, so its
+    noise is the same whatever batch, worker or device renders it.
+    """
+    first = batch.first
+    # 1. sampler: a fresh scheduler from the checkpoint's own config; the model stays loaded
+    pipe.scheduler = samplers.make_scheduler(scheduler_config, first.sampler, first.scheduler)
+    # 2. noise: one CPU generator per image
+    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch.jobs]
+    # 3. encode prompts, denoise with classifier-free guidance, decode
+    output = pipe(
+        prompt=[job.prompt for job in batch.jobs],
+        negative_prompt=[job.negative for job in batch.jobs],
+        num_inference_steps=first.steps,
+        guidance_scale=first.cfg,
+        width=first.width,
+        height=first.height,
+        generator=generators,
+        output_type="np",
+    )
+    # 4. to 8-bit RGB, refusing what cannot be an image
+    images: list[Rendered] = []
+    for array in output.images:  # (H, W, 3) floats in [0, 1]
+        if not np.isfinite(array).all():
+            images.append("the decoded image contains NaN or infinite values")
+            continue
+        images.append(Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)))
+    return images

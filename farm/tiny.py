@@ -1,0 +1,131 @@
+"""The built-in tiny models: random-weight pipelines shaped like the real ones.
+
+No machine here can download weights, so `tiny` (a Stable-Diffusion-1.x-shaped pipeline) and
+`tiny-vae` (a second VAE for swap tests) are built from configs, the way diffusers' own tests
+do, saved in diffusers format into a cache folder on first use, and from then on loaded through
+exactly the same `from_pretrained` path as any local diffusers folder. The pictures are noise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+VERSION = 1  # bump when a builder changes: the folder name changes and models are rebuilt
+MAX_TOKENS = 77  # CLIP's context length
+
+
+def cache_dir() -> Path:
+    """$FARM_CACHE, else $XDG_CACHE_HOME/farm, else ~/.cache/farm."""
+    if os.environ.get("FARM_CACHE"):
+        return Path(os.environ["FARM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "farm"
+
+
+def ensure(name: str) -> Path:
+    """The folder of built-in model `name`, building it on first use."""
+    build = BUILDERS[name]
+    target = cache_dir() / "tiny" / f"{name}-v{VERSION}"
+    if (target / ".complete").exists():
+        return target
+    from farm.models import quiet_libraries
+
+    quiet_libraries()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(staging)
+        (staging / ".complete").touch()
+        try:
+            os.rename(staging, target)  # atomic; another process may have won the race
+        except OSError:
+            if not (target / ".complete").exists():
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _byte_vocab() -> dict[str, int]:
+    """GPT-2's byte-to-unicode alphabet, each char alone and word-final, plus CLIP's specials.
+
+    With no merges, CLIP's BPE splits any text into bytes, so every prompt tokenizes offline.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def _seeded(seed: int, make: Callable):
+    """Build a module from a fixed seed without touching the caller's RNG state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def _tiny_vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    # Four blocks, three downsamples: 8x smaller latents per side, 4 channels, like SD's VAE.
+    return _seeded(seed, lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+        sample_size=512, scaling_factor=0.18215,
+    ))
+
+
+def build_tiny(folder: Path) -> None:
+    """A Stable-Diffusion-1.x-shaped pipeline with random weights, saved in diffusers format."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = _byte_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+    text_encoder = _seeded(0, lambda: CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, projection_dim=32,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_TOKENS,
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )))
+    unet = _seeded(0, lambda: UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 64), norm_num_groups=32, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+    ))
+    # SD 1.x's own scheduler settings, so that every sampler sees a realistic noise schedule.
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(0), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def build_tiny_vae(folder: Path) -> None:
+    """A second tiny VAE with other random weights: same latents, other pixels."""
+    _tiny_vae(1).save_pretrained(folder, safe_serialization=True)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {"tiny": build_tiny, "tiny-vae": build_tiny_vae}
+ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-vae": "vae"}

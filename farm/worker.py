@@ -1,0 +1,102 @@
+"""A plain worker: keeps pipelines loaded, renders batches, writes files, returns small records.
+
+It knows nothing of Ray: the inline runtime calls it directly, and a Ray actor is a thin
+shell around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm import models, outputs, render
+from farm.jobs import Batch, Model, Result
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a worker renders, and in which precision."""
+
+    name: str  # "cpu", "cuda", "cuda:1"
+    dtype: str  # "float32", "float16", "bfloat16"
+
+    @staticmethod
+    def detect() -> "Device":
+        """The first GPU in half precision, else the CPU in full precision."""
+        import torch
+
+        if torch.cuda.is_available():
+            return Device("cuda", "float16")
+        return Device("cpu", "float32")
+
+
+class Worker:
+    def __init__(self, run_root: str | Path, name: str = "worker-0",
+                 device: Device | None = None, max_pipelines: int = 2,
+                 threads: int | None = None):
+        import torch
+
+        models.quiet_libraries()
+        if threads:
+            torch.set_num_threads(threads)
+        self.folder = outputs.RunFolder(Path(run_root))
+        self.name = name
+        self.device = device or Device.detect()
+        self.dtype = getattr(torch, self.device.dtype)
+        self.max_pipelines = max_pipelines
+        self.loads: Counter[str] = Counter()  # model identity -> times loaded, for tests and logs
+        self._checkpoints: OrderedDict[str, object] = OrderedDict()
+        self._vaes: OrderedDict[str, object] = OrderedDict()
+        self._scheduler_configs: dict[str, dict] = {}
+
+    def _cached(self, cache: OrderedDict, model: Model, load):
+        """Least-recently-used cache of loaded models, at most max_pipelines of each kind."""
+        if model.identity in cache:
+            cache.move_to_end(model.identity)
+            return cache[model.identity]
+        while len(cache) >= self.max_pipelines:
+            cache.popitem(last=False)
+        cache[model.identity] = loaded = load(model, self.device.name, self.dtype)
+        self.loads[model.identity] += 1
+        return loaded
+
+    def pipeline(self, checkpoint: Model, vae: Model | None):
+        """The checkpoint's pipeline, with `vae` swapped in when given (nothing reloaded)."""
+        base = self._cached(self._checkpoints, checkpoint, models.load_pipeline)
+        self._scheduler_configs.setdefault(checkpoint.identity, dict(base.scheduler.config))
+        if vae is None:
+            return base
+        return type(base)(**{**base.components, "vae": self._cached(self._vaes, vae,
+                                                                    models.load_vae)})
+
+    def render(self, batch: Batch) -> list[Result]:
+        """Render a batch, write its images into the run folder, and say what happened."""
+        started = time.perf_counter()
+        first = batch.first
+        try:
+            pipe = self.pipeline(first.checkpoint, first.vae)
+            images = render.render(pipe, batch, self._scheduler_configs[first.checkpoint.identity])
+        except Exception as e:  # one bad batch must not end the run: report it per job
+            error = f"{type(e).__name__}: {e}"
+            logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
+            images = [error] * len(batch.jobs)
+        share = (time.perf_counter() - started) / len(batch.jobs)
+        results = []
+        for position, (job, path, image) in enumerate(zip(batch.jobs, batch.paths, images)):
+            pixel_hash, error = None, None
+            if isinstance(image, str):
+                error = image
+            else:
+                try:
+                    outputs.write_png(image, self.folder.absolute(path), job)
+                    pixel_hash = outputs.pixel_hash(image)
+                except OSError as e:
+                    error = f"could not write {path}: {e}"
+            results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash, seconds=share,
+                                  batch_size=len(batch.jobs), position=position,
+                                  worker=self.name, error=error))
+        return results

@@ -1,0 +1,50 @@
+from farm.jobs import Model, Result
+from farm.manifest import Manifest
+from farm.outputs import RunFolder
+from tests.helpers import make_job
+
+CKPT = Model(ref="tiny", path="/nowhere", identity="a" * 64)
+
+
+def result(job, path, ok=True):
+    return Result(job_id=job.id, path=path, pixel_hash="f" * 64 if ok else None, seconds=0.5,
+                  batch_size=2, position=0, worker="w", error=None if ok else "boom")
+
+
+def test_claim_fixes_paths_once_and_record_marks_done(tmp_path):
+    folder = RunFolder(tmp_path)
+    jobs = [make_job(CKPT, seed=s) for s in range(3)]
+    with Manifest(tmp_path / "m.sqlite") as m:
+        paths = m.claim(jobs[:2], folder.image_path)
+        assert paths == [folder.image_path(0, jobs[0]), folder.image_path(1, jobs[1])]
+        assert m.counts() == {"queued": 2, "done": 0, "failed": 0}
+        # claimed again (a resume): same paths; a new job gets the next number
+        again = m.claim(jobs, folder.image_path)
+        assert again[:2] == paths and again[2] == folder.image_path(2, jobs[2])
+        m.record([result(jobs[0], paths[0]), result(jobs[1], paths[1], ok=False)], run_id=1)
+        assert m.counts() == {"queued": 1, "done": 1, "failed": 1}
+        rows = m.rows()
+        assert rows[jobs[0].id].status == "done" and rows[jobs[0].id].path == paths[0]
+        assert list(m.failures()) == [(jobs[1].id, paths[1], "boom")]
+        row = m.job(jobs[1].id)
+        assert row["attempts"] == 1 and row["error"] == "boom"
+
+
+def test_a_reader_sees_progress_while_the_writer_is_open(tmp_path):
+    jobs = [make_job(CKPT, seed=s) for s in range(2)]
+    with Manifest(tmp_path / "m.sqlite") as writer:
+        paths = writer.claim(jobs, RunFolder(tmp_path).image_path)
+        writer.record([result(jobs[0], paths[0])], run_id=1)
+        with Manifest(tmp_path / "m.sqlite", readonly=True) as reader:
+            assert reader.counts()["done"] == 1
+
+
+def test_runs_are_recorded(tmp_path):
+    with Manifest(tmp_path / "m.sqlite") as m:
+        run_id = m.begin_run("name: demo\n", planned=8)
+        assert m.last_run()["ended_at"] is None
+        m.end_run(run_id, rendered=6, skipped=2, failed=0, seconds=1.5)
+        last = m.last_run()
+        assert (last["id"], last["planned"], last["rendered"], last["recipe"]) == \
+            (run_id, 8, 6, "name: demo\n")
+        assert last["ended_at"] is not None

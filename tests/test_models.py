@@ -1,0 +1,96 @@
+import shutil
+
+import pytest
+
+from farm import models
+from farm.models import ModelError
+
+
+def test_tiny_resolves_to_its_folder_and_content_hash(tiny):
+    assert tiny.ref == "tiny"
+    assert tiny.identity == models.folder_hash(models.Path(tiny.path))
+    assert len(tiny.identity) == 64 and tiny.short_hash == tiny.identity[:10]
+
+
+def test_a_copied_folder_has_the_same_identity(tiny, tmp_path):
+    copy = shutil.copytree(tiny.path, tmp_path / "my-model")
+    model = models.resolve(str(copy), "checkpoint")
+    assert model.identity == tiny.identity and model.path == str(copy)
+
+
+@pytest.mark.parametrize("ref, field, words", [
+    ("tiny-vae", "checkpoint", "built-in vae, not a checkpoint"),
+    ("tiny", "vae", "built-in checkpoint, not a vae"),
+    ("models/sd15.ckpt", "checkpoint", "pickle files can run arbitrary code"),
+    ("./vae.pt", "vae", "never loads them; convert it to .safetensors"),
+    ("./missing-folder", "checkpoint", "no such file or folder"),
+    ("/no/such/model.safetensors", "checkpoint", "no such file or folder"),
+    ("just words", "checkpoint", "not a model reference"),
+])
+def test_bad_references_are_refused_with_a_reason(ref, field, words):
+    with pytest.raises(ModelError) as error:
+        models.resolve(ref, field)
+    assert str(error.value).startswith(f"{field}: {ref!r}: ")
+    assert words in str(error.value)
+
+
+def test_a_folder_that_is_not_a_diffusers_model_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelError, match="not a diffusers checkpoint folder: it has no "
+                                         "model_index.json"):
+        models.resolve(str(tmp_path), "checkpoint")
+
+
+def test_a_checkpoint_folder_can_serve_as_vae(tiny):
+    vae = models.resolve(tiny.path, "vae")
+    assert vae.identity == tiny.identity
+
+
+def fake_hub_cache(tmp_path, source, repo="org/tiny-sd", commit="0123456789abcdef" * 2 + "01234567"):
+    """A Hugging Face cache holding one repo, laid out the way huggingface_hub writes it."""
+    cache = tmp_path / "hub"
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(source, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return cache, commit
+
+
+def test_hub_ids_load_offline_from_the_local_cache(tiny, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache, commit = fake_hub_cache(tmp_path, tiny.path)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = models.resolve("org/tiny-sd", "checkpoint")
+    assert model.identity == f"hub:org/tiny-sd@{commit}"
+    assert model.short_hash == commit[:10]
+    assert (models.Path(model.path) / "model_index.json").is_file()
+    pinned = models.resolve(f"org/tiny-sd@{commit}", "checkpoint")
+    assert pinned.identity == model.identity
+
+
+def test_a_hub_id_that_is_not_cached_says_how_to_download(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError, match="huggingface-cli download org/absent --revision v2"):
+        models.resolve("org/absent@v2", "checkpoint")
+
+
+def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path):
+    import hashlib
+    import json
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x" * 1000)
+    assert models.file_hash(weights) == hashlib.sha256(b"x" * 1000).hexdigest()
+    cache_file = models.tiny.cache_dir() / "hashes.json"
+    cache = json.loads(cache_file.read_text())
+    (key,) = [k for k in cache if k.startswith(str(weights.resolve()))]
+    cache[key] = "cached"
+    cache_file.write_text(json.dumps(cache))
+    assert models.file_hash(weights) == "cached"  # not read again
+    weights.write_bytes(b"y" * 1001)  # new size: hashed again
+    assert models.file_hash(weights) == hashlib.sha256(b"y" * 1001).hexdigest()

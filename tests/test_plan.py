@@ -1,0 +1,106 @@
+import dataclasses
+
+import pytest
+
+from farm import plan
+from farm.jobs import Batch, Model
+from farm.recipe import parse
+
+CKPT = Model(ref="tiny", path="/nowhere", identity="a" * 64)
+OTHER = Model(ref="other", path="/elsewhere", identity="b" * 64)
+MODELS = {"tiny": CKPT, "other": OTHER}
+
+
+def recipe(**fields):
+    return parse({"prompt": ["a cat", {"text": "a dog", "negative": "ugly"}], "seeds": "0-2",
+                  "negative": "blurry", **fields}, source="test")
+
+
+def test_job_count_is_the_product_of_axes():
+    r = recipe(checkpoint=["tiny", "other"], steps=[4, 8], size=["64x64", "128x128"])
+    jobs = list(plan.jobs(r, MODELS))
+    assert len(jobs) == r.job_count == 2 * 2 * 2 * 2 * 3
+    assert len({job.id for job in jobs}) == len(jobs)
+
+
+def test_negative_defaults_and_per_prompt_overrides():
+    jobs = list(plan.jobs(recipe(), MODELS))
+    assert {(j.prompt, j.negative) for j in jobs} == {("a cat", "blurry"), ("a dog", "ugly")}
+
+
+def test_same_recipe_same_ids_in_the_same_order():
+    first = [j.id for j in plan.jobs(recipe(), MODELS)]
+    again = [j.id for j in plan.jobs(recipe(), MODELS)]
+    assert first == again
+
+
+def test_batch_size_does_not_change_ids():
+    one = {j.id for j in plan.jobs(recipe(batch_size=1), MODELS)}
+    four = {j.id for j in plan.jobs(recipe(batch_size=4), MODELS)}
+    assert one == four
+
+
+def test_model_path_and_spelling_do_not_change_ids():
+    moved = {"tiny": dataclasses.replace(CKPT, path="/moved", ref="./tiny")}
+    assert [j.id for j in plan.jobs(recipe(), MODELS)] == [j.id for j in plan.jobs(recipe(), moved)]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("checkpoint", OTHER), ("vae", OTHER), ("prompt", "a cat."), ("negative", "blurry."),
+    ("seed", 99), ("sampler", "ddim"), ("scheduler", "karras"), ("steps", 21), ("cfg", 7.5),
+    ("width", 72), ("height", 72),
+])
+def test_every_pixel_affecting_field_changes_the_id(field, value):
+    job = next(plan.jobs(recipe(), MODELS))
+    assert dataclasses.replace(job, **{field: value}).id != job.id
+
+
+def test_alias_spellings_give_the_same_ids():
+    a = [j.id for j in plan.jobs(recipe(sampler="Euler a", cfg=7), MODELS)]
+    b = [j.id for j in plan.jobs(recipe(sampler="euler_ancestral", cfg=7.0), MODELS)]
+    assert a == b
+
+
+def test_batches_share_one_pipeline_call_and_respect_the_size():
+    r = recipe(steps=[4, 8], batch_size=4)  # 6 jobs per steps value
+    batches = list(plan.batches(plan.jobs(r, MODELS), r.batch_size))
+    assert [len(b) for b in batches] == [4, 2, 4, 2]
+    for group in batches:
+        Batch(group)  # raises if the jobs could not share a call
+        assert len({j.steps for j in group}) == 1
+    assert sum(len(b) for b in batches) == r.job_count
+
+
+def test_batches_mix_prompts_and_seeds():
+    r = recipe(batch_size=6)
+    (group,) = list(plan.batches(plan.jobs(r, MODELS), r.batch_size))
+    assert {j.prompt for j in group} == {"a cat", "a dog"}
+    assert {j.seed for j in group} == {0, 1, 2}
+
+
+def test_expensive_switches_change_least_often():
+    r = recipe(checkpoint=["tiny", "other"], size=["64x64", "128x128"], steps=[4, 8])
+    keys = [j.checkpoint.ref for j in plan.jobs(r, MODELS)]
+    assert keys == ["tiny"] * (len(keys) // 2) + ["other"] * (len(keys) // 2)
+
+
+def test_pending_skips_done_jobs_and_batches_what_is_left():
+    r = recipe(batch_size=4)
+    jobs = list(plan.jobs(r, MODELS))
+    done = {jobs[0].id, jobs[3].id}
+    left = [j for group in plan.batches(plan.pending(plan.jobs(r, MODELS), done.__contains__), 4)
+            for j in group]
+    assert [j.id for j in left] == [j.id for j in jobs if j.id not in done]
+
+
+def test_a_batch_refuses_jobs_that_cannot_share_a_call():
+    a, b = list(plan.jobs(recipe(steps=[4, 8]), MODELS))[::6][:2]
+    with pytest.raises(ValueError, match="cannot share"):
+        Batch((a, b))
+
+
+def test_planning_streams():
+    r = recipe(seeds={"start": 0, "count": 10**9})
+    stream = plan.jobs(r, MODELS)
+    first = [next(stream) for _ in range(3)]
+    assert [j.seed for j in first] == [0, 1, 2]

@@ -1,0 +1,107 @@
+import pytest
+
+from farm.recipe import Prompt, RecipeError, parse
+
+
+def recipe(**fields):
+    return parse({"prompt": "a cat", **fields}, source="test")
+
+
+def test_defaults_and_scalars_become_one_value_axes():
+    r = recipe()
+    assert r.name == "test"
+    assert r.checkpoint == ("tiny",) and r.vae == (None,)
+    assert r.prompt == (Prompt("a cat"),)
+    assert r.sampler == ("euler",) and r.scheduler == ("normal",)
+    assert r.size == ((512, 512),) and r.steps == (20,) and r.cfg == (7.0,)
+    assert r.job_count == 1
+
+
+def test_lists_multiply_into_the_plan():
+    r = recipe(prompt=["a", {"text": "b", "negative": "c"}], seeds="0-3", steps=[10, 20],
+               cfg=[5, 7.5], size=["64x64", "128x64"], sampler=["euler", "ddim"])
+    assert r.axis_lengths() == {"checkpoint": 1, "vae": 1, "prompt": 2, "sampler": 2,
+                                "scheduler": 1, "steps": 2, "cfg": 2, "size": 2, "seeds": 4}
+    assert r.job_count == 2 * 2 * 2 * 2 * 2 * 4
+    assert r.prompt[1] == Prompt("b", "c")
+    assert r.size[1] == (128, 64)
+
+
+@pytest.mark.parametrize("seeds, expected", [
+    ("0-3", [0, 1, 2, 3]),
+    (7, [7]),
+    ([3, 1, "10-11"], [3, 1, 10, 11]),
+    ({"start": 100, "count": 3}, [100, 101, 102]),
+    ("5 - 5", [5]),
+])
+def test_seed_forms(seeds, expected):
+    assert list(recipe(seeds=seeds).seed_values()) == expected
+
+
+def test_sampler_names_are_canonicalised():
+    r = recipe(sampler=["Euler", "DPM++ 2M"], scheduler="Karras")
+    assert r.sampler == ("euler", "dpmpp_2m")
+    assert r.scheduler == ("karras",)
+
+
+def test_a_million_seeds_are_a_range_not_a_list():
+    r = recipe(seeds={"start": 0, "count": 10_000_000})
+    assert r.job_count == 10_000_000
+    assert r.seeds == (range(0, 10_000_000),)
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"step": 20}, "step", "unknown field"),
+    ({"steps": "20"}, "steps", "whole number"),
+    ({"steps": 0}, "steps", "from 1 to"),
+    ({"steps": True}, "steps", "whole number"),
+    ({"cfg": "high"}, "cfg", "number from 0 to 100"),
+    ({"size": "500x512"}, "size", "multiples of 8"),
+    ({"size": "512"}, "size", "WxH"),
+    ({"size": "0x512"}, "size", "multiples of 8"),
+    ({"size": []}, "size", "at least one value"),
+    ({"prompt": []}, "prompt", "at least one value"),
+    ({"prompt": None}, "prompt", "at least one prompt"),
+    ({"prompt": [""]}, "prompt", "non-empty string"),
+    ({"prompt": [{"negative": "x"}]}, "prompt", "needs 'text'"),
+    ({"prompt": [{"text": "a", "neg": "x"}]}, "prompt.neg", "only 'text' and 'negative'"),
+    ({"prompt": ["a", "a"]}, "prompt", "listed twice"),
+    ({"seeds": "5-2"}, "seeds", "before its start"),
+    ({"seeds": "a-b"}, "seeds", "'A-B'"),
+    ({"seeds": -1}, "seeds", "from 0 to"),
+    ({"seeds": [1, "0-3"]}, "seeds", "listed twice"),
+    ({"seeds": {"start": 0}}, "seeds", "count"),
+    ({"seeds": []}, "seeds", "at least one value"),
+    ({"sampler": "dpm_fast_typo"}, "sampler", "euler, euler_ancestral"),
+    ({"scheduler": "fancy"}, "scheduler", "normal, karras"),
+    ({"sampler": "ddim", "scheduler": "karras"}, "scheduler", "no 'karras' schedule"),
+    ({"name": "../escape"}, "name", "run folder name"),
+    ({"name": "a/b"}, "name", "run folder name"),
+    ({"batch_size": 0}, "batch_size", "from 1 to 256"),
+    ({"checkpoint": ""}, "checkpoint", "model reference"),
+    ({"checkpoint": 5}, "checkpoint", "model reference"),
+    ({"negative": 3}, "negative", "string"),
+])
+def test_each_bad_field_gets_one_clear_error(fields, field, words):
+    with pytest.raises(RecipeError) as error:
+        recipe(**fields)
+    message = str(error.value)
+    assert error.value.field.startswith(field)
+    assert message.startswith("recipe ")
+    assert words in message
+
+
+def test_error_names_the_recipe_the_field_and_the_value():
+    with pytest.raises(RecipeError) as error:
+        parse({"name": "birds", "prompt": "a", "size": ["64x64", "65x64"]}, source="file")
+    assert str(error.value).startswith("recipe birds: size[1]: got '65x64'; expected")
+
+
+def test_recipe_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, farm.recipe, farm.plan, farm.jobs, farm.manifest, farm.samplers; "
+            "print(any(m in sys.modules for m in ('torch', 'diffusers', 'ray')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+from farm import models, tiny
+
+
+def weight_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): models.file_hash(p)
+            for p in folder.rglob("*.safetensors")}
+
+
+def test_tiny_is_built_once_in_the_cache(farm_cache):
+    folder = tiny.ensure("tiny")
+    assert folder.is_relative_to(farm_cache)
+    assert (folder / "model_index.json").is_file()
+    stamp = (folder / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert tiny.ensure("tiny") == folder
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tiny-")]
+
+
+def test_building_twice_gives_identical_weights(tmp_path):
+    tiny.build_tiny(tmp_path / "a")
+    tiny.build_tiny(tmp_path / "b")
+    a, b = weight_hashes(tmp_path / "a"), weight_hashes(tmp_path / "b")
+    assert set(a) == {"text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                      "vae/diffusion_pytorch_model.safetensors"}
+    assert a == b
+    assert models.folder_hash(tmp_path / "a") == models.folder_hash(tmp_path / "b")
+
+
+def test_tiny_vae_differs_from_the_checkpoints_own_vae():
+    own = models.file_hash(tiny.ensure("tiny") / "vae" / "diffusion_pytorch_model.safetensors")
+    swap = models.file_hash(tiny.ensure("tiny-vae") / "diffusion_pytorch_model.safetensors")
+    assert own != swap
+
+
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FARM_CACHE", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tiny.cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("FARM_CACHE")
+    assert tiny.cache_dir() == tmp_path / "xdg" / "farm"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert tiny.cache_dir() == Path.home() / ".cache" / "farm"
+
+
+def test_the_byte_level_tokenizer_reads_any_text():
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny.ensure("tiny") / "tokenizer")
+    ids = tokenizer("a red fox, 名前 🦊!").input_ids
+    unknown = tokenizer.convert_tokens_to_ids(tokenizer.unk_token)
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert unknown not in ids[1:-1] and len(ids) > 10

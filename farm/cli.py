@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from farm import models, plan, recipe as recipes
+from farm import models, plan
+from farm import recipe as recipes
 from farm.jobs import Model
 from farm.manifest import Manifest
 from farm.outputs import FolderBusy, RunFolder
@@ -106,7 +107,8 @@ def check_overrides(overrides: list[str]) -> None:
 
 def compose(args: list[str]) -> Settings:
     """Recipe file + command-line overrides + runtime group, composed by Hydra, then checked."""
-    from hydra import compose as hydra_compose, initialize
+    from hydra import compose as hydra_compose
+    from hydra import initialize
     from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -234,8 +236,8 @@ def command_render(settings: Settings) -> int:
         folder.save_recipe(run_id, settings.resolved)
         batches = schedule.pending_batches(plan.jobs(recipe, found), is_done, recipe.batch_size)
         try:
-            schedule.run(batches, pending, folder, manifest, run_id, settings.runtime, summary,
-                         label=recipe.name)
+            schedule.run(batches, recipe.batch_size, pending, folder, manifest, run_id,
+                         settings.runtime, summary, label=recipe.name)
         finally:
             manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
                              summary.seconds)

@@ -106,10 +106,16 @@ class Job:
 
 @dataclass(frozen=True)
 class Batch:
-    """Jobs rendered by one pipeline call, each with the run-relative path it is written to."""
+    """Jobs rendered by one pipeline call, each with the run-relative path it is written to.
+
+    A batch shorter than `pad_to` is filled up with copies of its first job (rendered, never
+    written): a job's pixels depend on the shape of the call it is in, so rendering every call
+    at the recipe's batch size makes a resumed or repaired image bit-identical to the original.
+    """
 
     jobs: tuple[Job, ...]
     paths: tuple[str, ...] = field(default=())
+    pad_to: int = 0  # images per pipeline call; 0: just the jobs
 
     def __post_init__(self) -> None:
         if not self.jobs:
@@ -118,6 +124,13 @@ class Batch:
             raise ValueError("a batch mixes jobs that cannot share a pipeline call")
         if self.paths and len(self.paths) != len(self.jobs):
             raise ValueError("a batch needs one path per job")
+        if self.pad_to and self.pad_to < len(self.jobs):
+            raise ValueError("a batch cannot hold more jobs than its pad_to size")
+
+    @property
+    def shape(self) -> tuple[Job, ...]:
+        """The jobs as the pipeline sees them: padded with copies of the first one."""
+        return self.jobs + (self.jobs[0],) * max(0, self.pad_to - len(self.jobs))
 
     @property
     def first(self) -> Job:

@@ -14,9 +14,9 @@ import json
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image, PngImagePlugin
 

@@ -7,8 +7,9 @@ nothing in it is ever imported, evaluated or instantiated.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from farm import samplers
 
@@ -250,5 +251,6 @@ class _Parser:
         ordered = sorted(ranges, key=lambda r: r.start)
         for a, b in zip(ordered, ordered[1:]):
             if b.start < a.stop:
-                self.fail("seeds", value, f"seed {b.start} is listed twice; each seed must appear once")
+                self.fail("seeds", value,
+                          f"seed {b.start} is listed twice; each seed must appear once")
         return tuple(ranges)

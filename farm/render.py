@@ -14,20 +14,21 @@ Rendered = Image.Image | str
 
 
 def render(pipe, batch: Batch, scheduler_config: dict) -> list[Rendered]:
-    """Render every job of a batch in one pipeline call.
+    """Render every job of a batch in one pipeline call; one image (or error) per job.
 
-    Each image gets its own CPU generator seeded with its own seed, passed as a list, so its
-    noise is the same whatever batch, worker or device renders it.
+    The call is padded to the batch's `pad_to` size (see Batch). Each image gets its own CPU
+    generator seeded with its own seed, passed as a list, so that its noise is the same whatever
+    batch, worker or device renders it.
     """
-    first = batch.first
+    first, shape = batch.first, batch.shape
     # 1. sampler: a fresh scheduler from the checkpoint's own config; the model stays loaded
     pipe.scheduler = samplers.make_scheduler(scheduler_config, first.sampler, first.scheduler)
     # 2. noise: one CPU generator per image
-    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch.jobs]
+    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in shape]
     # 3. encode prompts, denoise with classifier-free guidance, decode
     output = pipe(
-        prompt=[job.prompt for job in batch.jobs],
-        negative_prompt=[job.negative for job in batch.jobs],
+        prompt=[job.prompt for job in shape],
+        negative_prompt=[job.negative for job in shape],
         num_inference_steps=first.steps,
         guidance_scale=first.cfg,
         width=first.width,
@@ -37,7 +38,7 @@ def render(pipe, batch: Batch, scheduler_config: dict) -> list[Rendered]:
     )
     # 4. to 8-bit RGB, refusing what cannot be an image
     images: list[Rendered] = []
-    for array in output.images:  # (H, W, 3) floats in [0, 1]
+    for array in output.images[: len(batch.jobs)]:  # (H, W, 3) floats in [0, 1]
         if not np.isfinite(array).all():
             images.append("the decoded image contains NaN or infinite values")
             continue

@@ -8,8 +8,8 @@ the small results the worker sends back after its files are in place.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional
 
 from farm import plan
 from farm.jobs import Batch, Job, Result
@@ -22,10 +22,10 @@ class Runtime:
     """How to render (the `runtime` config group); never part of a job's identity."""
 
     kind: str = "inline"  # inline: in this process
-    workers: Optional[int] = None  # cap on workers; default one per GPU, else one on the CPU
-    threads: Optional[int] = None  # torch threads per CPU worker; default: torch's choice
+    workers: int | None = None  # cap on workers; default one per GPU, else one on the CPU
+    threads: int | None = None  # torch threads per CPU worker; default: torch's choice
     max_pipelines: int = 2  # checkpoints (and VAEs) a worker keeps loaded, least recent out
-    device: Optional[str] = None  # "cpu" or "cuda"; default: a GPU when there is one
+    device: str | None = None  # "cpu" or "cuda"; default: a GPU when there is one
 
 
 @dataclass
@@ -65,9 +65,10 @@ def pending_batches(jobs: Iterable[Job], is_done: Callable[[str], bool],
     return plan.batches(plan.pending(jobs, is_done), batch_size)
 
 
-def run_inline(batches: Iterable[tuple[Job, ...]], folder: RunFolder, manifest: Manifest,
-               run_id: int, runtime: Runtime, summary: Summary, progress: Progress) -> None:
-    """Render every batch in this process, one at a time."""
+def run_inline(batches: Iterable[tuple[Job, ...]], batch_size: int, folder: RunFolder,
+               manifest: Manifest, run_id: int, runtime: Runtime, summary: Summary,
+               progress: Progress) -> None:
+    """Render every batch in this process, one at a time, each padded to batch_size."""
     from farm.worker import Device, Worker
 
     device = None
@@ -77,7 +78,7 @@ def run_inline(batches: Iterable[tuple[Job, ...]], folder: RunFolder, manifest: 
                     max_pipelines=runtime.max_pipelines, threads=runtime.threads)
     for jobs in batches:
         paths = manifest.claim(jobs, folder.image_path)
-        results = worker.render(Batch(jobs, tuple(paths)))
+        results = worker.render(Batch(jobs, tuple(paths), pad_to=batch_size))
         manifest.record(results, run_id)
         _count(summary, results)
         progress.update(results)
@@ -92,7 +93,7 @@ def _count(summary: Summary, results: list[Result]) -> None:
             summary.failures.append(r)
 
 
-def run(batches: Iterable[tuple[Job, ...]], pending: int, folder: RunFolder,
+def run(batches: Iterable[tuple[Job, ...]], batch_size: int, pending: int, folder: RunFolder,
         manifest: Manifest, run_id: int, runtime: Runtime, summary: Summary,
         label: str) -> Summary:
     """Render the pending batches with the chosen runtime; fill in and return the summary."""
@@ -100,7 +101,8 @@ def run(batches: Iterable[tuple[Job, ...]], pending: int, folder: RunFolder,
     progress = Progress(pending, label)
     try:
         if runtime.kind == "inline":
-            run_inline(batches, folder, manifest, run_id, runtime, summary, progress)
+            run_inline(batches, batch_size, folder, manifest, run_id, runtime, summary,
+                       progress)
         else:
             raise ValueError(f"runtime {runtime.kind!r} is not available; allowed: inline")
     finally:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 VERSION = 1  # bump when a builder changes: the folder name changes and models are rebuilt
 MAX_TOKENS = 77  # CLIP's context length

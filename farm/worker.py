@@ -25,7 +25,7 @@ class Device:
     dtype: str  # "float32", "float16", "bfloat16"
 
     @staticmethod
-    def detect() -> "Device":
+    def detect() -> Device:
         """The first GPU in half precision, else the CPU in full precision."""
         import torch
 
@@ -97,6 +97,6 @@ class Worker:
                 except OSError as e:
                     error = f"could not write {path}: {e}"
             results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash, seconds=share,
-                                  batch_size=len(batch.jobs), position=position,
+                                  batch_size=len(batch.shape), position=position,
                                   worker=self.name, error=error))
         return results

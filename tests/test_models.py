@@ -46,7 +46,7 @@ def test_a_checkpoint_folder_can_serve_as_vae(tiny):
     assert vae.identity == tiny.identity
 
 
-def fake_hub_cache(tmp_path, source, repo="org/tiny-sd", commit="0123456789abcdef" * 2 + "01234567"):
+def fake_hub_cache(tmp_path, source, repo="org/tiny-sd", commit="0123456789abcdef" * 2 + "0" * 8):
     """A Hugging Face cache holding one repo, laid out the way huggingface_hub writes it."""
     cache = tmp_path / "hub"
     repo_dir = cache / f"models--{repo.replace('/', '--')}"

@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -110,9 +109,8 @@ def test_partial_files_are_removed(tmp_path):
 
 def test_only_one_writer_holds_a_run_folder(tmp_path):
     folder = RunFolder(tmp_path / "run")
-    with folder.locked():
-        with pytest.raises(outputs.FolderBusy, match="another farm render"):
-            with RunFolder(tmp_path / "run").locked():
-                pass
+    with folder.locked(), pytest.raises(outputs.FolderBusy, match="another farm render"):
+        with RunFolder(tmp_path / "run").locked():
+            pass
     with folder.locked():
         pass

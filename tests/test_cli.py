@@ -1,0 +1,232 @@
+"""The command line end to end: render, resume, grow, repair, fail, validate, status."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from farm import outputs, render
+from tests.helpers import farm_command, run_farm
+
+SMALL = """\
+name: small
+checkpoint: tiny
+prompt:
+  - a lighthouse on a cliff
+  - {text: a red fox in snow, negative: cartoon}
+negative: blurry
+seeds: 0-2
+steps: 4
+size: 64x64
+batch_size: 4
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working directory with recipes/small.yaml, as a user would have."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "small.yaml").write_text(SMALL)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def images(folder: Path) -> dict[str, str]:
+    """Every PNG of a run folder: relative path -> decoded pixel hash."""
+    return {p.relative_to(folder).as_posix(): outputs.pixel_hash(Image.open(p))
+            for p in sorted(folder.glob("images/*/*.png"))}
+
+
+def manifest_rows(folder: Path) -> list[tuple]:
+    with sqlite3.connect(folder / "manifest.sqlite") as db:
+        return db.execute("SELECT id, path, status, pixel_hash FROM jobs ORDER BY seq").fetchall()
+
+
+def test_render_writes_every_image_with_its_record(workdir, capsys):
+    assert run_farm("render", "recipe=small") == 0
+    folder = workdir / "outputs" / "small"
+    files = images(folder)
+    assert len(files) == 6
+    rows = manifest_rows(folder)
+    assert {(path, pixel_hash) for _, path, _, pixel_hash in rows} == set(files.items())
+    assert {status for _, _, status, _ in rows} == {"done"}
+    assert (folder / "runs" / "run-0001.yaml").is_file()
+    out = capsys.readouterr().out
+    assert "Rendered 6 of 6 images" in out and "0 failed" in out
+    params, farm = outputs.read_metadata(folder / rows[0][1])
+    assert farm["id"] == rows[0][0] and farm["steps"] == 4 and "Seed: " in params
+
+
+def test_rerun_renders_nothing_and_says_so(workdir, capsys):
+    run_farm("render", "recipe=small")
+    folder = workdir / "outputs" / "small"
+    before = {p: (folder / p).stat().st_mtime_ns for p in images(folder)}
+    capsys.readouterr()
+    assert run_farm("render", "recipe=small") == 0
+    assert "all 6 images are already done" in capsys.readouterr().out
+    assert {p: (folder / p).stat().st_mtime_ns for p in images(folder)} == before
+
+
+def test_more_seeds_render_only_the_new_ones(workdir, capsys):
+    run_farm("render", "recipe=small")
+    folder = workdir / "outputs" / "small"
+    before = images(folder)
+    capsys.readouterr()
+    assert run_farm("render", "recipe=small", "seeds=0-4") == 0
+    assert "Rendered 4 of 10 images" in capsys.readouterr().out
+    after = images(folder)
+    assert len(after) == 10 and all(after[p] == h for p, h in before.items())
+
+
+def test_a_deleted_image_is_rendered_again_with_the_same_pixels(workdir, capsys):
+    run_farm("render", "recipe=small")
+    folder = workdir / "outputs" / "small"
+    before = images(folder)
+    victim = sorted(before)[2]
+    (folder / victim).unlink()
+    capsys.readouterr()
+    assert run_farm("render", "recipe=small") == 0
+    assert "Rendered 1 of 6 images" in capsys.readouterr().out
+    assert images(folder) == before
+
+
+def test_batch_size_does_not_change_the_plan(workdir, capsys):
+    run_farm("render", "recipe=small", "batch_size=1")
+    capsys.readouterr()
+    assert run_farm("render", "recipe=small", "batch_size=4") == 0
+    assert "already done" in capsys.readouterr().out
+
+
+def test_failed_jobs_are_listed_exit_1_and_are_retried(workdir, capsys, monkeypatch):
+    real = render.render
+
+    def flaky(pipe, batch, config):
+        if any(job.seed == 1 for job in batch.jobs):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(pipe, batch, config)
+
+    monkeypatch.setattr(render, "render", flaky)
+    assert run_farm("render", "recipe=small", "batch_size=1") == 1
+    out = capsys.readouterr().out
+    assert "2 failed" in out and "CUDA out of memory (simulated)" in out
+    assert run_farm("status", "recipe=small", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["done"], report["failed"], report["pending"]) == (4, 2, 2)
+    assert len(report["failures"]) == 2
+    monkeypatch.setattr(render, "render", real)
+    assert run_farm("render", "recipe=small") == 0
+    assert "Rendered 2 of 6" in capsys.readouterr().out
+
+
+def test_plan_counts_and_writes_nothing(workdir, capsys):
+    assert run_farm("plan", "recipe=small", "steps=[4,8]") == 0
+    out = capsys.readouterr().out
+    assert "jobs: 12 (1 x 1 x 2 x 1 x 1 x 2 x 1 x 1 x 3); done 0, pending 12" in out
+    assert not (workdir / "outputs").exists()
+    run_farm("render", "recipe=small")
+    capsys.readouterr()
+    run_farm("plan", "recipe=small", "steps=[4,8]")
+    assert "done 6, pending 6" in capsys.readouterr().out
+
+
+def test_status_of_a_run_folder(workdir, capsys):
+    run_farm("render", "recipe=small", "seeds=0-1")
+    capsys.readouterr()
+    assert run_farm("status", "outputs/small") == 0
+    assert "outputs/small: 4 done, 0 pending, 0 failed, of 4 planned" in capsys.readouterr().out
+    assert run_farm("status", "outputs/small", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["done"] == 4 and report["last_run"]["rendered"] == 4
+
+
+def test_recipe_by_path_and_packaged_name(workdir, capsys):
+    (workdir / "elsewhere").mkdir()
+    (workdir / "elsewhere" / "birds.yaml").write_text("prompt: a bird\nsize: 64x64\nsteps: 2\n")
+    assert run_farm("render", "recipe=elsewhere/birds.yaml") == 0
+    assert len(images(workdir / "outputs" / "birds")) == 1
+    assert run_farm("plan", "recipe=demo") == 0
+    assert "jobs: 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["recipe=small", "step=5"], "unknown field 'step'"),
+    (["recipe=small", "size=100x100"], "recipe small: size: got '100x100'"),
+    (["recipe=small", "sampler=warp_drive"], "sampler: got 'warp_drive'; allowed: euler,"),
+    (["recipe=small", "seeds=9-3"], "range end 3 is before its start 9"),
+    (["recipe=small", "checkpoint=./no/such/model"], "checkpoint: './no/such/model': no such"),
+    (["recipe=small", "vae=./missing-vae"], "vae: './missing-vae': no such"),
+    (["recipe=small", "checkpoint=sd15.ckpt"], "pickle files can run arbitrary code"),
+    (["recipe=nope"], "recipe: 'nope': not found"),
+    (["recipe=small", "runtime=warp"], "runtime/warp"),
+    (["recipe=small", "runtime.wokers=2"], "runtime.wokers"),
+    (["recipe=small", "steps=[4,"], "command line"),
+])
+def test_bad_input_exits_2_before_anything_is_written(workdir, capsys, args, words):
+    assert run_farm("render", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("farm: error: ") and words in err
+    assert not (workdir / "outputs").exists()
+
+
+def test_unknown_field_in_a_recipe_file(workdir, capsys):
+    (workdir / "recipes" / "typo.yaml").write_text("prompt: a\nsteps: 4\ncfg_scale: 7\n")
+    assert run_farm("render", "recipe=typo") == 2
+    assert "cfg_scale: unknown field; allowed: name, checkpoint" in capsys.readouterr().err
+
+
+def test_a_recipe_cannot_run_code(workdir, capsys):
+    (workdir / "recipes" / "evil.yaml").write_text(
+        "prompt: !!python/object/apply:os.system ['touch pwned']\n")
+    assert run_farm("render", "recipe=evil") == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert not (workdir / "pwned").exists()
+
+
+def test_the_readme_demo_command(tmp_path):
+    """`farm render` in an empty folder renders the packaged demo with the tiny model."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    done = subprocess.run(farm_command() + ["render"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Rendered 8 of 8 images into outputs/demo" in done.stdout
+    files = images(tmp_path / "outputs" / "demo")
+    assert len(files) == 8 and len(set(files.values())) == 8
+    for path in files:
+        assert Image.open(tmp_path / "outputs" / "demo" / path).size == (256, 256)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_render_then_resume_finishes_every_image_once(workdir):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    command = farm_command() + ["render", "recipe=small", "seeds=0-11", "steps=8",
+                                "batch_size=2"]
+    folder = workdir / "outputs" / "small"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and done < 4:
+        time.sleep(0.05)
+        if (folder / "manifest.sqlite").exists():
+            try:
+                done = sum(status == "done" for _, _, status, _ in manifest_rows(folder))
+            except sqlite3.OperationalError:
+                pass
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 4 <= done < 24, "the render should have been killed part-way"
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = manifest_rows(folder)
+    files = images(folder)
+    assert len(rows) == 24 and {status for _, _, status, _ in rows} == {"done"}
+    assert sorted(files) == sorted(path for _, path, _, _ in rows)  # each image exactly once
+    assert all(files[path] == pixel_hash for _, path, _, pixel_hash in rows)
+    assert not [p for p in folder.rglob("*") if p.name.endswith(outputs.PARTIAL_SUFFIX)]

@@ -1,0 +1,122 @@
+"""The worker and render: pixels, reproducibility, batching, model and sampler swaps."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from farm import outputs
+from farm.jobs import Batch, Model
+from farm.worker import Device, Worker
+from tests.helpers import make_job
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    return Worker(tmp_path_factory.mktemp("run"), device=Device("cpu", "float32"))
+
+
+def render(worker, jobs, tag="x"):
+    """Render jobs as one batch; return the decoded images."""
+    paths = tuple(f"images/00000/{tag}-{i}-{job.id}.png" for i, job in enumerate(jobs))
+    results = worker.render(Batch(tuple(jobs), paths))
+    assert all(r.ok for r in results), [r.error for r in results]
+    images = [np.asarray(Image.open(worker.folder.root / r.path)) for r in results]
+    for r, image in zip(results, images):
+        assert outputs.pixel_hash(Image.fromarray(image)) == r.pixel_hash
+    return images
+
+
+def test_a_batch_writes_one_png_per_job_with_its_metadata(worker, tiny):
+    jobs = [make_job(tiny, seed=s, prompt=p) for s, p in [(0, "a cat"), (1, "a dog")]]
+    paths = ("images/00000/a.png", "images/00000/b.png")
+    results = worker.render(Batch(tuple(jobs), paths))
+    assert [r.path for r in results] == list(paths)
+    assert [(r.batch_size, r.position, r.worker) for r in results] == \
+        [(2, 0, "worker-0"), (2, 1, "worker-0")]
+    for job, path in zip(jobs, paths):
+        image = Image.open(worker.folder.root / path)
+        assert image.size == (64, 64) and image.mode == "RGB"
+        assert outputs.read_metadata(worker.folder.root / path)[1]["id"] == job.id
+
+
+def test_same_job_same_pixels(worker, tiny):
+    job = make_job(tiny, seed=5)
+    first, = render(worker, [job], "first")
+    fresh = Worker(worker.folder.root, device=Device("cpu", "float32"))
+    again, = render(fresh, [job], "again")
+    assert np.array_equal(first, again)
+
+
+def test_a_batch_of_four_matches_each_image_alone(worker, tiny):
+    jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}") for s in range(4)]
+    together = render(worker, jobs, "together")
+    for job, image in zip(jobs, together):
+        alone, = render(worker, [job], "alone")
+        difference = np.abs(alone.astype(int) - image.astype(int))
+        assert difference.max() <= 1  # 1/255: float rounding across batch shapes
+        assert (difference > 0).mean() < 0.01
+
+
+def test_a_padded_batch_is_bit_identical_whatever_the_companions(worker, tiny):
+    """A resume re-renders a job with other companions, padded to the same batch size."""
+    jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}") for s in range(4)]
+    paths = tuple(f"images/00000/full-{i}.png" for i in range(4))
+    full = worker.render(Batch(tuple(jobs), paths))
+    for position in (0, 2, 3):
+        alone, = worker.render(Batch((jobs[position],), ("images/00000/alone.png",), pad_to=4))
+        assert alone.pixel_hash == full[position].pixel_hash
+        assert (alone.batch_size, alone.position) == (4, 0)
+
+
+def test_seeds_and_prompts_change_pixels(worker, tiny):
+    base, other_seed, other_prompt = render(worker, [
+        make_job(tiny, seed=1), make_job(tiny, seed=2), make_job(tiny, seed=1, prompt="owl")])
+    assert not np.array_equal(base, other_seed)
+    assert not np.array_equal(base, other_prompt)
+
+
+@pytest.mark.parametrize("sampler, schedule", [
+    ("euler", "normal"), ("euler", "karras"), ("euler_ancestral", "normal"),
+    ("ddim", "normal"), ("dpmpp_2m", "normal"), ("dpmpp_2m", "karras"),
+])
+def test_required_samplers_render_without_reloading(worker, tiny, sampler, schedule):
+    image, = render(worker, [make_job(tiny, sampler=sampler, scheduler=schedule)])
+    assert image.shape == (64, 64, 3) and image.std() > 0
+    assert worker.loads[tiny.identity] == 1  # scheduler swaps never reload the model
+
+
+def test_samplers_and_schedules_give_different_images(worker, tiny):
+    images = render(worker, [make_job(tiny, sampler="euler")]) + \
+        render(worker, [make_job(tiny, sampler="euler", scheduler="karras")]) + \
+        render(worker, [make_job(tiny, sampler="dpmpp_2m")])
+    hashes = {outputs.pixel_hash(Image.fromarray(i)) for i in images}
+    assert len(hashes) == 3
+
+
+def test_vae_swap_changes_pixels_and_keeps_the_checkpoint_loaded(worker, tiny, tiny_vae):
+    own, = render(worker, [make_job(tiny)])
+    swapped, = render(worker, [make_job(tiny, vae=tiny_vae)])
+    assert not np.array_equal(own, swapped)
+    assert worker.loads[tiny.identity] == 1 and worker.loads[tiny_vae.identity] == 1
+
+
+def test_a_failing_batch_reports_each_job_and_writes_nothing(worker, tiny):
+    broken = Model(ref="broken", path=str(worker.folder.root / "missing"), identity="0" * 64)
+    jobs = (make_job(broken, seed=0), make_job(broken, seed=1))
+    paths = ("images/00000/broken-0.png", "images/00000/broken-1.png")
+    results = worker.render(Batch(jobs, paths))
+    assert [r.ok for r in results] == [False, False]
+    assert all(r.error and r.pixel_hash is None for r in results)
+    assert not any((worker.folder.root / p).exists() for p in paths)
+
+
+def test_non_finite_images_are_failures_not_files(worker, tiny, monkeypatch):
+    from farm import render as render_module
+
+    monkeypatch.setattr(render_module.np, "isfinite", lambda a: np.zeros_like(a, dtype=bool))
+    job = dataclasses.replace(make_job(tiny), seed=77)
+    result, = worker.render(Batch((job,), ("images/00000/nan.png",)))
+    assert not result.ok and "NaN" in result.error
+    assert not (worker.folder.root / "images/00000/nan.png").exists()

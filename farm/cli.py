@@ -19,12 +19,12 @@ from typing import Any
 
 import yaml
 
-from farm import models, plan
+from farm import models, plan, schedule
 from farm import recipe as recipes
 from farm.jobs import Model
 from farm.manifest import Manifest
 from farm.outputs import FolderBusy, RunFolder
-from farm.schedule import Runtime, Summary
+from farm.schedule import Runtime, RuntimeUnavailable, Summary
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_RECIPE = "demo"
@@ -126,9 +126,10 @@ def compose(args: list[str]) -> Settings:
     check_overrides(overrides)
 
     store = ConfigStore.instance()
+    store.store(group="runtime", name="ray", node=Runtime(kind="ray"))
     store.store(group="runtime", name="inline", node=Runtime(kind="inline"))
     store.store(name="farm", node={
-        "defaults": [{"runtime": "inline"}, "_self_"],
+        "defaults": [{"runtime": "ray"}, "_self_"],
         **recipes.DEFAULTS, "name": path.stem, **data, "outputs": "outputs",
     })
     try:
@@ -148,11 +149,18 @@ def compose(args: list[str]) -> Settings:
 
 def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
     """Every checkpoint and VAE of the recipe, checked and identified."""
-    found = {}
+    found: dict[str, Model] = {}
     for field, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae)):
+        seen: dict[str, str] = {}
         for ref in refs:
-            if ref is not None and ref not in found:
+            if ref is None:
+                continue
+            if ref not in found:
                 found[ref] = models.resolve(ref, field)
+            twin = seen.setdefault(found[ref].identity, ref)
+            if twin != ref:  # two spellings of one model would plan every job twice
+                raise BadInput(f"recipe {recipe.name}: {field}: {twin!r} and {ref!r} are the same "
+                               f"model (identity {found[ref].identity[:16]}...); list it once")
     return found
 
 
@@ -212,44 +220,72 @@ def command_plan(settings: Settings) -> int:
     return EXIT_OK
 
 
+def pending_work(settings: Settings, found: dict[str, Model],
+                 rows: dict) -> list[schedule.Work]:
+    """The pending batches of each model group, streamed, with their job counts."""
+    recipe, root = settings.recipe, settings.folder.root
+
+    def is_done(job_id: str) -> bool:
+        row = rows.get(job_id)
+        return bool(row and row.status == "done" and (root / row.path).is_file())
+
+    work = []
+    for group in plan.groups(recipe):
+        left = sum(1 for job in plan.jobs(recipe, found, group) if not is_done(job.id))
+        if left:
+            ckpt, vae = group
+            key = (found[ckpt].identity, found[vae].identity if vae else None)
+            stream = plan.batches(plan.pending(plan.jobs(recipe, found, group), is_done),
+                                  recipe.batch_size)
+            work.append(schedule.Work(key, stream, left))
+    return work
+
+
 def command_render(settings: Settings) -> int:
-    from farm import schedule
-
     found = resolve_models(settings.recipe)
-    folder = settings.folder
-    recipe = settings.recipe
-    with folder.locked(), Manifest(folder.manifest) as manifest:
-        folder.remove_partial_files()
-        rows = manifest.rows()
-
-        def is_done(job_id: str) -> bool:
-            row = rows.get(job_id)
-            return bool(row and row.status == "done" and (folder.root / row.path).is_file())
-
-        pending = sum(1 for job in plan.jobs(recipe, found) if not is_done(job.id))
-        summary = Summary(planned=recipe.job_count, skipped=recipe.job_count - pending)
-        if pending == 0:
-            print(f"{recipe.name}: all {recipe.job_count} images are already done in "
-                  f"{folder.root}; nothing to render")
-            return EXIT_OK
-        run_id = manifest.begin_run(settings.resolved, recipe.job_count)
-        folder.save_recipe(run_id, settings.resolved)
-        batches = schedule.pending_batches(plan.jobs(recipe, found), is_done, recipe.batch_size)
-        try:
-            schedule.run(batches, recipe.batch_size, pending, folder, manifest, run_id,
-                         settings.runtime, summary, label=recipe.name)
-        finally:
-            manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
-                             summary.seconds)
+    folder, recipe = settings.folder, settings.recipe
+    rows = {}
+    if folder.manifest.exists():
+        with Manifest(folder.manifest, readonly=True) as manifest:
+            rows = manifest.rows()
+    if not pending_work(settings, found, rows):
+        print(f"{recipe.name}: all {recipe.job_count} images are already done in "
+              f"{folder.root}; nothing to render")
+        return EXIT_OK
+    backend = schedule.start(settings.runtime, folder, recipe.name)  # fails fast, writes nothing
+    try:
+        with folder.locked(), Manifest(folder.manifest) as manifest:
+            folder.remove_partial_files()
+            work = pending_work(settings, found, manifest.rows())  # again, under the lock
+            pending = sum(w.left for w in work)
+            summary = Summary(planned=recipe.job_count, skipped=recipe.job_count - pending)
+            run_id = manifest.begin_run(settings.resolved, recipe.job_count)
+            folder.save_recipe(run_id, settings.resolved)
+            try:
+                schedule.run(backend, work, recipe.batch_size, folder, manifest, run_id,
+                             settings.runtime, summary, label=recipe.name)
+            finally:
+                manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
+                                 summary.seconds)
+    finally:
+        backend.close()
     print(describe(summary, folder))
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    return EXIT_FAILED if summary.failed or summary.unfinished else EXIT_OK
 
 
 def describe(summary: Summary, folder: RunFolder) -> str:
     """The one-paragraph summary at the end of a render."""
     text = (f"Rendered {summary.rendered} of {summary.planned} images into {folder.root} in "
-            f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s); "
-            f"{summary.skipped} were already done, {summary.failed} failed.")
+            f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s"
+            + (f", first image after {summary.first_image_seconds:.1f} s"
+               if summary.first_image_seconds is not None else "")
+            + f"); {summary.skipped} were already done, {summary.failed} failed.")
+    if len(summary.per_worker) > 1:
+        text += " Per worker: " + ", ".join(f"{w} {n}" for w, n in
+                                            sorted(summary.per_worker.items())) + "."
+    if summary.unfinished:
+        text += (f" {summary.unfinished} were not rendered because no worker was left; "
+                 "run the same command again to resume.")
     if summary.failures:
         shown = summary.failures[:20]
         text += " Failed:\n" + "\n".join(f"  {r.path} ({r.job_id}): {r.error}" for r in shown)
@@ -332,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             settings = compose(options.args)
             code = (command_render if options.command == "render" else command_plan)(settings)
-    except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy) as e:
+    except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
+            RuntimeUnavailable) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -9,16 +9,24 @@ from farm.jobs import Job, Model
 from farm.recipe import Recipe
 
 
-def jobs(recipe: Recipe, models: Mapping[str, Model]) -> Iterator[Job]:
-    """Every job of the recipe, one at a time, in an order that keeps batches together.
+Group = tuple[str, "str | None"]  # (checkpoint reference, VAE reference): what a worker loads
+
+
+def groups(recipe: Recipe) -> list[Group]:
+    """The model pairs of a recipe, in plan order; each is one pipeline to load."""
+    return list(itertools.product(recipe.checkpoint, recipe.vae))
+
+
+def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None) -> Iterator[Job]:
+    """Every job of the recipe (or of one model group), one at a time, keeping batches together.
 
     Expensive switches change least often: checkpoint, then VAE, then size, then the sampler
     settings; prompts and seeds, which a single pipeline call can mix, vary fastest.
     `models` maps each checkpoint and VAE reference of the recipe to its resolved Model.
     """
-    for ckpt, vae, size, sampler, schedule, steps, cfg in itertools.product(
-        recipe.checkpoint, recipe.vae, recipe.size, recipe.sampler, recipe.scheduler,
-        recipe.steps, recipe.cfg,
+    pairs = [group] if group is not None else groups(recipe)
+    for (ckpt, vae), size, sampler, schedule, steps, cfg in itertools.product(
+        pairs, recipe.size, recipe.sampler, recipe.scheduler, recipe.steps, recipe.cfg,
     ):
         for prompt in recipe.prompt:
             negative = recipe.negative if prompt.negative is None else prompt.negative

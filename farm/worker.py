@@ -7,6 +7,7 @@ shell around it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections import Counter, OrderedDict
@@ -29,9 +30,12 @@ class Device:
         """The first GPU in half precision, else the CPU in full precision."""
         import torch
 
-        if torch.cuda.is_available():
-            return Device("cuda", "float16")
-        return Device("cpu", "float32")
+        return Device.named("cuda" if torch.cuda.is_available() else "cpu")
+
+    @staticmethod
+    def named(name: str) -> "Device":
+        """Half precision on a GPU, full precision on the CPU (where half is slow or missing)."""
+        return Device(name, "float32" if name == "cpu" else "float16")
 
 
 class Worker:
@@ -52,6 +56,7 @@ class Worker:
         self._checkpoints: OrderedDict[str, object] = OrderedDict()
         self._vaes: OrderedDict[str, object] = OrderedDict()
         self._scheduler_configs: dict[str, dict] = {}
+        self._lock = threading.Lock()  # one pipeline call at a time; PNG writes run outside it
 
     def _cached(self, cache: OrderedDict, model: Model, load):
         """Least-recently-used cache of loaded models, at most max_pipelines of each kind."""
@@ -64,22 +69,35 @@ class Worker:
         self.loads[model.identity] += 1
         return loaded
 
+    def local(self, model: Model, field: str) -> Model:
+        """The model as found on this machine: another node may keep its files elsewhere."""
+        if Path(model.path).exists():
+            return model
+        found = models.resolve(model.ref, field)
+        if found.identity != model.identity:
+            raise models.ModelError(field, model.ref, f"on {self.name} it resolves to "
+                                    f"{found.identity}, not {model.identity} as on the driver")
+        return found
+
     def pipeline(self, checkpoint: Model, vae: Model | None):
         """The checkpoint's pipeline, with `vae` swapped in when given (nothing reloaded)."""
-        base = self._cached(self._checkpoints, checkpoint, models.load_pipeline)
+        base = self._cached(self._checkpoints, self.local(checkpoint, "checkpoint"),
+                            models.load_pipeline)
         self._scheduler_configs.setdefault(checkpoint.identity, dict(base.scheduler.config))
         if vae is None:
             return base
-        return type(base)(**{**base.components, "vae": self._cached(self._vaes, vae,
-                                                                    models.load_vae)})
+        swapped = self._cached(self._vaes, self.local(vae, "vae"), models.load_vae)
+        return type(base)(**{**base.components, "vae": swapped})
 
     def render(self, batch: Batch) -> list[Result]:
         """Render a batch, write its images into the run folder, and say what happened."""
         started = time.perf_counter()
         first = batch.first
         try:
-            pipe = self.pipeline(first.checkpoint, first.vae)
-            images = render.render(pipe, batch, self._scheduler_configs[first.checkpoint.identity])
+            with self._lock:
+                pipe = self.pipeline(first.checkpoint, first.vae)
+                config = self._scheduler_configs[first.checkpoint.identity]
+                images = render.render(pipe, batch, config)
         except Exception as e:  # one bad batch must not end the run: report it per job
             error = f"{type(e).__name__}: {e}"
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())

@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from farm import outputs, render
-from tests.helpers import farm_command, run_farm
+from tests.helpers import farm_command
+from tests.helpers import run_farm as run_farm_default
+
+
+def run_farm(*args: str) -> int:
+    """The command line with the in-process runtime: these tests are not about Ray."""
+    return run_farm_default(args[0], "runtime=inline", *args[1:])
 
 SMALL = """\
 name: small
@@ -205,7 +211,7 @@ def test_the_readme_demo_command(tmp_path):
 def test_sigkill_mid_render_then_resume_finishes_every_image_once(workdir):
     env = {**os.environ, "TQDM_DISABLE": "1"}
     command = farm_command() + ["render", "recipe=small", "seeds=0-11", "steps=8",
-                                "batch_size=2"]
+                                "batch_size=2", "runtime=inline"]
     folder = workdir / "outputs" / "small"
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

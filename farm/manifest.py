@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -104,16 +104,20 @@ class Manifest:
                 paths.append(path)
         return paths
 
-    def record(self, results: Iterable[Result], run_id: int) -> None:
-        """Store what workers report; called only after their files are in place."""
+    def record(self, results: Iterable[Result], run_id: int,
+               attempts: Mapping[str, int] | None = None) -> None:
+        """Store what workers report; called only after their files are in place.
+        `attempts` says how many tries each job took in this run (default one)."""
+        attempts = attempts or {}
         with self.db:
             for r in results:
                 self.db.execute(
                     "UPDATE jobs SET status = ?, pixel_hash = ?, error = ?, seconds = ?, "
                     "batch_size = ?, position = ?, worker = ?, run_id = ?, updated_at = ?, "
-                    "attempts = attempts + 1 WHERE id = ?",
+                    "attempts = attempts + ? WHERE id = ?",
                     ("done" if r.ok else "failed", r.pixel_hash, r.error, r.seconds,
-                     r.batch_size, r.position, r.worker, run_id, now(), r.job_id),
+                     r.batch_size, r.position, r.worker, run_id, now(),
+                     attempts.get(r.job_id, 1), r.job_id),
                 )
 
     def begin_run(self, recipe_yaml: str, planned: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class Runtime:
     threads: Optional[int] = None  # torch threads per CPU worker; default: the CPUs it gets
     max_pipelines: int = 2  # checkpoints (and VAEs) a worker keeps loaded, least recent out
     device: Optional[str] = None  # "cpu" or "cuda"; default: GPUs when the cluster has them
-    address: Optional[str] = None  # a Ray cluster to join ("auto", "ray://host:10001"); or RAY_ADDRESS
+    address: Optional[str] = None  # a cluster to join ("auto", "host:6379"); or $RAY_ADDRESS
     max_attempts: int = 3  # tries per job before it is recorded as failed
     queue_depth: int = 2  # batches in flight per worker: one rendering, one being written
     start_timeout: float = 300.0  # seconds to wait for workers to start before giving up
@@ -191,7 +192,7 @@ class Dispatcher:
     def _finish(self, worker: str, batch: Batch, results: list[Result]) -> None:
         final, again = [], []
         for job, result in zip(batch.jobs, results):
-            self.attempts[job.id] += 0 if result.ok else 1
+            self.attempts[job.id] += 1
             if result.ok or self.attempts[job.id] >= self.runtime.max_attempts:
                 final.append(result)
             else:
@@ -216,7 +217,8 @@ class Dispatcher:
     def _record(self, worker: str, results: list[Result]) -> None:
         if not results:
             return
-        self.manifest.record(results, self.run_id)
+        self.manifest.record(results, self.run_id,
+                             {r.job_id: self.attempts.pop(r.job_id) for r in results})
         s = self.summary
         if s.first_image_seconds is None and any(r.ok for r in results):
             s.first_image_seconds = time.perf_counter() - self.started
@@ -299,15 +301,16 @@ class RayBackend:
     """One RayWorker actor per GPU (or CPU workers), on an embedded or a joined Ray cluster."""
 
     def __init__(self, runtime: Runtime, root: os.PathLike, label: str):
+        self.runtime, self.root, self.label = runtime, str(root), label
+        self.owns_cluster = _connect(runtime.address)  # before anything imports ray
         import ray
 
-        self.runtime, self.root, self.label = runtime, str(root), label
-        self.owns_cluster = _connect(runtime.address)
         try:
             self.count, self.device, self.options, self.threads = _placement(runtime)
             self.actors: dict[str, Any] = {}
             self.starting_refs: dict[Any, str] = {}
             self.live: list[str] = []
+            self.placed: dict[str, dict] = {}  # name -> {node, device} of each started worker
             self.generation = Counter()
             for i in range(self.count):
                 self._start(f"{'gpu' if self.device == 'cuda' else 'cpu'}-{i}")
@@ -342,7 +345,7 @@ class RayBackend:
         for ref in done:
             name = self.starting_refs.pop(ref)
             try:
-                ray.get(ref)
+                self.placed[name] = ray.get(ref)
                 self.live.append(name)
             except ray.exceptions.RayError as e:
                 logging.getLogger(__name__).warning("worker %s failed to start: %s", name, e)
@@ -350,6 +353,12 @@ class RayBackend:
 
     def ready(self) -> list[str]:
         return list(self.live)
+
+    def settle(self, timeout: float) -> None:
+        """Wait until every starting worker has started or failed (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while self.starting_refs and time.monotonic() < deadline:
+            self._poll_starting(timeout=max(0.0, deadline - time.monotonic()))
 
     def starting(self) -> bool:
         return bool(self.starting_refs)
@@ -412,11 +421,15 @@ _REMOTE_WORKER = None
 def _connect(address: str | None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local one. True if we must
     shut it down again (a cluster this process already joined is left alone)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address and "ray" not in sys.modules:
+        # An embedded cluster serves this process only, and Ray has no authentication: keep it
+        # on the loopback interface (Ray's single-machine mode, as on macOS and Windows).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, configure_logging=True)
@@ -460,10 +473,11 @@ def _describe(resources: dict) -> str:
 
 def start(runtime: Runtime, folder: RunFolder, label: str) -> Backend:
     """Start the workers of a runtime, or fail fast with RuntimeUnavailable."""
+    root = folder.root.resolve()  # workers run elsewhere (another cwd, another node)
     if runtime.kind == "inline":
-        return InlineBackend(runtime, folder.root)
+        return InlineBackend(runtime, root)
     if runtime.kind == "ray":
-        return RayBackend(runtime, folder.root, label)
+        return RayBackend(runtime, root, label)
     raise RuntimeUnavailable(f"runtime: got {runtime.kind!r}; allowed: ray, inline")
 
 

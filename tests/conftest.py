@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Ray's single-machine mode: every Ray process of the test session listens on loopback only.
+# Set before anything imports ray, which reads it once.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 from farm import models
 from farm.jobs import Model
 
@@ -29,3 +33,19 @@ def tiny() -> Model:
 @pytest.fixture(scope="session")
 def tiny_vae() -> Model:
     return models.resolve("tiny-vae", "vae")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(farm_cache):
+    """One Ray cluster for the whole session: two nodes with one logical GPU each, on the CPU."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

@@ -7,10 +7,10 @@ shell around it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +45,6 @@ class Worker:
         import torch
 
         models.quiet_libraries()
-        if threads:
-            torch.set_num_threads(threads)
         self.folder = outputs.RunFolder(Path(run_root))
         self.name = name
         self.device = device or Device.detect()
@@ -56,7 +54,9 @@ class Worker:
         self._checkpoints: OrderedDict[str, object] = OrderedDict()
         self._vaes: OrderedDict[str, object] = OrderedDict()
         self._scheduler_configs: dict[str, dict] = {}
-        self._lock = threading.Lock()  # one pipeline call at a time; PNG writes run outside it
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"farm-{name}")  # all torch work
+        if threads:  # OpenMP's thread count is per calling thread: set it where torch runs
+            self._compute.submit(torch.set_num_threads, threads).result()
 
     def _cached(self, cache: OrderedDict, model: Model, load):
         """Least-recently-used cache of loaded models, at most max_pipelines of each kind."""
@@ -90,19 +90,31 @@ class Worker:
         return type(base)(**{**base.components, "vae": swapped})
 
     def render(self, batch: Batch) -> list[Result]:
-        """Render a batch, write its images into the run folder, and say what happened."""
-        started = time.perf_counter()
-        first = batch.first
+        """Render a batch, write its images into the run folder, and say what happened.
+
+        Callers may be several threads (inline runtime, Ray actor concurrency); all torch work
+        runs on this worker's one compute thread, since OpenMP keeps a spinning thread team per
+        calling thread and two teams fight over the cores. On a GPU the caller writes the PNGs
+        while the next batch renders; on the CPU the compute thread writes them too, since PNG
+        encoding would steal cores from torch.
+        """
+        if self.device.name == "cpu":
+            return self._compute.submit(lambda: self._write(batch, *self._images(batch))).result()
+        return self._write(batch, *self._compute.submit(self._images, batch).result())
+
+    def _images(self, batch: Batch) -> tuple[list[render.Rendered], float]:
+        """The batch's images (or errors), and the seconds it took."""
+        started, first = time.perf_counter(), batch.first
         try:
-            with self._lock:
-                pipe = self.pipeline(first.checkpoint, first.vae)
-                config = self._scheduler_configs[first.checkpoint.identity]
-                images = render.render(pipe, batch, config)
+            pipe = self.pipeline(first.checkpoint, first.vae)
+            config = self._scheduler_configs[first.checkpoint.identity]
+            images = render.render(pipe, batch, config)
         except Exception as e:  # one bad batch must not end the run: report it per job
-            error = f"{type(e).__name__}: {e}"
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
-            images = [error] * len(batch.jobs)
-        share = (time.perf_counter() - started) / len(batch.jobs)
+            images = [f"{type(e).__name__}: {e}"] * len(batch.jobs)
+        return images, time.perf_counter() - started
+
+    def _write(self, batch: Batch, images: list[render.Rendered], seconds: float) -> list[Result]:
         results = []
         for position, (job, path, image) in enumerate(zip(batch.jobs, batch.paths, images)):
             pixel_hash, error = None, None
@@ -114,7 +126,8 @@ class Worker:
                     pixel_hash = outputs.pixel_hash(image)
                 except OSError as e:
                     error = f"could not write {path}: {e}"
-            results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash, seconds=share,
+            results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash,
+                                  seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
                                   worker=self.name, error=error))
         return results

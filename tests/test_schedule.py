@@ -1,7 +1,9 @@
 """Ray fan-out on a shared two-node cluster with logical GPUs (the actors compute on the CPU)."""
 
+import json
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from farm import cli, schedule
 from farm.manifest import Manifest
-from tests.helpers import run_farm
+from tests.helpers import farm_command, run_farm
 
 RECIPE = """\
 name: fleet
@@ -100,6 +102,11 @@ def test_a_killed_worker_is_replaced_and_every_job_is_done_once(workdir, capsys)
             namespace = ray.get_runtime_context().namespace
             ray.kill(ray.get_actor(names[0], namespace=namespace), no_restart=True)
             killed = names[0]
+    # progress can be read from another process while the run goes on
+    status = subprocess.run(farm_command() + ["status", "outputs/fleet", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    report = json.loads(status.stdout)
+    assert report["planned"] == 24 and report["done"] + report["pending"] == 24
     thread.join(timeout=300)
     assert killed, "the run ended before a worker could be killed"
     assert exit_code == [0]

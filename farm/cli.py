@@ -207,6 +207,7 @@ def command_plan(settings: Settings) -> int:
         "steps": ", ".join(map(str, r.steps)),
         "cfg": ", ".join(f"{c:g}" for c in r.cfg),
         "size": ", ".join(f"{w}x{h}" for w, h in r.size),
+        "clip_skip": ", ".join(map(str, r.clip_skip)),
         "seeds": ", ".join(f"{s.start}-{s.stop - 1}" if len(s) > 1 else str(s.start)
                            for s in r.seeds),
     }

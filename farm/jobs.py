@@ -47,6 +47,8 @@ class Job:
     cfg: float
     width: int
     height: int
+    clip_skip: int = 1  # AUTOMATIC1111's: 1 = the text encoder's last layer
+    dtype: str = "auto"  # "auto": float16 on a GPU, float32 on the CPU
 
     def identity_fields(self) -> dict:
         """What the id hashes: model identities, never paths or reference spellings."""
@@ -63,6 +65,8 @@ class Job:
             "cfg": float(self.cfg),
             "width": self.width,
             "height": self.height,
+            "clip_skip": self.clip_skip,
+            "dtype": self.dtype,
         }
 
     @cached_property
@@ -82,6 +86,8 @@ class Job:
             float(self.cfg),
             self.width,
             self.height,
+            self.clip_skip,
+            self.dtype,
         )
 
     def to_dict(self) -> dict:
@@ -101,6 +107,8 @@ class Job:
             "cfg": float(self.cfg),
             "width": self.width,
             "height": self.height,
+            "clip_skip": self.clip_skip,
+            "dtype": self.dtype,
         }
 
 
@@ -149,6 +157,7 @@ class Result:
     position: int  # index within its batch
     worker: str
     error: str | None = None
+    scheduler: str | None = None  # JSON: the diffusers scheduler class and its full config
 
     @property
     def ok(self) -> bool:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch_size  INTEGER,
     position    INTEGER,              -- index within that batch
     worker      TEXT,
+    scheduler   TEXT,                 -- JSON: the diffusers scheduler class and its full config
     run_id      INTEGER,
     updated_at  TEXT
 );
@@ -113,10 +114,10 @@ class Manifest:
             for r in results:
                 self.db.execute(
                     "UPDATE jobs SET status = ?, pixel_hash = ?, error = ?, seconds = ?, "
-                    "batch_size = ?, position = ?, worker = ?, run_id = ?, updated_at = ?, "
-                    "attempts = attempts + ? WHERE id = ?",
+                    "batch_size = ?, position = ?, worker = ?, scheduler = ?, run_id = ?, "
+                    "updated_at = ?, attempts = attempts + ? WHERE id = ?",
                     ("done" if r.ok else "failed", r.pixel_hash, r.error, r.seconds,
-                     r.batch_size, r.position, r.worker, run_id, now(),
+                     r.batch_size, r.position, r.worker, r.scheduler, run_id, now(),
                      attempts.get(r.job_id, 1), r.job_id),
                 )
 

@@ -166,7 +166,18 @@ def load_pipeline(checkpoint: Model, device: str, dtype):
         checkpoint.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
     )
     pipe.set_progress_bar_config(disable=True)
+    for name in ("text_encoder", "text_encoder_2"):
+        _expose_text_model(getattr(pipe, name, None))
     return pipe.to(device)
+
+
+def _expose_text_model(encoder) -> None:
+    """transformers 5 flattened CLIPTextModel (no `.text_model`), but diffusers' SD pipelines
+    still reach `text_encoder.text_model.final_layer_norm` for clip skip: give it an alias
+    (not a registered submodule, so nothing is counted or moved twice)."""
+    if encoder is not None and not hasattr(encoder, "text_model") \
+            and hasattr(encoder, "final_layer_norm"):
+        object.__setattr__(encoder, "text_model", encoder)
 
 
 def load_vae(vae: Model, device: str, dtype):

@@ -102,6 +102,7 @@ def infotext(job: Job) -> str:
         "CFG scale": f"{job.cfg:g}",
         "Seed": job.seed,
         "Size": f"{job.width}x{job.height}",
+        **({"Clip skip": job.clip_skip} if job.clip_skip > 1 else {}),
         "Model hash": job.checkpoint.short_hash,
         "Model": job.checkpoint.name,
     }
@@ -112,9 +113,13 @@ def infotext(job: Job) -> str:
     return "\n".join(lines)
 
 
-def metadata(job: Job) -> dict:
-    """The `farm` PNG chunk: enough to render the same image again."""
-    return {**job.to_dict(), "farm_version": __version__}
+def metadata(job: Job, scheduler: dict | None = None) -> dict:
+    """The `farm` PNG chunk: enough to render the same image again, and the scheduler that ran."""
+    record = {**job.to_dict(), "farm_version": __version__}
+    if scheduler:
+        record["scheduler_class"] = scheduler["class"]
+        record["scheduler_config"] = scheduler["config"]
+    return record
 
 
 def pixel_hash(image: Image.Image) -> str:
@@ -125,11 +130,11 @@ def pixel_hash(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def write_png(image: Image.Image, path: Path, job: Job) -> None:
+def write_png(image: Image.Image, path: Path, job: Job, scheduler: dict | None = None) -> None:
     """Save with both text chunks under a temporary name, flush, then rename into place."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", infotext(job))
-    info.add_text("farm", json.dumps(metadata(job), ensure_ascii=False))
+    info.add_text("farm", json.dumps(metadata(job, scheduler), ensure_ascii=False, default=str))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     with open(partial, "wb") as f:

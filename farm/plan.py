@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+from farm import samplers
 from farm.jobs import Job, Model
 from farm.recipe import Recipe
 
@@ -25,9 +26,10 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
     `models` maps each checkpoint and VAE reference of the recipe to its resolved Model.
     """
     pairs = [group] if group is not None else groups(recipe)
-    for (ckpt, vae), size, sampler, schedule, steps, cfg in itertools.product(
-        pairs, recipe.size, recipe.sampler, recipe.scheduler, recipe.steps, recipe.cfg,
-    ):
+    for (ckpt, vae), size, sampler_value, schedule_value, steps, cfg, clip_skip in \
+            itertools.product(pairs, recipe.size, recipe.sampler, recipe.scheduler,
+                              recipe.steps, recipe.cfg, recipe.clip_skip):
+        sampler, schedule = samplers.effective_schedule(sampler_value, schedule_value)
         for prompt in recipe.prompt:
             negative = recipe.negative if prompt.negative is None else prompt.negative
             for seed in recipe.seed_values():
@@ -43,6 +45,8 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
                     cfg=cfg,
                     width=size[0],
                     height=size[1],
+                    clip_skip=clip_skip,
+                    dtype=recipe.dtype,
                 )
 
 

@@ -23,14 +23,19 @@ DEFAULTS: dict[str, Any] = {
     "negative": "",
     "seeds": 0,
     "sampler": "euler",
-    "scheduler": "normal",
+    "scheduler": "automatic",  # the schedule an A1111 name implies ("DPM++ 2M Karras"), else normal
     "steps": 20,
     "cfg": 7.0,
     "size": "512x512",
+    "clip_skip": 1,  # AUTOMATIC1111's: 1 = use the text encoder's last layer
+    "dtype": "auto",  # float16 on a GPU, float32 on the CPU
     "batch_size": 1,
 }
 
-AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "size", "seeds")
+AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "size",
+        "clip_skip", "seeds")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+MAX_CLIP_SKIP = 12
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
 MAX_STEPS = 1000
 MAX_BATCH = 256
@@ -61,11 +66,13 @@ class Recipe:
     prompt: tuple[Prompt, ...]
     negative: str
     seeds: tuple[range, ...]  # disjoint, in the order given
-    sampler: tuple[str, ...]  # canonical names
-    scheduler: tuple[str, ...]  # canonical names
+    sampler: tuple[str, ...]  # canonical names, with a schedule suffix if the name implied one
+    scheduler: tuple[str, ...]  # canonical names, or "automatic"
     steps: tuple[int, ...]
     cfg: tuple[float, ...]
     size: tuple[tuple[int, int], ...]  # (width, height)
+    clip_skip: tuple[int, ...]
+    dtype: str
     batch_size: int
 
     def seed_values(self) -> Iterator[int]:
@@ -108,12 +115,14 @@ def parse(data: dict[str, Any], source: str) -> Recipe:
         steps=p.axis("steps", fields["steps"], p.steps),
         cfg=p.axis("cfg", fields["cfg"], p.cfg),
         size=p.axis("size", fields["size"], p.size),
+        clip_skip=p.axis("clip_skip", fields["clip_skip"], p.clip_skip),
+        dtype=p.choice("dtype", fields["dtype"], DTYPES),
         batch_size=p.integer("batch_size", fields["batch_size"], 1, MAX_BATCH),
     )
     for s in recipe.sampler:
         for sch in recipe.scheduler:
             try:
-                samplers.check_pair(s, sch)
+                samplers.effective_schedule(s, sch)
             except samplers.UnknownName as e:
                 raise RecipeError(recipe.name, "scheduler", sch, str(e)) from None
     return recipe
@@ -183,15 +192,26 @@ class _Parser:
 
     def sampler(self, field: str, value: Any) -> str:
         try:
-            return samplers.sampler(value).name
+            found, implied = samplers.resolve_sampler(value)
         except samplers.UnknownName as e:
-            self.fail(field, value, str(e).split("; ", 1)[1])
+            self.fail(field, value, str(e))
+        return found.name if implied is None else f"{found.name} {implied}"
 
     def schedule(self, field: str, value: Any) -> str:
+        if str(value).strip().casefold() == samplers.AUTOMATIC:
+            return samplers.AUTOMATIC
         try:
             return samplers.schedule(value).name
         except samplers.UnknownName as e:
-            self.fail(field, value, str(e).split("; ", 1)[1])
+            self.fail(field, value, str(e))
+
+    def clip_skip(self, field: str, value: Any) -> int:
+        return self.integer(field, value, 1, MAX_CLIP_SKIP)
+
+    def choice(self, field: str, value: Any, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            self.fail(field, value, f"allowed: {', '.join(allowed)}")
+        return value
 
     def integer(self, field: str, value: Any, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

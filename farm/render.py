@@ -13,12 +13,13 @@ from farm.jobs import Batch
 Rendered = Image.Image | str
 
 
-def render(pipe, batch: Batch, scheduler_config: dict) -> list[Rendered]:
+def render(pipe, batch: Batch, scheduler_config: dict) -> tuple[list[Rendered], dict]:
     """Render every job of a batch in one pipeline call; one image (or error) per job.
 
     The call is padded to the batch's `pad_to` size (see Batch). Each image gets its own CPU
     generator seeded with its own seed, passed as a list, so that its noise is the same whatever
-    batch, worker or device renders it.
+    batch, worker or device renders it. Also returns the scheduler that ran, as
+    {"class": ..., "config": {...}}, for the record.
     """
     first, shape = batch.first, batch.shape
     # 1. sampler: a fresh scheduler from the checkpoint's own config; the model stays loaded
@@ -35,6 +36,8 @@ def render(pipe, batch: Batch, scheduler_config: dict) -> list[Rendered]:
         height=first.height,
         generator=generators,
         output_type="np",
+        # AUTOMATIC1111 counts 1 as "no skip"; diffusers counts skipped layers
+        **({"clip_skip": first.clip_skip - 1} if first.clip_skip > 1 else {}),
     )
     # 4. to 8-bit RGB, refusing what cannot be an image
     images: list[Rendered] = []
@@ -43,4 +46,5 @@ def render(pipe, batch: Batch, scheduler_config: dict) -> list[Rendered]:
             images.append("the decoded image contains NaN or infinite values")
             continue
         images.append(Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)))
-    return images
+    used = {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)}
+    return images, used

@@ -6,6 +6,7 @@ shell around it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -48,7 +49,6 @@ class Worker:
         self.folder = outputs.RunFolder(Path(run_root))
         self.name = name
         self.device = device or Device.detect()
-        self.dtype = getattr(torch, self.device.dtype)
         self.max_pipelines = max_pipelines
         self.loads: Counter[str] = Counter()  # model identity -> times loaded, for tests and logs
         self._checkpoints: OrderedDict[str, object] = OrderedDict()
@@ -58,14 +58,21 @@ class Worker:
         if threads:  # OpenMP's thread count is per calling thread: set it where torch runs
             self._compute.submit(torch.set_num_threads, threads).result()
 
-    def _cached(self, cache: OrderedDict, model: Model, load):
+    def dtype(self, requested: str):
+        """The torch dtype for a job's `dtype` field ("auto": the device's own)."""
+        import torch
+
+        return getattr(torch, self.device.dtype if requested == "auto" else requested)
+
+    def _cached(self, cache: OrderedDict, model: Model, dtype, load):
         """Least-recently-used cache of loaded models, at most max_pipelines of each kind."""
-        if model.identity in cache:
-            cache.move_to_end(model.identity)
-            return cache[model.identity]
+        key = (model.identity, str(dtype))
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
         while len(cache) >= self.max_pipelines:
             cache.popitem(last=False)
-        cache[model.identity] = loaded = load(model, self.device.name, self.dtype)
+        cache[key] = loaded = load(model, self.device.name, dtype)
         self.loads[model.identity] += 1
         return loaded
 
@@ -79,14 +86,15 @@ class Worker:
                                     f"{found.identity}, not {model.identity} as on the driver")
         return found
 
-    def pipeline(self, checkpoint: Model, vae: Model | None):
+    def pipeline(self, checkpoint: Model, vae: Model | None, dtype: str = "auto"):
         """The checkpoint's pipeline, with `vae` swapped in when given (nothing reloaded)."""
-        base = self._cached(self._checkpoints, self.local(checkpoint, "checkpoint"),
+        torch_dtype = self.dtype(dtype)
+        base = self._cached(self._checkpoints, self.local(checkpoint, "checkpoint"), torch_dtype,
                             models.load_pipeline)
         self._scheduler_configs.setdefault(checkpoint.identity, dict(base.scheduler.config))
         if vae is None:
             return base
-        swapped = self._cached(self._vaes, self.local(vae, "vae"), models.load_vae)
+        swapped = self._cached(self._vaes, self.local(vae, "vae"), torch_dtype, models.load_vae)
         return type(base)(**{**base.components, "vae": swapped})
 
     def render(self, batch: Batch) -> list[Result]:
@@ -102,19 +110,21 @@ class Worker:
             return self._compute.submit(lambda: self._write(batch, *self._images(batch))).result()
         return self._write(batch, *self._compute.submit(self._images, batch).result())
 
-    def _images(self, batch: Batch) -> tuple[list[render.Rendered], float]:
-        """The batch's images (or errors), and the seconds it took."""
+    def _images(self, batch: Batch) -> tuple[list[render.Rendered], dict | None, float]:
+        """The batch's images (or errors), the scheduler that ran, and the seconds it took."""
         started, first = time.perf_counter(), batch.first
         try:
-            pipe = self.pipeline(first.checkpoint, first.vae)
+            pipe = self.pipeline(first.checkpoint, first.vae, first.dtype)
             config = self._scheduler_configs[first.checkpoint.identity]
-            images = render.render(pipe, batch, config)
+            images, scheduler = render.render(pipe, batch, config)
         except Exception as e:  # one bad batch must not end the run: report it per job
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
-            images = [f"{type(e).__name__}: {e}"] * len(batch.jobs)
-        return images, time.perf_counter() - started
+            images, scheduler = [f"{type(e).__name__}: {e}"] * len(batch.jobs), None
+        return images, scheduler, time.perf_counter() - started
 
-    def _write(self, batch: Batch, images: list[render.Rendered], seconds: float) -> list[Result]:
+    def _write(self, batch: Batch, images: list[render.Rendered], scheduler: dict | None,
+               seconds: float) -> list[Result]:
+        record = json.dumps(scheduler, default=str) if scheduler else None
         results = []
         for position, (job, path, image) in enumerate(zip(batch.jobs, batch.paths, images)):
             pixel_hash, error = None, None
@@ -122,12 +132,12 @@ class Worker:
                 error = image
             else:
                 try:
-                    outputs.write_png(image, self.folder.absolute(path), job)
+                    outputs.write_png(image, self.folder.absolute(path), job, scheduler)
                     pixel_hash = outputs.pixel_hash(image)
                 except OSError as e:
                     error = f"could not write {path}: {e}"
             results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash,
                                   seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
-                                  worker=self.name, error=error))
+                                  worker=self.name, error=error, scheduler=record))
         return results

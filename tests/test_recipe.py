@@ -12,7 +12,8 @@ def test_defaults_and_scalars_become_one_value_axes():
     assert r.name == "test"
     assert r.checkpoint == ("tiny",) and r.vae == (None,)
     assert r.prompt == (Prompt("a cat"),)
-    assert r.sampler == ("euler",) and r.scheduler == ("normal",)
+    assert r.sampler == ("euler",) and r.scheduler == ("automatic",)
+    assert r.clip_skip == (1,) and r.dtype == "auto"
     assert r.size == ((512, 512),) and r.steps == (20,) and r.cfg == (7.0,)
     assert r.job_count == 1
 
@@ -21,7 +22,8 @@ def test_lists_multiply_into_the_plan():
     r = recipe(prompt=["a", {"text": "b", "negative": "c"}], seeds="0-3", steps=[10, 20],
                cfg=[5, 7.5], size=["64x64", "128x64"], sampler=["euler", "ddim"])
     assert r.axis_lengths() == {"checkpoint": 1, "vae": 1, "prompt": 2, "sampler": 2,
-                                "scheduler": 1, "steps": 2, "cfg": 2, "size": 2, "seeds": 4}
+                                "scheduler": 1, "steps": 2, "cfg": 2, "size": 2,
+                                "clip_skip": 1, "seeds": 4}
     assert r.job_count == 2 * 2 * 2 * 2 * 2 * 4
     assert r.prompt[1] == Prompt("b", "c")
     assert r.size[1] == (128, 64)
@@ -42,6 +44,11 @@ def test_sampler_names_are_canonicalised():
     r = recipe(sampler=["Euler", "DPM++ 2M"], scheduler="Karras")
     assert r.sampler == ("euler", "dpmpp_2m")
     assert r.scheduler == ("karras",)
+
+
+def test_a1111_names_with_a_schedule_keep_it():
+    r = recipe(sampler=["DPM++ 2M Karras", "dpmpp_2m"])
+    assert r.sampler == ("dpmpp_2m karras", "dpmpp_2m")
 
 
 def test_a_million_seeds_are_a_range_not_a_list():
@@ -73,6 +80,10 @@ def test_a_million_seeds_are_a_range_not_a_list():
     ({"seeds": {"start": 0}}, "seeds", "count"),
     ({"seeds": []}, "seeds", "at least one value"),
     ({"sampler": "dpm_fast_typo"}, "sampler", "euler, euler_ancestral"),
+    ({"sampler": "DPM fast"}, "sampler", "no equivalent among diffusers"),
+    ({"sampler": "DPM++ 2M Karras", "scheduler": "normal"}, "scheduler", "implies the 'karras'"),
+    ({"clip_skip": 0}, "clip_skip", "from 1 to 12"),
+    ({"dtype": "fp16"}, "dtype", "allowed: auto, float32, float16, bfloat16"),
     ({"scheduler": "fancy"}, "scheduler", "normal, karras"),
     ({"sampler": "ddim", "scheduler": "karras"}, "scheduler", "no 'karras' schedule"),
     ({"name": "../escape"}, "name", "run folder name"),

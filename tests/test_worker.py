@@ -1,12 +1,13 @@
 """The worker and render: pixels, reproducibility, batching, model and sampler swaps."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from farm import outputs
+from farm import outputs, samplers
 from farm.jobs import Batch, Model
 from farm.worker import Device, Worker
 from tests.helpers import make_job
@@ -120,3 +121,58 @@ def test_non_finite_images_are_failures_not_files(worker, tiny, monkeypatch):
     result, = worker.render(Batch((job,), ("images/00000/nan.png",)))
     assert not result.ok and "NaN" in result.error
     assert not (worker.folder.root / "images/00000/nan.png").exists()
+
+
+def pairs():
+    """Every sampler with every schedule diffusers can run it with."""
+    from farm import samplers
+
+    for s in samplers.SAMPLERS:
+        for schedule in samplers.SCHEDULES:
+            try:
+                samplers.check_pair(s.name, schedule.name)
+            except samplers.UnknownName:
+                continue
+            yield s.name, schedule.name
+
+
+@pytest.mark.parametrize("sampler, schedule", list(pairs()))
+def test_every_sampler_and_schedule_renders(worker, tiny, sampler, schedule):
+    result, = worker.render(Batch((make_job(tiny, sampler=sampler, scheduler=schedule),),
+                                  (f"images/00000/{sampler}-{schedule}.png",)))
+    assert result.ok, result.error
+    recorded = json.loads(result.scheduler)
+    _, farm = outputs.read_metadata(worker.folder.root / result.path)
+    assert farm["scheduler_class"] == recorded["class"]
+    assert farm["scheduler_config"] == recorded["config"]
+    for key, value in samplers.options(sampler, schedule).items():
+        assert recorded["config"][key] == value
+
+
+@pytest.mark.parametrize("sampler", [s.name for s in samplers.SAMPLERS])
+def test_every_sampler_is_batch_invariant(worker, tiny, sampler):
+    """A job alone and inside a batch of 3 (other prompts and seeds) gives the same image."""
+    jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}", sampler=sampler, steps=6)
+            for s in range(3)]
+    together = render(worker, jobs, f"inv-{sampler}")
+    alone, = render(worker, [jobs[1]], f"inv-{sampler}-alone")
+    difference = np.abs(alone.astype(int) - together[1].astype(int))
+    assert difference.max() <= 1
+
+
+def test_clip_skip_changes_pixels_and_is_in_the_infotext(worker, tiny):
+    plain, skipped = render(worker, [make_job(tiny)]), render(worker, [make_job(tiny, clip_skip=2)])
+    assert not np.array_equal(plain[0], skipped[0])
+    job = make_job(tiny, clip_skip=2)
+    result, = worker.render(Batch((job,), ("images/00000/clip.png",)))
+    parameters, farm = outputs.read_metadata(worker.folder.root / result.path)
+    assert "Clip skip: 2" in parameters and farm["clip_skip"] == 2
+
+
+def test_dtype_is_a_job_field_and_loads_its_own_copy(tiny, tmp_path):
+    worker = Worker(tmp_path, device=Device("cpu", "float32"))
+    full, half = render(worker, [make_job(tiny)]), render(worker, [make_job(tiny, dtype="bfloat16")])
+    assert not np.array_equal(full[0], half[0])
+    assert np.abs(full[0].astype(int) - half[0].astype(int)).mean() < 64  # same picture, roughly
+    assert worker.loads[tiny.identity] == 2
+    assert make_job(tiny).id != make_job(tiny, dtype="bfloat16").id

@@ -161,7 +161,24 @@ def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
             if twin != ref:  # two spellings of one model would plan every job twice
                 raise BadInput(f"recipe {recipe.name}: {field}: {twin!r} and {ref!r} are the same "
                                f"model (identity {found[ref].identity[:16]}...); list it once")
+    for ref in recipe.checkpoint:
+        check_family(recipe, ref, models.family(found[ref]))
     return found
+
+
+def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
+    """Refuse recipe fields that this checkpoint's pipeline does not take."""
+    negatives = {recipe.negative, *(p.negative for p in recipe.prompt if p.negative)}
+    problems = {
+        "negative": ("negative_prompt", negatives != {""}, "leave negative and per-prompt "
+                     "negatives empty"),
+        "cfg": ("guidance_scale", recipe.cfg != (recipes.DEFAULTS["cfg"],), "leave cfg unset"),
+        "clip_skip": ("clip_skip", recipe.clip_skip != (1,), "leave clip_skip at 1"),
+    }
+    for field, (needs, used, fix) in problems.items():
+        if used and needs not in family.takes:
+            raise BadInput(f"recipe {recipe.name}: {field}: checkpoint {ref!r} is a "
+                           f"{family.pipeline}, which takes no {needs}; {fix}")
 
 
 # 2. the commands --------------------------------------------------------------------------------

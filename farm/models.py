@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from farm import tiny
@@ -100,6 +101,43 @@ def _resolve_hub(ref: str, repo: str, revision: str | None, field: str) -> Model
     except Exception as e:  # network errors, missing repos, gated repos: say which
         raise ModelError(field, ref, f"could not fetch it from the Hugging Face hub: {e}") from None
     return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What kind of pipeline a checkpoint is, and which optional inputs its call takes."""
+
+    pipeline: str  # diffusers pipeline class, from model_index.json
+    takes: frozenset[str]  # the OPTIONAL_INPUTS its __call__ accepts
+
+
+OPTIONAL_INPUTS = ("negative_prompt", "guidance_scale", "clip_skip")
+KNOWN_FAMILIES = {  # the common ones, so that validating them needs no diffusers import
+    "StableDiffusionPipeline": frozenset(OPTIONAL_INPUTS),
+    "StableDiffusionXLPipeline": frozenset(OPTIONAL_INPUTS),
+}
+
+
+def family(checkpoint: Model) -> Family:
+    """The pipeline family of a resolved checkpoint folder."""
+    index = Path(checkpoint.path) / "model_index.json"
+    name = json.loads(index.read_text()).get("_class_name", "")
+    if name in KNOWN_FAMILIES:
+        return Family(name, KNOWN_FAMILIES[name])
+    return Family(name, frozenset(accepted_inputs(name)))
+
+
+def accepted_inputs(pipeline: str) -> set[str]:
+    """Which OPTIONAL_INPUTS a diffusers pipeline class's __call__ takes."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, pipeline, None)
+    if cls is None:
+        raise ModelError("checkpoint", pipeline, "not a pipeline class this diffusers "
+                         f"({diffusers.__version__}) knows")
+    return set(OPTIONAL_INPUTS) & set(inspect.signature(cls.__call__).parameters)
 
 
 def folder_hash(folder: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from PIL import Image
@@ -26,18 +28,23 @@ def render(pipe, batch: Batch, scheduler_config: dict) -> tuple[list[Rendered], 
     pipe.scheduler = samplers.make_scheduler(scheduler_config, first.sampler, first.scheduler)
     # 2. noise: one CPU generator per image
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in shape]
-    # 3. encode prompts, denoise with classifier-free guidance, decode
+    # 3. encode prompts, denoise with classifier-free guidance, decode; recipes were checked
+    #    against the pipeline's family, so an input it does not take is left at its default
+    optional = {
+        "negative_prompt": [job.negative for job in shape],
+        "guidance_scale": first.cfg,
+        # AUTOMATIC1111 counts 1 as "no skip"; diffusers counts the layers skipped
+        "clip_skip": first.clip_skip - 1 if first.clip_skip > 1 else None,
+    }
+    takes = inspect.signature(pipe.__call__).parameters
     output = pipe(
         prompt=[job.prompt for job in shape],
-        negative_prompt=[job.negative for job in shape],
         num_inference_steps=first.steps,
-        guidance_scale=first.cfg,
         width=first.width,
         height=first.height,
         generator=generators,
         output_type="np",
-        # AUTOMATIC1111 counts 1 as "no skip"; diffusers counts skipped layers
-        **({"clip_skip": first.clip_skip - 1} if first.clip_skip > 1 else {}),
+        **{k: v for k, v in optional.items() if k in takes and v is not None},
     )
     # 4. to 8-bit RGB, refusing what cannot be an image
     images: list[Rendered] = []

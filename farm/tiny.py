@@ -1,7 +1,7 @@
 """The built-in tiny models: random-weight pipelines shaped like the real ones.
 
-No machine here can download weights, so `tiny` (a Stable-Diffusion-1.x-shaped pipeline) and
-`tiny-vae` (a second VAE for swap tests) are built from configs, the way diffusers' own tests
+No machine here can download weights, so `tiny` (a Stable-Diffusion-1.x-shaped pipeline),
+`tiny-xl` (an SDXL-shaped one) and `tiny-vae` (a second VAE for swap tests) are built from configs, the way diffusers' own tests
 do, saved in diffusers format into a cache folder on first use, and from then on loaded through
 exactly the same `from_pretrained` path as any local diffusers folder. The pictures are noise.
 """
@@ -122,10 +122,50 @@ def build_tiny(folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def build_tiny_xl(folder: Path) -> None:
+    """An SDXL-shaped pipeline with random weights: two text encoders (the second with a
+    projection, for the pooled embedding), a UNet with SDXL's size/crop conditioning."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
+                              CLIPTokenizer)
+
+    vocab = _byte_vocab()
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, projection_dim=32,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_TOKENS,
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    unet = _seeded(0, lambda: UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 64), norm_num_groups=32, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,  # both encoders' hidden states, concatenated
+        transformer_layers_per_block=(1, 2), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 size/crop numbers + pooled
+    ))
+    vae = _tiny_vae(0)
+    vae.register_to_config(force_upcast=True)  # as SDXL's VAE: decode in float32
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, unet=unet,
+        text_encoder=_seeded(0, lambda: CLIPTextModel(config)),
+        text_encoder_2=_seeded(1, lambda: CLIPTextModelWithProjection(config)),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS),
+        tokenizer_2=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS),
+        scheduler=EulerDiscreteScheduler(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+            beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
 def build_tiny_vae(folder: Path) -> None:
     """A second tiny VAE with other random weights: same latents, other pixels."""
     _tiny_vae(1).save_pretrained(folder, safe_serialization=True)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {"tiny": build_tiny, "tiny-vae": build_tiny_vae}
-ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-vae": "vae"}
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-vae": build_tiny_vae}
+ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint", "tiny-vae": "vae"}

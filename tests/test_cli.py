@@ -236,3 +236,39 @@ def test_sigkill_mid_render_then_resume_finishes_every_image_once(workdir):
     assert sorted(files) == sorted(path for _, path, _, _ in rows)  # each image exactly once
     assert all(files[path] == pixel_hash for _, path, _, pixel_hash in rows)
     assert not [p for p in folder.rglob("*") if p.name.endswith(outputs.PARTIAL_SUFFIX)]
+
+
+def lcm_copy(workdir: Path) -> Path:
+    """The tiny model relabelled as a LatentConsistencyModelPipeline (no negative prompt)."""
+    from farm import tiny
+
+    folder = workdir / "tiny-lcm"
+    import shutil
+
+    shutil.copytree(tiny.ensure("tiny"), folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "LatentConsistencyModelPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_a_field_the_pipeline_family_does_not_take_is_refused(workdir, capsys):
+    folder = lcm_copy(workdir)
+    assert run_farm("render", "recipe=small", f"checkpoint={folder}") == 2
+    err = capsys.readouterr().err
+    assert "recipe small: negative: checkpoint" in err
+    assert "is a LatentConsistencyModelPipeline, which takes no negative_prompt" in err
+    assert not (workdir / "outputs").exists()
+
+
+def test_tiny_xl_end_to_end(workdir):
+    assert run_farm("render", "recipe=small", "checkpoint=tiny-xl", "seeds=0",
+                    "vae=[null,tiny-vae]", "clip_skip=2") == 0
+    folder = workdir / "outputs" / "small"
+    files = images(folder)
+    assert len(files) == 4 and len(set(files.values())) == 4
+    for path in files:
+        parameters, farm = outputs.read_metadata(folder / path)
+        assert farm["checkpoint"] == "tiny-xl" and farm["clip_skip"] == 2
+        assert "Model: tiny-xl" in parameters and "Clip skip: 2" in parameters
+        assert Image.open(folder / path).size == (64, 64)

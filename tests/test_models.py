@@ -94,3 +94,19 @@ def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path):
     assert models.file_hash(weights) == "cached"  # not read again
     weights.write_bytes(b"y" * 1001)  # new size: hashed again
     assert models.file_hash(weights) == hashlib.sha256(b"y" * 1001).hexdigest()
+
+
+def test_families_of_the_built_in_checkpoints(tiny):
+    assert models.family(tiny) == models.Family("StableDiffusionPipeline",
+                                                frozenset(models.OPTIONAL_INPUTS))
+    xl = models.resolve("tiny-xl", "checkpoint")
+    assert models.family(xl).pipeline == "StableDiffusionXLPipeline"
+
+
+def test_families_read_what_a_pipeline_takes():
+    assert models.accepted_inputs("LatentConsistencyModelPipeline") == {
+        "guidance_scale", "clip_skip"}
+    assert models.accepted_inputs("PixArtSigmaPipeline") == {"negative_prompt",
+                                                             "guidance_scale"}
+    with pytest.raises(ModelError, match="not a pipeline class"):
+        models.accepted_inputs("NoSuchPipeline")

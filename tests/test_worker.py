@@ -176,3 +176,16 @@ def test_dtype_is_a_job_field_and_loads_its_own_copy(tiny, tmp_path):
     assert np.abs(full[0].astype(int) - half[0].astype(int)).mean() < 64  # same picture, roughly
     assert worker.loads[tiny.identity] == 2
     assert make_job(tiny).id != make_job(tiny, dtype="bfloat16").id
+
+
+def test_tiny_xl_renders_batch_invariant_and_swaps_its_vae(worker, tiny_vae):
+    from farm import models
+
+    xl = models.resolve("tiny-xl", "checkpoint")
+    jobs = [make_job(xl, seed=s, prompt=f"prompt {s}") for s in range(3)]
+    together = render(worker, jobs, "xl")
+    alone, = render(worker, [jobs[2]], "xl-alone")
+    assert np.abs(alone.astype(int) - together[2].astype(int)).max() <= 1
+    swapped, = render(worker, [make_job(xl, seed=2, prompt="prompt 2", vae=tiny_vae)], "xl-vae")
+    assert not np.array_equal(swapped, alone)
+    assert worker.loads[xl.identity] == 1

@@ -50,12 +50,9 @@ class Job:
     clip_skip: int = 1  # AUTOMATIC1111's: 1 = the text encoder's last layer
     dtype: str = "auto"  # "auto": float16 on a GPU, float32 on the CPU
 
-    def identity_fields(self) -> dict:
-        """What the id hashes: model identities, never paths or reference spellings."""
+    def settings(self) -> dict:
+        """The fields other than the models, as they go into ids and metadata alike."""
         return {
-            "v": ID_VERSION,
-            "checkpoint": self.checkpoint.identity,
-            "vae": self.vae.identity if self.vae else None,
             "prompt": self.prompt,
             "negative": self.negative,
             "seed": self.seed,
@@ -67,6 +64,15 @@ class Job:
             "height": self.height,
             "clip_skip": self.clip_skip,
             "dtype": self.dtype,
+        }
+
+    def identity_fields(self) -> dict:
+        """What the id hashes: model identities, never paths or reference spellings."""
+        return {
+            "v": ID_VERSION,
+            "checkpoint": self.checkpoint.identity,
+            "vae": self.vae.identity if self.vae else None,
+            **self.settings(),
         }
 
     @cached_property
@@ -98,17 +104,7 @@ class Job:
             "checkpoint_identity": self.checkpoint.identity,
             "vae": self.vae.ref if self.vae else None,
             "vae_identity": self.vae.identity if self.vae else None,
-            "prompt": self.prompt,
-            "negative": self.negative,
-            "seed": self.seed,
-            "sampler": self.sampler,
-            "scheduler": self.scheduler,
-            "steps": self.steps,
-            "cfg": float(self.cfg),
-            "width": self.width,
-            "height": self.height,
-            "clip_skip": self.clip_skip,
-            "dtype": self.dtype,
+            **self.settings(),
         }
 
 

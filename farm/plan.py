@@ -9,7 +9,6 @@ from farm import samplers
 from farm.jobs import Job, Model
 from farm.recipe import Recipe
 
-
 Group = tuple[str, "str | None"]  # (checkpoint reference, VAE reference): what a worker loads
 
 

@@ -281,7 +281,6 @@ class RayWorker:
     def ready(self) -> dict:
         """Import torch and diffusers and build the Worker; say where this actor runs."""
         import ray
-
         from farm.worker import Device, Worker
 
         root, name, device, max_pipelines, threads = self.args

@@ -1,9 +1,10 @@
 """The built-in tiny models: random-weight pipelines shaped like the real ones.
 
 No machine here can download weights, so `tiny` (a Stable-Diffusion-1.x-shaped pipeline),
-`tiny-xl` (an SDXL-shaped one) and `tiny-vae` (a second VAE for swap tests) are built from configs, the way diffusers' own tests
-do, saved in diffusers format into a cache folder on first use, and from then on loaded through
-exactly the same `from_pretrained` path as any local diffusers folder. The pictures are noise.
+`tiny-xl` (an SDXL-shaped one) and `tiny-vae` (a second VAE for swap tests) are built from
+configs, the way diffusers' own tests do, saved in diffusers format into a cache folder on
+first use, and from then on loaded through exactly the same `from_pretrained` path as any local
+diffusers folder. The pictures are noise.
 """
 
 from __future__ import annotations
@@ -69,6 +70,26 @@ def _byte_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
+def _tokenizer():
+    """CLIP's tokenizer over the byte vocabulary, built locally."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=MAX_TOKENS)
+
+
+def _text_config():
+    """A two-layer, 32-wide CLIP text encoder config over the byte vocabulary."""
+    from transformers import CLIPTextConfig
+
+    vocab = _byte_vocab()
+    return CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, projection_dim=32,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_TOKENS,
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+
+
 def _seeded(seed: int, make: Callable):
     """Build a module from a fixed seed without touching the caller's RNG state."""
     import torch
@@ -93,16 +114,10 @@ def _tiny_vae(seed: int):
 def build_tiny(folder: Path) -> None:
     """A Stable-Diffusion-1.x-shaped pipeline with random weights, saved in diffusers format."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    vocab = _byte_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
-    text_encoder = _seeded(0, lambda: CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, projection_dim=32,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_TOKENS,
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )))
+    tokenizer = _tokenizer()
+    text_encoder = _seeded(0, lambda: CLIPTextModel(_text_config()))
     unet = _seeded(0, lambda: UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(32, 64), norm_num_groups=32, attention_head_dim=8,
@@ -126,16 +141,9 @@ def build_tiny_xl(folder: Path) -> None:
     """An SDXL-shaped pipeline with random weights: two text encoders (the second with a
     projection, for the pooled embedding), a UNet with SDXL's size/crop conditioning."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
-                              CLIPTokenizer)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    vocab = _byte_vocab()
-    config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, projection_dim=32,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_TOKENS,
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
+    config = _text_config()
     unet = _seeded(0, lambda: UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(32, 64), norm_num_groups=32, attention_head_dim=(2, 4),
@@ -152,8 +160,8 @@ def build_tiny_xl(folder: Path) -> None:
         vae=vae, unet=unet,
         text_encoder=_seeded(0, lambda: CLIPTextModel(config)),
         text_encoder_2=_seeded(1, lambda: CLIPTextModelWithProjection(config)),
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS),
-        tokenizer_2=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS),
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(),
         scheduler=EulerDiscreteScheduler(
             num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
             beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"),

@@ -38,8 +38,9 @@ def tiny_vae() -> Model:
 @pytest.fixture(scope="session")
 def ray_cluster(farm_cache):
     """One Ray cluster for the whole session: two nodes with one logical GPU each, on the CPU."""
-    import ray
     from ray.cluster_utils import Cluster
+
+    import ray
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 1, "include_dashboard": False})

@@ -28,3 +28,12 @@ def run_farm(*args: str) -> int:
 def farm_command() -> list[str]:
     """The installed `farm` script, for tests that need a separate process."""
     return [sys.executable, "-m", "farm"]
+
+
+def recipe_folder(tmp_path, monkeypatch, **recipes: str):
+    """A working directory holding recipes/NAME.yaml for each given text, as a user has."""
+    (tmp_path / "recipes").mkdir()
+    for name, text in recipes.items():
+        (tmp_path / "recipes" / f"{name}.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from farm import outputs, render
-from tests.helpers import farm_command
+from tests.helpers import farm_command, recipe_folder
 from tests.helpers import run_farm as run_farm_default
 
 
@@ -36,11 +36,7 @@ batch_size: 4
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    """A working directory with recipes/small.yaml, as a user would have."""
-    (tmp_path / "recipes").mkdir()
-    (tmp_path / "recipes" / "small.yaml").write_text(SMALL)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return recipe_folder(tmp_path, monkeypatch, small=SMALL)
 
 
 def images(folder: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from farm import cli, schedule
 from farm.manifest import Manifest
-from tests.helpers import farm_command, run_farm
+from tests.helpers import farm_command, recipe_folder, run_farm
 
 RECIPE = """\
 name: fleet
@@ -28,10 +28,7 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    (tmp_path / "recipes").mkdir()
-    (tmp_path / "recipes" / "fleet.yaml").write_text(RECIPE)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return recipe_folder(tmp_path, monkeypatch, fleet=RECIPE)
 
 
 @pytest.fixture(scope="module")

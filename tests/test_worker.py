@@ -171,7 +171,8 @@ def test_clip_skip_changes_pixels_and_is_in_the_infotext(worker, tiny):
 
 def test_dtype_is_a_job_field_and_loads_its_own_copy(tiny, tmp_path):
     worker = Worker(tmp_path, device=Device("cpu", "float32"))
-    full, half = render(worker, [make_job(tiny)]), render(worker, [make_job(tiny, dtype="bfloat16")])
+    full = render(worker, [make_job(tiny)])
+    half = render(worker, [make_job(tiny, dtype="bfloat16")])
     assert not np.array_equal(full[0], half[0])
     assert np.abs(full[0].astype(int) - half[0].astype(int)).mean() < 64  # same picture, roughly
     assert worker.loads[tiny.identity] == 2

@@ -10,6 +10,7 @@ from functools import cached_property
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
 ID_LENGTH = 24  # hex digits: 96 bits, no collision in any run folder that fits on a disk
+CONFIG_MARK = "?config="  # "x.safetensors?config=org/name": one weights file and its architecture
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Model:
     ref: str  # what the recipe said: "tiny", "org/name@rev", "models/x.safetensors"
     path: str  # its files on this machine; never part of an id (another node may differ)
     identity: str  # sha256 of the weights (hex), or "hub:<repo>@<commit>" for a pinned hub model
+    config: str | None = None  # single-file weights: the diffusers folder giving the architecture
 
     @property
     def short_hash(self) -> str:
@@ -28,7 +30,7 @@ class Model:
     @property
     def name(self) -> str:
         """A display name for infotext: the file or folder name without extension."""
-        tail = self.ref.rstrip("/").split("/")[-1].split("@")[0]
+        tail = self.ref.split(CONFIG_MARK)[0].rstrip("/").split("/")[-1].split("@")[0]
         return tail.removesuffix(".safetensors")
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm import tiny
-from farm.jobs import Model
+from farm.jobs import CONFIG_MARK, Model
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?")
@@ -38,6 +38,8 @@ class ModelError(ValueError):
 def resolve(ref: str, field: str = "checkpoint") -> Model:
     """Check a reference and find its files and identity. `field` is checkpoint or vae."""
     role = "vae" if field.startswith("vae") else "checkpoint"
+    if CONFIG_MARK in ref:
+        return _resolve_single_file(ref, field, role)
     if ref in tiny.BUILDERS:
         if tiny.ROLES[ref] != role:
             raise ModelError(field, ref, f"built-in {tiny.ROLES[ref]}, not a {role}; "
@@ -73,13 +75,30 @@ def _resolve_local(ref: str, path: Path, field: str, role: str) -> Model:
     if path.is_file():
         if path.suffix.lower() != ".safetensors":
             raise ModelError(field, ref, "a single-file model must be a .safetensors file")
-        raise ModelError(field, ref, "single-file .safetensors checkpoints are not supported "
-                         "yet; convert it to a diffusers folder "
-                         "(DiffusionPipeline.from_single_file(...).save_pretrained(folder))")
+        raise ModelError(field, ref, "a single .safetensors file needs the diffusers config of "
+                         "its architecture, so that it loads offline: write "
+                         f"{{path: {ref}, config: REFERENCE}} (e.g. config: "
+                         "stable-diffusion-v1-5/stable-diffusion-v1-5 from the Hugging Face "
+                         "cache, or a local diffusers folder)")
     marker = "model_index.json" if role == "checkpoint" else "config.json"
     if not (path / marker).exists() and not (role == "vae" and (path / "vae/config.json").exists()):
         raise ModelError(field, ref, f"not a diffusers {role} folder: it has no {marker}")
     return Model(ref=ref, path=str(path.resolve()), identity=folder_hash(path))
+
+
+def _resolve_single_file(ref: str, field: str, role: str) -> Model:
+    """A single .safetensors file (the checkpoints people share) with its architecture."""
+    weights, config_ref = ref.split(CONFIG_MARK, 1)
+    path = Path(weights).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES or path.suffix.lower() != ".safetensors":
+        raise ModelError(field, ref, "a single-file model must be a .safetensors file")
+    if not path.is_file():
+        raise ModelError(field, ref, f"no such file (looked at {path.resolve()})")
+    config = resolve(config_ref, f"{field}.config" if role == "checkpoint" else "vae.config")
+    digest = file_hash(path)
+    # the file's sha256 leads, so that its first 10 digits are AUTOMATIC1111's "Model hash"
+    identity = digest + "+" + hashlib.sha256(config.identity.encode()).hexdigest()[:16]
+    return Model(ref=ref, path=str(path.resolve()), identity=identity, config=config.path)
 
 
 def _resolve_hub(ref: str, repo: str, revision: str | None, field: str) -> Model:
@@ -119,8 +138,8 @@ KNOWN_FAMILIES = {  # the common ones, so that validating them needs no diffuser
 
 
 def family(checkpoint: Model) -> Family:
-    """The pipeline family of a resolved checkpoint folder."""
-    index = Path(checkpoint.path) / "model_index.json"
+    """The pipeline family of a resolved checkpoint (its folder, or its config's)."""
+    index = Path(checkpoint.config or checkpoint.path) / "model_index.json"
     name = json.loads(index.read_text()).get("_class_name", "")
     if name in KNOWN_FAMILIES:
         return Family(name, KNOWN_FAMILIES[name])
@@ -198,11 +217,15 @@ def quiet_libraries() -> None:
 
 def load_pipeline(checkpoint: Model, device: str, dtype):
     """A text-to-image pipeline for a resolved checkpoint, on `device`, without progress bars."""
-    from diffusers import AutoPipelineForText2Image
+    import diffusers
 
-    pipe = AutoPipelineForText2Image.from_pretrained(
-        checkpoint.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
-    )
+    if checkpoint.config:  # one file: the pipeline class its config folder names reads it
+        cls = getattr(diffusers, family(checkpoint).pipeline)
+        pipe = cls.from_single_file(checkpoint.path, config=checkpoint.config, torch_dtype=dtype,
+                                    local_files_only=True)
+    else:
+        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
+            checkpoint.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     for name in ("text_encoder", "text_encoder_2"):
         _expose_text_model(getattr(pipe, name, None))
@@ -222,9 +245,12 @@ def load_vae(vae: Model, device: str, dtype):
     """An AutoencoderKL from a VAE folder, or from the vae/ part of a checkpoint folder."""
     from diffusers import AutoencoderKL
 
-    path = Path(vae.path)
-    subfolder = "vae" if not (path / "config.json").exists() else None
-    model = AutoencoderKL.from_pretrained(
-        path, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
-    )
+    folder = Path(vae.config or vae.path)
+    subfolder = "vae" if not (folder / "config.json").exists() else None
+    if vae.config:
+        model = AutoencoderKL.from_single_file(vae.path, config=str(folder), subfolder=subfolder,
+                                               torch_dtype=dtype, local_files_only=True)
+    else:
+        model = AutoencoderKL.from_pretrained(folder, subfolder=subfolder, torch_dtype=dtype,
+                                              use_safetensors=True, local_files_only=True)
     return model.to(device)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm import samplers
+from farm.jobs import CONFIG_MARK
 
 # Every field a recipe may set, with its default. Hydra composes on top of these, so that any of
 # them can be overridden from the command line even when the recipe file leaves it out.
@@ -182,6 +183,13 @@ class _Parser:
         return Prompt(self.text(field, value))
 
     def model_ref(self, field: str, value: Any) -> str:
+        if isinstance(value, dict):  # {path: weights.safetensors, config: org/name}
+            if set(value) != {"path", "config"} or not all(
+                    isinstance(v, str) and v.strip() for v in value.values()):
+                self.fail(field, value, "a single-file model is {path: FILE.safetensors, "
+                          "config: REFERENCE}, the config a diffusers folder or repo id that "
+                          "gives its architecture")
+            return f"{value['path'].strip()}{CONFIG_MARK}{value['config'].strip()}"
         if not isinstance(value, str) or not value.strip():
             self.fail(field, value, "expected a model reference: tiny, a Hugging Face repo id "
                       "(org/name[@revision]), a diffusers folder or a .safetensors file")

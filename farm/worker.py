@@ -95,7 +95,9 @@ class Worker:
         if vae is None:
             return base
         swapped = self._cached(self._vaes, self.local(vae, "vae"), torch_dtype, models.load_vae)
-        return type(base)(**{**base.components, "vae": swapped})
+        pipe = type(base)(**{**base.components, "vae": swapped})
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def render(self, batch: Batch) -> list[Result]:
         """Render a batch, write its images into the run folder, and say what happened.

@@ -268,3 +268,19 @@ def test_tiny_xl_end_to_end(workdir):
         assert farm["checkpoint"] == "tiny-xl" and farm["clip_skip"] == 2
         assert "Model: tiny-xl" in parameters and "Clip skip: 2" in parameters
         assert Image.open(folder / path).size == (64, 64)
+
+
+def test_a_single_file_checkpoint_from_a_recipe(workdir, tiny):
+    from tests.ldm import write_single_file
+
+    write_single_file(Path(tiny.path), workdir / "tiny.safetensors")
+    (workdir / "recipes" / "single.yaml").write_text(
+        "checkpoint: {path: tiny.safetensors, config: tiny}\n"
+        "prompt: a red fox\nseeds: 0-1\nsteps: 4\nsize: 64x64\n")
+    assert run_farm("render", "recipe=single") == 0
+    assert run_farm("render", "recipe=single", "checkpoint=tiny", "name=folder") == 0
+    from_file = images(workdir / "outputs" / "single")
+    from_folder = images(workdir / "outputs" / "folder")
+    assert sorted(from_file.values()) == sorted(from_folder.values())
+    parameters, farm = outputs.read_metadata(workdir / "outputs" / "single" / sorted(from_file)[0])
+    assert farm["checkpoint"] == "tiny.safetensors?config=tiny" and "Model: tiny," in parameters

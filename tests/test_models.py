@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import pytest
@@ -110,3 +111,56 @@ def test_families_read_what_a_pipeline_takes():
                                                              "guidance_scale"}
     with pytest.raises(ModelError, match="not a pipeline class"):
         models.accepted_inputs("NoSuchPipeline")
+
+
+@pytest.fixture(scope="module")
+def single_files(tiny, tiny_vae, tmp_path_factory):
+    """tiny as one original-layout checkpoint file, and tiny-vae as one VAE file."""
+    from tests.ldm import write_single_file
+
+    folder = tmp_path_factory.mktemp("single")
+    write_single_file(models.Path(tiny.path), folder / "tiny.safetensors")
+    shutil.copy(models.Path(tiny_vae.path) / "diffusion_pytorch_model.safetensors",
+                folder / "vae.safetensors")
+    return folder
+
+
+def test_a_single_file_checkpoint_resolves_with_its_config(single_files, tiny):
+    import hashlib
+
+    ref = f"{single_files / 'tiny.safetensors'}?config=tiny"
+    model = models.resolve(ref, "checkpoint")
+    sha = hashlib.sha256((single_files / "tiny.safetensors").read_bytes()).hexdigest()
+    assert model.short_hash == sha[:10]  # AUTOMATIC1111's "Model hash"
+    assert model.config == tiny.path and model.name == "tiny"
+    assert models.family(model).pipeline == "StableDiffusionPipeline"
+
+
+@pytest.mark.parametrize("ref, words", [
+    ("{dir}/tiny.safetensors", "needs the diffusers config of its architecture"),
+    ("{dir}/missing.safetensors?config=tiny", "no such file"),
+    ("{dir}/tiny.safetensors?config=./no-such-config", "checkpoint.config: './no-such-config'"),
+    ("{dir}/tiny.ckpt?config=tiny", "must be a .safetensors file"),
+])
+def test_single_file_errors(single_files, ref, words):
+    with pytest.raises(ModelError, match=re.escape(words)):
+        models.resolve(ref.format(dir=single_files), "checkpoint")
+
+
+def test_single_files_render_the_same_pixels_as_their_folders(single_files, tiny, tiny_vae,
+                                                               tmp_path):
+    from farm.jobs import Batch
+    from farm.worker import Device, Worker
+    from tests.helpers import make_job
+
+    checkpoint = models.resolve(f"{single_files / 'tiny.safetensors'}?config=tiny")
+    vae = models.resolve(f"{single_files / 'vae.safetensors'}?config=tiny-vae", "vae")
+    worker = Worker(tmp_path, device=Device("cpu", "float32"))
+    pairs = [((tiny, None), (checkpoint, None)), ((tiny, tiny_vae), (tiny, vae))]
+    for n, (folder_form, file_form) in enumerate(pairs):
+        a, = worker.render(Batch((make_job(*folder_form[:1], vae=folder_form[1]),),
+                                 (f"images/{n}-folder.png",)))
+        b, = worker.render(Batch((make_job(*file_form[:1], vae=file_form[1]),),
+                                 (f"images/{n}-file.png",)))
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.pixel_hash == b.pixel_hash

@@ -116,3 +116,12 @@ def test_recipe_module_does_not_import_torch():
             "print(any(m in sys.modules for m in ('torch', 'diffusers', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_single_file_model_is_a_path_with_a_config():
+    r = recipe(checkpoint={"path": "models/sd15.safetensors", "config": "org/sd15"},
+               vae=[None, {"path": "vae.safetensors", "config": "org/vae"}])
+    assert r.checkpoint == ("models/sd15.safetensors?config=org/sd15",)
+    assert r.vae == (None, "vae.safetensors?config=org/vae")
+    with pytest.raises(RecipeError, match="a single-file model is {path: FILE.safetensors"):
+        recipe(checkpoint={"path": "models/sd15.safetensors"})

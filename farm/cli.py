@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -194,19 +195,29 @@ class Counts:
         return self.planned - self.done
 
 
+def done_check(folder: RunFolder, done_paths: dict[str, str]) -> Callable[[str], bool]:
+    """Whether a job is done: its manifest row says so and its file is there."""
+    root = folder.root
+
+    def is_done(job_id: str) -> bool:
+        path = done_paths.get(job_id)
+        return path is not None and (root / path).is_file()
+
+    return is_done
+
+
 def count(settings: Settings, found: dict[str, Model]) -> Counts:
     """How many jobs of the plan are done, and how many failed last time they were tried."""
     folder = settings.folder
     if not folder.manifest.exists():
         return Counts(settings.recipe.job_count, 0, 0)
     with Manifest(folder.manifest, readonly=True) as manifest:
-        rows = manifest.rows()
+        is_done, failed_ids = done_check(folder, manifest.done_paths()), manifest.failed_ids()
     done = failed = 0
     for job in plan.jobs(settings.recipe, found):
-        row = rows.get(job.id)
-        if row and row.status == "done" and (folder.root / row.path).is_file():
+        if is_done(job.id):
             done += 1
-        elif row and row.status == "failed":
+        elif job.id in failed_ids:
             failed += 1
     return Counts(settings.recipe.job_count, done, failed)
 
@@ -239,14 +250,9 @@ def command_plan(settings: Settings) -> int:
 
 
 def pending_work(settings: Settings, found: dict[str, Model],
-                 rows: dict) -> list[schedule.Work]:
+                 is_done: Callable[[str], bool]) -> list[schedule.Work]:
     """The pending batches of each model group, streamed, with their job counts."""
-    recipe, root = settings.recipe, settings.folder.root
-
-    def is_done(job_id: str) -> bool:
-        row = rows.get(job_id)
-        return bool(row and row.status == "done" and (root / row.path).is_file())
-
+    recipe = settings.recipe
     work = []
     for group in plan.groups(recipe):
         left = sum(1 for job in plan.jobs(recipe, found, group) if not is_done(job.id))
@@ -262,11 +268,12 @@ def pending_work(settings: Settings, found: dict[str, Model],
 def command_render(settings: Settings) -> int:
     found = resolve_models(settings.recipe)
     folder, recipe = settings.folder, settings.recipe
-    rows = {}
+    done_paths = {}
     if folder.manifest.exists():
         with Manifest(folder.manifest, readonly=True) as manifest:
-            rows = manifest.rows()
-    if not pending_work(settings, found, rows):
+            done_paths = manifest.done_paths()
+    is_done = done_check(folder, done_paths)
+    if all(is_done(job.id) for job in plan.jobs(recipe, found)):  # stops at the first pending
         print(f"{recipe.name}: all {recipe.job_count} images are already done in "
               f"{folder.root}; nothing to render")
         return EXIT_OK
@@ -274,7 +281,8 @@ def command_render(settings: Settings) -> int:
     try:
         with folder.locked(), Manifest(folder.manifest) as manifest:
             folder.remove_partial_files()
-            work = pending_work(settings, found, manifest.rows())  # again, under the lock
+            # again, under the lock: another render may have finished some in the meantime
+            work = pending_work(settings, found, done_check(folder, manifest.done_paths()))
             pending = sum(w.left for w in work)
             summary = Summary(planned=recipe.job_count, skipped=recipe.job_count - pending)
             run_id = manifest.begin_run(settings.resolved, recipe.job_count)

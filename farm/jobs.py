@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
@@ -69,7 +69,7 @@ class Job:
         }
 
     def identity_fields(self) -> dict:
-        """What the id hashes: model identities, never paths or reference spellings."""
+        """What the id covers: model identities, never paths or reference spellings."""
         return {
             "v": ID_VERSION,
             "checkpoint": self.checkpoint.identity,
@@ -79,10 +79,17 @@ class Job:
 
     @cached_property
     def id(self) -> str:
-        canonical = json.dumps(self.identity_fields(), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:ID_LENGTH]
+        """sha256 of the canonical JSON of the batch settings, then of [prompt, negative, seed].
 
-    @property
+        Same value as hashing identity_fields() in two parts; the first part is shared by a
+        whole batch group and hashed once (plans run to millions of jobs).
+        """
+        digest = _settings_digest(self.batch_key).copy()
+        digest.update(json.dumps([self.prompt, self.negative, self.seed],
+                                 ensure_ascii=False).encode())
+        return digest.hexdigest()[:ID_LENGTH]
+
+    @cached_property
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one pipeline call."""
         return (
@@ -108,6 +115,16 @@ class Job:
             "vae_identity": self.vae.identity if self.vae else None,
             **self.settings(),
         }
+
+
+@lru_cache(maxsize=4096)
+def _settings_digest(batch_key: tuple):
+    """A sha256 primed with the canonical JSON of everything but prompt, negative and seed."""
+    ckpt, vae, sampler, scheduler, steps, cfg, width, height, clip_skip, dtype = batch_key
+    fixed = {"v": ID_VERSION, "checkpoint": ckpt, "vae": vae, "sampler": sampler,
+             "scheduler": scheduler, "steps": steps, "cfg": cfg, "width": width,
+             "height": height, "clip_skip": clip_skip, "dtype": dtype}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True, ensure_ascii=False).encode() + b"\n")
 
 
 @dataclass(frozen=True)

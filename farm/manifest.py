@@ -13,7 +13,6 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
 
 from farm.jobs import Job, Result
 
@@ -49,11 +48,6 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-class Row(NamedTuple):
-    status: str
-    path: str
-
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -78,10 +72,12 @@ class Manifest:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def rows(self) -> dict[str, Row]:
-        """Every job id the folder has seen, with its status and path."""
-        return {id_: Row(status, path)
-                for id_, status, path in self.db.execute("SELECT id, status, path FROM jobs")}
+    def done_paths(self) -> dict[str, str]:
+        """Path of every job recorded as done (its file may since have gone)."""
+        return dict(self.db.execute("SELECT id, path FROM jobs WHERE status = 'done'"))
+
+    def failed_ids(self) -> set[str]:
+        return {id_ for (id_,) in self.db.execute("SELECT id FROM jobs WHERE status = 'failed'")}
 
     def claim(self, jobs: Iterable[Job], path_for: Callable[[int, Job], str]) -> list[str]:
         """Mark jobs as queued and return their paths: the old one if seen before, else new."""

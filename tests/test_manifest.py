@@ -23,8 +23,8 @@ def test_claim_fixes_paths_once_and_record_marks_done(tmp_path):
         assert again[:2] == paths and again[2] == folder.image_path(2, jobs[2])
         m.record([result(jobs[0], paths[0]), result(jobs[1], paths[1], ok=False)], run_id=1)
         assert m.counts() == {"queued": 1, "done": 1, "failed": 1}
-        rows = m.rows()
-        assert rows[jobs[0].id].status == "done" and rows[jobs[0].id].path == paths[0]
+        assert m.done_paths() == {jobs[0].id: paths[0]}
+        assert m.failed_ids() == {jobs[1].id}
         assert list(m.failures()) == [(jobs[1].id, paths[1], "boom")]
         row = m.job(jobs[1].id)
         assert row["attempts"] == 1 and row["error"] == "boom"

@@ -138,7 +138,7 @@ def test_each_checkpoint_is_loaded_once_per_worker(workdir, second_checkpoint):
     settings = cli.compose(["recipe=fleet", f"checkpoint=[tiny,{second_checkpoint}]",
                             "seeds=0-7", "runtime.max_pipelines=1"])
     found = cli.resolve_models(settings.recipe)
-    work = cli.pending_work(settings, found, {})
+    work = cli.pending_work(settings, found, lambda job_id: False)
     backend = schedule.start(settings.runtime, settings.folder, "affinity")
     try:
         with settings.folder.locked(), Manifest(settings.folder.manifest) as manifest:

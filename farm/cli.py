@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,11 +198,21 @@ class Counts:
 
 def done_check(folder: RunFolder, done_paths: dict[str, str]) -> Callable[[str], bool]:
     """Whether a job is done: its manifest row says so and its file is there."""
-    root = folder.root
+    root, listings = str(folder.root), {}
+
+    def present(path: str) -> bool:  # one directory listing per shard, not a stat per file
+        shard, _, name = path.rpartition("/")
+        if shard not in listings:
+            try:
+                listings[shard] = {e.name for e in os.scandir(os.path.join(root, shard))
+                                   if e.is_file()}
+            except FileNotFoundError:
+                listings[shard] = set()
+        return name in listings[shard]
 
     def is_done(job_id: str) -> bool:
         path = done_paths.get(job_id)
-        return path is not None and (root / path).is_file()
+        return path is not None and present(path)
 
     return is_done
 

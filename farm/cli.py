@@ -143,7 +143,7 @@ def compose(args: list[str]) -> Settings:
         raise BadInput(f"command line: {e}".strip()) from None
     del config["runtime"]
     outputs = Path(str(config.pop("outputs")))
-    recipe = recipes.parse(config, source=path.stem)
+    recipe = recipes.parse(config, source=path.stem, base=path.parent)
     resolved = yaml.safe_dump({"recipe": str(path), "overrides": overrides, **config,
                                "runtime": OmegaConf.to_container(cfg.runtime)}, sort_keys=False)
     return Settings(recipe=recipe, runtime=runtime, outputs=outputs, resolved=resolved)
@@ -170,10 +170,9 @@ def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
 
 def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
     """Refuse recipe fields that this checkpoint's pipeline does not take."""
-    negatives = {recipe.negative, *(p.negative for p in recipe.prompt if p.negative)}
     problems = {
-        "negative": ("negative_prompt", negatives != {""}, "leave negative and per-prompt "
-                     "negatives empty"),
+        "negative": ("negative_prompt", recipe.uses_negative(), "leave negative and "
+                     "per-prompt negatives empty"),
         "cfg": ("guidance_scale", recipe.cfg != (recipes.DEFAULTS["cfg"],), "leave cfg unset"),
         "clip_skip": ("clip_skip", recipe.clip_skip != (1,), "leave clip_skip at 1"),
     }
@@ -240,7 +239,8 @@ def command_plan(settings: Settings) -> int:
     shown = {
         "checkpoint": ", ".join(r.checkpoint),
         "vae": ", ".join(v or "(checkpoint's own)" for v in r.vae),
-        "prompt": f"{len(r.prompt)} prompt(s)",
+        "prompt": f"{len(r.prompt)} item(s)" + ("" if r.expansion.mode == "combinatorial"
+                                                  else f", random x {r.expansion.count}"),
         "sampler": ", ".join(r.sampler),
         "scheduler": ", ".join(r.scheduler),
         "steps": ", ".join(map(str, r.steps)),

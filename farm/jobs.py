@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from typing import Any
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
@@ -51,6 +52,9 @@ class Job:
     height: int
     clip_skip: int = 1  # AUTOMATIC1111's: 1 = the text encoder's last layer
     dtype: str = "auto"  # "auto": float16 on a GPU, float32 on the CPU
+    # how the prompt was made (template, chosen values, prompt-file columns): recorded with the
+    # image, never part of its identity, so two routes to the same job give the same id
+    context: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     def settings(self) -> dict:
         """The fields other than the models, as they go into ids and metadata alike."""
@@ -114,6 +118,7 @@ class Job:
             "vae": self.vae.ref if self.vae else None,
             "vae_identity": self.vae.identity if self.vae else None,
             **self.settings(),
+            **dict(self.context),
         }
 
 

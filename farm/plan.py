@@ -25,27 +25,35 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
     `models` maps each checkpoint and VAE reference of the recipe to its resolved Model.
     """
     pairs = [group] if group is not None else groups(recipe)
-    for (ckpt, vae), size, sampler_value, schedule_value, steps, cfg, clip_skip in \
-            itertools.product(pairs, recipe.size, recipe.sampler, recipe.scheduler,
-                              recipe.steps, recipe.cfg, recipe.clip_skip):
+    for (ckpt, vae), size, sampler_value, schedule_value, (i_steps, steps), (i_cfg, cfg), \
+            clip_skip in itertools.product(pairs, recipe.size, recipe.sampler, recipe.scheduler,
+                                           enumerate(recipe.steps), enumerate(recipe.cfg),
+                                           recipe.clip_skip):
         sampler, schedule = samplers.effective_schedule(sampler_value, schedule_value)
-        for prompt in recipe.prompt:
-            negative = recipe.negative if prompt.negative is None else prompt.negative
-            for seed in recipe.seed_values():
+        for row in recipe.prompt_rows():
+            negative = recipe.negative if row.negative is None else row.negative
+            fixed = dict(row.overrides)
+            # a prompt-file row that sets steps or cfg takes part once, not once per value
+            if ("steps" in fixed and i_steps) or ("cfg" in fixed and i_cfg):
+                continue
+            context = tuple(row.context().items())
+            seeds = [fixed["seed"]] if "seed" in fixed else recipe.seed_values()
+            for seed in seeds:
                 yield Job(
                     checkpoint=models[ckpt],
                     vae=models[vae] if vae is not None else None,
-                    prompt=prompt.text,
+                    prompt=row.text,
                     negative=negative,
                     seed=seed,
                     sampler=sampler,
                     scheduler=schedule,
-                    steps=steps,
-                    cfg=cfg,
+                    steps=fixed.get("steps", steps),
+                    cfg=fixed.get("cfg", cfg),
                     width=size[0],
                     height=size[1],
                     clip_skip=clip_skip,
                     dtype=recipe.dtype,
+                    context=context,
                 )
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from farm import samplers
+from farm import prompts, samplers
 from farm.jobs import CONFIG_MARK
 
 # Every field a recipe may set, with its default. Hydra composes on top of these, so that any of
@@ -20,8 +21,10 @@ DEFAULTS: dict[str, Any] = {
     "name": None,  # run folder name; defaults to the recipe's file name
     "checkpoint": "tiny",
     "vae": None,  # None: the checkpoint's own VAE
-    "prompt": None,  # required
+    "prompt": None,  # required: text, {text, negative}, {file: prompts.csv}, or a list of those
     "negative": "",
+    "vars": None,  # template variables: {name: [values] or {file: values.txt}}
+    "expand": "combinatorial",  # or {mode: random, count: N, seed: S}
     "seeds": 0,
     "sampler": "euler",
     "scheduler": "automatic",  # the schedule an A1111 name implies ("DPM++ 2M Karras"), else normal
@@ -52,9 +55,17 @@ class RecipeError(ValueError):
 
 
 @dataclass(frozen=True)
-class Prompt:
-    text: str
-    negative: str | None = None  # None: the recipe's default negative
+class PromptFile:
+    """A file of prompts (.txt, .csv, .jsonl); read again each time it is planned."""
+
+    path: Path
+    rows: int  # counted when the recipe was checked
+    negatives: bool  # whether any row sets a negative prompt
+
+
+def Prompt(text: str, negative: str | None = None) -> prompts.Item:  # noqa: N802
+    """A plain prompt item (no template slots)."""
+    return prompts.Item(text, negative)
 
 
 @dataclass(frozen=True)
@@ -64,8 +75,9 @@ class Recipe:
     name: str
     checkpoint: tuple[str, ...]
     vae: tuple[str | None, ...]
-    prompt: tuple[Prompt, ...]
+    prompt: tuple[prompts.Item | PromptFile, ...]
     negative: str
+    expansion: prompts.Expansion
     seeds: tuple[range, ...]  # disjoint, in the order given
     sampler: tuple[str, ...]  # canonical names, with a schedule suffix if the name implied one
     scheduler: tuple[str, ...]  # canonical names, or "automatic"
@@ -80,21 +92,51 @@ class Recipe:
         for r in self.seeds:
             yield from r
 
+    def prompt_rows(self) -> Iterator[prompts.Row]:
+        """Every prompt of the recipe, templates expanded and files read, one at a time."""
+        for index, source in enumerate(self.prompt):
+            if isinstance(source, PromptFile):
+                yield from prompts.file_rows(source.path, "prompt")
+            else:
+                yield from source.rows(self.expansion, index)
+
+    def uses_negative(self) -> bool:
+        return bool(self.negative) or any(
+            p.negatives if isinstance(p, PromptFile) else bool(p.negative) for p in self.prompt)
+
     def axis_lengths(self) -> dict[str, int]:
-        lengths = {axis: len(getattr(self, axis)) for axis in AXES if axis != "seeds"}
+        lengths = {axis: len(getattr(self, axis)) for axis in AXES
+                   if axis not in ("seeds", "prompt")}
         lengths["seeds"] = sum(len(r) for r in self.seeds)
+        lengths["prompt"] = sum(p.rows if isinstance(p, PromptFile) else p.count(self.expansion)
+                                for p in self.prompt)
         return {axis: lengths[axis] for axis in AXES}
 
     @property
     def job_count(self) -> int:
-        count = 1
-        for n in self.axis_lengths().values():
-            count *= n
-        return count
+        lengths = self.axis_lengths()
+        others = 1
+        for axis, n in lengths.items():
+            if axis != "prompt":
+                others *= n
+        if not any(isinstance(p, PromptFile) for p in self.prompt):
+            return others * lengths["prompt"]
+        # rows that set a field take one value of that axis instead of all of them
+        total = 0
+        for row in self.prompt_rows():
+            jobs = others
+            for name, _ in row.overrides:
+                jobs //= lengths[ROW_AXES[name]]
+            total += jobs
+        return total
 
 
-def parse(data: dict[str, Any], source: str) -> Recipe:
-    """Check a plain recipe mapping and turn it into a Recipe. `source` names it in errors."""
+ROW_AXES = {"seed": "seeds", "steps": "steps", "cfg": "cfg"}  # prompt-file column -> axis
+
+
+def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
+    """Check a plain recipe mapping and turn it into a Recipe. `source` names it in errors;
+    `base` is the recipe's folder, where wildcards/ and prompt files are found."""
     if not isinstance(data, dict):
         raise RecipeError(source, "(top level)", data, "expected a mapping of recipe fields")
     unknown = sorted(set(data) - set(DEFAULTS))
@@ -103,13 +145,15 @@ def parse(data: dict[str, Any], source: str) -> Recipe:
                           f"unknown field; allowed: {', '.join(DEFAULTS)}")
     fields = {**DEFAULTS, **data}
     label = fields["name"] or source
-    p = _Parser(str(label))
+    p = _Parser(str(label), base)
+    p.variables = p.vars(fields["vars"])
     recipe = Recipe(
         name=p.name(fields["name"] if fields["name"] is not None else source),
         checkpoint=p.axis("checkpoint", fields["checkpoint"], p.model_ref),
         vae=p.axis("vae", fields["vae"], p.optional_model_ref),
         prompt=p.axis("prompt", fields["prompt"], p.prompt),
         negative=p.text("negative", fields["negative"], allow_empty=True),
+        expansion=p.expansion(fields["expand"]),
         seeds=p.seeds(fields["seeds"]),
         sampler=p.axis("sampler", fields["sampler"], p.sampler),
         scheduler=p.axis("scheduler", fields["scheduler"], p.schedule),
@@ -132,8 +176,9 @@ def parse(data: dict[str, Any], source: str) -> Recipe:
 class _Parser:
     """Field checkers for one recipe; each returns a clean value or raises RecipeError."""
 
-    def __init__(self, recipe: str):
-        self.recipe = recipe
+    def __init__(self, recipe: str, base: Path):
+        self.recipe, self.base = recipe, base
+        self.variables: dict[str, tuple[str, ...]] = {}
 
     def fail(self, field: str, given: Any, allowed: str):
         raise RecipeError(self.recipe, field, given, allowed)
@@ -166,21 +211,74 @@ class _Parser:
                       else "expected a string")
         return value
 
-    def prompt(self, field: str, value: Any) -> Prompt:
+    def prompt(self, field: str, value: Any) -> prompts.Item | PromptFile:
+        if isinstance(value, dict) and "file" in value:
+            if set(value) != {"file"} or not isinstance(value["file"], str):
+                self.fail(field, value, "a prompt file item is {file: prompts.txt|.csv|.jsonl}")
+            path = self.base / value["file"]
+            try:
+                rows = list(prompts.file_rows(path, field))  # checked once, here
+            except prompts.PromptError as e:
+                self.fail(field, value, str(e))
+            return PromptFile(path, len(rows), any(r.negative for r in rows))
         if isinstance(value, dict):
             extra = sorted(set(value) - {"text", "negative"})
             if extra:
                 self.fail(f"{field}.{extra[0]}", value[extra[0]],
-                          "a prompt item takes only 'text' and 'negative'")
+                          "a prompt item takes only 'text' and 'negative' (or 'file')")
             if "text" not in value:
                 self.fail(field, value, "a prompt item needs 'text'")
             negative = value.get("negative")
-            return Prompt(self.text(f"{field}.text", value["text"]),
-                          None if negative is None
-                          else self.text(f"{field}.negative", negative, allow_empty=True))
-        if value is None:
+            text = self.text(f"{field}.text", value["text"])
+            negative = None if negative is None else self.text(f"{field}.negative", negative,
+                                                               allow_empty=True)
+        elif value is None:
             self.fail(field, value, "a recipe needs at least one prompt")
-        return Prompt(self.text(field, value))
+        else:
+            text, negative = self.text(field, value), None
+        try:
+            return prompts.item(text, negative, self.variables, self.base, field)
+        except prompts.PromptError as e:
+            self.fail(e.field, e.given, str(e))
+
+    def vars(self, value: Any) -> dict[str, tuple[str, ...]]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail("vars", value, "expected {name: [values]} or {name: {file: values.txt}}")
+        found = {}
+        for name, values in value.items():
+            field = f"vars.{name}"
+            if not isinstance(name, str) or not prompts.NAME.fullmatch(name):
+                self.fail(field, name, "a variable name is letters, digits and '_'")
+            if isinstance(values, dict) and set(values) == {"file"}:
+                try:
+                    found[name] = prompts.read_values(self.base / str(values["file"]), field)
+                except prompts.PromptError as e:
+                    self.fail(field, values, str(e))
+                continue
+            items = values if isinstance(values, list) else [values]
+            if not items or not all(isinstance(v, (str, int, float)) and str(v).strip()
+                                    for v in items):
+                self.fail(field, values, "expected a non-empty list of values (or one value, "
+                          "or {file: values.txt})")
+            found[name] = tuple(str(v).strip() for v in items)
+            if len(set(found[name])) != len(found[name]):
+                self.fail(field, values, "a value is listed twice")
+        return found
+
+    def expansion(self, value: Any) -> prompts.Expansion:
+        allowed = ("expected combinatorial, or {mode: random, count: N, seed: S} "
+                   "(count at least 1)")
+        if value in ("combinatorial", {"mode": "combinatorial"}):
+            return prompts.Expansion()
+        if isinstance(value, dict) and value.get("mode") == "random" \
+                and set(value) <= {"mode", "count", "seed"}:
+            count, seed = value.get("count"), value.get("seed", 0)
+            if isinstance(count, int) and not isinstance(count, bool) and count >= 1 \
+                    and isinstance(seed, int) and not isinstance(seed, bool):
+                return prompts.Expansion("random", count, seed)
+        self.fail("expand", value, allowed)
 
     def model_ref(self, field: str, value: Any) -> str:
         if isinstance(value, dict):  # {path: weights.safetensors, config: org/name}

@@ -253,9 +253,13 @@ def command_plan(settings: Settings) -> int:
     lengths = r.axis_lengths()
     for axis in recipes.AXES:
         print(f"  {axis:<11}{lengths[axis]:>8}  {shown[axis]}")
+    combined = r.combined_axes()
+    for group in (a for a in combined if len(a) > 1):
+        print(f"  {'+'.join(group)} zipped: {lengths[group[0]]} together")
     counts = count(settings, found)
-    product = " x ".join(str(n) for n in lengths.values())
-    print(f"jobs: {counts.planned} ({product}); done {counts.done}, pending {counts.pending} "
+    product = " x ".join(f"{lengths[a[0]]} {'+'.join(a)}" for a in combined)
+    print(f"jobs: {counts.planned} ({product}, outermost first); done {counts.done}, "
+          f"pending {counts.pending} "
           f"(of which {counts.failed} failed before); batch size {r.batch_size}")
     return EXIT_OK
 

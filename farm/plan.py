@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
-from farm import samplers
+from farm import prompts, samplers
 from farm.jobs import Job, Model
-from farm.recipe import Recipe
+from farm.recipe import ROW_AXES, Recipe
 
 Group = tuple[str, "str | None"]  # (checkpoint reference, VAE reference): what a worker loads
 
@@ -21,40 +22,61 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
     """Every job of the recipe (or of one model group), one at a time, keeping batches together.
 
     Expensive switches change least often: checkpoint, then VAE, then size, then the sampler
-    settings; prompts and seeds, which a single pipeline call can mix, vary fastest.
-    `models` maps each checkpoint and VAE reference of the recipe to its resolved Model.
+    settings; prompts and seeds, which a single pipeline call can mix, vary fastest, whatever
+    order the recipe lists its axes in. Zipped axes advance together. `models` maps each
+    checkpoint and VAE reference of the recipe to its resolved Model.
     """
-    pairs = [group] if group is not None else groups(recipe)
-    for (ckpt, vae), size, sampler_value, schedule_value, (i_steps, steps), (i_cfg, cfg), \
-            clip_skip in itertools.product(pairs, recipe.size, recipe.sampler, recipe.scheduler,
-                                           enumerate(recipe.steps), enumerate(recipe.cfg),
-                                           recipe.clip_skip):
-        sampler, schedule = samplers.effective_schedule(sampler_value, schedule_value)
-        for row in recipe.prompt_rows():
-            negative = recipe.negative if row.negative is None else row.negative
+    axes = [axis for axis in recipe.combined_axes() if axis not in (("checkpoint",), ("vae",))]
+    for ckpt, vae in [group] if group is not None else groups(recipe):
+        for chosen in _product(recipe, axes):
+            row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides)
-            # a prompt-file row that sets steps or cfg takes part once, not once per value
-            if ("steps" in fixed and i_steps) or ("cfg" in fixed and i_cfg):
+            # a prompt-file row that sets a field takes part at one value of that field's axis
+            if any(chosen[ROW_AXES[name]][0] for name in fixed):
                 continue
-            context = tuple(row.context().items())
-            seeds = [fixed["seed"]] if "seed" in fixed else recipe.seed_values()
-            for seed in seeds:
-                yield Job(
-                    checkpoint=models[ckpt],
-                    vae=models[vae] if vae is not None else None,
-                    prompt=row.text,
-                    negative=negative,
-                    seed=seed,
-                    sampler=sampler,
-                    scheduler=schedule,
-                    steps=fixed.get("steps", steps),
-                    cfg=fixed.get("cfg", cfg),
-                    width=size[0],
-                    height=size[1],
-                    clip_skip=clip_skip,
-                    dtype=recipe.dtype,
-                    context=context,
-                )
+            sampler, schedule = samplers.effective_schedule(chosen["sampler"][1],
+                                                            chosen["scheduler"][1])
+            width, height = chosen["size"][1]
+            yield Job(
+                checkpoint=models[ckpt],
+                vae=models[vae] if vae is not None else None,
+                prompt=row.text,
+                negative=recipe.negative if row.negative is None else row.negative,
+                seed=fixed.get("seed", chosen["seeds"][1]),
+                sampler=sampler,
+                scheduler=schedule,
+                steps=fixed.get("steps", chosen["steps"][1]),
+                cfg=fixed.get("cfg", chosen["cfg"][1]),
+                width=width,
+                height=height,
+                clip_skip=chosen["clip_skip"][1],
+                dtype=recipe.dtype,
+                context=tuple(row.context().items()),
+            )
+
+
+def _values(recipe: Recipe, axis: str) -> Iterable:
+    """The values of one axis, streamed."""
+    if axis == "prompt":
+        return recipe.prompt_rows()
+    if axis == "seeds":
+        return recipe.seed_values()
+    return getattr(recipe, axis)
+
+
+def _product(recipe: Recipe, axes: list[tuple[str, ...]], depth: int = 0,
+             chosen: dict | None = None) -> Iterator[dict[str, tuple[int, Any]]]:
+    """Nested loops over the (combined) axes, outermost first, re-reading inner ones lazily;
+    each item maps an axis name to (index on its axis, value)."""
+    chosen = {} if chosen is None else chosen
+    if depth == len(axes):
+        yield chosen
+        return
+    names = axes[depth]
+    for index, values in enumerate(zip(*(_values(recipe, name) for name in names))):
+        for name, value in zip(names, values):
+            chosen[name] = (index, value)
+        yield from _product(recipe, axes, depth + 1, chosen)
 
 
 def batches(stream: Iterable[Job], batch_size: int) -> Iterator[tuple[Job, ...]]:

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "negative": "",
     "vars": None,  # template variables: {name: [values] or {file: values.txt}}
     "expand": "combinatorial",  # or {mode: random, count: N, seed: S}
+    "zip": None,  # axes that advance together instead of multiplying: [[prompt, seeds], ...]
     "seeds": 0,
     "sampler": "euler",
     "scheduler": "automatic",  # the schedule an A1111 name implies ("DPM++ 2M Karras"), else normal
@@ -38,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
 
 AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "size",
         "clip_skip", "seeds")
+# The order the plan loops in, outermost first: what is expensive to switch changes least often
+COST_ORDER = ("checkpoint", "vae", "size", "sampler", "scheduler", "steps", "cfg", "clip_skip",
+              "prompt", "seeds")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MAX_CLIP_SKIP = 12
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
@@ -87,6 +91,7 @@ class Recipe:
     clip_skip: tuple[int, ...]
     dtype: str
     batch_size: int
+    zip: tuple[tuple[str, ...], ...] = ()  # groups of axes zipped together
 
     def seed_values(self) -> Iterator[int]:
         for r in self.seeds:
@@ -112,21 +117,33 @@ class Recipe:
                                 for p in self.prompt)
         return {axis: lengths[axis] for axis in AXES}
 
+    def combined_axes(self) -> list[tuple[str, ...]]:
+        """The axes the plan multiplies, in cost order (outermost first): a zip group is one
+        axis, placed where its most expensive member would be."""
+        zipped = {name: group for group in self.zip for name in group}
+        combined: list[tuple[str, ...]] = []
+        for name in COST_ORDER:
+            axis = zipped.get(name, (name,))
+            if axis not in combined:
+                combined.append(axis)
+        return combined
+
     @property
     def job_count(self) -> int:
         lengths = self.axis_lengths()
-        others = 1
-        for axis, n in lengths.items():
-            if axis != "prompt":
-                others *= n
+        size = {axis: lengths[axis[0]] for axis in self.combined_axes()}
+        everything = 1
+        for n in size.values():
+            everything *= n
         if not any(isinstance(p, PromptFile) for p in self.prompt):
-            return others * lengths["prompt"]
-        # rows that set a field take one value of that axis instead of all of them
+            return everything
+        # a prompt-file row that sets a field takes part at one value of that field's axis
+        prompt_axis = next(a for a in size if "prompt" in a)
         total = 0
         for row in self.prompt_rows():
-            jobs = others
+            jobs = everything // size[prompt_axis]
             for name, _ in row.overrides:
-                jobs //= lengths[ROW_AXES[name]]
+                jobs //= size[next(a for a in size if ROW_AXES[name] in a)]
             total += jobs
         return total
 
@@ -163,7 +180,13 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
         clip_skip=p.axis("clip_skip", fields["clip_skip"], p.clip_skip),
         dtype=p.choice("dtype", fields["dtype"], DTYPES),
         batch_size=p.integer("batch_size", fields["batch_size"], 1, MAX_BATCH),
+        zip=p.zip(fields["zip"]),
     )
+    lengths = recipe.axis_lengths()
+    for group in recipe.zip:
+        if len({lengths[name] for name in group}) > 1:
+            raise RecipeError(recipe.name, "zip", list(group), "zipped axes must have the same "
+                              "length; got " + ", ".join(f"{n} {lengths[n]}" for n in group))
     for s in recipe.sampler:
         for sch in recipe.scheduler:
             try:
@@ -266,6 +289,26 @@ class _Parser:
             if len(set(found[name])) != len(found[name]):
                 self.fail(field, values, "a value is listed twice")
         return found
+
+    def zip(self, value: Any) -> tuple[tuple[str, ...], ...]:
+        zippable = [a for a in AXES if a not in ("checkpoint", "vae")]
+        allowed = (f"expected a list of axis groups, e.g. [[prompt, seeds]], each of 2 or more "
+                   f"of: {', '.join(zippable)} (checkpoint and vae decide what workers load, "
+                   "so they always multiply)")
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(g, list) for g in value):
+            self.fail("zip", value, allowed)
+        seen: set[str] = set()
+        groups = []
+        for group in value:
+            if len(group) < 2 or not all(name in zippable for name in group):
+                self.fail("zip", value, allowed)
+            if seen & set(group) or len(set(group)) != len(group):
+                self.fail("zip", value, "an axis may be in one zip group only, once")
+            seen |= set(group)
+            groups.append(tuple(sorted(group, key=COST_ORDER.index)))
+        return tuple(groups)
 
     def expansion(self, value: Any) -> prompts.Expansion:
         allowed = ("expected combinatorial, or {mode: random, count: N, seed: S} "

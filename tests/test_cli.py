@@ -129,7 +129,8 @@ def test_failed_jobs_are_listed_exit_1_and_are_retried(workdir, capsys, monkeypa
 def test_plan_counts_and_writes_nothing(workdir, capsys):
     assert run_farm("plan", "recipe=small", "steps=[4,8]") == 0
     out = capsys.readouterr().out
-    assert "jobs: 12 (1 x 1 x 2 x 1 x 1 x 2 x 1 x 1 x 1 x 3); done 0, pending 12" in out
+    assert ("jobs: 12 (1 checkpoint x 1 vae x 1 size x 1 sampler x 1 scheduler x 2 steps x "
+            "1 cfg x 1 clip_skip x 2 prompt x 3 seeds, outermost first); done 0, pending 12") in out
     assert not (workdir / "outputs").exists()
     run_farm("render", "recipe=small")
     capsys.readouterr()
@@ -284,3 +285,23 @@ def test_a_single_file_checkpoint_from_a_recipe(workdir, tiny):
     assert sorted(from_file.values()) == sorted(from_folder.values())
     parameters, farm = outputs.read_metadata(workdir / "outputs" / "single" / sorted(from_file)[0])
     assert farm["checkpoint"] == "tiny.safetensors?config=tiny" and "Model: tiny," in parameters
+
+
+def test_templates_are_recorded_and_planned(workdir, capsys):
+    (workdir / "recipes" / "zoo.yaml").write_text(
+        "prompt: 'a {animal}, {red|blue}'\nvars: {animal: [cat, dog]}\nseeds: [1, 2, 3, 4]\n"
+        "zip: [[prompt, seeds]]\nsteps: 2\nsize: 64x64\n")
+    assert run_farm("plan", "recipe=zoo") == 0
+    out = capsys.readouterr().out
+    assert "prompt+seeds" in out and "zipped" in out and "jobs: 4" in out
+    assert run_farm("render", "recipe=zoo") == 0
+    folder = workdir / "outputs" / "zoo"
+    rows = manifest_rows(folder)
+    assert len(rows) == 4
+    _, farm = outputs.read_metadata(folder / rows[0][1])
+    assert farm["template"] == "a {animal}, {red|blue}"
+    assert farm["values"] == {"animal": "cat", "{red|blue}#1": "red"}
+    assert farm["prompt"] == "a cat, red" and farm["seed"] == 1
+    with sqlite3.connect(folder / "manifest.sqlite") as db:
+        (params,) = db.execute("SELECT params FROM jobs WHERE id = ?", (rows[0][0],)).fetchone()
+    assert json.loads(params)["values"] == {"animal": "cat", "{red|blue}#1": "red"}

@@ -154,3 +154,43 @@ def test_a_million_jobs_plan_in_bounded_memory():
     assert planned == counted == "1000000"
     assert int(grown_mib) < 32, f"planning grew the process by {grown_mib} MiB"
     assert torch_loaded == "False"
+
+
+def test_zip_pairs_axes_instead_of_multiplying():
+    r = recipe(prompt=["a cat", "a dog", "an owl"], seeds=[10, 20, 30], steps=[4, 8],
+               zip=[["seeds", "prompt"]])
+    jobs = list(plan.jobs(r, {"tiny": CKPT}))
+    assert len(jobs) == r.job_count == 3 * 2
+    assert {(j.prompt, j.seed) for j in jobs} == {("a cat", 10), ("a dog", 20), ("an owl", 30)}
+    assert r.combined_axes()[-1] == ("prompt", "seeds")
+
+
+def test_zip_of_outer_axes_keeps_the_cost_order():
+    r = recipe(prompt=["a cat", "a dog"], seeds="0-1", steps=[4, 8], cfg=[5, 7],
+               size=["64x64", "128x128"], zip=[["cfg", "steps"]])
+    jobs = list(plan.jobs(r, {"tiny": CKPT}))
+    assert len(jobs) == r.job_count == 2 * 2 * 2 * 2
+    assert {(j.steps, j.cfg) for j in jobs} == {(4, 5.0), (8, 7.0)}
+    sizes = [j.width for j in jobs]
+    assert sizes == sorted(sizes)  # size is still the outer loop
+
+
+@pytest.mark.parametrize("zipped, words", [
+    ([["prompt", "seeds"]], "zipped axes must have the same length; got prompt 2, seeds 3"),
+    ([["checkpoint", "prompt"]], "checkpoint and vae decide what workers load"),
+    ([["prompt"]], "each of 2 or more"),
+    ([["prompt", "seeds"], ["seeds", "cfg"]], "in one zip group only"),
+    ("prompt,seeds", "a list of axis groups"),
+])
+def test_zip_errors(zipped, words):
+    with pytest.raises(RecipeError) as error:
+        recipe(prompt=["a", "b"], seeds="0-2", zip=zipped)
+    assert error.value.field == "zip" and words in str(error.value)
+
+
+def test_recipe_key_order_does_not_change_the_plan():
+    fields = {"prompt": ["a", "b"], "seeds": "0-1", "steps": [4, 8], "size": ["64x64", "72x72"]}
+    shuffled = dict(reversed(list(fields.items())))
+    a = [j.id for j in plan.jobs(recipe(**fields), {"tiny": CKPT})]
+    b = [j.id for j in plan.jobs(recipe(**shuffled), {"tiny": CKPT})]
+    assert a == b

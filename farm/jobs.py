@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
@@ -81,19 +81,21 @@ class Job:
             **self.settings(),
         }
 
-    @cached_property
+    @property
     def id(self) -> str:
-        """sha256 of the canonical JSON of the batch settings, then of [prompt, negative, seed].
+        """sha256 of the canonical JSON of everything but prompt, negative and seed, then of
+        those three, length-prefixed. The first part is shared by a whole batch group and
+        hashed once (plans run to millions of jobs); the id is cached on the job."""
+        cached = self.__dict__.get("_id")
+        if cached is None:
+            digest = _settings_digest(self.batch_key).copy()
+            prompt, negative = self.prompt.encode(), self.negative.encode()
+            digest.update(b"%d:%b%d:%b%d" % (len(prompt), prompt, len(negative), negative,
+                                             self.seed))
+            cached = self.__dict__["_id"] = digest.hexdigest()[:ID_LENGTH]
+        return cached
 
-        Same value as hashing identity_fields() in two parts; the first part is shared by a
-        whole batch group and hashed once (plans run to millions of jobs).
-        """
-        digest = _settings_digest(self.batch_key).copy()
-        digest.update(json.dumps([self.prompt, self.negative, self.seed],
-                                 ensure_ascii=False).encode())
-        return digest.hexdigest()[:ID_LENGTH]
-
-    @cached_property
+    @property
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one pipeline call."""
         return (

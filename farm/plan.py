@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import lru_cache
 from typing import Any
 
 from farm import prompts, samplers
@@ -30,12 +31,11 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
     for ckpt, vae in [group] if group is not None else groups(recipe):
         for chosen in _product(recipe, axes):
             row: prompts.Row = chosen["prompt"][1]
-            fixed = dict(row.overrides)
+            fixed = dict(row.overrides) if row.overrides else {}
             # a prompt-file row that sets a field takes part at one value of that field's axis
-            if any(chosen[ROW_AXES[name]][0] for name in fixed):
+            if fixed and any(chosen[ROW_AXES[name]][0] for name in fixed):
                 continue
-            sampler, schedule = samplers.effective_schedule(chosen["sampler"][1],
-                                                            chosen["scheduler"][1])
+            sampler, schedule = _schedule(chosen["sampler"][1], chosen["scheduler"][1])
             width, height = chosen["size"][1]
             yield Job(
                 checkpoint=models[ckpt],
@@ -51,8 +51,13 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
                 height=height,
                 clip_skip=chosen["clip_skip"][1],
                 dtype=recipe.dtype,
-                context=tuple(row.context().items()),
+                context=row.context,
             )
+
+
+@lru_cache(maxsize=1024)
+def _schedule(sampler: str, schedule: str) -> tuple[str, str]:
+    return samplers.effective_schedule(sampler, schedule)
 
 
 def _values(recipe: Recipe, axis: str) -> Iterable:
@@ -64,19 +69,35 @@ def _values(recipe: Recipe, axis: str) -> Iterable:
     return getattr(recipe, axis)
 
 
-def _product(recipe: Recipe, axes: list[tuple[str, ...]], depth: int = 0,
-             chosen: dict | None = None) -> Iterator[dict[str, tuple[int, Any]]]:
-    """Nested loops over the (combined) axes, outermost first, re-reading inner ones lazily;
-    each item maps an axis name to (index on its axis, value)."""
-    chosen = {} if chosen is None else chosen
-    if depth == len(axes):
+def _product(recipe: Recipe, axes: list[tuple[str, ...]]) -> Iterator[dict[str, tuple[int, Any]]]:
+    """Nested loops over the (combined) axes, outermost first; each item maps an axis name to
+    (index on its axis, value). Axes with fixed values (sizes, samplers, steps, ...) are
+    multiplied directly; the streamed ones (prompts, seeds) are re-read lazily inside."""
+    split = len(axes)
+    while split and any(name in STREAMED for name in axes[split - 1]):
+        split -= 1
+    if any(name in STREAMED for axis in axes[:split] for name in axis):
+        split = 0  # a streamed axis zipped into an outer one: loop everything lazily
+    fixed = [list(enumerate(zip(*(_values(recipe, name) for name in axis))))
+             for axis in axes[:split]]
+    for combination in itertools.product(*fixed):
+        chosen = {name: (index, value) for axis, (index, values) in zip(axes, combination)
+                  for name, value in zip(axis, values)}
+        yield from _streamed(recipe, axes[split:], chosen)
+
+
+STREAMED = ("prompt", "seeds")
+
+
+def _streamed(recipe: Recipe, axes: list[tuple[str, ...]],
+              chosen: dict) -> Iterator[dict[str, tuple[int, Any]]]:
+    if not axes:
         yield chosen
         return
-    names = axes[depth]
-    for index, values in enumerate(zip(*(_values(recipe, name) for name in names))):
-        for name, value in zip(names, values):
+    for index, values in enumerate(zip(*(_values(recipe, name) for name in axes[0]))):
+        for name, value in zip(axes[0], values):
             chosen[name] = (index, value)
-        yield from _product(recipe, axes, depth + 1, chosen)
+        yield from _streamed(recipe, axes[1:], chosen)
 
 
 def batches(stream: Iterable[Job], batch_size: int) -> Iterator[tuple[Job, ...]]:

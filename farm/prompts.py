@@ -22,6 +22,7 @@ import random
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,15 @@ class Row:
     fields: tuple[tuple[str, Any], ...] = ()  # extra columns of a prompt file
     overrides: tuple[tuple[str, Any], ...] = ()  # recipe fields the row sets (seed, steps, cfg)
 
-    def context(self) -> dict[str, Any]:
-        """What the row adds to an image's metadata."""
-        extra: dict[str, Any] = {}
+    @cached_property
+    def context(self) -> tuple[tuple[str, Any], ...]:
+        """What the row adds to an image's metadata, as (key, value) pairs."""
+        extra: list[tuple[str, Any]] = []
         if self.template is not None:
-            extra["template"] = self.template
-            extra["values"] = dict(self.values)
+            extra += [("template", self.template), ("values", dict(self.values))]
         if self.fields:
-            extra["fields"] = dict(self.fields)
-        return extra
+            extra.append(("fields", dict(self.fields)))
+        return tuple(extra)
 
 
 @dataclass(frozen=True)

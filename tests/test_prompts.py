@@ -51,7 +51,7 @@ def test_literal_braces_and_plain_prompts_pass_through():
     (row,) = rows(recipe(prompt="a {{curly}} cat"))
     assert row.text == "a {curly} cat" and row.template is None
     (plain,) = rows(recipe(prompt="a cat"))
-    assert plain.text == "a cat" and plain.template is None and plain.context() == {}
+    assert plain.text == "a cat" and plain.template is None and plain.context == ()
 
 
 def test_random_mode_is_deterministic_per_seed():

@@ -112,7 +112,8 @@ def test_recipe_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, farm.recipe, farm.plan, farm.jobs, farm.manifest, farm.samplers; "
+    code = ("import sys, farm.recipe, farm.plan, farm.jobs, farm.manifest, farm.samplers, "
+            "farm.prompts; "
             "print(any(m in sys.modules for m in ('torch', 'diffusers', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -3,6 +3,7 @@
     farm render [recipe=NAME|PATH] [field=value ...]   render what is not done yet
     farm plan   [recipe=NAME|PATH] [field=value ...]   count jobs; render and write nothing
     farm status [recipe=NAME|PATH | RUN_FOLDER] [--json]
+    farm replay IMAGE.png [--to DIR]                   render one image again from its metadata
 
 Exit codes: 0 all jobs done; 1 some jobs failed; 2 bad input (nothing written).
 """
@@ -26,6 +27,7 @@ from farm import recipe as recipes
 from farm.jobs import Model
 from farm.manifest import Manifest
 from farm.outputs import FolderBusy, RunFolder
+from farm.replay import ReplayError
 from farm.schedule import Runtime, RuntimeUnavailable, Summary
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -398,7 +400,21 @@ def parser() -> argparse.ArgumentParser:
                          + (", or a run folder" if name == "status" else ""))
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    text = "render one image again from the metadata it carries"
+    cmd = sub.add_parser("replay", help=text, description=text)
+    cmd.add_argument("image", type=Path, help="a PNG that farm wrote")
+    cmd.add_argument("--to", type=Path, default=Path("replay"), help="folder for the new image")
+    cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
     return top
+
+
+def command_replay(image: Path, folder: Path, device: str | None) -> int:
+    from farm.replay import replay
+
+    path, same = replay(image, folder, device)
+    print(f"{path}: " + ("the same pixels as " if same else "other pixels than ") + str(image)
+          + ("" if same else " (other hardware or software versions change the last bits)"))
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -406,11 +422,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if options.command == "status":
             code = command_status(options.args, options.json)
+        elif options.command == "replay":
+            code = command_replay(options.image, options.to, options.device)
         else:
             settings = compose(options.args)
             code = (command_render if options.command == "render" else command_plan)(settings)
     except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
-            RuntimeUnavailable) as e:
+            RuntimeUnavailable, ReplayError) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -180,6 +180,7 @@ class Result:
     worker: str
     error: str | None = None
     scheduler: str | None = None  # JSON: the diffusers scheduler class and its full config
+    provenance: str | None = None  # JSON: device, dtype and library versions that made it
 
     @property
     def ok(self) -> bool:

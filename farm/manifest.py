@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     position    INTEGER,              -- index within that batch
     worker      TEXT,
     scheduler   TEXT,                 -- JSON: the diffusers scheduler class and its full config
+    provenance  TEXT,                 -- JSON: device, dtype, farm/torch/diffusers/transformers
     run_id      INTEGER,
     updated_at  TEXT
 );
@@ -110,10 +111,10 @@ class Manifest:
             for r in results:
                 self.db.execute(
                     "UPDATE jobs SET status = ?, pixel_hash = ?, error = ?, seconds = ?, "
-                    "batch_size = ?, position = ?, worker = ?, scheduler = ?, run_id = ?, "
-                    "updated_at = ?, attempts = attempts + ? WHERE id = ?",
+                    "batch_size = ?, position = ?, worker = ?, scheduler = ?, provenance = ?, "
+                    "run_id = ?, updated_at = ?, attempts = attempts + ? WHERE id = ?",
                     ("done" if r.ok else "failed", r.pixel_hash, r.error, r.seconds,
-                     r.batch_size, r.position, r.worker, r.scheduler, run_id, now(),
+                     r.batch_size, r.position, r.worker, r.scheduler, r.provenance, run_id, now(),
                      attempts.get(r.job_id, 1), r.job_id),
                 )
 

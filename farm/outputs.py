@@ -113,9 +113,12 @@ def infotext(job: Job) -> str:
     return "\n".join(lines)
 
 
-def metadata(job: Job, scheduler: dict | None = None) -> dict:
-    """The `farm` PNG chunk: enough to render the same image again, and the scheduler that ran."""
+def metadata(job: Job, scheduler: dict | None = None, batch_size: int | None = None) -> dict:
+    """The `farm` PNG chunk: enough to render the same image again, the scheduler that ran, and
+    the batch size it was rendered at (the same size gives the same pixels, bit for bit)."""
     record = {**job.to_dict(), "farm_version": __version__}
+    if batch_size:
+        record["batch_size"] = batch_size
     if scheduler:
         record["scheduler_class"] = scheduler["class"]
         record["scheduler_config"] = scheduler["config"]
@@ -130,11 +133,13 @@ def pixel_hash(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def write_png(image: Image.Image, path: Path, job: Job, scheduler: dict | None = None) -> None:
+def write_png(image: Image.Image, path: Path, job: Job, scheduler: dict | None = None,
+              batch_size: int | None = None) -> None:
     """Save with both text chunks under a temporary name, flush, then rename into place."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", infotext(job))
-    info.add_text("farm", json.dumps(metadata(job, scheduler), ensure_ascii=False, default=str))
+    info.add_text("farm", json.dumps(metadata(job, scheduler, batch_size), ensure_ascii=False,
+                                     default=str))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     with open(partial, "wb") as f:
@@ -158,4 +163,4 @@ def read_metadata(path: Path) -> tuple[str, dict]:
     """The `parameters` infotext and the `farm` JSON of an image farm wrote."""
     with Image.open(path) as image:
         text = image.text  # type: ignore[attr-defined]
-        return text["parameters"], json.loads(text["farm"])
+        return text.get("parameters", ""), json.loads(text["farm"])

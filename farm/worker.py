@@ -124,9 +124,25 @@ class Worker:
             images, scheduler = [f"{type(e).__name__}: {e}"] * len(batch.jobs), None
         return images, scheduler, time.perf_counter() - started
 
+    def provenance(self, dtype: str) -> str:
+        """What made an image besides its job: the device, precision and software versions."""
+        import diffusers
+        import torch
+        import transformers
+
+        from farm import __version__
+
+        device = self.device.name
+        if device.startswith("cuda"):
+            device = torch.cuda.get_device_name(torch.device(device))
+        return json.dumps({"device": device, "dtype": str(self.dtype(dtype)).removeprefix(
+            "torch."), "farm": __version__, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__})
+
     def _write(self, batch: Batch, images: list[render.Rendered], scheduler: dict | None,
                seconds: float) -> list[Result]:
         record = json.dumps(scheduler, default=str) if scheduler else None
+        made_by = self.provenance(batch.first.dtype)
         results = []
         for position, (job, path, image) in enumerate(zip(batch.jobs, batch.paths, images)):
             pixel_hash, error = None, None
@@ -134,12 +150,14 @@ class Worker:
                 error = image
             else:
                 try:
-                    outputs.write_png(image, self.folder.absolute(path), job, scheduler)
+                    outputs.write_png(image, self.folder.absolute(path), job, scheduler,
+                                      len(batch.shape))
                     pixel_hash = outputs.pixel_hash(image)
                 except OSError as e:
                     error = f"could not write {path}: {e}"
             results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash,
                                   seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
-                                  worker=self.name, error=error, scheduler=record))
+                                  worker=self.name, error=error, scheduler=record,
+                                  provenance=made_by))
         return results

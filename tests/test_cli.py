@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from farm import outputs, render
 from tests.helpers import farm_command, recipe_folder
@@ -305,3 +305,32 @@ def test_templates_are_recorded_and_planned(workdir, capsys):
     with sqlite3.connect(folder / "manifest.sqlite") as db:
         (params,) = db.execute("SELECT params FROM jobs WHERE id = ?", (rows[0][0],)).fetchone()
     assert json.loads(params)["values"] == {"animal": "cat", "{red|blue}#1": "red"}
+
+
+def test_replay_renders_an_image_again_from_its_metadata(workdir, capsys):
+    assert run_farm("render", "recipe=small", "seeds=0-1") == 0
+    folder = workdir / "outputs" / "small"
+    path, pixel_hash = next(iter(images(folder).items()))
+    capsys.readouterr()
+    assert run_farm_default("replay", str(folder / path), "--to", "again") == 0
+    assert "the same pixels as" in capsys.readouterr().out
+    again = workdir / "again" / Path(path).name
+    assert outputs.pixel_hash(Image.open(again)) == pixel_hash
+    _, meta = outputs.read_metadata(again)
+    assert meta["batch_size"] == 4  # padded to the recipe's batch size, as the original
+
+
+def test_replay_refuses_an_image_without_metadata_or_with_other_models(workdir, capsys, tiny):
+    Image.new("RGB", (8, 8)).save(workdir / "plain.png")
+    assert run_farm_default("replay", str(workdir / "plain.png")) == 2
+    assert "no farm metadata to replay" in capsys.readouterr().err
+    assert run_farm("render", "recipe=small", "seeds=0") == 0
+    folder = workdir / "outputs" / "small"
+    source = folder / next(iter(images(folder)))
+    parameters, meta = outputs.read_metadata(source)
+    meta["checkpoint_identity"] = "0" * 64
+    info = PngImagePlugin.PngInfo()
+    info.add_text("farm", json.dumps(meta))
+    Image.open(source).save(workdir / "edited.png", pnginfo=info)
+    assert run_farm_default("replay", str(workdir / "edited.png")) == 2
+    assert "the same pixels need the same model" in capsys.readouterr().err

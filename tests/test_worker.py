@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import farm
 from farm import outputs, samplers
 from farm.jobs import Batch, Model
 from farm.worker import Device, Worker
@@ -190,3 +191,15 @@ def test_tiny_xl_renders_batch_invariant_and_swaps_its_vae(worker, tiny_vae):
     swapped, = render(worker, [make_job(xl, seed=2, prompt="prompt 2", vae=tiny_vae)], "xl-vae")
     assert not np.array_equal(swapped, alone)
     assert worker.loads[xl.identity] == 1
+
+
+def test_each_result_says_what_made_it(worker, tiny):
+    import diffusers
+    import torch
+    import transformers
+
+    result, = worker.render(Batch((make_job(tiny, dtype="bfloat16"),), ("images/00000/p.png",)))
+    made = json.loads(result.provenance)
+    assert made == {"device": "cpu", "dtype": "bfloat16", "farm": farm.__version__,
+                    "torch": torch.__version__, "diffusers": diffusers.__version__,
+                    "transformers": transformers.__version__}

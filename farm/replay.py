@@ -1,0 +1,55 @@
+"""Render one image again from the `farm` metadata it carries, without its recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from farm import models, outputs
+from farm.jobs import Batch, Job, Model
+
+
+class ReplayError(ValueError):
+    """An image that cannot be rendered again here: no farm metadata, or other models."""
+
+
+def job_of(image: Path) -> tuple[Job, int]:
+    """The job an image was made from, with its models resolved here, and its batch size."""
+    try:
+        _, meta = outputs.read_metadata(image)
+    except (OSError, KeyError, ValueError) as e:
+        raise ReplayError(f"{image}: no farm metadata to replay ({type(e).__name__}: {e})") \
+            from None
+    checkpoint = _same_model(meta["checkpoint"], meta["checkpoint_identity"], "checkpoint")
+    vae = None if meta["vae"] is None else _same_model(meta["vae"], meta["vae_identity"], "vae")
+    job = Job(checkpoint=checkpoint, vae=vae, prompt=meta["prompt"], negative=meta["negative"],
+              seed=meta["seed"], sampler=meta["sampler"], scheduler=meta["scheduler"],
+              steps=meta["steps"], cfg=meta["cfg"], width=meta["width"], height=meta["height"],
+              clip_skip=meta.get("clip_skip", 1), dtype=meta.get("dtype", "auto"))
+    if job.id != meta["id"]:
+        raise ReplayError(f"{image}: its metadata describes job {job.id}, not {meta['id']} "
+                          "(made by another farm version?)")
+    return job, meta.get("batch_size") or 1
+
+
+def _same_model(ref: str, identity: str, field: str) -> Model:
+    model = models.resolve(ref, field)
+    if model.identity != identity:
+        raise ReplayError(f"{field} {ref!r} is {model.identity[:16]}... here, but the image was "
+                          f"made with {identity[:16]}...; the same pixels need the same model")
+    return model
+
+
+def replay(image: Path, folder: Path, device: str | None = None) -> tuple[Path, bool]:
+    """Render the image again into `folder`; say where, and whether the pixels are the same."""
+    from PIL import Image
+
+    from farm.worker import Device, Worker
+
+    job, batch_size = job_of(image)
+    worker = Worker(folder, name="replay", device=Device.named(device) if device else None)
+    result, = worker.render(Batch((job,), (image.name,), pad_to=batch_size))
+    if not result.ok:
+        raise ReplayError(f"{image}: rendering it again failed: {result.error}")
+    with Image.open(image) as original:
+        same = outputs.pixel_hash(original) == result.pixel_hash
+    return folder / image.name, same

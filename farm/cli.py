@@ -4,6 +4,7 @@
     farm plan   [recipe=NAME|PATH] [field=value ...]   count jobs; render and write nothing
     farm status [recipe=NAME|PATH | RUN_FOLDER] [--json]
     farm replay IMAGE.png [--to DIR]                   render one image again from its metadata
+    farm verify RUN_FOLDER [--sample N | --all]        check files; render jobs again, compare
 
 Exit codes: 0 all jobs done; 1 some jobs failed; 2 bad input (nothing written).
 """
@@ -400,12 +401,34 @@ def parser() -> argparse.ArgumentParser:
                          + (", or a run folder" if name == "status" else ""))
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    text = "check a run folder's files, and render finished jobs again to compare"
+    cmd = sub.add_parser("verify", help=text, description=text)
+    cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
+    cmd.add_argument("--sample", type=int, default=8, help="jobs to render again (default 8)")
+    cmd.add_argument("--all", action="store_true", help="render every finished job again")
+    cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
     text = "render one image again from the metadata it carries"
     cmd = sub.add_parser("replay", help=text, description=text)
     cmd.add_argument("image", type=Path, help="a PNG that farm wrote")
     cmd.add_argument("--to", type=Path, default=Path("replay"), help="folder for the new image")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
     return top
+
+
+def command_verify(folder_path: Path, sample: int | None, device: str | None) -> int:
+    from farm import verify
+
+    folder = RunFolder(folder_path)
+    if not folder.manifest.exists():
+        raise BadInput(f"{folder_path}: not a run folder (it has no manifest.sqlite)")
+    findings = verify.check_files(folder) + verify.rerender(folder, sample, device)
+    for f in findings:
+        print(f"{f.verdict:<17} {f.path}" + (f"  ({f.detail})" if f.detail else ""))
+    bad = [f for f in findings if f.bad]
+    print(f"{len(findings) - len(bad)} fine, {len(bad)} not" + (":" if bad else "."))
+    for f in bad:
+        print(f"  {f.verdict}: {f.path}")
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def command_replay(image: Path, folder: Path, device: str | None) -> int:
@@ -422,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if options.command == "status":
             code = command_status(options.args, options.json)
+        elif options.command == "verify":
+            code = command_verify(options.folder, None if options.all else options.sample,
+                                  options.device)
         elif options.command == "replay":
             code = command_replay(options.image, options.to, options.device)
         else:

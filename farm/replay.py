@@ -19,6 +19,11 @@ def job_of(image: Path) -> tuple[Job, int]:
     except (OSError, KeyError, ValueError) as e:
         raise ReplayError(f"{image}: no farm metadata to replay ({type(e).__name__}: {e})") \
             from None
+    return job_from(meta, str(image)), meta.get("batch_size") or 1
+
+
+def job_from(meta: dict, where: str) -> Job:
+    """A job from its recorded fields (the `farm` chunk, a manifest row's params)."""
     checkpoint = _same_model(meta["checkpoint"], meta["checkpoint_identity"], "checkpoint")
     vae = None if meta["vae"] is None else _same_model(meta["vae"], meta["vae_identity"], "vae")
     job = Job(checkpoint=checkpoint, vae=vae, prompt=meta["prompt"], negative=meta["negative"],
@@ -26,9 +31,9 @@ def job_of(image: Path) -> tuple[Job, int]:
               steps=meta["steps"], cfg=meta["cfg"], width=meta["width"], height=meta["height"],
               clip_skip=meta.get("clip_skip", 1), dtype=meta.get("dtype", "auto"))
     if job.id != meta["id"]:
-        raise ReplayError(f"{image}: its metadata describes job {job.id}, not {meta['id']} "
+        raise ReplayError(f"{where}: its metadata describes job {job.id}, not {meta['id']} "
                           "(made by another farm version?)")
-    return job, meta.get("batch_size") or 1
+    return job
 
 
 def _same_model(ref: str, identity: str, field: str) -> Model:

@@ -334,3 +334,19 @@ def test_replay_refuses_an_image_without_metadata_or_with_other_models(workdir, 
     Image.open(source).save(workdir / "edited.png", pnginfo=info)
     assert run_farm_default("replay", str(workdir / "edited.png")) == 2
     assert "the same pixels need the same model" in capsys.readouterr().err
+
+
+def test_verify_reports_identical_images_and_damaged_files(workdir, capsys):
+    assert run_farm("render", "recipe=small") == 0
+    folder = workdir / "outputs" / "small"
+    capsys.readouterr()
+    assert run_farm_default("verify", str(folder), "--all") == 0
+    out = capsys.readouterr().out
+    assert out.count("identical") == 6 and "6 fine, 0 not." in out
+    paths = sorted(images(folder))
+    truncated, replaced = folder / paths[0], folder / paths[1]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    Image.new("RGB", (64, 64), "red").save(replaced)
+    assert run_farm_default("verify", str(folder), "--sample", "2") == 1
+    out = capsys.readouterr().out
+    assert f"unreadable: {paths[0]}" in out and f"replaced: {paths[1]}" in out

@@ -1,0 +1,91 @@
+"""Check a run folder: every recorded file is there and decodes to its recorded pixels, and
+finished jobs rendered again give the same pixels."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from farm import outputs
+from farm.jobs import Batch
+from farm.outputs import RunFolder
+from farm.replay import job_from
+
+TOLERANCE = 1  # of 255: what other batch shapes change, measured on the CPU
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    verdict: str  # identical | within tolerance | different | missing | unreadable | replaced
+    detail: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.verdict not in ("identical", "within tolerance")
+
+
+def check_files(folder: RunFolder) -> list[Finding]:
+    """Every file the manifest records as done: present, decodable, and the recorded pixels."""
+    findings = []
+    with sqlite3.connect(f"file:{folder.manifest}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT path, pixel_hash FROM jobs WHERE status = 'done' ORDER BY seq")
+        for path, recorded in rows:
+            file = folder.root / path
+            if not file.is_file():
+                findings.append(Finding(path, "missing"))
+                continue
+            try:
+                with Image.open(file) as image:
+                    actual = outputs.pixel_hash(image)
+            except (OSError, ValueError) as e:
+                findings.append(Finding(path, "unreadable", f"{type(e).__name__}: {e}"))
+                continue
+            if actual != recorded:
+                findings.append(Finding(path, "replaced", "its pixels are not the recorded ones"))
+    return findings
+
+
+def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -> list[Finding]:
+    """Render `sample` finished jobs again (all when None) and compare their pixels."""
+    from farm.worker import Device, Worker
+
+    with sqlite3.connect(f"file:{folder.manifest}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT path, params, batch_size FROM jobs WHERE status = 'done' "
+                          "ORDER BY seq").fetchall()
+    if sample is not None and sample < len(rows):
+        rows = sorted(random.Random(0).sample(rows, sample))
+    findings = []
+    with tempfile.TemporaryDirectory(prefix="farm-verify-") as scratch:
+        worker = Worker(scratch, name="verify", device=Device.named(device) if device else None)
+        for path, params, batch_size in rows:
+            job = job_from(json.loads(params), path)
+            result, = worker.render(Batch((job,), (Path(path).name,), pad_to=batch_size or 1))
+            original = folder.root / path
+            if not result.ok:
+                findings.append(Finding(path, "different", f"rendering failed: {result.error}"))
+            elif not original.is_file():
+                findings.append(Finding(path, "missing"))
+            else:
+                findings.append(_compare(path, original, Path(scratch) / result.path))
+    return findings
+
+
+def _compare(path: str, original: Path, again: Path) -> Finding:
+    with Image.open(original) as a, Image.open(again) as b:
+        left, right = np.asarray(a.convert("RGB"), int), np.asarray(b.convert("RGB"), int)
+    if left.shape != right.shape:
+        return Finding(path, "different", f"size {left.shape} vs {right.shape}")
+    worst = int(np.abs(left - right).max())
+    if worst == 0:
+        return Finding(path, "identical")
+    share = float((left != right).mean())
+    verdict = "within tolerance" if worst <= TOLERANCE else "different"
+    return Finding(path, verdict, f"max difference {worst}/255 on {share:.4%} of values")

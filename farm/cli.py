@@ -327,6 +327,9 @@ def describe(summary: Summary, folder: RunFolder) -> str:
     if len(summary.per_worker) > 1:
         text += " Per worker: " + ", ".join(f"{w} {n}" for w, n in
                                             sorted(summary.per_worker.items())) + "."
+    if summary.duplicates:
+        text += (f" {summary.duplicates} jobs were reached twice by the plan (the same prompt "
+                 "from two templates or file rows) and rendered once.")
     if summary.unfinished:
         text += (f" {summary.unfinished} were not rendered because no worker was left; "
                  "run the same command again to resume.")

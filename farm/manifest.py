@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker      TEXT,
     scheduler   TEXT,                 -- JSON: the diffusers scheduler class and its full config
     provenance  TEXT,                 -- JSON: device, dtype, farm/torch/diffusers/transformers
-    run_id      INTEGER,
+    run_id      INTEGER,              -- the run that last recorded it
+    claimed_run INTEGER,              -- the run that last handed it out
     updated_at  TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,26 +81,32 @@ class Manifest:
     def failed_ids(self) -> set[str]:
         return {id_ for (id_,) in self.db.execute("SELECT id FROM jobs WHERE status = 'failed'")}
 
-    def claim(self, jobs: Iterable[Job], path_for: Callable[[int, Job], str]) -> list[str]:
-        """Mark jobs as queued and return their paths: the old one if seen before, else new."""
-        paths = []
+    def claim(self, jobs: Iterable[Job], path_for: Callable[[int, Job], str],
+              run_id: int) -> list[str | None]:
+        """Mark jobs as queued by this run and return their paths: the old one if seen before,
+        else a new one; None for a job this run has already handed out (a plan can reach the
+        same job twice, e.g. two templates that expand to the same prompt)."""
+        paths: list[str | None] = []
         with self.db:
             (top,) = self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM jobs").fetchone()
             for job in jobs:
-                found = self.db.execute("SELECT path FROM jobs WHERE id = ?", (job.id,)).fetchone()
-                if found:
-                    self.db.execute("UPDATE jobs SET status = 'queued', updated_at = ? "
-                                    "WHERE id = ?", (now(), job.id))
+                found = self.db.execute("SELECT path, claimed_run FROM jobs WHERE id = ?",
+                                        (job.id,)).fetchone()
+                if found and found[1] == run_id:
+                    paths.append(None)
+                elif found:
+                    self.db.execute("UPDATE jobs SET status = 'queued', claimed_run = ?, "
+                                    "updated_at = ? WHERE id = ?", (run_id, now(), job.id))
                     paths.append(found[0])
-                    continue
-                top += 1
-                path = path_for(top, job)
-                self.db.execute(
-                    "INSERT INTO jobs (id, seq, path, status, params, updated_at) "
-                    "VALUES (?, ?, ?, 'queued', ?, ?)",
-                    (job.id, top, path, json.dumps(job.to_dict(), ensure_ascii=False), now()),
-                )
-                paths.append(path)
+                else:
+                    top += 1
+                    path = path_for(top, job)
+                    self.db.execute(
+                        "INSERT INTO jobs (id, seq, path, status, params, claimed_run, "
+                        "updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                        (job.id, top, path, json.dumps(job.to_dict(), ensure_ascii=False),
+                         run_id, now()))
+                    paths.append(path)
         return paths
 
     def record(self, results: Iterable[Result], run_id: int,

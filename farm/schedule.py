@@ -56,6 +56,7 @@ class Summary:
     rendered: int = 0
     failed: int = 0
     unfinished: int = 0  # left pending because no worker was left to render them
+    duplicates: int = 0  # jobs the plan reached twice; rendered once
     seconds: float = 0.0
     first_image_seconds: float | None = None  # start-up overhead: run start to first image
     failures: list[Result] = field(default_factory=list)
@@ -126,7 +127,7 @@ class Dispatcher:
         self.in_flight: dict[Any, tuple[str, Batch]] = {}
         self.busy: Counter[str] = Counter()
         self.assigned: dict[str, Work] = {}
-        self.retry: deque[tuple[Job, ...]] = deque()
+        self.retry: deque[Batch] = deque()  # failed jobs, with their paths, to try again
         self.attempts: Counter[str] = Counter()
         self.started = time.perf_counter()
 
@@ -145,7 +146,8 @@ class Dispatcher:
                     self._finish(worker, batch, self._failures(batch, worker, error))
                 else:
                     self._finish(worker, batch, outcome)
-        self.summary.unfinished = sum(w.left for w in self.work) + sum(map(len, self.retry))
+        self.summary.unfinished = sum(w.left for w in self.work) + \
+            sum(len(b.jobs) for b in self.retry)
 
     # 1. choosing work ---------------------------------------------------------------------------
 
@@ -155,26 +157,37 @@ class Dispatcher:
     def _fill(self) -> None:
         for worker in self.backend.ready():
             while self.busy[worker] < self.runtime.queue_depth:
-                jobs = self._next(worker)
-                if jobs is None:
+                batch = self._next(worker)
+                if batch is None:
                     break
-                paths = self.manifest.claim(jobs, self.folder.image_path)
-                batch = Batch(jobs, tuple(paths), self.batch_size)
+                if not batch.paths:  # fresh jobs: fix their paths; drop what this run has
+                    paths = self.manifest.claim(batch.jobs, self.folder.image_path, self.run_id)
+                    kept = [(job, path) for job, path in zip(batch.jobs, paths) if path]
+                    self._skip_duplicates(len(batch.jobs) - len(kept))
+                    if not kept:
+                        continue
+                    batch = Batch(*map(tuple, zip(*kept)), pad_to=self.batch_size)
                 self.in_flight[self.backend.submit(worker, batch)] = (worker, batch)
                 self.busy[worker] += 1
 
-    def _next(self, worker: str) -> tuple[Job, ...] | None:
-        """A retry of the worker's own model first, then its group, then the neediest group."""
+    def _skip_duplicates(self, count: int) -> None:
+        if count:
+            self.summary.duplicates += count
+            self.progress.bar.total -= count
+
+    def _next(self, worker: str) -> Batch | None:
+        """A retry of the worker's own model first, then its group, then the neediest group.
+        Fresh jobs come as a Batch without paths; retries keep theirs."""
         current = self.assigned.get(worker)
-        for i, jobs in enumerate(self.retry):
-            if current is None or jobs[0].batch_key[:2] == current.key:
+        for i, batch in enumerate(self.retry):
+            if current is None or batch.first.batch_key[:2] == current.key:
                 del self.retry[i]
-                return jobs
+                return batch
         if current is not None:
             jobs = next(current.batches, None)
             if jobs is not None:
                 current.left -= len(jobs)
-                return jobs
+                return Batch(jobs)
             current.left, current.workers = 0, current.workers - 1
             del self.assigned[worker]
         open_work = [w for w in self.work if w.left > 0]
@@ -191,14 +204,14 @@ class Dispatcher:
 
     def _finish(self, worker: str, batch: Batch, results: list[Result]) -> None:
         final, again = [], []
-        for job, result in zip(batch.jobs, results):
+        for job, path, result in zip(batch.jobs, batch.paths, results):
             self.attempts[job.id] += 1
             if result.ok or self.attempts[job.id] >= self.runtime.max_attempts:
                 final.append(result)
             else:
-                again.append(job)
+                again.append((job, path))
         if again:
-            self.retry.append(tuple(again))
+            self.retry.append(Batch(*map(tuple, zip(*again)), pad_to=self.batch_size))
         self._record(worker, final)
 
     def _lost(self, worker: str, batch: Batch, error: WorkerLost) -> None:

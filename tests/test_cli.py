@@ -350,3 +350,15 @@ def test_verify_reports_identical_images_and_damaged_files(workdir, capsys):
     assert run_farm_default("verify", str(folder), "--sample", "2") == 1
     out = capsys.readouterr().out
     assert f"unreadable: {paths[0]}" in out and f"replaced: {paths[1]}" in out
+
+
+def test_a_job_the_plan_reaches_twice_is_rendered_once(workdir, capsys):
+    (workdir / "dupes.csv").write_text("prompt\na red fox\na red fox\nan owl\n")
+    (workdir / "recipes" / "dupes.yaml").write_text(
+        "prompt: [{file: ../dupes.csv}, 'a {animal}']\nvars: {animal: [red fox, cat]}\n"
+        "seeds: 0-1\nsteps: 2\nsize: 64x64\nbatch_size: 4\n")
+    assert run_farm("render", "recipe=dupes") == 0
+    out = capsys.readouterr().out
+    assert "Rendered 6 of 10 images" in out and "4 jobs were reached twice" in out
+    folder = workdir / "outputs" / "dupes"
+    assert len(images(folder)) == len(manifest_rows(folder)) == 6

@@ -15,11 +15,13 @@ def test_claim_fixes_paths_once_and_record_marks_done(tmp_path):
     folder = RunFolder(tmp_path)
     jobs = [make_job(CKPT, seed=s) for s in range(3)]
     with Manifest(tmp_path / "m.sqlite") as m:
-        paths = m.claim(jobs[:2], folder.image_path)
+        paths = m.claim(jobs[:2], folder.image_path, run_id=1)
         assert paths == [folder.image_path(0, jobs[0]), folder.image_path(1, jobs[1])]
         assert m.counts() == {"queued": 2, "done": 0, "failed": 0}
-        # claimed again (a resume): same paths; a new job gets the next number
-        again = m.claim(jobs, folder.image_path)
+        # the same run reaching a job twice gets no second path
+        assert m.claim(jobs[1:2], folder.image_path, run_id=1) == [None]
+        # claimed again by another run (a resume): same paths; a new job gets the next number
+        again = m.claim(jobs, folder.image_path, run_id=2)
         assert again[:2] == paths and again[2] == folder.image_path(2, jobs[2])
         m.record([result(jobs[0], paths[0]), result(jobs[1], paths[1], ok=False)], run_id=1)
         assert m.counts() == {"queued": 1, "done": 1, "failed": 1}
@@ -33,7 +35,7 @@ def test_claim_fixes_paths_once_and_record_marks_done(tmp_path):
 def test_a_reader_sees_progress_while_the_writer_is_open(tmp_path):
     jobs = [make_job(CKPT, seed=s) for s in range(2)]
     with Manifest(tmp_path / "m.sqlite") as writer:
-        paths = writer.claim(jobs, RunFolder(tmp_path).image_path)
+        paths = writer.claim(jobs, RunFolder(tmp_path).image_path, run_id=1)
         writer.record([result(jobs[0], paths[0])], run_id=1)
         with Manifest(tmp_path / "m.sqlite", readonly=True) as reader:
             assert reader.counts()["done"] == 1

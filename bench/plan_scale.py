@@ -34,11 +34,11 @@ def main() -> None:
         Path("recipes/scale.yaml").write_text(
             "prompt: [a, b, c, d, e, f, g, h, i, j]\n"
             f"seeds: {{start: 0, count: {args.jobs // 10}}}\nsize: 64x64\nbatch_size: 8\n")
-        from farm import cli, plan
+        from farm import cli, compose, plan
         from farm.manifest import Manifest
 
-        settings = cli.compose(["recipe=scale", "runtime=inline"])
-        found = cli.resolve_models(settings.recipe)
+        settings = compose.compose(["recipe=scale", "runtime=inline"])
+        found = compose.resolve_models(settings.recipe)
         print(f"recipe: {settings.recipe.job_count:,} jobs")
 
         started = time.perf_counter()

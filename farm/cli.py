@@ -1,10 +1,12 @@
-"""The command line; the only module that touches Hydra.
+"""The command line.
 
     farm render [recipe=NAME|PATH] [field=value ...]   render what is not done yet
     farm plan   [recipe=NAME|PATH] [field=value ...]   count jobs; render and write nothing
     farm status [recipe=NAME|PATH | RUN_FOLDER] [--json]
     farm replay IMAGE.png [--to DIR]                   render one image again from its metadata
     farm verify RUN_FOLDER [--sample N | --all]        check files; render jobs again, compare
+    farm export RUN_FOLDER --format F --to DIR         the finished images as a dataset
+    farm grid   RUN_FOLDER [--x F] [--y F]             labelled contact sheets
 
 Exit codes: 0 all jobs done; 1 some jobs failed; 2 bad input (nothing written).
 """
@@ -17,175 +19,26 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from farm import models, plan, schedule
+from farm import catalog, export, grid, models, plan, schedule
 from farm import recipe as recipes
+from farm.compose import BadInput, Settings, compose, resolve_models
+from farm.export import ExportError
+from farm.grid import GridError
 from farm.jobs import Model
 from farm.manifest import Manifest
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
-from farm.schedule import Runtime, RuntimeUnavailable, Summary
+from farm.schedule import RuntimeUnavailable, Summary
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_RECIPE = "demo"
-SETTINGS = ("runtime", "outputs")  # config keys that are not recipe fields
 
 
-class BadInput(Exception):
-    """Anything wrong with what the user asked for; reported before anything is written."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    recipe: recipes.Recipe
-    runtime: Runtime
-    outputs: Path  # the folder that holds run folders
-    resolved: str  # the composed config as YAML, saved with each run
-
-    @property
-    def folder(self) -> RunFolder:
-        return RunFolder(self.outputs / self.recipe.name)
-
-
-# 1. find and compose the recipe ---------------------------------------------------------------
-
-def find_recipe(ref: str) -> Path:
-    """recipes/NAME.yaml in the working directory, then the packaged examples; or a path."""
-    if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        path = Path(ref).expanduser()
-        if not path.is_file():
-            raise BadInput(f"recipe: {ref!r}: no such file")
-        return path
-    local = Path("recipes") / f"{ref}.yaml"
-    if local.is_file():
-        return local
-    packaged = resources.files("farm") / "recipes" / f"{ref}.yaml"
-    if packaged.is_file():
-        return Path(str(packaged))
-    known = sorted({p.stem for p in Path("recipes").glob("*.yaml")}
-                   | {Path(p.name).stem for p in (resources.files("farm") / "recipes").iterdir()
-                      if p.name.endswith(".yaml")})
-    raise BadInput(f"recipe: {ref!r}: not found in ./recipes or farm's examples; "
-                   f"known recipes: {', '.join(known)}; or give a path to a .yaml file")
-
-
-def load_recipe_file(path: Path) -> dict[str, Any]:
-    """A recipe file as plain data (safe YAML: no tags, no code)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise BadInput(f"recipe {path}: not valid YAML: {e}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise BadInput(f"recipe {path}: expected a mapping of recipe fields, got {data!r}")
-    unknown = sorted(set(data) - set(recipes.DEFAULTS))
-    if unknown:
-        raise BadInput(f"recipe {path}: {unknown[0]}: unknown field; allowed: "
-                       f"{', '.join(recipes.DEFAULTS)}")
-    return data
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Name the field when an override is not one (Hydra's own message suggests '+key')."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    allowed = [*recipes.DEFAULTS, *SETTINGS]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:
-        raise BadInput(f"command line: {e}") from None
-    for override in parsed:
-        root = override.key_or_group.split(".")[0]
-        if root not in allowed or override.package is not None:
-            raise BadInput(f"command line: {override.input_line!r}: unknown field {root!r}; "
-                           f"allowed: {', '.join(allowed)}")
-        if root in recipes.DEFAULTS and "." in override.key_or_group:
-            raise BadInput(f"command line: {override.input_line!r}: {root} has no sub-fields; "
-                           f"set it whole, e.g. {root}=...")
-
-
-def compose(args: list[str]) -> Settings:
-    """Recipe file + command-line overrides + runtime group, composed by Hydra, then checked."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize
-    from hydra.core.config_store import ConfigStore
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    recipe_ref = DEFAULT_RECIPE
-    overrides = []
-    for arg in args:
-        if arg.startswith("recipe="):
-            recipe_ref = arg.split("=", 1)[1]
-        else:
-            overrides.append(arg)
-    path = find_recipe(recipe_ref)
-    data = load_recipe_file(path)
-    check_overrides(overrides)
-
-    store = ConfigStore.instance()
-    store.store(group="runtime", name="ray", node=Runtime(kind="ray"))
-    store.store(group="runtime", name="inline", node=Runtime(kind="inline"))
-    store.store(name="farm", node={
-        "defaults": [{"runtime": "ray"}, "_self_"],
-        **recipes.DEFAULTS, "name": path.stem, **data, "outputs": "outputs",
-    })
-    try:
-        with initialize(version_base=None, config_path=None):
-            cfg = hydra_compose("farm", overrides=overrides)
-        runtime = OmegaConf.to_object(cfg.runtime)
-        config = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise BadInput(f"command line: {e}".strip()) from None
-    del config["runtime"]
-    outputs = Path(str(config.pop("outputs")))
-    recipe = recipes.parse(config, source=path.stem, base=path.parent)
-    resolved = yaml.safe_dump({"recipe": str(path), "overrides": overrides, **config,
-                               "runtime": OmegaConf.to_container(cfg.runtime)}, sort_keys=False)
-    return Settings(recipe=recipe, runtime=runtime, outputs=outputs, resolved=resolved)
-
-
-def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
-    """Every checkpoint and VAE of the recipe, checked and identified."""
-    found: dict[str, Model] = {}
-    for field, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae)):
-        seen: dict[str, str] = {}
-        for ref in refs:
-            if ref is None:
-                continue
-            if ref not in found:
-                found[ref] = models.resolve(ref, field)
-            twin = seen.setdefault(found[ref].identity, ref)
-            if twin != ref:  # two spellings of one model would plan every job twice
-                raise BadInput(f"recipe {recipe.name}: {field}: {twin!r} and {ref!r} are the same "
-                               f"model (identity {found[ref].identity[:16]}...); list it once")
-    for ref in recipe.checkpoint:
-        check_family(recipe, ref, models.family(found[ref]))
-    return found
-
-
-def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
-    """Refuse recipe fields that this checkpoint's pipeline does not take."""
-    problems = {
-        "negative": ("negative_prompt", recipe.uses_negative(), "leave negative and "
-                     "per-prompt negatives empty"),
-        "cfg": ("guidance_scale", recipe.cfg != (recipes.DEFAULTS["cfg"],), "leave cfg unset"),
-        "clip_skip": ("clip_skip", recipe.clip_skip != (1,), "leave clip_skip at 1"),
-    }
-    for field, (needs, used, fix) in problems.items():
-        if used and needs not in family.takes:
-            raise BadInput(f"recipe {recipe.name}: {field}: checkpoint {ref!r} is a "
-                           f"{family.pipeline}, which takes no {needs}; {fix}")
-
-
-# 2. the commands --------------------------------------------------------------------------------
+# 1. the recipe commands ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Counts:
@@ -286,6 +139,11 @@ def pending_work(settings: Settings, found: dict[str, Model],
 def command_render(settings: Settings) -> int:
     found = resolve_models(settings.recipe)
     folder, recipe = settings.folder, settings.recipe
+    stored = folder.stored_suffix()
+    if stored not in (None, recipe.image.suffix):
+        raise BadInput(f"recipe {recipe.name}: format: got {recipe.image.kind!r}, but "
+                       f"{folder.root} holds {stored} images; a run folder keeps one format "
+                       "(render into another name=..., or farm export to convert)")
     done_paths = {}
     if folder.manifest.exists():
         with Manifest(folder.manifest, readonly=True) as manifest:
@@ -294,6 +152,7 @@ def command_render(settings: Settings) -> int:
     if all(is_done(job.id) for job in plan.jobs(recipe, found)):  # stops at the first pending
         print(f"{recipe.name}: all {recipe.job_count} images are already done in "
               f"{folder.root}; nothing to render")
+        draw_recipe_grids(recipe, folder)
         return EXIT_OK
     backend = schedule.start(settings.runtime, folder, recipe.name)  # fails fast, writes nothing
     try:
@@ -314,7 +173,20 @@ def command_render(settings: Settings) -> int:
     finally:
         backend.close()
     print(describe(summary, folder))
+    draw_recipe_grids(recipe, folder)
     return EXIT_FAILED if summary.failed or summary.unfinished else EXIT_OK
+
+
+def draw_recipe_grids(recipe: recipes.Recipe, folder: RunFolder) -> None:
+    """The contact sheets a recipe asks for, from every finished image that matches."""
+    for spec in recipe.grids:
+        try:
+            sheets = grid.draw(folder.root, folder.root / "grids", spec.x, spec.y,
+                               catalog.Where.parse(spec.where))
+        except (grid.GridError, catalog.CatalogError) as e:
+            print(f"farm: grid not drawn: {e}", file=sys.stderr)
+            continue
+        print(f"Drew {len(sheets)} contact sheet(s): " + ", ".join(str(s.path) for s in sheets))
 
 
 def describe(summary: Summary, folder: RunFolder) -> str:
@@ -386,7 +258,7 @@ def command_status(args: list[str], as_json: bool) -> int:
     return EXIT_OK
 
 
-# 3. entry point ---------------------------------------------------------------------------------
+# 2. entry point and the run-folder commands -----------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
     fields = ", ".join(recipes.DEFAULTS)
@@ -415,7 +287,55 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("image", type=Path, help="a PNG that farm wrote")
     cmd.add_argument("--to", type=Path, default=Path("replay"), help="folder for the new image")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
+    where = ("keep images whose FIELD equals (=), differs from (!=) or contains (~) a value; "
+             "repeat for more (one field given twice: either value); fields: "
+             f"{', '.join(catalog.FIELDS)}, values.NAME, fields.NAME")
+    text = "write a run folder's finished images as a dataset (re-runnable)"
+    cmd = sub.add_parser("export", help=text, description=text)
+    cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
+    cmd.add_argument("--format", required=True, choices=export.FORMATS)
+    cmd.add_argument("--to", type=Path, required=True, help="the export folder")
+    cmd.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help=where)
+    cmd.add_argument("--shard-size", type=int, default=1000,
+                     help="webdataset: images per tar shard (default 1000)")
+    cmd.add_argument("--with-images", action="store_true",
+                     help="parquet: embed the image bytes (default: paths only)")
+    text = "draw labelled contact sheets of a run folder's images (an X/Y plot)"
+    cmd = sub.add_parser("grid", help=text, description=text)
+    cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
+    cmd.add_argument("--x", help="field across (default: the first that varies of "
+                     "cfg, steps, sampler, scheduler, clip_skip, size, vae, checkpoint, seed, "
+                     "prompt)")
+    cmd.add_argument("--y", help="field down (default: the next that varies)")
+    cmd.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help=where)
+    cmd.add_argument("--to", type=Path, help="folder for the sheets (default: RUN/grids)")
+    cmd.add_argument("--cell", type=int, default=512, help="largest cell side in pixels")
     return top
+
+
+def command_export(options: argparse.Namespace) -> int:
+    chosen = export.Options(options.format, catalog.Where.parse(options.where),
+                            options.shard_size, options.with_images)
+    report = export.export(options.folder, options.to, chosen)
+    print(f"Exported {report.written + report.kept} images of {options.folder} matching "
+          f"{chosen.where} to {options.to} as {options.format} ({report.written} written, "
+          f"{report.kept} already there): {', '.join(report.files)}")
+    if report.missing:
+        print(f"{report.missing} images recorded as done are missing from {options.folder} "
+              "and were left out (farm render renders them again)")
+    return EXIT_OK
+
+
+def command_grid(options: argparse.Namespace) -> int:
+    if options.cell < 16:
+        raise BadInput(f"--cell: got {options.cell}; expected 16 pixels or more")
+    sheets = grid.draw(options.folder, options.to or options.folder / "grids", options.x,
+                       options.y, catalog.Where.parse(options.where), options.cell)
+    for sheet in sheets:
+        print(f"{sheet.path}: {len(sheet.columns)} x {max(1, len(sheet.rows))} cells "
+              f"({sheet.x}" + (f" by {sheet.y}" if sheet.y else "") + f"), "
+              f"{sheet.width}x{sheet.height} px")
+    return EXIT_OK
 
 
 def command_verify(folder_path: Path, sample: int | None, device: str | None) -> int:
@@ -453,11 +373,16 @@ def main(argv: list[str] | None = None) -> None:
                                   options.device)
         elif options.command == "replay":
             code = command_replay(options.image, options.to, options.device)
+        elif options.command == "export":
+            code = command_export(options)
+        elif options.command == "grid":
+            code = command_grid(options)
         else:
             settings = compose(options.args)
             code = (command_render if options.command == "render" else command_plan)(settings)
     except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
-            RuntimeUnavailable, ReplayError) as e:
+            RuntimeUnavailable, ReplayError, catalog.CatalogError, ExportError,
+            GridError) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
@@ -135,6 +135,26 @@ def _settings_digest(batch_key: tuple):
 
 
 @dataclass(frozen=True)
+class ImageFormat:
+    """How a run folder stores its images: never part of a job's identity."""
+
+    kind: str = "png"  # png | jpeg | webp
+    quality: int = 90  # jpeg and webp, 1-100; webp at 100 is lossless
+    png_compression: int = 6  # zlib level 0-9: file size against write time, same pixels
+
+    SUFFIXES: ClassVar[dict[str, str]] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+    @property
+    def suffix(self) -> str:
+        return self.SUFFIXES[self.kind]
+
+    @property
+    def lossless(self) -> bool:
+        """Whether the file decodes to exactly the pixels that were rendered."""
+        return self.kind == "png" or (self.kind == "webp" and self.quality == 100)
+
+
+@dataclass(frozen=True)
 class Batch:
     """Jobs rendered by one pipeline call, each with the run-relative path it is written to.
 
@@ -146,6 +166,7 @@ class Batch:
     jobs: tuple[Job, ...]
     paths: tuple[str, ...] = field(default=())
     pad_to: int = 0  # images per pipeline call; 0: just the jobs
+    image: ImageFormat = ImageFormat()  # how its files are written
 
     def __post_init__(self) -> None:
         if not self.jobs:

@@ -4,12 +4,15 @@
       manifest.sqlite          what is done (manifest.py)
       runs/run-0001.yaml       the resolved recipe of each run
       images/00000/00000042-a-red-fox-in-fresh-snow-3.png
-                               sharded by sequence number, 10,000 files a folder
+                               sharded by sequence number, 10,000 images a folder
+      images/00000/00000043-a-red-fox-in-fresh-snow-4.jpg (+ .json)
+                               jpeg and webp: infotext in EXIF, the farm JSON in a sidecar
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -21,11 +24,13 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from farm import __version__, samplers
-from farm.jobs import Job
+from farm.jobs import ImageFormat, Job
 
 SHARD_SIZE = 10_000
 SLUG_LENGTH = 40
 PARTIAL_SUFFIX = ".partial"  # files still being written; removed at the start of every run
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286  # where AUTOMATIC1111 puts infotext in a JPEG or WebP
+UNICODE_MARK = b"UNICODE\0"  # EXIF UserComment's character code for UTF-16 (big-endian)
 
 
 class FolderBusy(RuntimeError):
@@ -33,8 +38,9 @@ class FolderBusy(RuntimeError):
 
 
 class RunFolder:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, image: ImageFormat = ImageFormat()):
         self.root = Path(root)
+        self.image = image  # how new images are written
 
     @property
     def manifest(self) -> Path:
@@ -61,13 +67,23 @@ class RunFolder:
     def image_path(self, seq: int, job: Job) -> str:
         """Where job number `seq` of this folder goes, relative to the folder."""
         return (f"images/{seq // SHARD_SIZE:05d}/"
-                f"{seq:08d}-{slug(job.prompt)}-{job.seed}.png")
+                f"{seq:08d}-{slug(job.prompt)}-{job.seed}{self.image.suffix}")
 
     def absolute(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
         if not path.is_relative_to(self.root.resolve()):
             raise ValueError(f"{relative!r} is outside the run folder {self.root}")
         return path
+
+    def stored_suffix(self) -> str | None:
+        """The file type of the images already recorded here (None when there are none)."""
+        import sqlite3
+
+        if not self.manifest.exists():
+            return None
+        with sqlite3.connect(f"file:{self.manifest}?mode=ro", uri=True, timeout=30) as db:
+            row = db.execute("SELECT path FROM jobs ORDER BY seq LIMIT 1").fetchone()
+        return Path(row[0]).suffix if row else None
 
     def remove_partial_files(self) -> int:
         """Delete files left half-written by a killed run; they were never recorded."""
@@ -113,15 +129,19 @@ def infotext(job: Job) -> str:
     return "\n".join(lines)
 
 
-def metadata(job: Job, scheduler: dict | None = None, batch_size: int | None = None) -> dict:
-    """The `farm` PNG chunk: enough to render the same image again, the scheduler that ran, and
-    the batch size it was rendered at (the same size gives the same pixels, bit for bit)."""
+def metadata(job: Job, scheduler: dict | None = None, batch_size: int | None = None,
+             image: ImageFormat = ImageFormat()) -> dict:
+    """The `farm` JSON: enough to render the same image again, the scheduler that ran, the
+    batch size it was rendered at (the same size gives the same pixels, bit for bit), and for
+    a lossy file the format and quality that turned those pixels into the stored ones."""
     record = {**job.to_dict(), "farm_version": __version__}
     if batch_size:
         record["batch_size"] = batch_size
     if scheduler:
         record["scheduler_class"] = scheduler["class"]
         record["scheduler_config"] = scheduler["config"]
+    if image.kind != "png":
+        record["format"], record["quality"] = image.kind, image.quality
     return record
 
 
@@ -133,20 +153,32 @@ def pixel_hash(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def write_png(image: Image.Image, path: Path, job: Job, scheduler: dict | None = None,
-              batch_size: int | None = None) -> None:
-    """Save with both text chunks under a temporary name, flush, then rename into place."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext(job))
-    info.add_text("farm", json.dumps(metadata(job, scheduler, batch_size), ensure_ascii=False,
-                                     default=str))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(partial, "wb") as f:
-        image.save(f, format="PNG", pnginfo=info)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+def write_image(image: Image.Image, path: Path, job: Job, fmt: ImageFormat = ImageFormat(),
+                scheduler: dict | None = None, batch_size: int | None = None) -> str:
+    """Write an image with its metadata atomically; return the hash of the pixels the file
+    decodes to (for a lossy format, not quite the rendered ones).
+
+    png: the `parameters` infotext and the `farm` JSON as text chunks. jpeg and webp: the
+    infotext in EXIF UserComment, where AUTOMATIC1111 puts it, and the `farm` JSON in a sidecar
+    `.json` written first, so that an image in place always has its sidecar."""
+    record = json.dumps(metadata(job, scheduler, batch_size, fmt), ensure_ascii=False,
+                        default=str)
+    buffer = io.BytesIO()
+    if fmt.kind == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", infotext(job))
+        info.add_text("farm", record)
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=fmt.png_compression)
+        write_atomic(path, buffer.getvalue())
+        return pixel_hash(image)
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = UNICODE_MARK + infotext(job).encode("utf-16-be")
+    options = {"lossless": True} if fmt.lossless else {"quality": fmt.quality}
+    image.convert("RGB").save(buffer, format=fmt.kind.upper(), exif=exif, **options)
+    write_atomic(path.with_suffix(".json"), record.encode())
+    write_atomic(path, buffer.getvalue())
+    with Image.open(buffer) as stored:
+        return pixel_hash(stored)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -161,6 +193,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def read_metadata(path: Path) -> tuple[str, dict]:
     """The `parameters` infotext and the `farm` JSON of an image farm wrote."""
+    path = Path(path)
     with Image.open(path) as image:
-        text = image.text  # type: ignore[attr-defined]
-        return text.get("parameters", ""), json.loads(text["farm"])
+        if image.format == "PNG":
+            text = image.text  # type: ignore[attr-defined]
+            return text.get("parameters", ""), json.loads(text["farm"])
+        comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT, b"")
+    if isinstance(comment, bytes) and comment.startswith(UNICODE_MARK):
+        comment = comment[len(UNICODE_MARK):].decode("utf-16-be")
+    elif isinstance(comment, bytes):
+        comment = comment[8:].decode("utf-8", "replace")  # ASCII or unknown character code
+    return comment, json.loads(path.with_suffix(".json").read_text())

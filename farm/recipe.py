@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm import prompts, samplers
-from farm.jobs import CONFIG_MARK
+from farm import catalog, prompts, samplers
+from farm.jobs import CONFIG_MARK, ImageFormat
 
 # Every field a recipe may set, with its default. Hydra composes on top of these, so that any of
 # them can be overridden from the command line even when the recipe file leaves it out.
@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "clip_skip": 1,  # AUTOMATIC1111's: 1 = use the text encoder's last layer
     "dtype": "auto",  # float16 on a GPU, float32 on the CPU
     "batch_size": 1,
+    "format": "png",  # or jpeg, webp: infotext in EXIF, the farm JSON in a sidecar .json
+    "quality": 90,  # jpeg and webp, 1-100 (webp at 100 is lossless)
+    "png_compression": 6,  # zlib level 0-9: smaller files or faster writes, same pixels
+    "grids": None,  # contact sheets drawn after a render: auto, or [{x: cfg, y: steps}, ...]
 }
 
 AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "size",
@@ -67,6 +71,15 @@ class PromptFile:
     negatives: bool  # whether any row sets a negative prompt
 
 
+@dataclass(frozen=True)
+class GridSpec:
+    """A contact sheet to draw after a render; axes left out are chosen from what varies."""
+
+    x: str | None = None
+    y: str | None = None
+    where: tuple[str, ...] = ()  # catalog filters: "seed=0", "prompt~fox"
+
+
 def Prompt(text: str, negative: str | None = None) -> prompts.Item:  # noqa: N802
     """A plain prompt item (no template slots)."""
     return prompts.Item(text, negative)
@@ -92,6 +105,8 @@ class Recipe:
     dtype: str
     batch_size: int
     zip: tuple[tuple[str, ...], ...] = ()  # groups of axes zipped together
+    image: ImageFormat = ImageFormat()
+    grids: tuple[GridSpec, ...] = ()
 
     def seed_values(self) -> Iterator[int]:
         for r in self.seeds:
@@ -181,6 +196,12 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
         dtype=p.choice("dtype", fields["dtype"], DTYPES),
         batch_size=p.integer("batch_size", fields["batch_size"], 1, MAX_BATCH),
         zip=p.zip(fields["zip"]),
+        image=ImageFormat(
+            kind=p.choice("format", "jpeg" if fields["format"] == "jpg" else fields["format"],
+                          tuple(ImageFormat.SUFFIXES)),
+            quality=p.integer("quality", fields["quality"], 1, 100),
+            png_compression=p.integer("png_compression", fields["png_compression"], 0, 9)),
+        grids=p.grids(fields["grids"]),
     )
     lengths = recipe.axis_lengths()
     for group in recipe.zip:
@@ -309,6 +330,31 @@ class _Parser:
             seen |= set(group)
             groups.append(tuple(sorted(group, key=COST_ORDER.index)))
         return tuple(groups)
+
+    def grids(self, value: Any) -> tuple[GridSpec, ...]:
+        allowed = ("expected auto, or a list of {x: FIELD, y: FIELD, where: [FIELD=VALUE, ...]} "
+                   "(each key optional; axes left out are chosen from what varies)")
+        if value is None:
+            return ()
+        if value == "auto":
+            return (GridSpec(),)
+        specs = []
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if not isinstance(item, dict) or not set(item) <= {"x", "y", "where"}:
+                self.fail("grids", value, allowed)
+            where = item.get("where") or []
+            where = [where] if isinstance(where, str) else where
+            if not isinstance(where, list) or not all(isinstance(w, str) for w in where):
+                self.fail(f"grids[{i}].where", item.get("where"), allowed)
+            try:
+                for axis in ("x", "y"):
+                    if item.get(axis) is not None:
+                        catalog.check_field(str(item[axis]), f"grids[{i}].{axis}")
+                catalog.Where.parse(where, f"grids[{i}].where")
+            except catalog.CatalogError as e:
+                self.fail(f"grids[{i}]", item, str(e))
+            specs.append(GridSpec(item.get("x"), item.get("y"), tuple(where)))
+        return tuple(specs)
 
     def expansion(self, value: Any) -> prompts.Expansion:
         allowed = ("expected combinatorial, or {mode: random, count: N, seed: S} "

@@ -5,21 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from farm import models, outputs
-from farm.jobs import Batch, Job, Model
+from farm.jobs import Batch, ImageFormat, Job, Model
 
 
 class ReplayError(ValueError):
     """An image that cannot be rendered again here: no farm metadata, or other models."""
 
 
-def job_of(image: Path) -> tuple[Job, int]:
-    """The job an image was made from, with its models resolved here, and its batch size."""
+def job_of(image: Path) -> tuple[Job, int, ImageFormat]:
+    """The job an image was made from, with its models resolved here, its batch size, and
+    the format it was stored in."""
     try:
         _, meta = outputs.read_metadata(image)
     except (OSError, KeyError, ValueError) as e:
         raise ReplayError(f"{image}: no farm metadata to replay ({type(e).__name__}: {e})") \
             from None
-    return job_from(meta, str(image)), meta.get("batch_size") or 1
+    return job_from(meta, str(image)), meta.get("batch_size") or 1, stored_format(meta)
+
+
+def stored_format(meta: dict) -> ImageFormat:
+    """The format an image's metadata says it was written in (png when it says nothing)."""
+    return ImageFormat(meta.get("format", "png"), meta.get("quality", ImageFormat.quality))
 
 
 def job_from(meta: dict, where: str) -> Job:
@@ -50,9 +56,9 @@ def replay(image: Path, folder: Path, device: str | None = None) -> tuple[Path, 
 
     from farm.worker import Device, Worker
 
-    job, batch_size = job_of(image)
+    job, batch_size, fmt = job_of(image)
     worker = Worker(folder, name="replay", device=Device.named(device) if device else None)
-    result, = worker.render(Batch((job,), (image.name,), pad_to=batch_size))
+    result, = worker.render(Batch((job,), (image.name,), pad_to=batch_size, image=fmt))
     if not result.ok:
         raise ReplayError(f"{image}: rendering it again failed: {result.error}")
     with Image.open(image) as original:

@@ -166,7 +166,8 @@ class Dispatcher:
                     self._skip_duplicates(len(batch.jobs) - len(kept))
                     if not kept:
                         continue
-                    batch = Batch(*map(tuple, zip(*kept)), pad_to=self.batch_size)
+                    batch = Batch(*map(tuple, zip(*kept)), pad_to=self.batch_size,
+                                  image=self.folder.image)
                 self.in_flight[self.backend.submit(worker, batch)] = (worker, batch)
                 self.busy[worker] += 1
 
@@ -211,7 +212,8 @@ class Dispatcher:
             else:
                 again.append((job, path))
         if again:
-            self.retry.append(Batch(*map(tuple, zip(*again)), pad_to=self.batch_size))
+            self.retry.append(Batch(*map(tuple, zip(*again)), pad_to=self.batch_size,
+                                    image=self.folder.image))
         self._record(worker, final)
 
     def _lost(self, worker: str, batch: Batch, error: WorkerLost) -> None:

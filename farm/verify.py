@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 from farm import outputs
-from farm.jobs import Batch
+from farm.jobs import Batch, ImageFormat
 from farm.outputs import RunFolder
-from farm.replay import job_from
+from farm.replay import job_from, stored_format
 
 TOLERANCE = 1  # of 255: what other batch shapes change, measured on the CPU
 
@@ -50,6 +50,8 @@ def check_files(folder: RunFolder) -> list[Finding]:
                 continue
             if actual != recorded:
                 findings.append(Finding(path, "replaced", "its pixels are not the recorded ones"))
+            elif file.suffix != ".png" and not file.with_suffix(".json").is_file():
+                findings.append(Finding(path, "missing", "its .json sidecar (farm metadata)"))
     return findings
 
 
@@ -67,8 +69,15 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -
         worker = Worker(scratch, name="verify", device=Device.named(device) if device else None)
         for path, params, batch_size in rows:
             job = job_from(json.loads(params), path)
-            result, = worker.render(Batch((job,), (Path(path).name,), pad_to=batch_size or 1))
             original = folder.root / path
+            fmt = ImageFormat()
+            if original.suffix != ".png" and original.is_file():  # lossy: the same quality
+                try:
+                    fmt = stored_format(outputs.read_metadata(original)[1])
+                except (OSError, ValueError):  # no sidecar: check_files reports it
+                    fmt = ImageFormat(original.suffix.lstrip(".").replace("jpg", "jpeg"))
+            result, = worker.render(Batch((job,), (Path(path).name,), pad_to=batch_size or 1,
+                                          image=fmt))
             if not result.ok:
                 findings.append(Finding(path, "different", f"rendering failed: {result.error}"))
             elif not original.is_file():

@@ -150,9 +150,8 @@ class Worker:
                 error = image
             else:
                 try:
-                    outputs.write_png(image, self.folder.absolute(path), job, scheduler,
-                                      len(batch.shape))
-                    pixel_hash = outputs.pixel_hash(image)
+                    pixel_hash = outputs.write_image(image, self.folder.absolute(path), job,
+                                                     batch.image, scheduler, len(batch.shape))
                 except OSError as e:
                     error = f"could not write {path}: {e}"
             results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash,

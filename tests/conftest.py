@@ -50,3 +50,29 @@ def ray_cluster(farm_cache):
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+FINISHED = """\
+name: sheet
+prompt: ["a {animal} at dusk", {file: rows.csv}]
+vars: {animal: [cat, dog]}
+cfg: [5, 7]
+seeds: 0-1
+steps: 2
+size: 64x64
+batch_size: 4
+"""
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, farm_cache) -> Path:
+    """A finished run folder shared by the export and grid tests (which must not change it):
+    a template (values) and a prompt file with an extra column (fields), 2 cfgs, 2 seeds."""
+    from tests.helpers import run_farm
+
+    root = tmp_path_factory.mktemp("finished")
+    (root / "rows.csv").write_text("prompt,mood\nan owl in the rain,calm\n")
+    (root / "sheet.yaml").write_text(FINISHED)
+    assert run_farm("render", f"recipe={root / 'sheet.yaml'}", "runtime=inline",
+                    f"outputs={root / 'outputs'}") == 0
+    return root / "outputs" / "sheet"

@@ -362,3 +362,23 @@ def test_a_job_the_plan_reaches_twice_is_rendered_once(workdir, capsys):
     assert "Rendered 6 of 10 images" in out and "4 jobs were reached twice" in out
     folder = workdir / "outputs" / "dupes"
     assert len(images(folder)) == len(manifest_rows(folder)) == 6
+
+
+def test_jpeg_runs_verify_replay_and_keep_their_format(workdir, capsys):
+    assert run_farm("render", "recipe=small", "format=jpeg", "quality=80") == 0
+    folder = workdir / "outputs" / "small"
+    files = sorted(folder.glob("images/*/*"))
+    assert {p.suffix for p in files} == {".jpg", ".json"} and len(files) == 12
+    parameters, meta = outputs.read_metadata(files[0])
+    assert "Seed: " in parameters and meta["quality"] == 80
+    capsys.readouterr()
+    assert run_farm_default("verify", str(folder), "--sample", "2") == 0
+    assert capsys.readouterr().out.count("identical") == 2
+    assert run_farm_default("replay", str(files[0]), "--to", "again") == 0
+    assert "the same pixels as" in capsys.readouterr().out
+    assert (workdir / "again" / files[0].name).is_file()
+    files[0].with_suffix(".json").unlink()  # a sidecar gone: verify names it
+    assert run_farm_default("verify", str(folder), "--sample", "0") == 1
+    assert "its .json sidecar" in capsys.readouterr().out
+    assert run_farm("render", "recipe=small", "seeds=0-5") == 2  # png into a jpeg folder
+    assert "holds .jpg images; a run folder keeps one format" in capsys.readouterr().err

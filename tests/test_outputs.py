@@ -17,7 +17,7 @@ def test_png_carries_a1111_parameters_and_farm_json(tmp_path, tiny):
     job = make_job(tiny, prompt="a red fox", negative="cartoon", seed=3, sampler="dpmpp_2m",
                    scheduler="karras", steps=20, cfg=7.0, width=64, height=64)
     path = tmp_path / "x.png"
-    outputs.write_png(noise(), path, job)
+    outputs.write_image(noise(), path, job)
     parameters, farm = outputs.read_metadata(path)
     prompt, negative, settings = parameters.split("\n")
     assert prompt == "a red fox"
@@ -34,7 +34,7 @@ def test_png_carries_a1111_parameters_and_farm_json(tmp_path, tiny):
 
 def test_empty_negative_prompt_line_is_left_out(tmp_path, tiny):
     path = tmp_path / "x.png"
-    outputs.write_png(noise(), path, make_job(tiny, negative=""))
+    outputs.write_image(noise(), path, make_job(tiny, negative=""))
     parameters, _ = outputs.read_metadata(path)
     assert "Negative prompt" not in parameters
     assert parameters.split("\n")[1].startswith("Steps: 4")
@@ -42,7 +42,7 @@ def test_empty_negative_prompt_line_is_left_out(tmp_path, tiny):
 
 def test_vae_is_named_in_the_infotext(tmp_path, tiny, tiny_vae):
     path = tmp_path / "x.png"
-    outputs.write_png(noise(), path, make_job(tiny, vae=tiny_vae))
+    outputs.write_image(noise(), path, make_job(tiny, vae=tiny_vae))
     parameters, farm = outputs.read_metadata(path)
     assert f"VAE hash: {tiny_vae.identity[:10]}, VAE: tiny-vae" in parameters
     assert farm["vae"] == "tiny-vae"
@@ -58,10 +58,41 @@ def test_pixel_hash_ignores_png_encoding(tmp_path):
     assert outputs.pixel_hash(noise(1)) != outputs.pixel_hash(image)
 
 
+@pytest.mark.parametrize("kind, quality", [("jpeg", 85), ("webp", 80), ("webp", 100)])
+def test_jpeg_and_webp_carry_infotext_in_exif_and_farm_json_beside(tmp_path, tiny, kind,
+                                                                    quality):
+    from farm.jobs import ImageFormat
+
+    fmt = ImageFormat(kind, quality)
+    job = make_job(tiny, prompt="a fox, ünïcode", negative="cartoon")
+    path = tmp_path / f"x{fmt.suffix}"
+    stored = outputs.write_image(noise(), path, job, fmt)
+    with Image.open(path) as image:
+        assert image.format == kind.upper()
+        assert stored == outputs.pixel_hash(image)  # the hash of what the file decodes to
+    assert (stored == outputs.pixel_hash(noise())) == fmt.lossless  # webp 100 is lossless
+    parameters, farm = outputs.read_metadata(path)
+    assert parameters.split("\n")[:2] == ["a fox, ünïcode", "Negative prompt: cartoon"]
+    assert farm["id"] == job.id and (farm["format"], farm["quality"]) == (kind, quality)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", path.name])
+
+
+def test_png_compression_changes_size_not_pixels(tmp_path, tiny):
+    from farm.jobs import ImageFormat
+
+    flat = Image.new("RGB", (64, 64), "gray")
+    fast = outputs.write_image(flat, tmp_path / "a.png", make_job(tiny), ImageFormat(
+        png_compression=0))
+    small = outputs.write_image(flat, tmp_path / "b.png", make_job(tiny), ImageFormat(
+        png_compression=9))
+    assert fast == small
+    assert (tmp_path / "a.png").stat().st_size > 2 * (tmp_path / "b.png").stat().st_size
+
+
 def test_write_leaves_no_partial_file_and_replaces_atomically(tmp_path, tiny):
     path = tmp_path / "images" / "00000" / "x.png"
-    outputs.write_png(noise(0), path, make_job(tiny))
-    outputs.write_png(noise(1), path, make_job(tiny))
+    outputs.write_image(noise(0), path, make_job(tiny))
+    outputs.write_image(noise(1), path, make_job(tiny))
     assert [p.name for p in path.parent.iterdir()] == ["x.png"]
     assert outputs.pixel_hash(Image.open(path)) == outputs.pixel_hash(noise(1))
 

@@ -92,6 +92,13 @@ def test_a_million_seeds_are_a_range_not_a_list():
     ({"checkpoint": ""}, "checkpoint", "model reference"),
     ({"checkpoint": 5}, "checkpoint", "model reference"),
     ({"negative": 3}, "negative", "string"),
+    ({"format": "gif"}, "format", "allowed: png, jpeg, webp"),
+    ({"format": ["png"]}, "format", "allowed: png, jpeg, webp"),
+    ({"quality": 0}, "quality", "from 1 to 100"),
+    ({"png_compression": 10}, "png_compression", "from 0 to 9"),
+    ({"grids": "yes"}, "grids", "expected auto, or a list"),
+    ({"grids": [{"x": "colour"}]}, "grids[0]", "unknown field 'colour'"),
+    ({"grids": [{"x": "cfg", "where": "cfg>5"}]}, "grids[0]", "expected FIELD=VALUE"),
 ])
 def test_each_bad_field_gets_one_clear_error(fields, field, words):
     with pytest.raises(RecipeError) as error:
@@ -126,3 +133,12 @@ def test_a_single_file_model_is_a_path_with_a_config():
     assert r.vae == (None, "vae.safetensors?config=org/vae")
     with pytest.raises(RecipeError, match="a single-file model is {path: FILE.safetensors"):
         recipe(checkpoint={"path": "models/sd15.safetensors"})
+
+
+def test_output_format_and_grids():
+    r = recipe(format="jpg", quality=70, grids=[{"x": "cfg", "y": "values.animal",
+                                                 "where": "seed=0"}])
+    assert (r.image.kind, r.image.quality, r.image.suffix) == ("jpeg", 70, ".jpg")
+    assert r.grids[0].x == "cfg" and r.grids[0].where == ("seed=0",)
+    assert recipe(grids="auto").grids[0].x is None
+    assert recipe().image.kind == "png" and recipe().grids == ()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from farm import cli, schedule
+from farm import cli, compose, schedule
 from farm.manifest import Manifest
 from tests.helpers import farm_command, recipe_folder, run_farm
 
@@ -135,9 +135,9 @@ def test_a_job_that_always_fails_is_recorded_and_the_run_goes_on(workdir, tiny, 
 
 
 def test_each_checkpoint_is_loaded_once_per_worker(workdir, second_checkpoint):
-    settings = cli.compose(["recipe=fleet", f"checkpoint=[tiny,{second_checkpoint}]",
+    settings = compose.compose(["recipe=fleet", f"checkpoint=[tiny,{second_checkpoint}]",
                             "seeds=0-7", "runtime.max_pipelines=1"])
-    found = cli.resolve_models(settings.recipe)
+    found = compose.resolve_models(settings.recipe)
     work = cli.pending_work(settings, found, lambda job_id: False)
     backend = schedule.start(settings.runtime, settings.folder, "affinity")
     try:

@@ -1,0 +1,146 @@
+"""The finished images of a run folder, read from its manifest as a stream, and filtered.
+
+Exports and contact sheets read what a run made through this module: one SQLite cursor in
+file order, so a run of millions of images is never held in memory. Nothing here writes.
+
+Filters (`--where`), repeated as needed; the same field given twice matches either value:
+
+    checkpoint=tiny    equal (numbers compare as numbers: cfg=7 matches 7.0)
+    sampler!=euler     not equal
+    prompt~fox         contains, ignoring case
+    values.animal=cat  a template's chosen value; fields.NAME for a prompt-file column
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# what a filter or a grid axis may name, besides values.NAME and fields.NAME
+FIELDS = ("id", "checkpoint", "vae", "prompt", "negative", "seed", "sampler", "scheduler",
+          "steps", "cfg", "size", "width", "height", "clip_skip", "dtype", "template")
+NESTED = ("values", "fields")  # template choices, prompt-file columns
+CONDITION = re.compile(r"(?P<field>[A-Za-z_][\w.]*)\s*(?P<op>!=|=|~)(?P<value>.*)", re.S)
+
+
+class CatalogError(ValueError):
+    """A run folder or a filter that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A finished image: where it is, its pixels' hash, and the manifest row it came from."""
+
+    seq: int
+    id: str
+    path: str  # relative to the run folder
+    pixel_hash: str
+    params: dict[str, Any]  # the job's fields (Job.to_dict), template values included
+    row: dict[str, Any]  # the rest of its manifest row (timings, worker, provenance, ...)
+
+    def get(self, field: str) -> Any:
+        """A field's value as filters and grids see it; None when the image has none."""
+        if field == "size":
+            return f"{self.params['width']}x{self.params['height']}"
+        head, _, name = field.partition(".")
+        if name:
+            return (self.params.get(head) or {}).get(name)
+        return self.params.get(field)
+
+
+def check_field(field: str, what: str) -> str:
+    """A known field name, or an error that lists them."""
+    head, dot, name = field.partition(".")
+    if field in FIELDS or (dot and head in NESTED and name):
+        return field
+    raise CatalogError(f"{what}: unknown field {field!r}; allowed: {', '.join(FIELDS)}, "
+                       "values.NAME (a template's variable), fields.NAME (a prompt-file column)")
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    op: str  # "=", "!=", "~"
+    value: str
+
+    def matches(self, entry: Entry) -> bool:
+        actual = entry.get(self.field)
+        if self.op == "~":
+            return actual is not None and self.value.casefold() in str(actual).casefold()
+        return _equal(actual, self.value) == (self.op == "=")
+
+    def __str__(self) -> str:
+        return f"{self.field}{self.op}{self.value}"
+
+
+def _equal(actual: Any, given: str) -> bool:
+    if actual is None:
+        return given.strip().lower() in ("", "none", "null")
+    if isinstance(actual, (int, float)) and not isinstance(actual, bool):
+        try:
+            return float(given) == float(actual)
+        except ValueError:
+            return False
+    return str(actual) == given
+
+
+@dataclass(frozen=True)
+class Where:
+    """All of the fields must match; any of the values given for one field may."""
+
+    conditions: tuple[Condition, ...] = ()
+
+    @staticmethod
+    def parse(texts: list[str] | tuple[str, ...], what: str = "--where") -> Where:
+        conditions = []
+        for text in texts:
+            found = CONDITION.fullmatch(str(text).strip())
+            if not found:
+                raise CatalogError(f"{what}: {text!r}: expected FIELD=VALUE, FIELD!=VALUE or "
+                                   "FIELD~TEXT, e.g. checkpoint=tiny or prompt~fox")
+            field = check_field(found["field"], f"{what} {text!r}")
+            conditions.append(Condition(field, found["op"], found["value"].strip()))
+        return Where(tuple(conditions))
+
+    def matches(self, entry: Entry) -> bool:
+        fields: dict[str, bool] = {}
+        for c in self.conditions:
+            if c.op == "!=":  # a field's exclusions all hold
+                fields[f"!{c.field}"] = fields.get(f"!{c.field}", True) and c.matches(entry)
+            else:
+                fields[c.field] = fields.get(c.field, False) or c.matches(entry)
+        return all(fields.values())
+
+    def __str__(self) -> str:
+        return " ".join(map(str, self.conditions)) or "(everything)"
+
+
+def manifest_of(folder: Path) -> Path:
+    """A run folder's manifest, or an error saying the folder is not one."""
+    manifest = Path(folder) / "manifest.sqlite"
+    if not manifest.is_file():
+        raise CatalogError(f"{folder}: not a run folder (it has no manifest.sqlite)")
+    return manifest
+
+
+def entries(folder: Path, where: Where = Where()) -> Iterator[Entry]:
+    """Every image the manifest records as done and that matches, in file order, streamed.
+    Whether its file is still there is the caller's to check (exports count the missing)."""
+    db = sqlite3.connect(f"file:{manifest_of(folder)}?mode=ro", uri=True, timeout=30)
+    try:
+        cursor = db.execute("SELECT * FROM jobs WHERE status = 'done' ORDER BY seq")
+        names = [c[0] for c in cursor.description]
+        for values in cursor:
+            row = dict(zip(names, values))
+            entry = Entry(seq=row.pop("seq"), id=row.pop("id"), path=row.pop("path"),
+                          pixel_hash=row.pop("pixel_hash"), params=json.loads(row.pop("params")),
+                          row=row)
+            if where.matches(entry):
+                yield entry
+    finally:
+        db.close()

@@ -1,0 +1,54 @@
+"""The catalog: finished images read from a manifest, streamed, filtered."""
+
+import pytest
+
+from farm import catalog
+from farm.catalog import CatalogError, Entry, Where
+from farm.manifest import Manifest
+from farm.outputs import RunFolder
+from tests.helpers import make_job
+from tests.test_manifest import result
+
+
+def entry(**params) -> Entry:
+    base = {"prompt": "a red fox", "seed": 1, "cfg": 7.0, "checkpoint": "tiny", "vae": None,
+            "width": 64, "height": 96}
+    return Entry(seq=0, id="x", path="images/00000/x.png", pixel_hash="f" * 64,
+                 params={**base, **params}, row={})
+
+
+@pytest.mark.parametrize("where, matches", [
+    (["cfg=7"], True), (["cfg=7.0"], True), (["cfg=5"], False),
+    (["prompt~FOX"], True), (["prompt~owl"], False), (["prompt=a red fox"], True),
+    (["seed!=1"], False), (["seed!=2"], True), (["vae=none"], True), (["size=64x96"], True),
+    (["seed=0", "seed=1"], True),  # one field twice: either value
+    (["seed=1", "cfg=5"], False),  # two fields: both
+    (["values.animal=fox"], True), (["values.animal=cat"], False),
+    (["fields.mood=calm"], False),
+])
+def test_where_matches_like_a_user_reads_it(where, matches):
+    assert Where.parse(where).matches(entry(values={"animal": "fox"})) == matches
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("colour=red", "unknown field 'colour'"), ("seed", "expected FIELD=VALUE"),
+    ("values=cat", "unknown field 'values'"),
+])
+def test_bad_filters_say_what_is_allowed(text, problem):
+    with pytest.raises(CatalogError, match=problem):
+        Where.parse([text])
+
+
+def test_entries_stream_done_rows_in_file_order(tmp_path, tiny):
+    folder = RunFolder(tmp_path)
+    jobs = [make_job(tiny, seed=s) for s in range(4)]
+    with Manifest(folder.manifest) as m:
+        paths = m.claim(jobs, folder.image_path, run_id=1)
+        m.record([result(j, p, ok=j.seed != 2) for j, p in zip(jobs, paths)], run_id=1)
+    found = list(catalog.entries(tmp_path))
+    assert [e.params["seed"] for e in found] == [0, 1, 3]
+    assert [e.path for e in found] == [paths[0], paths[1], paths[3]]
+    assert [e.params["seed"] for e in catalog.entries(tmp_path, Where.parse(["seed!=0"]))] \
+        == [1, 3]
+    with pytest.raises(CatalogError, match="not a run folder"):
+        list(catalog.entries(tmp_path / "nothing"))

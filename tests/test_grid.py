@@ -70,3 +70,16 @@ def test_a_recipe_draws_its_grids_after_rendering(tmp_path, monkeypatch, capsys)
     sheets = sorted((tmp_path / "outputs" / "auto" / "grids").glob("*.png"))
     assert len(sheets) == 2  # the demo's two prompts, each cfg by seed
     assert sheet_record(sheets[0])["columns"] == ["4", "8"]
+
+
+def test_very_large_sheets_are_saved_as_jpeg_with_their_record_beside(finished_run, tmp_path,
+                                                                     monkeypatch):
+    from farm import grid
+
+    monkeypatch.setattr(grid, "JPEG_ABOVE", 10_000)  # pixels: every sheet here is larger
+    sheets = grid.draw(finished_run, tmp_path, "cfg", "seed", grid.Where.parse(["prompt~owl"]))
+    assert [s.path.name for s in sheets] == ["grid-cfg-seed.jpg"]
+    with Image.open(sheets[0].path) as image:
+        assert image.format == "JPEG" and image.size == (sheets[0].width, sheets[0].height)
+    record = json.loads((tmp_path / "grid-cfg-seed.json").read_text())
+    assert record["columns"] == ["5", "7"] and record["title"]["prompt"] == "an owl in the rain"

@@ -44,6 +44,7 @@ class Sheet:
     columns: tuple[str, ...]  # x labels, left to right
     rows: tuple[str, ...]  # y labels, top to bottom
     title: dict[str, str]  # fields with one value on this sheet
+    labels: dict[str, tuple[str, ...]]  # the text over each column and beside each row
     cells: tuple[tuple[str | None, ...], ...]  # the image path in each cell, by row
     width: int
     height: int
@@ -155,8 +156,10 @@ def _sheet(run: Path, stem: Path, members: list[Entry], x: str, y: str | None,
         side = side * 3 // 4
     font = ImageFont.load_default(size=max(12, side // 14))
     line = font.getbbox("Ag")[3] + 4
-    col_labels = [_wrap(f"{x}: {label(v)}", font, side) for v in columns]
-    row_labels = [_wrap(f"{y}: {label(v)}", font, side) for v in rows] if y else [[]]
+    texts = {"columns": tuple(_axis_label(members, x, v, y) for v in columns),
+             "rows": tuple(_axis_label(members, y, v, x) for v in rows) if y else ()}
+    col_labels = [_wrap(t, font, side) for t in texts["columns"]]
+    row_labels = [_wrap(t, font, side) for t in texts["rows"]] or [[]]
     left = (max(max((font.getlength(t) for t in lines), default=0) for lines in row_labels)
             + 16 if y else 0)
     title_lines = _wrap(f"x: {x}" + (f", y: {y}" if y else "") + "; " + ", ".join(
@@ -184,8 +187,21 @@ def _sheet(run: Path, stem: Path, members: list[Entry], x: str, y: str | None,
         cells.append(tuple(row))
     # 3. save, with what the sheet shows
     record = Sheet(stem, x, y, tuple(label(v) for v in columns),
-                   tuple(label(v) for v in rows) if y else (), title, tuple(cells), width, height)
+                   tuple(label(v) for v in rows) if y else (), title, texts, tuple(cells),
+                   width, height)
     return _save(sheet, record)
+
+
+def _axis_label(members: list[Entry], axis: str, value: Any, other: str | None) -> str:
+    """"sampler: dpmpp_2m", with the settings that change along with it on this sheet
+    ("scheduler: karras"), so that a label says all that differs."""
+    text = f"{axis}: {label(value)}"
+    moving = varying(members, [f for f in (*PREFERENCE, "negative") if f not in (axis, other)])
+    same = [e for e in members if e.get(axis) == value]
+    for f in moving:
+        if determined(members, f, [axis]):
+            text += f", {f}: {label(same[0].get(f))}"
+    return text
 
 
 def _paste(sheet: Image.Image, pen: ImageDraw.ImageDraw, source: Path | None,
@@ -215,7 +231,8 @@ def _wrap(text: str, font, width: int, most: int = 4) -> list[str]:
 
 def _save(image: Image.Image, sheet: Sheet) -> Sheet:
     record = json.dumps({"x": sheet.x, "y": sheet.y, "columns": sheet.columns,
-                         "rows": sheet.rows, "title": sheet.title, "cells": sheet.cells},
+                         "rows": sheet.rows, "title": sheet.title, "labels": sheet.labels,
+                         "cells": sheet.cells},
                         ensure_ascii=False)
     buffer = io.BytesIO()
     if image.width * image.height > JPEG_ABOVE:

@@ -382,3 +382,10 @@ def test_jpeg_runs_verify_replay_and_keep_their_format(workdir, capsys):
     assert "its .json sidecar" in capsys.readouterr().out
     assert run_farm("render", "recipe=small", "seeds=0-5") == 2  # png into a jpeg folder
     assert "holds .jpg images; a run folder keeps one format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, jobs", [("demo", 8), ("compare", 12)])
+def test_packaged_recipes_are_valid(tmp_path, monkeypatch, capsys, name, jobs):
+    monkeypatch.chdir(tmp_path)
+    assert run_farm("plan", f"recipe={name}") == 0
+    assert f"jobs: {jobs} (" in capsys.readouterr().out

@@ -65,11 +65,16 @@ def test_bad_grids_are_refused(finished_run, tmp_path, capsys):
 def test_a_recipe_draws_its_grids_after_rendering(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_farm("render", "runtime=inline", "steps=2", "size=64x64", "seeds=0-1",
-                    "cfg=[4,8]", "grids=auto", "name=auto") == 0
-    assert "Drew 2 contact sheet(s)" in capsys.readouterr().out
+                    "cfg=[4,8]", "sampler=[euler,DPM++ 2M Karras]", "scheduler=automatic",
+                    "grids=auto", "name=auto") == 0
+    assert "Drew 4 contact sheet(s)" in capsys.readouterr().out
     sheets = sorted((tmp_path / "outputs" / "auto" / "grids").glob("*.png"))
-    assert len(sheets) == 2  # the demo's two prompts, each cfg by seed
-    assert sheet_record(sheets[0])["columns"] == ["4", "8"]
+    assert len(sheets) == 4  # cfg by sampler, for each of the demo's 2 prompts x 2 seeds
+    record = sheet_record(sheets[0])
+    assert record["columns"] == ["4", "8"] and record["rows"] == ["euler", "dpmpp_2m"]
+    # the schedule changes with the sampler: its label says so
+    assert record["labels"]["rows"] == ["sampler: euler, scheduler: normal",
+                                        "sampler: dpmpp_2m, scheduler: karras"]
 
 
 def test_very_large_sheets_are_saved_as_jpeg_with_their_record_beside(finished_run, tmp_path,

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 # what a filter or a grid axis may name, besides values.NAME and fields.NAME
-FIELDS = ("id", "checkpoint", "vae", "prompt", "negative", "seed", "sampler", "scheduler",
-          "steps", "cfg", "size", "width", "height", "clip_skip", "dtype", "template")
+FIELDS = ("id", "checkpoint", "checkpoint_identity", "vae", "vae_identity", "prompt", "negative",
+          "seed", "sampler", "scheduler", "steps", "cfg", "size", "width", "height", "clip_skip",
+          "dtype", "template")
 NESTED = ("values", "fields")  # template choices, prompt-file columns
 CONDITION = re.compile(r"(?P<field>[A-Za-z_][\w.]*)\s*(?P<op>!=|=|~)(?P<value>.*)", re.S)
 

@@ -4,7 +4,7 @@
     farm plan   [recipe=NAME|PATH] [field=value ...]   count jobs; render and write nothing
     farm status [recipe=NAME|PATH | RUN_FOLDER] [--json]
     farm replay IMAGE.png [--to DIR]                   render one image again from its metadata
-    farm verify RUN_FOLDER [--sample N | --all]        check files; render jobs again, compare
+    farm verify RUN_FOLDER|recipe=NAME [--sample N]   check files; render jobs again, compare
     farm export RUN_FOLDER --format F --to DIR         the finished images as a dataset
     farm grid   RUN_FOLDER [--x F] [--y F]             labelled contact sheets
 
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from farm import catalog, export, grid, models, plan, schedule
 from farm import recipe as recipes
 from farm.compose import BadInput, Settings, compose, resolve_models
 from farm.export import ExportError
+from farm.finished import Finished
 from farm.grid import GridError
 from farm.jobs import Model
 from farm.manifest import Manifest
@@ -51,41 +51,16 @@ class Counts:
         return self.planned - self.done
 
 
-def done_check(folder: RunFolder, done_paths: dict[str, str]) -> Callable[[str], bool]:
-    """Whether a job is done: its manifest row says so and its file is there."""
-    root, listings = str(folder.root), {}
-
-    def present(path: str) -> bool:  # one directory listing per shard, not a stat per file
-        shard, _, name = path.rpartition("/")
-        if shard not in listings:
-            try:
-                listings[shard] = {e.name for e in os.scandir(os.path.join(root, shard))
-                                   if e.is_file()}
-            except FileNotFoundError:
-                listings[shard] = set()
-        return name in listings[shard]
-
-    def is_done(job_id: str) -> bool:
-        path = done_paths.get(job_id)
-        return path is not None and present(path)
-
-    return is_done
-
-
 def count(settings: Settings, found: dict[str, Model]) -> Counts:
     """How many jobs of the plan are done, and how many failed last time they were tried."""
     folder = settings.folder
     if not folder.manifest.exists():
         return Counts(settings.recipe.job_count, 0, 0)
+    states: Counter[str] = Counter()
     with Manifest(folder.manifest, readonly=True) as manifest:
-        is_done, failed_ids = done_check(folder, manifest.done_paths()), manifest.failed_ids()
-    done = failed = 0
-    for job in plan.jobs(settings.recipe, found):
-        if is_done(job.id):
-            done += 1
-        elif job.id in failed_ids:
-            failed += 1
-    return Counts(settings.recipe.job_count, done, failed)
+        for _, state in Finished(folder, manifest).mark(plan.jobs(settings.recipe, found)):
+            states[state] += 1
+    return Counts(settings.recipe.job_count, states["done"], states["failed"])
 
 
 def command_plan(settings: Settings) -> int:
@@ -121,16 +96,16 @@ def command_plan(settings: Settings) -> int:
 
 
 def pending_work(settings: Settings, found: dict[str, Model],
-                 is_done: Callable[[str], bool]) -> list[schedule.Work]:
+                 finished: Finished) -> list[schedule.Work]:
     """The pending batches of each model group, streamed, with their job counts."""
     recipe = settings.recipe
     work = []
     for group in plan.groups(recipe):
-        left = sum(1 for job in plan.jobs(recipe, found, group) if not is_done(job.id))
+        left = sum(1 for _ in finished.pending(plan.jobs(recipe, found, group)))
         if left:
             ckpt, vae = group
             key = (found[ckpt].identity, found[vae].identity if vae else None)
-            stream = plan.batches(plan.pending(plan.jobs(recipe, found, group), is_done),
+            stream = plan.batches(finished.pending(plan.jobs(recipe, found, group)),
                                   recipe.batch_size)
             work.append(schedule.Work(key, stream, left))
     return work
@@ -144,12 +119,12 @@ def command_render(settings: Settings) -> int:
         raise BadInput(f"recipe {recipe.name}: format: got {recipe.image.kind!r}, but "
                        f"{folder.root} holds {stored} images; a run folder keeps one format "
                        "(render into another name=..., or farm export to convert)")
-    done_paths = {}
     if folder.manifest.exists():
         with Manifest(folder.manifest, readonly=True) as manifest:
-            done_paths = manifest.done_paths()
-    is_done = done_check(folder, done_paths)
-    if all(is_done(job.id) for job in plan.jobs(recipe, found)):  # stops at the first pending
+            all_done = Finished(folder, manifest).all_done(plan.jobs(recipe, found))
+    else:
+        all_done = False
+    if all_done:
         print(f"{recipe.name}: all {recipe.job_count} images are already done in "
               f"{folder.root}; nothing to render")
         draw_recipe_grids(recipe, folder)
@@ -158,11 +133,11 @@ def command_render(settings: Settings) -> int:
     try:
         with folder.locked(), Manifest(folder.manifest) as manifest:
             folder.remove_partial_files()
+            run_id = manifest.begin_run(settings.resolved, recipe.job_count)
             # again, under the lock: another render may have finished some in the meantime
-            work = pending_work(settings, found, done_check(folder, manifest.done_paths()))
+            work = pending_work(settings, found, Finished(folder, manifest, run_id))
             pending = sum(w.left for w in work)
             summary = Summary(planned=recipe.job_count, skipped=recipe.job_count - pending)
-            run_id = manifest.begin_run(settings.resolved, recipe.job_count)
             folder.save_recipe(run_id, settings.resolved)
             try:
                 schedule.run(backend, work, recipe.batch_size, folder, manifest, run_id,
@@ -278,7 +253,8 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
     text = "check a run folder's files, and render finished jobs again to compare"
     cmd = sub.add_parser("verify", help=text, description=text)
-    cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
+    cmd.add_argument("target", nargs="+", metavar="RUN_FOLDER | recipe=NAME [field=value ...]",
+                     help="a run folder (outputs/NAME), or a recipe and its overrides")
     cmd.add_argument("--sample", type=int, default=8, help="jobs to render again (default 8)")
     cmd.add_argument("--all", action="store_true", help="render every finished job again")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
@@ -321,8 +297,8 @@ def command_export(options: argparse.Namespace) -> int:
           f"{chosen.where} to {options.to} as {options.format} ({report.written} written, "
           f"{report.kept} already there): {', '.join(report.files)}")
     if report.missing:
-        print(f"{report.missing} images recorded as done are missing from {options.folder} "
-              "and were left out (farm render renders them again)")
+        print(f"Left out, recorded as done but missing from {options.folder}: "
+              f"{report.missing} (farm render renders them again)")
     return EXIT_OK
 
 
@@ -336,6 +312,15 @@ def command_grid(options: argparse.Namespace) -> int:
               f"({sheet.x}" + (f" by {sheet.y}" if sheet.y else "") + f"), "
               f"{sheet.width}x{sheet.height} px")
     return EXIT_OK
+
+
+def run_folder(target: list[str]) -> Path:
+    """A run folder named directly, or the one a recipe (with its overrides) renders into."""
+    if "=" in target[0]:
+        return compose(target).folder.root
+    if len(target) > 1:
+        raise BadInput(f"{' '.join(target)}: give one run folder, or recipe=NAME and overrides")
+    return Path(target[0])
 
 
 def command_verify(folder_path: Path, sample: int | None, device: str | None) -> int:
@@ -369,8 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         if options.command == "status":
             code = command_status(options.args, options.json)
         elif options.command == "verify":
-            code = command_verify(options.folder, None if options.all else options.sample,
-                                  options.device)
+            code = command_verify(run_folder(options.target),
+                                  None if options.all else options.sample, options.device)
         elif options.command == "replay":
             code = command_replay(options.image, options.to, options.device)
         elif options.command == "export":

@@ -68,6 +68,7 @@ class Selection:
     run: Path
     where: Where
     nested: dict[str, tuple[str, ...]]  # "values"/"fields" -> every key any selected row has
+    count: int  # rows selected when they were scanned
 
     def entries(self) -> Iterator[Entry]:
         return catalog.entries(self.run, self.where)
@@ -99,10 +100,11 @@ def _text(value: Any) -> str | None:
 def select(run: Path, where: Where) -> Selection:
     """Scan the selected rows once for the union of their nested keys (streaming)."""
     nested: dict[str, set[str]] = {name: set() for name in catalog.NESTED}
-    for entry in catalog.entries(run, where):
+    count = 0
+    for count, entry in enumerate(catalog.entries(run, where), 1):
         for name, keys in nested.items():
             keys.update(entry.params.get(name) or ())
-    return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v})
+    return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v}, count)
 
 
 # 1. the exporters: one contract, three formats ---------------------------------------------------
@@ -274,11 +276,14 @@ def export(run: Path, to: Path, options: Options) -> Report:
     if options.shard_size < 1:
         raise ExportError(f"--shard-size: got {options.shard_size}; expected 1 or more")
     state = _load_state(to, run, options)
+    selection = select(run, options.where)
+    if not selection.count:
+        raise ExportError(f"{run}: no finished images match {options.where}; nothing exported")
     to.mkdir(parents=True, exist_ok=True)
     for partial in to.rglob(f"*{PARTIAL_SUFFIX}"):  # left by an export that was killed
         partial.unlink()
     _save_state(to, state)
-    report = EXPORTERS[options.format](select(run, options.where), to, options, state)
+    report = EXPORTERS[options.format](selection, to, options, state)
     _save_state(to, state)
     return report
 

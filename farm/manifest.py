@@ -74,12 +74,17 @@ class Manifest:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def done_paths(self) -> dict[str, str]:
-        """Path of every job recorded as done (its file may since have gone)."""
-        return dict(self.db.execute("SELECT id, path FROM jobs WHERE status = 'done'"))
+    def lookup(self, ids: list[str] | None = None) -> dict[str, tuple[str, str, int | None]]:
+        """(status, path, the run that last claimed it) of those of `ids` this folder has seen
+        (of every job when None); one query whatever their number (the ids travel as one JSON
+        array)."""
+        query = "SELECT id, status, path, claimed_run FROM jobs"
+        rows = self.db.execute(query) if ids is None else self.db.execute(
+            query + " WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))
+        return {id_: (status, path, claimed) for id_, status, path, claimed in rows}
 
-    def failed_ids(self) -> set[str]:
-        return {id_ for (id_,) in self.db.execute("SELECT id FROM jobs WHERE status = 'failed'")}
+    def size(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
 
     def claim(self, jobs: Iterable[Job], path_for: Callable[[int, Job], str],
               run_id: int) -> list[str | None]:

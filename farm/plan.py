@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -111,7 +111,3 @@ def batches(stream: Iterable[Job], batch_size: int) -> Iterator[tuple[Job, ...]]
     if group:
         yield tuple(group)
 
-
-def pending(stream: Iterable[Job], is_done: Callable[[str], bool]) -> Iterator[Job]:
-    """The jobs of a stream that are not done yet."""
-    return (job for job in stream if not is_done(job.id))

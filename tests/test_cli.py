@@ -350,6 +350,9 @@ def test_verify_reports_identical_images_and_damaged_files(workdir, capsys):
     assert run_farm_default("verify", str(folder), "--sample", "2") == 1
     out = capsys.readouterr().out
     assert f"unreadable: {paths[0]}" in out and f"replaced: {paths[1]}" in out
+    assert run_farm_default("verify", "recipe=small", "--sample", "0") == 1  # by its recipe
+    out = capsys.readouterr().out
+    assert f"unreadable: {paths[0]}" in out and f"replaced: {paths[1]}" in out
 
 
 def test_a_job_the_plan_reaches_twice_is_rendered_once(workdir, capsys):

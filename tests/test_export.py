@@ -69,7 +69,7 @@ def test_an_export_is_rerunnable_filtered_and_follows_the_run(finished_run, tmp_
     gone = run / json.loads(lines[0])["file_name"]
     gone.unlink()  # the run loses an image: the export follows, and says so
     assert run_farm(*args) == 0
-    assert "1 images recorded as done are missing" in capsys.readouterr().out
+    assert "recorded as done but missing from" in capsys.readouterr().out
     assert len((to / "metadata.jsonl").read_text().splitlines()) == 1
     assert not (to / json.loads(lines[0])["file_name"]).exists()
     assert not list(to.rglob("*.partial"))
@@ -96,6 +96,10 @@ def test_export_refuses_bad_targets_and_changed_options(finished_run, tmp_path, 
     assert run_farm("export", str(tmp_path / "busy"), "--format", "parquet", "--to",
                     str(tmp_path / "r")) == 2
     assert "not a run folder" in capsys.readouterr().err
+    assert run_farm("export", str(finished_run), "--format", "imagefolder", "--to",
+                    str(tmp_path / "s"), "--where", "seed=7") == 2
+    assert "no finished images match seed=7; nothing exported" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
     assert contents(finished_run) == before
 
 

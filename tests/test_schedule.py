@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from farm import cli, compose, schedule
+from farm.finished import Finished
 from farm.manifest import Manifest
 from tests.helpers import farm_command, recipe_folder, run_farm
 
@@ -138,7 +139,7 @@ def test_each_checkpoint_is_loaded_once_per_worker(workdir, second_checkpoint):
     settings = compose.compose(["recipe=fleet", f"checkpoint=[tiny,{second_checkpoint}]",
                             "seeds=0-7", "runtime.max_pipelines=1"])
     found = compose.resolve_models(settings.recipe)
-    work = cli.pending_work(settings, found, lambda job_id: False)
+    work = cli.pending_work(settings, found, Finished(settings.folder, None))
     backend = schedule.start(settings.runtime, settings.folder, "affinity")
     try:
         with settings.folder.locked(), Manifest(settings.folder.manifest) as manifest:

@@ -293,9 +293,11 @@ def command_export(options: argparse.Namespace) -> int:
     chosen = export.Options(options.format, catalog.Where.parse(options.where),
                             options.shard_size, options.with_images)
     report = export.export(options.folder, options.to, chosen)
+    files = report.files if len(report.files) <= 4 else \
+        [report.files[0], "...", f"{report.files[-1]} ({len(report.files)} files)"]
     print(f"Exported {report.written + report.kept} images of {options.folder} matching "
           f"{chosen.where} to {options.to} as {options.format} ({report.written} written, "
-          f"{report.kept} already there): {', '.join(report.files)}")
+          f"{report.kept} already there): {', '.join(files)}")
     if report.missing:
         print(f"Left out, recorded as done but missing from {options.folder}: "
               f"{report.missing} (farm render renders them again)")

@@ -148,7 +148,8 @@ def webdataset(selection: Selection, to: Path, options: Options, state: dict) ->
     def flush() -> None:
         nonlocal index, chunk
         name = f"shard-{index:06d}.tar"
-        digest = hashlib.sha256("".join(e.id + e.pixel_hash for e, _ in chunk).encode())
+        digest = hashlib.sha256(json.dumps(selection.nested).encode())  # the JSON's keys
+        digest.update("".join(e.id + e.pixel_hash for e, _ in chunk).encode())
         if (to / name).is_file() and shards.get(name) == digest.hexdigest():
             report.kept += len(chunk)
         else:

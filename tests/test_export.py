@@ -166,3 +166,29 @@ def test_a_lossy_run_exports_its_own_files(tmp_path, monkeypatch, kind):
     assert len(samples) == 4
     assert all(pixels(s[suffix[1:]]) == manifest(run)[s["__key__"]]["pixel_hash"]
                for s in samples)
+
+
+def test_a_killed_webdataset_export_resumes_from_its_last_whole_shard(finished_run, tmp_path,
+                                                                      monkeypatch):
+    from farm import export
+
+    write_shard, written = export._write_shard, []
+
+    def crash_on_the_second(path, chunk, selection):
+        if written:
+            path.with_name(path.name + ".partial").write_bytes(b"half a tar")
+            raise KeyboardInterrupt  # killed while writing
+        write_shard(path, chunk, selection)
+        written.append(path.name)
+
+    monkeypatch.setattr(export, "_write_shard", crash_on_the_second)
+    options = export.Options("webdataset", shard_size=5)
+    with pytest.raises(KeyboardInterrupt):
+        export.export(finished_run, tmp_path / "w", options)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
+        ".farm-export.json", "shard-000000.tar", "shard-000001.tar.partial"]
+    monkeypatch.setattr(export, "_write_shard", write_shard)
+    report = export.export(finished_run, tmp_path / "w", options)
+    assert (report.kept, report.written) == (5, 7)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
+        ".farm-export.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]

@@ -35,7 +35,8 @@ EXPORT = """
 import sys
 from pathlib import Path
 from farm import export
-export.export(Path(sys.argv[1]), Path(sys.argv[2]), export.Options(sys.argv[3]))
+kind, _, link = sys.argv[3].partition("+")
+export.export(Path(sys.argv[1]), Path(sys.argv[2]), export.Options(kind, link=link == "link"))
 """ + PEAK
 
 
@@ -88,18 +89,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args()
-    print(f"{'images':>8}  {'what':<12} {'seconds':>8} {'images/s':>9} {'peak MiB':>9}")
+    print(f"{'images':>8}  {'what':<16} {'seconds':>8} {'images/s':>9} {'peak MiB':>9}")
     for count in args.images:
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             run.mkdir()
             build(run, count)
             seconds, peak = timed(BARE, str(run))
-            print(f"{count:>8}  {'bare pass':<12} {seconds:>8.1f} {count / seconds:>9.0f} "
+            print(f"{count:>8}  {'bare pass':<16} {seconds:>8.1f} {count / seconds:>9.0f} "
                   f"{peak:>9.0f}")
-            for kind in ("imagefolder", "webdataset", "parquet"):
+            for kind in ("imagefolder", "imagefolder+link", "webdataset", "parquet"):
                 seconds, peak = timed(EXPORT, str(run), str(Path(tmp) / kind), kind)
-                print(f"{count:>8}  {kind:<12} {seconds:>8.1f} {count / seconds:>9.0f} "
+                print(f"{count:>8}  {kind:<16} {seconds:>8.1f} {count / seconds:>9.0f} "
                       f"{peak:>9.0f}")
 
 

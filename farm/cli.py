@@ -276,6 +276,9 @@ def parser() -> argparse.ArgumentParser:
                      help="webdataset: images per tar shard (default 1000)")
     cmd.add_argument("--with-images", action="store_true",
                      help="parquet: embed the image bytes (default: paths only)")
+    cmd.add_argument("--link", action="store_true",
+                     help="imagefolder: hard-link the images instead of copying them (same "
+                     "filesystem; no extra space; then never edit exported images in place)")
     text = "draw labelled contact sheets of a run folder's images (an X/Y plot)"
     cmd = sub.add_parser("grid", help=text, description=text)
     cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
@@ -291,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
 
 def command_export(options: argparse.Namespace) -> int:
     chosen = export.Options(options.format, catalog.Where.parse(options.where),
-                            options.shard_size, options.with_images)
+                            options.shard_size, options.with_images, options.link)
     report = export.export(options.folder, options.to, chosen)
     files = report.files if len(report.files) <= 4 else \
         [report.files[0], "...", f"{report.files[-1]} ({len(report.files)} files)"]

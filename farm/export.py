@@ -45,6 +45,7 @@ class Options:
     where: Where = Where()
     shard_size: int = 1000  # webdataset: images per tar shard
     with_images: bool = False  # parquet: embed the image bytes
+    link: bool = False  # imagefolder: hard-link the images (no copy, no space) where possible
 
     def describe(self) -> dict[str, Any]:
         """What decides the export's content: a re-run must ask for the same."""
@@ -121,12 +122,13 @@ def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -
             if target.parent != shard:
                 _prune(shard, keep)
                 shard, keep = target.parent, set()
+                shard.mkdir(parents=True, exist_ok=True)
                 visited.add(shard.name)
             keep.add(target.name)
             if target.is_file() and target.stat().st_size == source.stat().st_size:
                 report.kept += 1
             else:
-                _copy_atomic(source, target)
+                _copy_atomic(source, target, options.link)
                 report.written += 1
             out.write(json.dumps({"file_name": entry.path, **selection.columns(entry)},
                                  ensure_ascii=False) + "\n")
@@ -317,10 +319,15 @@ def _inside(root: Path, relative: str) -> Path:
     return target
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _copy_atomic(source: Path, target: Path, link: bool = False) -> None:
+    """Copy (or hard-link, on the same filesystem) under a temporary name, then rename."""
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
-    shutil.copyfile(source, partial)
+    try:
+        if not link:
+            raise OSError
+        os.link(source, partial)
+    except OSError:  # asked for a copy, or another filesystem
+        shutil.copyfile(source, partial)
     os.replace(partial, target)
 
 

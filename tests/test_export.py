@@ -192,3 +192,11 @@ def test_a_killed_webdataset_export_resumes_from_its_last_whole_shard(finished_r
     assert (report.kept, report.written) == (5, 7)
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
         ".farm-export.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+
+
+def test_imagefolder_can_hard_link_instead_of_copying(finished_run, tmp_path):
+    assert run_farm("export", str(finished_run), "--format", "imagefolder", "--link",
+                    "--to", str(tmp_path / "linked"), "--where", "seed=0") == 0
+    for line in (tmp_path / "linked" / "metadata.jsonl").read_text().splitlines():
+        name = json.loads(line)["file_name"]
+        assert (tmp_path / "linked" / name).stat().st_ino == (finished_run / name).stat().st_ino

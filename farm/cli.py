@@ -270,9 +270,9 @@ def parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("export", help=text, description=text)
     cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
     cmd.add_argument("--format", required=True, choices=export.FORMATS)
-    cmd.add_argument("--to", type=Path, required=True, help="the export folder")
+    cmd.add_argument("--to", type=Path, required=True, metavar="DIR", help="the export folder")
     cmd.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help=where)
-    cmd.add_argument("--shard-size", type=int, default=1000,
+    cmd.add_argument("--shard-size", type=int, default=1000, metavar="N",
                      help="webdataset: images per tar shard (default 1000)")
     cmd.add_argument("--with-images", action="store_true",
                      help="parquet: embed the image bytes (default: paths only)")
@@ -282,13 +282,15 @@ def parser() -> argparse.ArgumentParser:
     text = "draw labelled contact sheets of a run folder's images (an X/Y plot)"
     cmd = sub.add_parser("grid", help=text, description=text)
     cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
-    cmd.add_argument("--x", help="field across (default: the first that varies of "
+    cmd.add_argument("--x", metavar="FIELD", help="field across (default: the first that varies of "
                      "cfg, steps, sampler, scheduler, clip_skip, size, vae, checkpoint, seed, "
                      "prompt)")
-    cmd.add_argument("--y", help="field down (default: the next that varies)")
+    cmd.add_argument("--y", metavar="FIELD", help="field down (default: the next that varies)")
     cmd.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help=where)
-    cmd.add_argument("--to", type=Path, help="folder for the sheets (default: RUN/grids)")
-    cmd.add_argument("--cell", type=int, default=512, help="largest cell side in pixels")
+    cmd.add_argument("--to", type=Path, metavar="DIR",
+                     help="folder for the sheets (default: RUN/grids)")
+    cmd.add_argument("--cell", type=int, default=512, metavar="PX",
+                     help="largest cell side in pixels (default 512)")
     return top
 
 

@@ -42,9 +42,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 @dataclass(frozen=True)
 class Counts:
-    planned: int
+    planned: int  # distinct jobs
     done: int
     failed: int
+    repeats: int = 0  # jobs the plan reaches a second time (rendered once)
 
     @property
     def pending(self) -> int:
@@ -53,14 +54,21 @@ class Counts:
 
 def count(settings: Settings, found: dict[str, Model]) -> Counts:
     """How many jobs of the plan are done, and how many failed last time they were tried."""
-    folder = settings.folder
-    if not folder.manifest.exists():
-        return Counts(settings.recipe.job_count, 0, 0)
+    folder, recipe = settings.folder, settings.recipe
+    repeated = plan.repeated_prompts(recipe)
+    if not folder.manifest.exists() and not repeated:
+        return Counts(recipe.job_count, 0, 0)
     states: Counter[str] = Counter()
-    with Manifest(folder.manifest, readonly=True) as manifest:
-        for _, state in Finished(folder, manifest).mark(plan.jobs(settings.recipe, found)):
+    manifest = Manifest(folder.manifest, readonly=True) if folder.manifest.exists() else None
+    try:
+        stream = plan.distinct(plan.jobs(recipe, found), repeated)
+        for _, state in Finished(folder, manifest).mark(stream):
             states[state] += 1
-    return Counts(settings.recipe.job_count, states["done"], states["failed"])
+    finally:
+        if manifest:
+            manifest.close()
+    planned = sum(states.values())
+    return Counts(planned, states["done"], states["failed"], recipe.job_count - planned)
 
 
 def command_plan(settings: Settings) -> int:
@@ -89,7 +97,9 @@ def command_plan(settings: Settings) -> int:
         print(f"  {'+'.join(group)} zipped: {lengths[group[0]]} together")
     counts = count(settings, found)
     product = " x ".join(f"{lengths[a[0]]} {'+'.join(a)}" for a in combined)
-    print(f"jobs: {counts.planned} ({product}, outermost first); done {counts.done}, "
+    repeats = (f"; {counts.repeats} more are reached twice (two prompt rows give the same "
+               "prompt) and rendered once" if counts.repeats else "")
+    print(f"jobs: {counts.planned} ({product}, outermost first{repeats}); done {counts.done}, "
           f"pending {counts.pending} "
           f"(of which {counts.failed} failed before); batch size {r.batch_size}")
     return EXIT_OK

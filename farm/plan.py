@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
@@ -53,6 +54,25 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
                 dtype=recipe.dtype,
                 context=row.context,
             )
+
+
+def repeated_prompts(recipe: Recipe) -> frozenset[int]:
+    """Hashes of the (prompt, negative) pairs that more than one prompt row gives: two
+    templates or two file lines that say the same thing. Only their jobs can repeat."""
+    counts = Counter(hash((row.text, recipe.negative if row.negative is None else row.negative))
+                     for row in recipe.prompt_rows())
+    return frozenset(key for key, n in counts.items() if n > 1)
+
+
+def distinct(stream: Iterable[Job], repeated: frozenset[int]) -> Iterator[Job]:
+    """The jobs of a stream, each once; only the jobs of repeated prompts are remembered."""
+    seen: set[str] = set()
+    for job in stream:
+        if repeated and hash((job.prompt, job.negative)) in repeated:
+            if job.id in seen:
+                continue
+            seen.add(job.id)
+        yield job
 
 
 @lru_cache(maxsize=1024)

@@ -360,9 +360,14 @@ def test_a_job_the_plan_reaches_twice_is_rendered_once(workdir, capsys):
     (workdir / "recipes" / "dupes.yaml").write_text(
         "prompt: [{file: ../dupes.csv}, 'a {animal}']\nvars: {animal: [red fox, cat]}\n"
         "seeds: 0-1\nsteps: 2\nsize: 64x64\nbatch_size: 4\n")
+    assert run_farm("plan", "recipe=dupes") == 0
+    out = capsys.readouterr().out
+    assert "jobs: 6 (" in out and "4 more are reached twice" in out and "pending 6 " in out
     assert run_farm("render", "recipe=dupes") == 0
     out = capsys.readouterr().out
     assert "Rendered 6 of 10 images" in out and "4 jobs were reached twice" in out
+    assert run_farm("plan", "recipe=dupes") == 0
+    assert "done 6, pending 0 " in capsys.readouterr().out
     folder = workdir / "outputs" / "dupes"
     assert len(images(folder)) == len(manifest_rows(folder)) == 6
 

@@ -76,7 +76,7 @@ def main() -> None:
         print(f"render's pending scan            {scan:6.1f} s   "
               f"{sum(w.left for w in work):,} pending in {len(work)} group(s)")
         print(f"peak memory: {memory_planned:.0f} MiB after planning, {peak_mib():.0f} MiB "
-              "after the diff (manifest read at once up to 2M rows, else a chunk at a time)")
+              "after the diff (manifest read at once up to 1M rows, else a chunk at a time)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Which jobs of a plan a run folder has finished: its manifest says done and its file is there.
 
-A manifest of up to WHOLE rows is read in one query (fastest: about 200 MiB per million rows).
+A manifest of up to WHOLE rows is read in one query (fastest; about 350 MiB per million rows).
 A larger one is looked up a chunk of jobs at a time (about 3 s more per million jobs), and only
 the listings of the most recently used image folders are kept either way, so a plan of ten
 million jobs is diffed against its manifest in bounded memory.
@@ -17,7 +17,7 @@ from farm.jobs import Job
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
 
-WHOLE = 2_000_000  # manifest rows read at once; above, looked up a chunk at a time
+WHOLE = 1_000_000  # manifest rows read at once; above, looked up a chunk at a time
 CHUNK = 10_000  # jobs looked up per query
 LISTINGS = 64  # image folders (10,000 names each) whose listings are kept
 

@@ -28,6 +28,8 @@ PREFERENCE = ("cfg", "steps", "sampler", "scheduler", "clip_skip", "size", "vae"
 MAX_IMAGES = 10_000  # a contact sheet is for eyes: more needs --where
 MAX_SHEETS = 200
 MAX_SHEET_PIXELS = 100_000_000  # cells shrink to stay under this
+MIN_WIDTH = 480  # pixels: a sheet of one or two small cells still has room for its title
+MIN_CELL = 32  # pixels: cells are not shrunk below this
 JPEG_ABOVE = 25_000_000  # pixels; a PNG of this many pixels of noise is ~75 MB
 BACKGROUND, INK, EMPTY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
 
@@ -46,6 +48,8 @@ class Sheet:
     title: dict[str, str]  # fields with one value on this sheet
     labels: dict[str, tuple[str, ...]]  # the text over each column and beside each row
     cells: tuple[tuple[str | None, ...], ...]  # the image path in each cell, by row
+    origin: tuple[int, int]  # pixel where the first cell starts (after the labels)
+    cell: int  # cell side in pixels; images are centred in their cell
     width: int
     height: int
 
@@ -130,6 +134,13 @@ def draw(run: Path, to: Path, x: str | None = None, y: str | None = None,
     if len(groups) > MAX_SHEETS:
         raise GridError(f"these images make {len(groups)} sheets (one per combination of "
                         f"{', '.join(pages)}); narrow them with --where or put one on an axis")
+    for members in groups.values():  # before anything is drawn
+        shape = [len({json.dumps(e.get(a), default=str) for e in members}) if a else 1
+                 for a in (x, y)]
+        if shape[0] * shape[1] * MIN_CELL**2 > MAX_SHEET_PIXELS:
+            raise GridError(f"{x} by {y} makes {shape[0]} x {shape[1]} cells, more than a "
+                            f"sheet holds at {MIN_CELL} px a cell; narrow with --where or "
+                            "choose other axes")
     sheets = []
     for number, (key, members) in enumerate(groups.items()):
         fixed = [f for f in candidates(members) if f not in (x, y) and f not in pages
@@ -152,20 +163,21 @@ def _sheet(run: Path, stem: Path, members: list[Entry], x: str, y: str | None,
         placed.setdefault((rows.index(e.get(y)) if y else 0, columns.index(e.get(x))), e)
     # 1. sizes: cells fit the largest image, capped, and shrunk to keep the sheet bounded
     side = min(cell, max(max(e.params["width"], e.params["height"]) for e in members))
-    while side > 32 and side * side * len(columns) * len(rows) > MAX_SHEET_PIXELS:
+    while side > MIN_CELL and side * side * len(columns) * len(rows) > MAX_SHEET_PIXELS:
         side = side * 3 // 4
     font = ImageFont.load_default(size=max(12, side // 14))
     line = font.getbbox("Ag")[3] + 4
-    texts = {"columns": tuple(_axis_label(members, x, v, y) for v in columns),
-             "rows": tuple(_axis_label(members, y, v, x) for v in rows) if y else ()}
+    texts = {"columns": _axis_labels(members, x, columns, y),
+             "rows": _axis_labels(members, y, rows, x) if y else ()}
     col_labels = [_wrap(t, font, side) for t in texts["columns"]]
     row_labels = [_wrap(t, font, side) for t in texts["rows"]] or [[]]
     left = (max(max((font.getlength(t) for t in lines), default=0) for lines in row_labels)
             + 16 if y else 0)
+    width = max(MIN_WIDTH, int(left) + side * len(columns))  # room for the title
     title_lines = _wrap(f"x: {x}" + (f", y: {y}" if y else "") + "; " + ", ".join(
-        f"{k}: {v}" for k, v in title.items()), font, int(left) + side * len(columns))
+        f"{k}: {v}" for k, v in title.items()), font, width - 8, most=8)
     header = line * (len(title_lines) + max(len(c) for c in col_labels)) + 16
-    width, height = int(left) + side * len(columns), header + side * len(rows)
+    height = header + side * len(rows)
     # 2. paint: title, column labels, row labels, then each cell
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     pen = ImageDraw.Draw(sheet)
@@ -188,20 +200,25 @@ def _sheet(run: Path, stem: Path, members: list[Entry], x: str, y: str | None,
     # 3. save, with what the sheet shows
     record = Sheet(stem, x, y, tuple(label(v) for v in columns),
                    tuple(label(v) for v in rows) if y else (), title, texts, tuple(cells),
-                   width, height)
+                   (int(left), header), side, width, height)
     return _save(sheet, record)
 
 
-def _axis_label(members: list[Entry], axis: str, value: Any, other: str | None) -> str:
-    """"sampler: dpmpp_2m", with the settings that change along with it on this sheet
-    ("scheduler: karras"), so that a label says all that differs."""
-    text = f"{axis}: {label(value)}"
+def _axis_labels(members: list[Entry], axis: str, values: list[Any],
+                 other: str | None) -> tuple[str, ...]:
+    """"sampler: dpmpp_2m" for each value, with the settings that change along with the axis on
+    this sheet ("scheduler: karras"), so that a label says all that differs."""
     moving = varying(members, [f for f in (*PREFERENCE, "negative") if f not in (axis, other)])
-    same = [e for e in members if e.get(axis) == value]
-    for f in moving:
-        if determined(members, f, [axis]):
-            text += f", {f}: {label(same[0].get(f))}"
-    return text
+    companions = [f for f in moving if determined(members, f, [axis])]
+    first: dict[str, Entry] = {}
+    for e in members:
+        first.setdefault(json.dumps(e.get(axis), default=str), e)
+    labels = []
+    for value in values:
+        entry = first[json.dumps(value, default=str)]
+        labels.append(", ".join([f"{axis}: {label(value)}",
+                                 *(f"{f}: {label(entry.get(f))}" for f in companions)]))
+    return tuple(labels)
 
 
 def _paste(sheet: Image.Image, pen: ImageDraw.ImageDraw, source: Path | None,
@@ -232,7 +249,7 @@ def _wrap(text: str, font, width: int, most: int = 4) -> list[str]:
 def _save(image: Image.Image, sheet: Sheet) -> Sheet:
     record = json.dumps({"x": sheet.x, "y": sheet.y, "columns": sheet.columns,
                          "rows": sheet.rows, "title": sheet.title, "labels": sheet.labels,
-                         "cells": sheet.cells},
+                         "cells": sheet.cells, "origin": sheet.origin, "cell": sheet.cell},
                         ensure_ascii=False)
     buffer = io.BytesIO()
     if image.width * image.height > JPEG_ABOVE:

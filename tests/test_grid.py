@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.helpers import run_farm
@@ -27,15 +28,15 @@ def test_default_axes_are_the_settings_that_vary(finished_run, tmp_path, capsys)
     assert capsys.readouterr().out.count("2 x 2 cells (cfg by seed)") == 3
     with Image.open(sheets[0]) as image:
         sheet = np.asarray(image.convert("RGB"))
-    # every cell is its image, unscaled, at the bottom right of the labels
-    height, width, _ = sheet.shape
-    left, top = width - 2 * 64, height - 2 * 64
+    # every cell is its image, unscaled, after the labels
+    (left, top), height = record["origin"], sheet.shape[0]
+    assert record["cell"] == 64 and top + 2 * 64 == height
     for r, row in enumerate(record["cells"]):
         for c, path in enumerate(row):
             cell = sheet[top + 64 * r: top + 64 * (r + 1), left + 64 * c: left + 64 * (c + 1)]
             assert (cell == np.asarray(Image.open(finished_run / path).convert("RGB"))).all()
     # labels: ink above the cells and left of them, on a white background
-    assert (sheet[:top, left:] < 128).any() and (sheet[top:, :left] < 128).any()
+    assert (sheet[:top, left:left + 128] < 128).any() and (sheet[top:, :left] < 128).any()
     assert (sheet[:top, :left] == 255).mean() > 0.5
 
 
@@ -60,6 +61,15 @@ def test_bad_grids_are_refused(finished_run, tmp_path, capsys):
     assert run_farm("grid", str(finished_run), "--where", "seed=99") == 2
     assert "no finished images match seed=99" in capsys.readouterr().err
     assert not (finished_run / "grids").exists()
+
+
+def test_a_sheet_too_large_to_draw_is_refused(finished_run, tmp_path, monkeypatch):
+    from farm import grid
+
+    monkeypatch.setattr(grid, "MAX_SHEET_PIXELS", 3 * 32 * 32)  # fewer than 2 x 2 small cells
+    with pytest.raises(grid.GridError, match="cfg by seed makes 2 x 2 cells"):
+        grid.draw(finished_run, tmp_path, "cfg", "seed", grid.Where.parse(["prompt~owl"]))
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_recipe_draws_its_grids_after_rendering(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,7 @@ MAX_SHEETS = 200
 MAX_SHEET_PIXELS = 100_000_000  # cells shrink to stay under this
 MIN_WIDTH = 480  # pixels: a sheet of one or two small cells still has room for its title
 MIN_CELL = 32  # pixels: cells are not shrunk below this
+MAX_CELLS_SIDE = 60_000  # pixels of cells along one side: JPEG's limit is 65,500 in all
 JPEG_ABOVE = 25_000_000  # pixels; a PNG of this many pixels of noise is ~75 MB
 BACKGROUND, INK, EMPTY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
 
@@ -137,7 +138,8 @@ def draw(run: Path, to: Path, x: str | None = None, y: str | None = None,
     for members in groups.values():  # before anything is drawn
         shape = [len({json.dumps(e.get(a), default=str) for e in members}) if a else 1
                  for a in (x, y)]
-        if shape[0] * shape[1] * MIN_CELL**2 > MAX_SHEET_PIXELS:
+        if (shape[0] * shape[1] * MIN_CELL**2 > MAX_SHEET_PIXELS
+                or max(shape) * MIN_CELL > MAX_CELLS_SIDE):
             raise GridError(f"{x} by {y} makes {shape[0]} x {shape[1]} cells, more than a "
                             f"sheet holds at {MIN_CELL} px a cell; narrow with --where or "
                             "choose other axes")
@@ -163,8 +165,9 @@ def _sheet(run: Path, stem: Path, members: list[Entry], x: str, y: str | None,
         placed.setdefault((rows.index(e.get(y)) if y else 0, columns.index(e.get(x))), e)
     # 1. sizes: cells fit the largest image, capped, and shrunk to keep the sheet bounded
     side = min(cell, max(max(e.params["width"], e.params["height"]) for e in members))
-    while side > MIN_CELL and side * side * len(columns) * len(rows) > MAX_SHEET_PIXELS:
-        side = side * 3 // 4
+    while side > MIN_CELL and (side * side * len(columns) * len(rows) > MAX_SHEET_PIXELS
+                               or side * max(len(columns), len(rows)) > MAX_CELLS_SIDE):
+        side = max(MIN_CELL, side * 3 // 4)
     font = ImageFont.load_default(size=max(12, side // 14))
     line = font.getbbox("Ag")[3] + 4
     texts = {"columns": _axis_labels(members, x, columns, y),

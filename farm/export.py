@@ -75,13 +75,18 @@ class Selection:
         return catalog.entries(self.run, self.where)
 
     def present(self, report: Report) -> Iterator[tuple[Entry, Path]]:
-        """The selected entries whose files are there, with those files; the rest counted."""
-        for entry in self.entries():
-            source = self.run / entry.path
-            if source.is_file():
-                yield entry, source
-            else:
-                report.missing += 1
+        """The selected entries whose files are there, with those files; the rest counted.
+        A progress bar follows them (TQDM_DISABLE=1 hides it)."""
+        from tqdm import tqdm
+
+        with tqdm(total=self.count, desc="export", unit="img", dynamic_ncols=True) as bar:
+            for entry in self.entries():
+                bar.update()
+                source = self.run / entry.path
+                if source.is_file():
+                    yield entry, source
+                else:
+                    report.missing += 1
 
     def columns(self, entry: Entry) -> dict[str, Any]:
         """A row of the dataset: the job's fields, template values and prompt-file columns

@@ -129,12 +129,19 @@ def manifest_of(folder: Path) -> Path:
     return manifest
 
 
-def entries(folder: Path, where: Where = Where()) -> Iterator[Entry]:
-    """Every image the manifest records as done and that matches, in file order, streamed.
-    Whether its file is still there is the caller's to check (exports count the missing)."""
+ORDERS = {
+    "file": "seq",  # the order files were numbered in
+    "finished": "run_id, seq",  # by the run that made them: what a later run adds comes last
+}
+
+
+def entries(folder: Path, where: Where = Where(), order: str = "file") -> Iterator[Entry]:
+    """Every image the manifest records as done and that matches, streamed, in file order or in
+    the order of the runs that finished them. Whether its file is still there is the caller's
+    to check (exports count the missing)."""
     db = sqlite3.connect(f"file:{manifest_of(folder)}?mode=ro", uri=True, timeout=30)
     try:
-        cursor = db.execute("SELECT * FROM jobs WHERE status = 'done' ORDER BY seq")
+        cursor = db.execute(f"SELECT * FROM jobs WHERE status = 'done' ORDER BY {ORDERS[order]}")
         names = [c[0] for c in cursor.description]
         for values in cursor:
             row = dict(zip(names, values))

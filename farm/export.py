@@ -71,16 +71,16 @@ class Selection:
     nested: dict[str, tuple[str, ...]]  # "values"/"fields" -> every key any selected row has
     count: int  # rows selected when they were scanned
 
-    def entries(self) -> Iterator[Entry]:
-        return catalog.entries(self.run, self.where)
+    def entries(self, order: str = "file") -> Iterator[Entry]:
+        return catalog.entries(self.run, self.where, order)
 
-    def present(self, report: Report) -> Iterator[tuple[Entry, Path]]:
+    def present(self, report: Report, order: str = "file") -> Iterator[tuple[Entry, Path]]:
         """The selected entries whose files are there, with those files; the rest counted.
         A progress bar follows them (TQDM_DISABLE=1 hides it)."""
         from tqdm import tqdm
 
         with tqdm(total=self.count, desc="export", unit="img", dynamic_ncols=True) as bar:
-            for entry in self.entries():
+            for entry in self.entries(order):
                 bar.update()
                 source = self.run / entry.path
                 if source.is_file():
@@ -146,8 +146,9 @@ def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -
 
 
 def webdataset(selection: Selection, to: Path, options: Options, state: dict) -> Report:
-    """Tar shards of `shard_size` images, `{id}.png` (or .jpg, .webp) + `{id}.json`, in file
-    order. A shard whose images are unchanged since the last export is kept as it is."""
+    """Tar shards of `shard_size` images, `{id}.png` (or .jpg, .webp) + `{id}.json`, ordered by
+    the run that finished each image: what later runs add (new jobs, retries that succeeded)
+    comes after what an earlier export holds, so a shard whose images are unchanged is kept."""
     report, shards = Report(), state.setdefault("shards", {})
     chunk: list[tuple[Entry, Path]] = []
     index = 0
@@ -167,7 +168,7 @@ def webdataset(selection: Selection, to: Path, options: Options, state: dict) ->
         report.files.append(name)
         index, chunk = index + 1, []
 
-    for item in selection.present(report):
+    for item in selection.present(report, order="finished"):
         chunk.append(item)
         if len(chunk) == options.shard_size:
             flush()

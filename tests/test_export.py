@@ -200,3 +200,28 @@ def test_imagefolder_can_hard_link_instead_of_copying(finished_run, tmp_path):
     for line in (tmp_path / "linked" / "metadata.jsonl").read_text().splitlines():
         name = json.loads(line)["file_name"]
         assert (tmp_path / "linked" / name).stat().st_ino == (finished_run / name).stat().st_ino
+
+
+def test_webdataset_shards_stay_put_when_a_retry_succeeds_later(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with sqlite3.connect(run / "manifest.sqlite") as db:  # the first job failed in run 1
+        first, = db.execute("SELECT id FROM jobs ORDER BY seq LIMIT 1").fetchone()
+        db.execute("UPDATE jobs SET status = 'failed' WHERE id = ?", (first,))
+    args = ("export", str(run), "--format", "webdataset", "--to", str(tmp_path / "w"),
+            "--shard-size", "4")
+    assert run_farm(*args) == 0  # 11 images: shards of 4, 4, 3
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "w").glob("*.tar")}
+    with sqlite3.connect(run / "manifest.sqlite") as db:  # ... and succeeded in run 2
+        db.execute("UPDATE jobs SET status = 'done', run_id = 2 WHERE id = ?", (first,))
+    capsys.readouterr()
+    assert run_farm(*args) == 0
+    assert "(4 written, 8 already there)" in capsys.readouterr().out  # only the last shard
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "w").glob("*.tar")}
+    assert {k: after[k] for k in ("shard-000000.tar", "shard-000001.tar")} == {
+        k: stamps[k] for k in ("shard-000000.tar", "shard-000001.tar")}
+    import webdataset as wds
+
+    keys = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "w").glob(
+        "*.tar")), shardshuffle=False)]
+    assert len(keys) == 12 and keys[-1] == first

@@ -280,8 +280,8 @@ def export(run: Path, to: Path, options: Options) -> Report:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ExportError("--format parquet needs pyarrow: pip install 'farm[export]' "
-                              "(or pip install pyarrow)") from None
+            raise ExportError("--format parquet needs pyarrow: pip install pyarrow (farm's "
+                              "export extra: pip install -e '.[export]' in a clone)") from None
     if options.shard_size < 1:
         raise ExportError(f"--shard-size: got {options.shard_size}; expected 1 or more")
     state = _load_state(to, run, options)

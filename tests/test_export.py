@@ -225,3 +225,14 @@ def test_webdataset_shards_stay_put_when_a_retry_succeeds_later(finished_run, tm
     keys = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "w").glob(
         "*.tar")), shardshuffle=False)]
     assert len(keys) == 12 and keys[-1] == first
+
+
+def test_parquet_without_pyarrow_says_what_to_install(finished_run, tmp_path, monkeypatch,
+                                                      capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    assert run_farm("export", str(finished_run), "--format", "parquet",
+                    "--to", str(tmp_path / "p")) == 2
+    assert "needs pyarrow: pip install pyarrow" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -34,12 +34,12 @@ def main() -> None:
         Path("recipes/scale.yaml").write_text(
             "prompt: [a, b, c, d, e, f, g, h, i, j]\n"
             f"seeds: {{start: 0, count: {args.jobs // 10}}}\nsize: 64x64\nbatch_size: 8\n")
-        from farm import cli, compose, plan
+        from farm import compose, plan, run
         from farm.finished import Finished
         from farm.manifest import Manifest
 
         settings = compose.compose(["recipe=scale", "runtime=inline"])
-        found = compose.resolve_models(settings.recipe)
+        found = run.resolve_models(settings.recipe)
         print(f"recipe: {settings.recipe.job_count:,} jobs")
 
         started = time.perf_counter()
@@ -61,12 +61,12 @@ def main() -> None:
                  for n, job in enumerate(plan.jobs(settings.recipe, found))))
 
         started = time.perf_counter()
-        counts = cli.count(settings, found)
+        counts = run.count(settings.recipe, settings.folder, found)
         diff = time.perf_counter() - started
 
         started = time.perf_counter()
         with Manifest(settings.folder.manifest, readonly=True) as manifest:
-            work = cli.pending_work(settings, found, Finished(settings.folder, manifest))
+            work = run.pending_work(settings.recipe, found, Finished(settings.folder, manifest))
         scan = time.perf_counter() - started
 
         print(f"build jobs only (baseline)       {baseline:6.1f} s   {built:,} jobs")

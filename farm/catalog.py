@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# what a filter or a grid axis may name, besides values.NAME and fields.NAME
-FIELDS = ("id", "checkpoint", "checkpoint_identity", "vae", "vae_identity", "prompt", "negative",
-          "seed", "sampler", "scheduler", "steps", "cfg", "size", "width", "height", "clip_skip",
-          "dtype", "template")
+from farm.fields import COLUMNS
+
+# what a filter or a grid axis may name, besides values.NAME and fields.NAME: every job column
+# (farm/fields.py) and size (WxH)
+FIELDS = (*COLUMNS, "size")
 NESTED = ("values", "fields")  # template choices, prompt-file columns
-CONDITION = re.compile(r"(?P<field>[A-Za-z_][\w.]*)\s*(?P<op>!=|=|~)(?P<value>.*)", re.S)
+# a nested name may hold anything but the operators: values.{red|green}=red
+CONDITION = re.compile(r"(?P<field>(?:values|fields)\.[^=!~]+?|[A-Za-z_]\w*)\s*"
+                       r"(?P<op>!=|=|~)(?P<value>.*)", re.S)
 
 
 class CatalogError(ValueError):
@@ -80,14 +83,35 @@ class Condition:
 
 
 def _equal(actual: Any, given: str) -> bool:
+    """Whether a recorded value equals a filter's text: null as none/null/empty, booleans in
+    any case (JSON's false, Python's False), numbers as numbers whether recorded as numbers or
+    as text (a CSV's "1.0" is 1), whole numbers exactly (seeds run to 2**64)."""
     if actual is None:
         return given.strip().lower() in ("", "none", "null")
-    if isinstance(actual, (int, float)) and not isinstance(actual, bool):
-        try:
-            return float(given) == float(actual)
-        except ValueError:
-            return False
+    if isinstance(actual, bool):
+        return given.strip().lower() == str(actual).lower()
+    left, right = _number(actual), _number(given)
+    if left is not None and right is not None:
+        return left == right
     return str(actual) == given
+
+
+def _number(value: Any) -> int | float | None:
+    """A value as a number (an int when it is whole: exact beyond 2**53), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from farm import catalog, export, grid, models, plan, schedule
+from farm import catalog, export, grid, models, run
 from farm import recipe as recipes
-from farm.compose import BadInput, Settings, compose, resolve_models
+from farm.compose import BadInput, Settings, compose
 from farm.export import ExportError
-from farm.finished import Finished
 from farm.grid import GridError
-from farm.jobs import Model
-from farm.manifest import Manifest
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
 from farm.schedule import RuntimeUnavailable, Summary
@@ -40,62 +32,18 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # 1. the recipe commands ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Counts:
-    planned: int  # distinct jobs
-    done: int
-    failed: int
-    repeats: int = 0  # jobs the plan reaches a second time (rendered once)
-
-    @property
-    def pending(self) -> int:
-        return self.planned - self.done
-
-
-def count(settings: Settings, found: dict[str, Model]) -> Counts:
-    """How many jobs of the plan are done, and how many failed last time they were tried."""
-    folder, recipe = settings.folder, settings.recipe
-    repeated = plan.repeated_prompts(recipe)
-    if not folder.manifest.exists() and not repeated:
-        return Counts(recipe.job_count, 0, 0)
-    states: Counter[str] = Counter()
-    manifest = Manifest(folder.manifest, readonly=True) if folder.manifest.exists() else None
-    try:
-        stream = plan.distinct(plan.jobs(recipe, found), repeated)
-        for _, state in Finished(folder, manifest).mark(stream):
-            states[state] += 1
-    finally:
-        if manifest:
-            manifest.close()
-    planned = sum(states.values())
-    return Counts(planned, states["done"], states["failed"], recipe.job_count - planned)
-
-
 def command_plan(settings: Settings) -> int:
-    found = resolve_models(settings.recipe)
+    found = run.resolve_models(settings.recipe)
     r = settings.recipe
     print(f"recipe {r.name} -> {settings.folder.root}")
-    shown = {
-        "checkpoint": ", ".join(r.checkpoint),
-        "vae": ", ".join(v or "(checkpoint's own)" for v in r.vae),
-        "prompt": f"{len(r.prompt)} item(s)" + ("" if r.expansion.mode == "combinatorial"
-                                                  else f", random x {r.expansion.count}"),
-        "sampler": ", ".join(r.sampler),
-        "scheduler": ", ".join(r.scheduler),
-        "steps": ", ".join(map(str, r.steps)),
-        "cfg": ", ".join(f"{c:g}" for c in r.cfg),
-        "size": ", ".join(f"{w}x{h}" for w, h in r.size),
-        "clip_skip": ", ".join(map(str, r.clip_skip)),
-        "seeds": ", ".join(f"{s.start}-{s.stop - 1}" if len(s) > 1 else str(s.start)
-                           for s in r.seeds),
-    }
     lengths = r.axis_lengths()
     for axis in recipes.AXES:
-        print(f"  {axis:<11}{lengths[axis]:>8}  {shown[axis]}")
+        print(f"  {axis:<11}{lengths[axis]:>8}  {r.shown(axis)}")
+    print(f"  {'dtype':<11}{1:>8}  {r.dtype}")
     combined = r.combined_axes()
     for group in (a for a in combined if len(a) > 1):
         print(f"  {'+'.join(group)} zipped: {lengths[group[0]]} together")
-    counts = count(settings, found)
+    counts = run.count(r, settings.folder, found)
     product = " x ".join(f"{lengths[a[0]]} {'+'.join(a)}" for a in combined)
     repeats = (f"; {counts.repeats} more are reached twice (two prompt rows give the same "
                "prompt) and rendered once" if counts.repeats else "")
@@ -105,73 +53,24 @@ def command_plan(settings: Settings) -> int:
     return EXIT_OK
 
 
-def pending_work(settings: Settings, found: dict[str, Model],
-                 finished: Finished) -> list[schedule.Work]:
-    """The pending batches of each model group, streamed, with their job counts."""
-    recipe = settings.recipe
-    work = []
-    for group in plan.groups(recipe):
-        left = sum(1 for _ in finished.pending(plan.jobs(recipe, found, group)))
-        if left:
-            ckpt, vae = group
-            key = (found[ckpt].identity, found[vae].identity if vae else None)
-            stream = plan.batches(finished.pending(plan.jobs(recipe, found, group)),
-                                  recipe.batch_size)
-            work.append(schedule.Work(key, stream, left))
-    return work
-
-
 def command_render(settings: Settings) -> int:
-    found = resolve_models(settings.recipe)
-    folder, recipe = settings.folder, settings.recipe
-    stored = folder.stored_suffix()
-    if stored not in (None, recipe.image.suffix):
-        raise BadInput(f"recipe {recipe.name}: format: got {recipe.image.kind!r}, but "
-                       f"{folder.root} holds {stored} images; a run folder keeps one format "
-                       "(render into another name=..., or farm export to convert)")
-    if folder.manifest.exists():
-        with Manifest(folder.manifest, readonly=True) as manifest:
-            all_done = Finished(folder, manifest).all_done(plan.jobs(recipe, found))
-    else:
-        all_done = False
-    if all_done:
-        print(f"{recipe.name}: all {recipe.job_count} images are already done in "
+    outcome = run.render(settings)
+    summary, folder = outcome.summary, outcome.folder
+    if summary.rendered == summary.failed == summary.unfinished == 0 \
+            and summary.skipped == summary.planned:
+        print(f"{settings.recipe.name}: all {summary.planned} images are already done in "
               f"{folder.root}; nothing to render")
-        draw_recipe_grids(recipe, folder)
-        return EXIT_OK
-    backend = schedule.start(settings.runtime, folder, recipe.name)  # fails fast, writes nothing
-    try:
-        with folder.locked(), Manifest(folder.manifest) as manifest:
-            folder.remove_partial_files()
-            run_id = manifest.begin_run(settings.resolved, recipe.job_count)
-            # again, under the lock: another render may have finished some in the meantime
-            work = pending_work(settings, found, Finished(folder, manifest, run_id))
-            pending = sum(w.left for w in work)
-            summary = Summary(planned=recipe.job_count, skipped=recipe.job_count - pending)
-            folder.save_recipe(run_id, settings.resolved)
-            try:
-                schedule.run(backend, work, recipe.batch_size, folder, manifest, run_id,
-                             settings.runtime, summary, label=recipe.name)
-            finally:
-                manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
-                                 summary.seconds)
-    finally:
-        backend.close()
-    print(describe(summary, folder))
-    draw_recipe_grids(recipe, folder)
-    return EXIT_FAILED if summary.failed or summary.unfinished else EXIT_OK
-
-
-def draw_recipe_grids(recipe: recipes.Recipe, folder: RunFolder) -> None:
-    """The contact sheets a recipe asks for, from every finished image that matches."""
-    for spec in recipe.grids:
-        try:
-            sheets = grid.draw(folder.root, folder.root / "grids", spec.x, spec.y,
-                               catalog.Where.parse(spec.where))
-        except (grid.GridError, catalog.CatalogError) as e:
-            print(f"farm: grid not drawn: {e}", file=sys.stderr)
-            continue
-        print(f"Drew {len(sheets)} contact sheet(s): " + ", ".join(str(s.path) for s in sheets))
+    else:
+        print(describe(summary, folder))
+    if outcome.refreshed:
+        print(f"Updated the recorded prompt details (template, values, file columns) of "
+              f"{outcome.refreshed} finished images to what the recipe now says.")
+    for error in outcome.grid_errors:
+        print(f"farm: grid not drawn: {error}", file=sys.stderr)
+    if outcome.sheets:
+        print(f"Drew {len(outcome.sheets)} contact sheet(s): "
+              + ", ".join(str(s.path) for s in outcome.sheets))
+    return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
 def describe(summary: Summary, folder: RunFolder) -> str:
@@ -200,46 +99,28 @@ def describe(summary: Summary, folder: RunFolder) -> str:
 
 
 def command_status(args: list[str], as_json: bool) -> int:
-    folder_arg = next((a for a in args if "=" not in a), None)
-    if folder_arg is not None:
-        folder = RunFolder(Path(folder_arg))
+    named = [a for a in args if "=" not in a]
+    if named:  # a run folder: counted against the recipe its last run recorded
+        fields = [a for a in args if "=" in a and not a.startswith(("runtime", "outputs="))]
+        if len(named) > 1 or fields:
+            raise BadInput(f"{' '.join(args)}: give one run folder (counted against the recipe "
+                           "its last run recorded), or recipe=NAME and overrides")
+        folder = RunFolder(Path(named[0]))
         if not folder.manifest.exists():
-            raise BadInput(f"{folder_arg!r} is not a run folder (it has no manifest.sqlite)")
-        with Manifest(folder.manifest, readonly=True) as manifest:
-            last = manifest.last_run()
-        if last is None:
-            raise BadInput(f"{folder_arg!r} has no recorded run")
-        saved = yaml.safe_load(last["recipe"])
-        kept = [o for o in saved["overrides"] if not o.startswith("outputs=")]
-        rebuilt = [f"recipe={saved['recipe']}", *kept,
-                   f"outputs={folder.root.parent}"]
-        settings = compose(rebuilt + [a for a in args if "=" in a])
+            raise BadInput(f"{named[0]!r} is not a run folder (it has no manifest.sqlite)")
+        report = run.status(folder, None)
     else:
         settings = compose(args)
-        folder = settings.folder
-    counts = count(settings, resolve_models(settings.recipe))
-    report: dict[str, Any] = {
-        "folder": str(folder.root), "recipe": settings.recipe.name,
-        "planned": counts.planned, "done": counts.done,
-        "pending": counts.pending, "failed": counts.failed, "last_run": None,
-    }
-    if folder.manifest.exists():
-        with Manifest(folder.manifest, readonly=True) as manifest:
-            last = manifest.last_run()
-            report["failures"] = [{"id": i, "path": p, "error": e}
-                                  for i, p, e in manifest.failures()]
-        if last:
-            report["last_run"] = {k: last[k] for k in ("id", "started_at", "ended_at",
-                                                       "rendered", "failed", "seconds")}
+        report = run.status(settings.folder, settings)
     if as_json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    run = report["last_run"]
-    state = ("never run" if run is None else
-             f"run {run['id']} started {run['started_at']}, "
-             + (f"ended {run['ended_at']}" if run["ended_at"] else "still running (or killed)"))
-    print(f"{report['folder']}: {counts.done} done, {counts.pending} pending, "
-          f"{counts.failed} failed, of {counts.planned} planned; {state}")
+    last = report["last_run"]
+    state = ("never run" if last is None else
+             f"run {last['id']} started {last['started_at']}, "
+             + (f"ended {last['ended_at']}" if last["ended_at"] else "still running (or killed)"))
+    print(f"{report['folder']}: {report['done']} done, {report['pending']} pending, "
+          f"{report['failed']} failed, of {report['planned']} planned; {state}")
     return EXIT_OK
 
 

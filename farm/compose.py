@@ -7,6 +7,7 @@ composed by Hydra with the command-line overrides; the result is checked by reci
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,9 +15,7 @@ from typing import Any
 
 import yaml
 
-from farm import models
 from farm import recipe as recipes
-from farm.jobs import Model
 from farm.outputs import RunFolder
 from farm.schedule import Runtime
 
@@ -96,6 +95,49 @@ def check_overrides(overrides: list[str]) -> None:
                            f"set it whole, e.g. {root}=...")
 
 
+REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_interpolations(config: Any, recipe: str, field: str = "") -> None:
+    """A recipe is data: `${field}` may refer to another recipe field (Hydra composition), but
+    no resolver runs (`${oc.env:HOME}` would read the environment) and nothing else is
+    evaluated. `\\${` writes a literal `${`; a lone `$` is just a character."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            check_interpolations(value, recipe, f"{field}.{key}" if field else str(key))
+    elif isinstance(config, list):
+        for index, value in enumerate(config):
+            check_interpolations(value, recipe, f"{field}[{index}]")
+    elif isinstance(config, str):
+        for inner in _interpolations(config):
+            allowed = (f"a recipe is data: ${{...}} may only name another recipe field (e.g. "
+                       f"${{size}}); write \\${{ for a literal ${{")
+            if ":" in inner or "${" in inner:
+                raise BadInput(f"recipe {recipe}: {field}: got {config!r}; ${{{inner}}} calls a "
+                               f"resolver, which farm never runs; {allowed}")
+            root = inner.split(".")[0]
+            if not REFERENCE.fullmatch(inner) or root not in (*recipes.DEFAULTS, *SETTINGS):
+                raise BadInput(f"recipe {recipe}: {field}: got {config!r}; ${{{inner}}} names "
+                               f"no recipe field; {allowed}")
+
+
+def _interpolations(text: str) -> list[str]:
+    """The insides of the `${...}` of a string (outermost only), skipping escaped `\\${`."""
+    found, start = [], 0
+    while (at := text.find("${", start)) >= 0:
+        if at and text[at - 1] == "\\":
+            start = at + 2
+            continue
+        depth, end = 0, at
+        for end in range(at, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0 and text[end] == "}":
+                break
+        found.append(text[at + 2:end])
+        start = end + 1
+    return found
+
+
 def compose(args: list[str]) -> Settings:
     """Recipe file + command-line overrides + runtime group, composed by Hydra, then checked."""
     from hydra import compose as hydra_compose
@@ -126,46 +168,19 @@ def compose(args: list[str]) -> Settings:
     try:
         with initialize(version_base=None, config_path=None):
             cfg = hydra_compose("farm", overrides=overrides)
-        runtime = OmegaConf.to_object(cfg.runtime)
-        config = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise BadInput(f"command line: {e}".strip()) from None
+    check_interpolations(OmegaConf.to_container(cfg, resolve=False), path.stem)
+    try:
+        runtime = OmegaConf.to_object(cfg.runtime)
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise BadInput(f"recipe {path.stem}: {e}".strip()) from None
     del config["runtime"]
     outputs = Path(str(config.pop("outputs")))
     recipe = recipes.parse(config, source=path.stem, base=path.parent)
-    resolved = yaml.safe_dump({"recipe": str(path), "overrides": overrides, **config,
-                               "runtime": OmegaConf.to_container(cfg.runtime)}, sort_keys=False)
+    resolved = yaml.safe_dump({"recipe": str(path.resolve()), "base": str(path.parent.resolve()),
+                               "overrides": overrides, **config,
+                               "runtime": OmegaConf.to_container(cfg.runtime)},
+                              sort_keys=False, allow_unicode=True)
     return Settings(recipe=recipe, runtime=runtime, outputs=outputs, resolved=resolved)
-
-
-def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
-    """Every checkpoint and VAE of the recipe, checked and identified."""
-    found: dict[str, Model] = {}
-    for field, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae)):
-        seen: dict[str, str] = {}
-        for ref in refs:
-            if ref is None:
-                continue
-            if ref not in found:
-                found[ref] = models.resolve(ref, field)
-            twin = seen.setdefault(found[ref].identity, ref)
-            if twin != ref:  # two spellings of one model would plan every job twice
-                raise BadInput(f"recipe {recipe.name}: {field}: {twin!r} and {ref!r} are the same "
-                               f"model (identity {found[ref].identity[:16]}...); list it once")
-    for ref in recipe.checkpoint:
-        check_family(recipe, ref, models.family(found[ref]))
-    return found
-
-
-def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
-    """Refuse recipe fields that this checkpoint's pipeline does not take."""
-    problems = {
-        "negative": ("negative_prompt", recipe.uses_negative(), "leave negative and "
-                     "per-prompt negatives empty"),
-        "cfg": ("guidance_scale", recipe.cfg != (recipes.DEFAULTS["cfg"],), "leave cfg unset"),
-        "clip_skip": ("clip_skip", recipe.clip_skip != (1,), "leave clip_skip at 1"),
-    }
-    for field, (needs, used, fix) in problems.items():
-        if used and needs not in family.takes:
-            raise BadInput(f"recipe {recipe.name}: {field}: checkpoint {ref!r} is a "
-                           f"{family.pipeline}, which takes no {needs}; {fix}")

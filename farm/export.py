@@ -24,13 +24,12 @@ from typing import Any
 
 from farm import catalog
 from farm.catalog import Entry, Where
+from farm.fields import COLUMNS
 from farm.outputs import PARTIAL_SUFFIX, write_atomic
 
 FORMATS = ("imagefolder", "webdataset", "parquet")
 STATE = ".farm-export.json"  # hidden: Hugging Face's imagefolder skips it
-JOB_COLUMNS = ("id", "prompt", "negative", "seed", "checkpoint", "checkpoint_identity", "vae",
-               "vae_identity", "sampler", "scheduler", "steps", "cfg", "width", "height",
-               "clip_skip", "dtype", "template")
+JOB_COLUMNS = tuple(COLUMNS)  # every job field (farm/fields.py), models with their identities
 PROVENANCE = ("device", "dtype", "farm", "torch", "diffusers", "transformers")
 ROWS_PER_GROUP, BYTES_PER_GROUP = 1000, 64 << 20  # parquet row groups: bounded memory
 
@@ -235,11 +234,7 @@ def _schema(selection: Selection, with_images: bool):
     import pyarrow as pa
 
     text, whole = pa.string(), pa.int64()
-    types = {"id": text, "prompt": text, "negative": text, "seed": pa.uint64(),
-             "checkpoint": text, "checkpoint_identity": text, "vae": text, "vae_identity": text,
-             "sampler": text, "scheduler": text, "steps": whole, "cfg": pa.float64(),
-             "width": whole, "height": whole, "clip_skip": whole, "dtype": text,
-             "template": text}
+    types = {name: getattr(pa, kind)() for name, kind in COLUMNS.items()}
     for name, keys in selection.nested.items():
         types[name] = pa.struct([(k, text) for k in keys])
     types.update({"pixel_hash": text, "path": text, "seq": whole, "attempts": whole,

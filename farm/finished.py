@@ -13,8 +13,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
-from farm.jobs import Job
-from farm.manifest import Manifest
+from farm.jobs import Job, Slot
+from farm.manifest import Manifest, Seen
 from farm.outputs import RunFolder
 
 WHOLE = 1_000_000  # manifest rows read at once; above, looked up a chunk at a time
@@ -31,27 +31,33 @@ class Finished:
         self._listings: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._rows = manifest.lookup() if manifest and manifest.size() <= WHOLE else None
 
-    def mark(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, str]]:
-        """Each job with its state: done, failed (the last time it was tried) or pending."""
+    def mark(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, str, Seen | None]]:
+        """Each job with its state (done, failed the last time it was tried, or pending) and
+        its manifest row, if it has one."""
         jobs = iter(jobs)
         while chunk := list(islice(jobs, CHUNK)):
             found = (self._rows if self._rows is not None else
                      self.manifest.lookup([job.id for job in chunk]) if self.manifest else {})
             for job in chunk:
-                status, path, claimed = found.get(job.id, ("pending", None, None))
-                if status == "done" and (claimed == self.run_id and claimed is not None
-                                         or not self._present(path)):
+                seen = found.get(job.id)
+                status = "pending" if seen is None else seen.status
+                if status == "done" and (self.run_id is not None and seen.claimed_run == self.run_id
+                                         or not self._present(seen.path)):
                     status = "pending"
                 elif status == "queued":
                     status = "pending"
-                yield job, status
+                yield job, status, seen
 
-    def pending(self, jobs: Iterable[Job]) -> Iterator[Job]:
-        return (job for job, status in self.mark(jobs) if status != "done")
+    def pending(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, Slot | None]]:
+        """The jobs still to render, each with the slot it must be rendered at: where it sat
+        when it was rendered before (its file since lost), else None (anywhere)."""
+        for job, status, seen in self.mark(jobs):
+            if status != "done":
+                yield job, seen.slot if seen is not None and seen.status == "done" else None
 
     def all_done(self, jobs: Iterable[Job]) -> bool:
         """Whether every job is done; stops at the first chunk with one that is not."""
-        return all(status == "done" for _, status in self.mark(jobs))
+        return all(status == "done" for _, status, _ in self.mark(jobs))
 
     def _present(self, path: str) -> bool:
         """One directory listing per image folder, not a stat per file."""

@@ -20,11 +20,28 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from farm import catalog
 from farm.catalog import Entry, Where
+from farm.fields import BATCH, FIELDS, IMAGE, LOAD
 from farm.outputs import write_atomic
 
+
+
+def _preference() -> tuple[str, ...]:
+    """The job fields a sheet may lay out, in the order default axes are chosen: batch settings
+    (cfg and steps first, width and height as one size), then models (a model whose file
+    changed under the same name by its identity), then seed and prompt."""
+    names: list[str] = []
+    for role in (BATCH, LOAD, IMAGE):
+        for f in FIELDS:
+            if f.role == role and f.name not in ("height", "negative"):
+                names.append("size" if f.name == "width" else f.name)
+                names += [f"{f.name}_identity"] if f.model else []
+    first, last = ("cfg", "steps"), ("seed", "prompt")
+    return tuple(sorted(names, key=lambda n: (first.index(n) - 9 if n in first else
+                                              last.index(n) + 9 if n in last else 0)))
+
+
 # axes chosen when none are given: the first that vary, settings before prompts and seeds
-PREFERENCE = ("cfg", "steps", "sampler", "scheduler", "clip_skip", "size", "vae", "checkpoint",
-              "seed", "prompt")
+PREFERENCE = _preference()
 MAX_IMAGES = 10_000  # a contact sheet is for eyes: more needs --where
 MAX_SHEETS = 200
 MAX_SHEET_PIXELS = 100_000_000  # cells shrink to stay under this
@@ -118,8 +135,9 @@ def determined(entries: list[Entry], field: str, by: list[str]) -> bool:
 
 
 def draw(run: Path, to: Path, x: str | None = None, y: str | None = None,
-         where: Where = Where(), cell: int = 512) -> list[Sheet]:
-    """Draw the contact sheets of a run folder's finished images into `to`."""
+         where: Where = Where(), cell: int = 512, prefix: str = "grid") -> list[Sheet]:
+    """Draw the contact sheets of a run folder's finished images into `to`, named
+    PREFIX-X-Y[-NNN]."""
     entries = []
     for entry in catalog.entries(run, where):
         entries.append(entry)
@@ -148,9 +166,10 @@ def draw(run: Path, to: Path, x: str | None = None, y: str | None = None,
         fixed = [f for f in candidates(members) if f not in (x, y) and f not in pages
                  and f not in varying(members, [f])]
         title = {f: label(members[0].get(f)) for f in fixed
-                 if f.partition(".")[0] not in catalog.NESTED and f != "template"}
+                 if f.partition(".")[0] not in catalog.NESTED and f != "template"
+                 and not f.endswith("_identity")}
         title.update(zip(pages, key))
-        name = f"grid-{x}" + (f"-{y}" if y else "") + (f"-{number:03d}" if len(groups) > 1
+        name = f"{prefix}-{x}" + (f"-{y}" if y else "") + (f"-{number:03d}" if len(groups) > 1
                                                         else "")
         sheets.append(_sheet(run, Path(to) / name.replace(".", "_"), members, x, y, title, cell))
     return sheets
@@ -211,7 +230,8 @@ def _axis_labels(members: list[Entry], axis: str, values: list[Any],
                  other: str | None) -> tuple[str, ...]:
     """"sampler: dpmpp_2m" for each value, with the settings that change along with the axis on
     this sheet ("scheduler: karras"), so that a label says all that differs."""
-    moving = varying(members, [f for f in (*PREFERENCE, "negative") if f not in (axis, other)])
+    moving = varying(members, [f for f in (*PREFERENCE, "negative") if f not in (axis, other)
+                               and not f.endswith("_identity")])
     companions = [f for f in moving if determined(members, f, [axis])]
     first: dict[str, Entry] = {}
     for e in members:

@@ -1,12 +1,16 @@
-"""Frozen values that cross module boundaries: Model, Job, Batch, Result; and the job id."""
+"""Frozen values that cross module boundaries: Model, Loadout, Job, Batch, Result; the job id."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from functools import lru_cache
 from typing import Any, ClassVar
+
+from farm.fields import ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
@@ -36,8 +40,27 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Loadout:
+    """What a worker must have loaded to render a batch: the checkpoint's pipeline, with
+    another VAE swapped in when one is given. Equal keys load the same weights."""
+
+    checkpoint: Model
+    vae: Model | None = None  # None: the checkpoint's own VAE
+
+    @property
+    def key(self) -> tuple[str | None, ...]:
+        """The identities of what is loaded: never paths, which differ between nodes."""
+        return tuple(getattr(self, f.name).identity if getattr(self, f.name) else None
+                     for f in FIELDS if f.role == LOAD)
+
+    def __str__(self) -> str:
+        return self.checkpoint.ref + (f" + {self.vae.ref}" if self.vae else "")
+
+
+@dataclass(frozen=True)
 class Job:
-    """One image: every field here except the models' paths decides its pixels."""
+    """One image: every field here except the models' paths decides its pixels. The fields
+    and what each is for are listed once, in farm/fields.py; this class holds their values."""
 
     checkpoint: Model
     vae: Model | None  # None: the checkpoint's own VAE
@@ -56,82 +79,93 @@ class Job:
     # image, never part of its identity, so two routes to the same job give the same id
     context: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
-    def settings(self) -> dict:
-        """The fields other than the models, as they go into ids and metadata alike."""
-        return {
-            "prompt": self.prompt,
-            "negative": self.negative,
-            "seed": self.seed,
-            "sampler": self.sampler,
-            "scheduler": self.scheduler,
-            "steps": self.steps,
-            "cfg": float(self.cfg),
-            "width": self.width,
-            "height": self.height,
-            "clip_skip": self.clip_skip,
-            "dtype": self.dtype,
-        }
+    @property
+    def loadout(self) -> Loadout:
+        return Loadout(self.checkpoint, self.vae)
 
-    def identity_fields(self) -> dict:
-        """What the id covers: model identities, never paths or reference spellings."""
-        return {
-            "v": ID_VERSION,
-            "checkpoint": self.checkpoint.identity,
-            "vae": self.vae.identity if self.vae else None,
-            **self.settings(),
-        }
+    def identity_value(self, name: str) -> Any:
+        """A field's value as the id sees it: a model by its identity, cfg as a float."""
+        value = getattr(self, name)
+        if BY_NAME[name].model:
+            return value.identity if value is not None else None
+        return float(value) if BY_NAME[name].kind is float else value
 
     @property
     def id(self) -> str:
-        """sha256 of the canonical JSON of everything but prompt, negative and seed, then of
-        those three, length-prefixed. The first part is shared by a whole batch group and
-        hashed once (plans run to millions of jobs); the id is cached on the job."""
+        """sha256 of the canonical JSON of the batch fields (models by identity), then of the
+        image fields: prompt, negative and seed length-prefixed, then any later image field
+        not at its default. The first part is shared by a whole batch group and hashed once
+        (plans run to millions of jobs); the id is cached on the job."""
         cached = self.__dict__.get("_id")
         if cached is None:
             digest = _settings_digest(self.batch_key).copy()
             prompt, negative = self.prompt.encode(), self.negative.encode()
             digest.update(b"%d:%b%d:%b%d" % (len(prompt), prompt, len(negative), negative,
                                              self.seed))
+            for f in LATER_IMAGE_FIELDS:
+                value = self.identity_value(f.name)
+                if value != f.id_default:
+                    digest.update(b"\n" + json.dumps([f.name, value]).encode())
             cached = self.__dict__["_id"] = digest.hexdigest()[:ID_LENGTH]
         return cached
 
     @property
-    def batch_key(self) -> tuple:
-        """Jobs with equal keys can share one pipeline call."""
-        return (
-            self.checkpoint.identity,
-            self.vae.identity if self.vae else None,
-            self.sampler,
-            self.scheduler,
-            self.steps,
-            float(self.cfg),
-            self.width,
-            self.height,
-            self.clip_skip,
-            self.dtype,
-        )
+    def batch_key(self) -> tuple[tuple[str, Any], ...]:
+        """(name, value) of every load and batch field that enters the id: jobs with equal keys
+        can share one pipeline call."""
+        pairs = ((f, self.identity_value(f.name)) for f in IDENTITY_FIELDS)
+        return tuple((f.name, value) for f, value in pairs
+                     if f.id_default is ALWAYS or value != f.id_default)
 
     def to_dict(self) -> dict:
-        """Everything needed to render this image again (the `farm` PNG chunk, the manifest)."""
-        return {
-            "id": self.id,
-            "checkpoint": self.checkpoint.ref,
-            "checkpoint_identity": self.checkpoint.identity,
-            "vae": self.vae.ref if self.vae else None,
-            "vae_identity": self.vae.identity if self.vae else None,
-            **self.settings(),
-            **dict(self.context),
-        }
+        """Everything needed to render this image again (the `farm` PNG chunk, the manifest):
+        every field, models as reference and identity, then how the prompt was made."""
+        record: dict[str, Any] = {"id": self.id}
+        for f in FIELDS:
+            value = getattr(self, f.name)
+            if f.model:
+                record[f.name] = value.ref if value is not None else None
+                record[f"{f.name}_identity"] = value.identity if value is not None else None
+            else:
+                record[f.name] = float(value) if f.kind is float else value
+        record.update(self.context)
+        return record
+
+    @staticmethod
+    def from_dict(record: dict, model: Callable[[str, str, str], Model]) -> Job:
+        """The job a to_dict() record describes; `model(field, ref, identity)` finds each model
+        here. A field an older record lacks takes its default."""
+        values: dict[str, Any] = {}
+        for f in FIELDS:
+            if f.model:
+                ref = record.get(f.name)
+                values[f.name] = None if ref is None else model(
+                    f.name, ref, record[f"{f.name}_identity"])
+            elif f.name in record:
+                values[f.name] = record[f.name]
+        values["context"] = tuple((k, record[k]) for k in CONTEXT_KEYS if k in record)
+        return Job(**values)
+
+
+CONTEXT_KEYS = ("template", "values", "fields")  # Row.context: how a prompt was made
+LATER_IMAGE_FIELDS = tuple(f for f in FIELDS if f.role == IMAGE and f.id_default is not ALWAYS)
 
 
 @lru_cache(maxsize=4096)
-def _settings_digest(batch_key: tuple):
-    """A sha256 primed with the canonical JSON of everything but prompt, negative and seed."""
-    ckpt, vae, sampler, scheduler, steps, cfg, width, height, clip_skip, dtype = batch_key
-    fixed = {"v": ID_VERSION, "checkpoint": ckpt, "vae": vae, "sampler": sampler,
-             "scheduler": scheduler, "steps": steps, "cfg": cfg, "width": width,
-             "height": height, "clip_skip": clip_skip, "dtype": dtype}
+def _settings_digest(batch_key: tuple[tuple[str, Any], ...]):
+    """A sha256 primed with the canonical JSON of the load and batch fields."""
+    fixed = {"v": ID_VERSION, **dict(batch_key)}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+
+
+def _check_table() -> None:
+    """The Job's attributes and the field table must name the same fields."""
+    names = [f.name for f in dataclass_fields(Job) if f.name != "context"]
+    if sorted(names) != sorted(BY_NAME):
+        raise TypeError(f"Job fields {names} differ from farm/fields.py's {list(BY_NAME)}")
+
+
+_check_table()
 
 
 @dataclass(frozen=True)
@@ -158,15 +192,17 @@ class ImageFormat:
 class Batch:
     """Jobs rendered by one pipeline call, each with the run-relative path it is written to.
 
-    A batch shorter than `pad_to` is filled up with copies of its first job (rendered, never
-    written): a job's pixels depend on the shape of the call it is in, so rendering every call
-    at the recipe's batch size makes a resumed or repaired image bit-identical to the original.
+    A job's pixels depend on the shape of the call it is in and on its position there, so
+    every call is padded to the recipe's batch size (`pad_to`) with copies of the first job
+    (rendered, never written), and a job rendered again (resume, repair, verify, replay) takes
+    the position it had the first time (`positions`), with padding before and after it.
     """
 
     jobs: tuple[Job, ...]
     paths: tuple[str, ...] = field(default=())
     pad_to: int = 0  # images per pipeline call; 0: just the jobs
     image: ImageFormat = ImageFormat()  # how its files are written
+    positions: tuple[int, ...] = ()  # each job's index in the call; default 0, 1, 2, ...
 
     def __post_init__(self) -> None:
         if not self.jobs:
@@ -175,17 +211,50 @@ class Batch:
             raise ValueError("a batch mixes jobs that cannot share a pipeline call")
         if self.paths and len(self.paths) != len(self.jobs):
             raise ValueError("a batch needs one path per job")
-        if self.pad_to and self.pad_to < len(self.jobs):
+        if self.positions and (len(self.positions) != len(self.jobs)
+                               or len(set(self.positions)) != len(self.positions)
+                               or min(self.positions) < 0):
+            raise ValueError("a batch needs one distinct position per job")
+        if self.pad_to and self.pad_to < max(self.slots) + 1:
             raise ValueError("a batch cannot hold more jobs than its pad_to size")
 
     @property
+    def slots(self) -> tuple[int, ...]:
+        """Each job's index in the pipeline call."""
+        return self.positions or tuple(range(len(self.jobs)))
+
+    @property
     def shape(self) -> tuple[Job, ...]:
-        """The jobs as the pipeline sees them: padded with copies of the first one."""
-        return self.jobs + (self.jobs[0],) * max(0, self.pad_to - len(self.jobs))
+        """The jobs as the pipeline sees them, each at its slot, the rest copies of the first."""
+        call = [self.jobs[0]] * max(self.pad_to, max(self.slots) + 1)
+        for job, slot in zip(self.jobs, self.slots):
+            call[slot] = job
+        return tuple(call)
 
     @property
     def first(self) -> Job:
         return self.jobs[0]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a job sat in its pipeline call: the same call shape gives the same pixels."""
+
+    batch_size: int = 1
+    position: int = 0
+
+    @staticmethod
+    def of(record: dict) -> Slot:
+        """From a `farm` JSON or a manifest row (older images say nothing of their position:
+        they were rendered at 0, or alone)."""
+        size = record.get("batch_size") or 1
+        position = record.get("position") or 0
+        return Slot(size, position if position < size else 0)
+
+    def batch(self, job: Job, path: str, image: ImageFormat = ImageFormat()) -> Batch:
+        """A batch that renders `job` alone, at this slot, padded before and after."""
+        return Batch((job,), (path,), pad_to=self.batch_size, image=image,
+                     positions=(self.position,))
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
-from farm.jobs import Job, Result
+from farm.jobs import Job, Result, Slot
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,6 +52,24 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+class Seen(NamedTuple):
+    """A job's manifest row, as the diff against a plan needs it."""
+
+    status: str  # queued | done | failed
+    path: str
+    claimed_run: int | None  # the run that last handed it out
+    batch_size: int | None  # the call it was last rendered in
+    position: int | None
+
+    @property
+    def slot(self) -> Slot | None:
+        """Where a job that was rendered sat in its call: a re-render goes there again."""
+        return Slot.of(self._asdict()) if self.batch_size else None
+
+
+CHUNK = 10_000  # jobs looked up per query
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -74,14 +94,13 @@ class Manifest:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def lookup(self, ids: list[str] | None = None) -> dict[str, tuple[str, str, int | None]]:
-        """(status, path, the run that last claimed it) of those of `ids` this folder has seen
-        (of every job when None); one query whatever their number (the ids travel as one JSON
-        array)."""
-        query = "SELECT id, status, path, claimed_run FROM jobs"
+    def lookup(self, ids: list[str] | None = None) -> dict[str, Seen]:
+        """What this folder knows of those of `ids` it has seen (of every job when None); one
+        query whatever their number (the ids travel as one JSON array)."""
+        query = "SELECT id, status, path, claimed_run, batch_size, position FROM jobs"
         rows = self.db.execute(query) if ids is None else self.db.execute(
             query + " WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))
-        return {id_: (status, path, claimed) for id_, status, path, claimed in rows}
+        return {row[0]: Seen(*row[1:]) for row in rows}
 
     def size(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
@@ -129,6 +148,30 @@ class Manifest:
                      r.batch_size, r.position, r.worker, r.scheduler, r.provenance, run_id, now(),
                      attempts.get(r.job_id, 1), r.job_id),
                 )
+
+    def has_context(self) -> bool:
+        """Whether any recorded job says how its prompt was made (template, file columns)."""
+        return self.db.execute("SELECT 1 FROM jobs WHERE params LIKE '%\"template\":%' OR "
+                               "params LIKE '%\"fields\":%' LIMIT 1").fetchone() is not None
+
+    def refresh(self, jobs: Iterable[Job]) -> int:
+        """Bring the recorded params of jobs this folder has seen up to date with `jobs` (the
+        same ids, so the same pixels; what differs is how the prompt was made or a model's
+        reference); return how many changed."""
+        changed = 0
+        jobs = iter(jobs)
+        with self.db:
+            while chunk := list(islice(jobs, CHUNK)):
+                stored = dict(self.db.execute(
+                    "SELECT id, params FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps([job.id for job in chunk]),)))
+                for job in chunk:
+                    params = json.dumps(job.to_dict(), ensure_ascii=False)
+                    if job.id in stored and stored[job.id] != params:
+                        self.db.execute("UPDATE jobs SET params = ? WHERE id = ?",
+                                        (params, job.id))
+                        changed += 1
+        return changed
 
     def begin_run(self, recipe_yaml: str, planned: int) -> int:
         with self.db:

@@ -17,13 +17,15 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, PngImagePlugin
 
 from farm import __version__, samplers
+from farm.fields import FIELDS
 from farm.jobs import ImageFormat, Job
 
 SHARD_SIZE = 10_000
@@ -106,37 +108,46 @@ def slug(text: str) -> str:
     return cleaned[:SLUG_LENGTH].rstrip("-") or "image"
 
 
+# How a field's value reads in AUTOMATIC1111's infotext, where it is not the value itself; a
+# field without an infotext label in farm/fields.py is not written there.
+A1111_VALUES: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "sampler": lambda job: {"Sampler": samplers.sampler(job.sampler).a1111},
+    "scheduler": lambda job: {"Schedule type": samplers.schedule(job.scheduler).a1111},
+    "cfg": lambda job: {"CFG scale": f"{job.cfg:g}"},
+    "width": lambda job: {"Size": f"{job.width}x{job.height}"},
+    "clip_skip": lambda job: {"Clip skip": job.clip_skip} if job.clip_skip > 1 else {},
+    "checkpoint": lambda job: {"Model hash": job.checkpoint.short_hash,
+                               "Model": job.checkpoint.name},
+    "vae": lambda job: {"VAE hash": job.vae.short_hash, "VAE": job.vae.name} if job.vae else {},
+}
+
+
 def infotext(job: Job) -> str:
-    """AUTOMATIC1111's `parameters` text, so that other tools read the settings."""
+    """AUTOMATIC1111's `parameters` text, so that other tools read the settings: the prompt, the
+    negative, then `Key: value` for every field with an infotext label, in the table's order."""
     lines = [job.prompt]
     if job.negative:
         lines.append(f"Negative prompt: {job.negative}")
-    fields = {
-        "Steps": job.steps,
-        "Sampler": samplers.sampler(job.sampler).a1111,
-        "Schedule type": samplers.schedule(job.scheduler).a1111,
-        "CFG scale": f"{job.cfg:g}",
-        "Seed": job.seed,
-        "Size": f"{job.width}x{job.height}",
-        **({"Clip skip": job.clip_skip} if job.clip_skip > 1 else {}),
-        "Model hash": job.checkpoint.short_hash,
-        "Model": job.checkpoint.name,
-    }
-    if job.vae:
-        fields.update({"VAE hash": job.vae.short_hash, "VAE": job.vae.name})
-    fields["Version"] = f"farm {__version__}"
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
+    pairs: dict[str, Any] = {}
+    for f in FIELDS:
+        if f.infotext and f.name not in ("prompt", "negative"):
+            show = A1111_VALUES.get(f.name)
+            pairs.update(show(job) if show else {f.infotext: getattr(job, f.name)})
+    pairs["Version"] = f"farm {__version__}"
+    lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
     return "\n".join(lines)
 
 
 def metadata(job: Job, scheduler: dict | None = None, batch_size: int | None = None,
-             image: ImageFormat = ImageFormat()) -> dict:
+             image: ImageFormat = ImageFormat(), position: int = 0) -> dict:
     """The `farm` JSON: enough to render the same image again, the scheduler that ran, the
-    batch size it was rendered at (the same size gives the same pixels, bit for bit), and for
-    a lossy file the format and quality that turned those pixels into the stored ones."""
+    batch size and position it was rendered at (the same call shape gives the same pixels, bit
+    for bit), and for a lossy file the format and quality that turned those pixels into the
+    stored ones."""
     record = {**job.to_dict(), "farm_version": __version__}
     if batch_size:
         record["batch_size"] = batch_size
+        record["position"] = position
     if scheduler:
         record["scheduler_class"] = scheduler["class"]
         record["scheduler_config"] = scheduler["config"]
@@ -154,14 +165,15 @@ def pixel_hash(image: Image.Image) -> str:
 
 
 def write_image(image: Image.Image, path: Path, job: Job, fmt: ImageFormat = ImageFormat(),
-                scheduler: dict | None = None, batch_size: int | None = None) -> str:
+                scheduler: dict | None = None, batch_size: int | None = None,
+                position: int = 0) -> str:
     """Write an image with its metadata atomically; return the hash of the pixels the file
     decodes to (for a lossy format, not quite the rendered ones).
 
     png: the `parameters` infotext and the `farm` JSON as text chunks. jpeg and webp: the
     infotext in EXIF UserComment, where AUTOMATIC1111 puts it, and the `farm` JSON in a sidecar
     `.json` written first, so that an image in place always has its sidecar."""
-    record = json.dumps(metadata(job, scheduler, batch_size, fmt), ensure_ascii=False,
+    record = json.dumps(metadata(job, scheduler, batch_size, fmt, position), ensure_ascii=False,
                         default=str)
     buffer = io.BytesIO()
     if fmt.kind == "png":

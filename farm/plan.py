@@ -9,19 +9,19 @@ from functools import lru_cache
 from typing import Any
 
 from farm import prompts, samplers
-from farm.jobs import Job, Model
+from farm.jobs import Batch, Job, Loadout, Model, Slot
 from farm.recipe import ROW_AXES, Recipe
 
-Group = tuple[str, "str | None"]  # (checkpoint reference, VAE reference): what a worker loads
+
+def loadouts(recipe: Recipe, models: Mapping[str, Model]) -> list[Loadout]:
+    """What workers must load for the recipe, in plan order; each is one pipeline."""
+    return [Loadout(models[ckpt], models[vae] if vae is not None else None)
+            for ckpt, vae in itertools.product(recipe.checkpoint, recipe.vae)]
 
 
-def groups(recipe: Recipe) -> list[Group]:
-    """The model pairs of a recipe, in plan order; each is one pipeline to load."""
-    return list(itertools.product(recipe.checkpoint, recipe.vae))
-
-
-def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None) -> Iterator[Job]:
-    """Every job of the recipe (or of one model group), one at a time, keeping batches together.
+def jobs(recipe: Recipe, models: Mapping[str, Model],
+         loadout: Loadout | None = None) -> Iterator[Job]:
+    """Every job of the recipe (or of one loadout), one at a time, keeping batches together.
 
     Expensive switches change least often: checkpoint, then VAE, then size, then the sampler
     settings; prompts and seeds, which a single pipeline call can mix, vary fastest, whatever
@@ -29,18 +29,19 @@ def jobs(recipe: Recipe, models: Mapping[str, Model], group: Group | None = None
     checkpoint and VAE reference of the recipe to its resolved Model.
     """
     axes = [axis for axis in recipe.combined_axes() if axis not in (("checkpoint",), ("vae",))]
-    for ckpt, vae in [group] if group is not None else groups(recipe):
+    replaced = {name: recipe.set_by_row(name) for name in ROW_AXES}
+    for out in [loadout] if loadout is not None else loadouts(recipe, models):
         for chosen in _product(recipe, axes):
             row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides) if row.overrides else {}
             # a prompt-file row that sets a field takes part at one value of that field's axis
-            if fixed and any(chosen[ROW_AXES[name]][0] for name in fixed):
+            if fixed and any(replaced[name] and chosen[ROW_AXES[name]][0] for name in fixed):
                 continue
             sampler, schedule = _schedule(chosen["sampler"][1], chosen["scheduler"][1])
             width, height = chosen["size"][1]
             yield Job(
-                checkpoint=models[ckpt],
-                vae=models[vae] if vae is not None else None,
+                checkpoint=out.checkpoint,
+                vae=out.vae,
                 prompt=row.text,
                 negative=recipe.negative if row.negative is None else row.negative,
                 seed=fixed.get("seed", chosen["seeds"][1]),
@@ -120,14 +121,31 @@ def _streamed(recipe: Recipe, axes: list[tuple[str, ...]],
         yield from _streamed(recipe, axes[1:], chosen)
 
 
-def batches(stream: Iterable[Job], batch_size: int) -> Iterator[tuple[Job, ...]]:
-    """Group consecutive jobs that can share a pipeline call, at most batch_size at a time."""
-    group: list[Job] = []
-    for job in stream:
-        if group and (len(group) == batch_size or job.batch_key != group[0].batch_key):
-            yield tuple(group)
-            group = []
-        group.append(job)
-    if group:
-        yield tuple(group)
+def batches(stream: Iterable[tuple[Job, Slot | None]], batch_size: int) -> Iterator[Batch]:
+    """Consecutive jobs that can share a pipeline call, at most batch_size at a time, each
+    call padded to batch_size. A job with a slot (rendered before) goes at that position of a
+    call of that size; such jobs share calls while their positions differ."""
+    fresh: list[Job] = []
+    placed: dict[int, Job] = {}  # position -> job, in a call of placed_size
+    placed_size = 0
+    for job, slot in stream:
+        if slot is None:
+            if fresh and (len(fresh) == batch_size or job.batch_key != fresh[0].batch_key):
+                yield Batch(tuple(fresh), pad_to=batch_size)
+                fresh = []
+            fresh.append(job)
+            continue
+        if placed and (slot.position in placed or slot.batch_size != placed_size
+                       or job.batch_key != next(iter(placed.values())).batch_key):
+            yield _placed(placed, placed_size)
+            placed = {}
+        placed[slot.position], placed_size = job, slot.batch_size
+    if fresh:
+        yield Batch(tuple(fresh), pad_to=batch_size)
+    if placed:
+        yield _placed(placed, placed_size)
 
+
+def _placed(placed: dict[int, Job], size: int) -> Batch:
+    positions = tuple(sorted(placed))
+    return Batch(tuple(placed[p] for p in positions), pad_to=size, positions=positions)

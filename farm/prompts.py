@@ -6,8 +6,9 @@
 - `__name__` is a wildcard: one value per line of `wildcards/name.txt` next to the recipe;
 - `{a|b|c}` are inline alternatives; `{{` and `}}` are literal braces.
 
-A variable or wildcard used twice in an item (its prompt and negative included) takes one value
-per row. Rows come out `combinatorial` (every combination, in order) or `random` (`count` rows
+A slot used twice in an item (its prompt and negative included) takes one value per row: the
+same variable, the same wildcard, or the same alternatives (`{red|green}` in the prompt and in
+the negative pick the same colour). Rows come out `combinatorial` (every combination, in order) or `random` (`count` rows
 per item, each choice drawn from a generator seeded by the recipe's seed and the row's number,
 so the same recipe always gives the same prompts). Everything streams: nothing holds the rows.
 Pure Python, no torch.
@@ -26,10 +27,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from farm.fields import ROW_FIELDS, FieldError
+
 SLOT = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|__([A-Za-z0-9_\-/]+?)__")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# prompt-file columns that set a recipe field for their row, and how to read them
-ROW_FIELDS = {"seed": int, "steps": int, "cfg": float}
 
 
 class PromptError(ValueError):
@@ -73,7 +74,7 @@ class Expansion:
 
 @dataclass(frozen=True)
 class Slot:
-    key: str  # "animal" (variable), "__style__" (wildcard), "{red|green}#1" (alternatives)
+    key: str  # "animal" (variable), "__style__" (wildcard), "{red|green}" (alternatives)
     options: tuple[str, ...]
 
 
@@ -117,35 +118,36 @@ class Item:
 
 def fill(template: str, chosen: Mapping[str, str]) -> str:
     """The template with every slot replaced by its chosen value."""
-    counter = itertools.count(1)
 
     def replace(m: re.Match) -> str:
         if m[0] in ("{{", "}}"):
             return m[0][0]
-        return chosen[_key(m, counter)]
+        return chosen[_key(m)]
 
     return SLOT.sub(replace, template)
 
 
-def _key(m: re.Match, counter) -> str:
+def _key(m: re.Match) -> str:
+    """A slot's name: the same name in prompt and negative is one choice."""
     if m[2] is not None:
         return f"__{m[2]}__"
     inner = m[1].strip()
-    return inner if "|" not in inner else f"{{{inner}}}#{next(counter)}"
+    if "|" not in inner:
+        return inner
+    return "{" + "|".join(option.strip() for option in inner.split("|")) + "}"
 
 
 def item(text: str, negative: str | None, variables: Mapping[str, tuple[str, ...]],
-         base: Path, field: str) -> Item:
+         base: Path, field: str, negative_field: str | None = None) -> Item:
     """A prompt item with its slots found and their options checked."""
     slots: dict[str, Slot] = {}
-    for part, label in ((text, field), (negative, f"{field}.negative")):
+    for part, label in ((text, field), (negative, negative_field or f"{field}.negative")):
         if part is None:
             continue
-        counter = itertools.count(1)
         for m in SLOT.finditer(part):
             if m[0] in ("{{", "}}"):
                 continue
-            key = _key(m, counter)
+            key = _key(m)
             if key in slots:
                 continue
             if m[2] is not None:
@@ -166,40 +168,104 @@ def item(text: str, negative: str | None, variables: Mapping[str, tuple[str, ...
     return Item(text, negative, tuple(slots.values()))
 
 
-def read_values(path: Path, field: str) -> tuple[str, ...]:
-    """One value per line; blank lines and lines starting with # are skipped."""
+def read_values(path: Path, field: str, unique: bool = True) -> tuple[str, ...]:
+    """One value per line; blank lines and lines starting with # are skipped. Values (of a
+    variable, a wildcard) must differ unless `unique` is False (prompts of a .txt file, where a
+    repeat is rendered once, as in a CSV)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with _open(path) as handle:
+            lines = [line for _, line in _lines(handle, path, field)]
     except OSError as e:
         raise PromptError(field, str(path), f"cannot read {path}: {e.strerror}") from None
     values = tuple(line.strip() for line in lines if line.strip() and not
                    line.strip().startswith("#"))
     if not values:
         raise PromptError(field, str(path), f"{path} has no values")
-    if len(set(values)) != len(values):
-        raise PromptError(field, str(path), f"{path} lists a value twice")
+    if unique and len(set(values)) != len(values):
+        repeated = next(v for v in values if values.count(v) > 1)
+        raise PromptError(field, str(path), f"{path} lists {repeated!r} twice")
     return values
+
+
+def _open(path: Path):
+    """A text file as UTF-8, with or without a byte-order mark (Excel's "CSV UTF-8")."""
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _lines(handle, path: Path, field: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; a byte that is not UTF-8 is an error naming its
+    line, not a traceback."""
+    number = 0
+    try:
+        for number, line in enumerate(handle, start=1):
+            yield number, line
+    except UnicodeDecodeError as e:
+        raise PromptError(field, str(path), f"{path.name} line {number + 1}: not UTF-8 text "
+                          f"(byte 0x{e.object[e.start]:02x}); save it as UTF-8") from None
 
 
 def file_rows(path: Path, field: str) -> Iterator[Row]:
     """Rows of a prompt file: .txt (one prompt a line), .csv or .jsonl (prompt or text column,
-    optional negative, any other column kept; seed, steps and cfg columns set that field)."""
+    optional negative, any other column kept; a seed, steps or cfg column sets that field for
+    its row, checked as the recipe field is)."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        for text in read_values(path, field):
+        for text in read_values(path, field, unique=False):
             yield Row(text, None)
         return
     if suffix not in (".csv", ".jsonl"):
         raise PromptError(field, str(path), "a prompt file is .txt, .csv or .jsonl")
     try:
-        handle = open(path, encoding="utf-8", newline="")
+        handle = _open(path)
     except OSError as e:
         raise PromptError(field, str(path), f"cannot read {path}: {e.strerror}") from None
     with handle:
-        records = (csv.DictReader(handle) if suffix == ".csv"
-                   else (json.loads(line) for line in handle if line.strip()))
-        for number, record in enumerate(records, start=2 if suffix == ".csv" else 1):
-            yield _record_row(record, f"{path.name} line {number}", field)
+        lines = _lines(handle, path, field)
+        if suffix == ".csv":
+            yield from _csv_rows(lines, path, field)
+            return
+        for number, line in lines:
+            if not line.strip():
+                continue
+            where = f"{path.name} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptError(field, str(path), f"{where}: not valid JSON ({e.msg} at "
+                                  f"column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise PromptError(field, str(path), f"{where}: expected a JSON object such as "
+                                  f'{{"prompt": "..."}}, got {type(record).__name__}')
+            yield _record_row(record, where, field)
+
+
+def _csv_rows(lines: Iterator[tuple[int, str]], path: Path, field: str) -> Iterator[Row]:
+    """CSV records with their first line's number; header names are stripped of spaces."""
+    reader = csv.reader((line for _, line in lines), skipinitialspace=True)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise PromptError(field, str(path), f"{path.name} is empty") from None
+    for name in header:
+        if not name:
+            raise PromptError(field, str(path), f"{path.name} line 1: a column has no name")
+        if header.count(name) > 1:
+            raise PromptError(field, str(path), f"{path.name} line 1: column {name!r} twice")
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise PromptError(field, str(path), f"{path.name} line {start}: {e}") from None
+        if not any(cell.strip() for cell in cells):
+            continue
+        where = f"{path.name} line {start}"
+        if len(cells) > len(header):
+            raise PromptError(field, str(path), f"{where}: {len(cells)} cells for "
+                              f"{len(header)} columns (quote cells that hold commas)")
+        yield _record_row(dict(zip(header, cells)), where, field)
 
 
 def _record_row(record: dict, where: str, field: str) -> Row:
@@ -207,16 +273,19 @@ def _record_row(record: dict, where: str, field: str) -> Row:
     if not isinstance(text, str) or not text.strip():
         raise PromptError(field, record, f"{where}: needs a non-empty prompt (or text) column")
     negative = record.get("negative") or None
+    if negative is not None and not isinstance(negative, str):
+        raise PromptError(field, record, f"{where}: column negative: got {negative!r}; "
+                          "expected text")
     fields, overrides = [], []
     for key, value in record.items():
         if key in ("prompt", "text", "negative") or value in (None, ""):
             continue
         if key in ROW_FIELDS:
             try:
-                overrides.append((key, ROW_FIELDS[key](value)))
-            except (TypeError, ValueError):
-                raise PromptError(field, record, f"{where}: {key} is {value!r}, not a "
-                                  f"{ROW_FIELDS[key].__name__}") from None
+                overrides.append((key, ROW_FIELDS[key].parse(value)))
+            except FieldError as e:
+                raise PromptError(field, record, f"{where}: column {key}: got {value!r}; "
+                                  f"{e}") from None
         else:
             fields.append((key, value))
     return Row(text, negative, fields=tuple(fields), overrides=tuple(overrides))

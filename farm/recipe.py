@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm import catalog, prompts, samplers
+from farm import catalog, fields, prompts, samplers
+from farm.fields import MAX_SEED, FieldError
 from farm.jobs import CONFIG_MARK, ImageFormat
 
 # Every field a recipe may set, with its default. Hydra composes on top of these, so that any of
@@ -46,10 +47,6 @@ AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "
 # The order the plan loops in, outermost first: what is expensive to switch changes least often
 COST_ORDER = ("checkpoint", "vae", "size", "sampler", "scheduler", "steps", "cfg", "clip_skip",
               "prompt", "seeds")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-MAX_CLIP_SKIP = 12
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
-MAX_STEPS = 1000
 MAX_BATCH = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -68,7 +65,7 @@ class PromptFile:
 
     path: Path
     rows: int  # counted when the recipe was checked
-    negatives: bool  # whether any row sets a negative prompt
+    negatives: int  # how many rows set a negative prompt
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ class Recipe:
     checkpoint: tuple[str, ...]
     vae: tuple[str | None, ...]
     prompt: tuple[prompts.Item | PromptFile, ...]
-    negative: str
+    negative: str  # for prompt-file rows without one; items carry theirs, templates expanded
     expansion: prompts.Expansion
     seeds: tuple[range, ...]  # disjoint, in the order given
     sampler: tuple[str, ...]  # canonical names, with a schedule suffix if the name implied one
@@ -120,9 +117,29 @@ class Recipe:
             else:
                 yield from source.rows(self.expansion, index)
 
+    def has_context(self) -> bool:
+        """Whether its prompts record how they were made (templates, prompt-file rows)."""
+        return any(isinstance(p, PromptFile) or p.slots for p in self.prompt)
+
     def uses_negative(self) -> bool:
         return bool(self.negative) or any(
             p.negatives if isinstance(p, PromptFile) else bool(p.negative) for p in self.prompt)
+
+    def shown(self, axis: str) -> str:
+        """An axis's values as `farm plan` lists them."""
+        if axis == "prompt":
+            return f"{len(self.prompt)} item(s)" + (
+                "" if self.expansion.mode == "combinatorial" else
+                f", random x {self.expansion.count}")
+        if axis == "seeds":
+            return ", ".join(f"{s.start}-{s.stop - 1}" if len(s) > 1 else str(s.start)
+                             for s in self.seeds)
+        if axis == "size":
+            return ", ".join(f"{w}x{h}" for w, h in self.size)
+        if axis == "vae":
+            return ", ".join(v or "(checkpoint's own)" for v in self.vae)
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                         for v in getattr(self, axis))
 
     def axis_lengths(self) -> dict[str, int]:
         lengths = {axis: len(getattr(self, axis)) for axis in AXES
@@ -153,17 +170,26 @@ class Recipe:
         if not any(isinstance(p, PromptFile) for p in self.prompt):
             return everything
         # a prompt-file row that sets a field takes part at one value of that field's axis
+        # (unless the axis is zipped with the prompts: then the row's value wins, as it is)
         prompt_axis = next(a for a in size if "prompt" in a)
         total = 0
         for row in self.prompt_rows():
             jobs = everything // size[prompt_axis]
             for name, _ in row.overrides:
-                jobs //= size[next(a for a in size if ROW_AXES[name] in a)]
+                axis = next(a for a in size if ROW_AXES[name] in a)
+                if axis != prompt_axis:
+                    jobs //= size[axis]
             total += jobs
         return total
 
+    def set_by_row(self, name: str) -> bool:
+        """Whether a prompt-file row that sets field `name` replaces one value of its axis
+        (False: the axis is zipped with the prompts, and the row's value replaces the value it
+        is paired with)."""
+        return not any("prompt" in group and ROW_AXES[name] in group for group in self.zip)
 
-ROW_AXES = {"seed": "seeds", "steps": "steps", "cfg": "cfg"}  # prompt-file column -> axis
+
+ROW_AXES = {name: f.axis for name, f in fields.ROW_FIELDS.items()}  # prompt-file column -> axis
 
 
 def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
@@ -175,46 +201,69 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
     if unknown:
         raise RecipeError(source, unknown[0], data[unknown[0]],
                           f"unknown field; allowed: {', '.join(DEFAULTS)}")
-    fields = {**DEFAULTS, **data}
-    label = fields["name"] or source
+    given = {**DEFAULTS, **data}
+    label = given["name"] or source
     p = _Parser(str(label), base)
-    p.variables = p.vars(fields["vars"])
+    p.variables = p.vars(given["vars"])
+    p.negative = p.text("negative", given["negative"], allow_empty=True)
+    negative = p.default_negative()
     recipe = Recipe(
-        name=p.name(fields["name"] if fields["name"] is not None else source),
-        checkpoint=p.axis("checkpoint", fields["checkpoint"], p.model_ref),
-        vae=p.axis("vae", fields["vae"], p.optional_model_ref),
-        prompt=p.axis("prompt", fields["prompt"], p.prompt),
-        negative=p.text("negative", fields["negative"], allow_empty=True),
-        expansion=p.expansion(fields["expand"]),
-        seeds=p.seeds(fields["seeds"]),
-        sampler=p.axis("sampler", fields["sampler"], p.sampler),
-        scheduler=p.axis("scheduler", fields["scheduler"], p.schedule),
-        steps=p.axis("steps", fields["steps"], p.steps),
-        cfg=p.axis("cfg", fields["cfg"], p.cfg),
-        size=p.axis("size", fields["size"], p.size),
-        clip_skip=p.axis("clip_skip", fields["clip_skip"], p.clip_skip),
-        dtype=p.choice("dtype", fields["dtype"], DTYPES),
-        batch_size=p.integer("batch_size", fields["batch_size"], 1, MAX_BATCH),
-        zip=p.zip(fields["zip"]),
+        name=p.name(given["name"] if given["name"] is not None else source),
+        checkpoint=p.axis("checkpoint", given["checkpoint"], p.model_ref),
+        vae=p.axis("vae", given["vae"], p.optional_model_ref),
+        prompt=p.axis("prompt", given["prompt"], p.prompt),
+        negative=negative,
+        expansion=p.expansion(given["expand"]),
+        seeds=p.seeds(given["seeds"]),
+        sampler=p.axis("sampler", given["sampler"], p.sampler),
+        scheduler=p.axis("scheduler", given["scheduler"], p.schedule),
+        steps=p.axis("steps", given["steps"], p.checked("steps")),
+        cfg=p.axis("cfg", given["cfg"], p.checked("cfg")),
+        size=p.axis("size", given["size"], p.size),
+        clip_skip=p.axis("clip_skip", given["clip_skip"], p.checked("clip_skip")),
+        dtype=p.checked("dtype")("dtype", given["dtype"]),
+        batch_size=p.integer("batch_size", given["batch_size"], 1, MAX_BATCH),
+        zip=p.zip(given["zip"]),
         image=ImageFormat(
-            kind=p.choice("format", "jpeg" if fields["format"] == "jpg" else fields["format"],
+            kind=p.choice("format", "jpeg" if given["format"] == "jpg" else given["format"],
                           tuple(ImageFormat.SUFFIXES)),
-            quality=p.integer("quality", fields["quality"], 1, 100),
-            png_compression=p.integer("png_compression", fields["png_compression"], 0, 9)),
-        grids=p.grids(fields["grids"]),
+            quality=p.integer("quality", given["quality"], 1, 100),
+            png_compression=p.integer("png_compression", given["png_compression"], 0, 9)),
+        grids=p.grids(given["grids"]),
     )
     lengths = recipe.axis_lengths()
     for group in recipe.zip:
         if len({lengths[name] for name in group}) > 1:
             raise RecipeError(recipe.name, "zip", list(group), "zipped axes must have the same "
                               "length; got " + ", ".join(f"{n} {lengths[n]}" for n in group))
+    check_sampler_pairs(recipe)
+    if p.negative_slots and any(isinstance(s, PromptFile) and s.rows > s.negatives
+                                for s in recipe.prompt):
+        raise RecipeError(recipe.name, "negative", recipe.negative, "a negative with template "
+                          "slots is expanded with each prompt item, but a prompt file's rows "
+                          "have no slots to share: give the file a negative column, or make "
+                          "the recipe's negative plain text")
+    return recipe
+
+
+def check_sampler_pairs(recipe: Recipe) -> None:
+    """Every sampler combines with every schedule, and no two spellings of the sampler and
+    scheduler axes give the same pair ("DPM++ 2M Karras" + automatic is dpmpp_2m + karras):
+    the plan would count such a job twice."""
+    seen: dict[tuple[str, str], str] = {}
     for s in recipe.sampler:
         for sch in recipe.scheduler:
             try:
-                samplers.effective_schedule(s, sch)
+                pair = samplers.effective_schedule(s, sch)
             except samplers.UnknownName as e:
                 raise RecipeError(recipe.name, "scheduler", sch, str(e)) from None
-    return recipe
+            spelled = f"sampler {s!r} with scheduler {sch!r}"
+            twin = seen.setdefault(pair, spelled)
+            if twin != spelled:
+                raise RecipeError(recipe.name, "sampler", list(recipe.sampler),
+                                  f"{twin} and {spelled} are the same sampler and schedule "
+                                  f"({pair[0]}, {pair[1]}); list each pair once (e.g. plain "
+                                  "sampler names with a scheduler list)")
 
 
 class _Parser:
@@ -223,6 +272,8 @@ class _Parser:
     def __init__(self, recipe: str, base: Path):
         self.recipe, self.base = recipe, base
         self.variables: dict[str, tuple[str, ...]] = {}
+        self.negative = ""  # the recipe's negative, as written (maybe a template)
+        self.negative_slots = False  # whether it has slots to expand
 
     def fail(self, field: str, given: Any, allowed: str):
         raise RecipeError(self.recipe, field, given, allowed)
@@ -264,7 +315,7 @@ class _Parser:
                 rows = list(prompts.file_rows(path, field))  # checked once, here
             except prompts.PromptError as e:
                 self.fail(field, value, str(e))
-            return PromptFile(path, len(rows), any(r.negative for r in rows))
+            return PromptFile(path, len(rows), sum(1 for r in rows if r.negative))
         if isinstance(value, dict):
             extra = sorted(set(value) - {"text", "negative"})
             if extra:
@@ -280,10 +331,26 @@ class _Parser:
             self.fail(field, value, "a recipe needs at least one prompt")
         else:
             text, negative = self.text(field, value), None
+        # an item without a negative takes the recipe's template, expanded with it (its slots
+        # shared); a plain one is filled in by the plan
+        label = f"{field}.negative"
+        if negative is None and self.negative_slots:
+            negative, label = self.negative, "negative"
         try:
-            return prompts.item(text, negative, self.variables, self.base, field)
+            return prompts.item(text, negative, self.variables, self.base, field, label)
         except prompts.PromptError as e:
             self.fail(e.field, e.given, str(e))
+
+    def default_negative(self) -> str:
+        """The negative of prompt-file rows that have none: the recipe's, its literal braces
+        ({{ }}) read; a template is refused there (parse), and expanded with each item."""
+        try:
+            template = prompts.item("", self.negative, self.variables, self.base, "prompt",
+                                    "negative")
+        except prompts.PromptError as e:
+            self.fail(e.field, e.given, str(e))
+        self.negative_slots = bool(template.slots)
+        return self.negative if template.slots else prompts.fill(self.negative, {})
 
     def vars(self, value: Any) -> dict[str, tuple[str, ...]]:
         if value is None:
@@ -400,8 +467,14 @@ class _Parser:
         except samplers.UnknownName as e:
             self.fail(field, value, str(e))
 
-    def clip_skip(self, field: str, value: Any) -> int:
-        return self.integer(field, value, 1, MAX_CLIP_SKIP)
+    def checked(self, name: str):
+        """The table's check of job field `name`, as an axis item checker."""
+        def check(field: str, value: Any) -> Any:
+            try:
+                return fields.BY_NAME[name].check(value)
+            except FieldError as e:
+                self.fail(field, value, str(e))
+        return check
 
     def choice(self, field: str, value: Any, allowed: tuple[str, ...]) -> str:
         if value not in allowed:
@@ -412,14 +485,6 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.fail(field, value, f"expected a whole number from {low} to {high}")
         return value
-
-    def steps(self, field: str, value: Any) -> int:
-        return self.integer(field, value, 1, MAX_STEPS)
-
-    def cfg(self, field: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-            self.fail(field, value, "expected a number from 0 to 100")
-        return float(value)
 
     def size(self, field: str, value: Any) -> tuple[int, int]:
         allowed = ('expected "WxH" (or one number for a square) with width and height '

@@ -18,7 +18,7 @@ Rendered = Image.Image | str
 def render(pipe, batch: Batch, scheduler_config: dict) -> tuple[list[Rendered], dict]:
     """Render every job of a batch in one pipeline call; one image (or error) per job.
 
-    The call is padded to the batch's `pad_to` size (see Batch). Each image gets its own CPU
+    The call is padded to the batch's `pad_to` size, each job at its slot (see Batch). Each image gets its own CPU
     generator seeded with its own seed, passed as a list, so that its noise is the same whatever
     batch, worker or device renders it. Also returns the scheduler that ran, as
     {"class": ..., "config": {...}}, for the record.
@@ -48,7 +48,8 @@ def render(pipe, batch: Batch, scheduler_config: dict) -> tuple[list[Rendered], 
     )
     # 4. to 8-bit RGB, refusing what cannot be an image
     images: list[Rendered] = []
-    for array in output.images[: len(batch.jobs)]:  # (H, W, 3) floats in [0, 1]
+    for slot in batch.slots:  # the batch's own jobs, not the padding
+        array = output.images[slot]  # (H, W, 3) floats in [0, 1]
         if not np.isfinite(array).all():
             images.append("the decoded image contains NaN or infinite values")
             continue

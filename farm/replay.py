@@ -5,22 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from farm import models, outputs
-from farm.jobs import Batch, ImageFormat, Job, Model
+from farm.jobs import ImageFormat, Job, Model, Slot
 
 
 class ReplayError(ValueError):
     """An image that cannot be rendered again here: no farm metadata, or other models."""
 
 
-def job_of(image: Path) -> tuple[Job, int, ImageFormat]:
-    """The job an image was made from, with its models resolved here, its batch size, and
-    the format it was stored in."""
+def job_of(image: Path) -> tuple[Job, Slot, ImageFormat]:
+    """The job an image was made from, with its models resolved here, where it sat in its
+    pipeline call, and the format it was stored in."""
     try:
         _, meta = outputs.read_metadata(image)
     except (OSError, KeyError, ValueError) as e:
         raise ReplayError(f"{image}: no farm metadata to replay ({type(e).__name__}: {e})") \
             from None
-    return job_from(meta, str(image)), meta.get("batch_size") or 1, stored_format(meta)
+    return job_from(meta, str(image)), Slot.of(meta), stored_format(meta)
 
 
 def stored_format(meta: dict) -> ImageFormat:
@@ -30,19 +30,18 @@ def stored_format(meta: dict) -> ImageFormat:
 
 def job_from(meta: dict, where: str) -> Job:
     """A job from its recorded fields (the `farm` chunk, a manifest row's params)."""
-    checkpoint = _same_model(meta["checkpoint"], meta["checkpoint_identity"], "checkpoint")
-    vae = None if meta["vae"] is None else _same_model(meta["vae"], meta["vae_identity"], "vae")
-    job = Job(checkpoint=checkpoint, vae=vae, prompt=meta["prompt"], negative=meta["negative"],
-              seed=meta["seed"], sampler=meta["sampler"], scheduler=meta["scheduler"],
-              steps=meta["steps"], cfg=meta["cfg"], width=meta["width"], height=meta["height"],
-              clip_skip=meta.get("clip_skip", 1), dtype=meta.get("dtype", "auto"))
+    try:
+        job = Job.from_dict(meta, _same_model)
+    except (KeyError, TypeError) as e:
+        raise ReplayError(f"{where}: its metadata lacks a job field ({type(e).__name__}: {e})") \
+            from None
     if job.id != meta["id"]:
         raise ReplayError(f"{where}: its metadata describes job {job.id}, not {meta['id']} "
                           "(made by another farm version?)")
     return job
 
 
-def _same_model(ref: str, identity: str, field: str) -> Model:
+def _same_model(field: str, ref: str, identity: str) -> Model:
     model = models.resolve(ref, field)
     if model.identity != identity:
         raise ReplayError(f"{field} {ref!r} is {model.identity[:16]}... here, but the image was "
@@ -56,9 +55,9 @@ def replay(image: Path, folder: Path, device: str | None = None) -> tuple[Path, 
 
     from farm.worker import Device, Worker
 
-    job, batch_size, fmt = job_of(image)
+    job, slot, fmt = job_of(image)
     worker = Worker(folder, name="replay", device=Device.named(device) if device else None)
-    result, = worker.render(Batch((job,), (image.name,), pad_to=batch_size, image=fmt))
+    result, = worker.render(slot.batch(job, image.name, fmt))
     if not result.ok:
         raise ReplayError(f"{image}: rendering it again failed: {result.error}")
     with Image.open(image) as original:

@@ -18,11 +18,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Protocol
 
-from farm.jobs import Batch, Job, Result
+from farm.jobs import Batch, Job, Loadout, Result
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
-
-Key = tuple[str, Optional[str]]  # (checkpoint identity, VAE identity): what a worker loads
 
 
 @dataclass
@@ -87,10 +85,10 @@ class Progress:
 
 @dataclass
 class Work:
-    """The pending batches of one model group, streamed, and how many jobs are still to hand out."""
+    """The pending batches of one loadout, streamed, and how many jobs are still to hand out."""
 
-    key: Key
-    batches: Iterator[tuple[Job, ...]]
+    loadout: Loadout
+    batches: Iterator[Batch]
     left: int
     workers: int = 0  # workers currently assigned to it
 
@@ -117,10 +115,10 @@ class Backend(Protocol):
 class Dispatcher:
     """Hands batches to workers with model affinity, retries, records, counts."""
 
-    def __init__(self, backend: Backend, work: list[Work], batch_size: int, folder: RunFolder,
+    def __init__(self, backend: Backend, work: list[Work], folder: RunFolder,
                  manifest: Manifest, run_id: int, runtime: Runtime, summary: Summary,
                  progress: Progress):
-        self.backend, self.work, self.batch_size = backend, work, batch_size
+        self.backend, self.work = backend, work
         self.folder, self.manifest, self.run_id = folder, manifest, run_id
         self.runtime, self.summary, self.progress = runtime, summary, progress
         self.in_flight: dict[Any, tuple[str, Batch]] = {}
@@ -161,12 +159,14 @@ class Dispatcher:
                     break
                 if not batch.paths:  # fresh jobs: fix their paths; drop what this run has
                     paths = self.manifest.claim(batch.jobs, self.folder.image_path, self.run_id)
-                    kept = [(job, path) for job, path in zip(batch.jobs, paths) if path]
+                    kept = [(job, path, slot) for job, path, slot
+                            in zip(batch.jobs, paths, batch.slots) if path]
                     self._skip_duplicates(len(batch.jobs) - len(kept))
                     if not kept:
                         continue
-                    batch = Batch(*map(tuple, zip(*kept)), pad_to=self.batch_size,
-                                  image=self.folder.image)
+                    jobs, paths, slots = map(tuple, zip(*kept))
+                    batch = Batch(jobs, paths, pad_to=batch.pad_to, image=self.folder.image,
+                                  positions=slots)
                 self.in_flight[self.backend.submit(worker, batch)] = (worker, batch)
                 self.busy[worker] += 1
 
@@ -180,14 +180,14 @@ class Dispatcher:
         Fresh jobs come as a Batch without paths; retries keep theirs."""
         current = self.assigned.get(worker)
         for i, batch in enumerate(self.retry):
-            if current is None or batch.first.batch_key[:2] == current.key:
+            if current is None or batch.first.loadout.key == current.loadout.key:
                 del self.retry[i]
                 return batch
         if current is not None:
-            jobs = next(current.batches, None)
-            if jobs is not None:
-                current.left -= len(jobs)
-                return Batch(jobs)
+            batch = next(current.batches, None)
+            if batch is not None:
+                current.left -= len(batch.jobs)
+                return batch
             current.left, current.workers = 0, current.workers - 1
             del self.assigned[worker]
         open_work = [w for w in self.work if w.left > 0]
@@ -204,15 +204,16 @@ class Dispatcher:
 
     def _finish(self, worker: str, batch: Batch, results: list[Result]) -> None:
         final, again = [], []
-        for job, path, result in zip(batch.jobs, batch.paths, results):
+        for job, path, slot, result in zip(batch.jobs, batch.paths, batch.slots, results):
             self.attempts[job.id] += 1
             if result.ok or self.attempts[job.id] >= self.runtime.max_attempts:
                 final.append(result)
             else:
-                again.append((job, path))
-        if again:
-            self.retry.append(Batch(*map(tuple, zip(*again)), pad_to=self.batch_size,
-                                    image=self.folder.image))
+                again.append((job, path, slot))
+        if again:  # at the same slots: a job that had pixels once gets the same ones
+            jobs, paths, slots = map(tuple, zip(*again))
+            self.retry.append(Batch(jobs, paths, pad_to=batch.pad_to, image=self.folder.image,
+                                    positions=slots))
         self._record(worker, final)
 
     def _lost(self, worker: str, batch: Batch, error: WorkerLost) -> None:
@@ -225,8 +226,8 @@ class Dispatcher:
 
     def _failures(self, batch: Batch, worker: str, error: str) -> list[Result]:
         return [Result(job_id=job.id, path=path, pixel_hash=None, seconds=0.0,
-                       batch_size=len(batch.shape), position=i, worker=worker, error=error)
-                for i, (job, path) in enumerate(zip(batch.jobs, batch.paths))]
+                       batch_size=len(batch.shape), position=slot, worker=worker, error=error)
+                for job, path, slot in zip(batch.jobs, batch.paths, batch.slots)]
 
     def _record(self, worker: str, results: list[Result]) -> None:
         if not results:
@@ -284,26 +285,14 @@ class InlineBackend:
         self.pool.shutdown(wait=True)
 
 
-def start(runtime: Runtime, folder: RunFolder, label: str) -> Backend:
-    """Start the workers of a runtime, or fail fast with RuntimeUnavailable."""
-    root = folder.root.resolve()  # workers run elsewhere (another cwd, another node)
-    if runtime.kind == "inline":
-        return InlineBackend(runtime, root)
-    if runtime.kind == "ray":
-        from farm.cluster import RayBackend
-
-        return RayBackend(runtime, root, label)
-    raise RuntimeUnavailable(f"runtime: got {runtime.kind!r}; allowed: ray, inline")
-
-
-def run(backend: Backend, work: list[Work], batch_size: int, folder: RunFolder,
+def run(backend: Backend, work: list[Work], folder: RunFolder,
         manifest: Manifest, run_id: int, runtime: Runtime, summary: Summary,
         label: str) -> Summary:
     """Render all pending work; fill in and return the summary."""
     started = time.perf_counter()
     progress = Progress(sum(w.left for w in work), label)
     try:
-        Dispatcher(backend, work, batch_size, folder, manifest, run_id, runtime, summary,
+        Dispatcher(backend, work, folder, manifest, run_id, runtime, summary,
                    progress).run()
     finally:
         progress.close()

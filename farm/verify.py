@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from farm import outputs
-from farm.jobs import Batch, ImageFormat
+from farm.jobs import ImageFormat
 from farm.outputs import RunFolder
+from farm.jobs import Slot
 from farm.replay import job_from, stored_format
 
 TOLERANCE = 1  # of 255: what other batch shapes change, measured on the CPU
@@ -60,14 +61,14 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -
     from farm.worker import Device, Worker
 
     with sqlite3.connect(f"file:{folder.manifest}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT path, params, batch_size FROM jobs WHERE status = 'done' "
-                          "ORDER BY seq").fetchall()
+        rows = db.execute("SELECT path, params, batch_size, position FROM jobs "
+                          "WHERE status = 'done' ORDER BY seq").fetchall()
     if sample is not None and sample < len(rows):
         rows = sorted(random.Random(0).sample(rows, sample))
     findings = []
     with tempfile.TemporaryDirectory(prefix="farm-verify-") as scratch:
         worker = Worker(scratch, name="verify", device=Device.named(device) if device else None)
-        for path, params, batch_size in rows:
+        for path, params, batch_size, position in rows:
             job = job_from(json.loads(params), path)
             original = folder.root / path
             fmt = ImageFormat()
@@ -76,8 +77,8 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -
                     fmt = stored_format(outputs.read_metadata(original)[1])
                 except (OSError, ValueError):  # no sidecar: check_files reports it
                     fmt = ImageFormat(original.suffix.lstrip(".").replace("jpg", "jpeg"))
-            result, = worker.render(Batch((job,), (Path(path).name,), pad_to=batch_size or 1,
-                                          image=fmt))
+            slot = Slot.of({"batch_size": batch_size, "position": position})
+            result, = worker.render(slot.batch(job, Path(path).name, fmt))
             if not result.ok:
                 findings.append(Finding(path, "different", f"rendering failed: {result.error}"))
             elif not original.is_file():
@@ -88,8 +89,13 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -
 
 
 def _compare(path: str, original: Path, again: Path) -> Finding:
-    with Image.open(original) as a, Image.open(again) as b:
-        left, right = np.asarray(a.convert("RGB"), int), np.asarray(b.convert("RGB"), int)
+    try:
+        with Image.open(original) as a:
+            left = np.asarray(a.convert("RGB"), int)
+    except (OSError, ValueError) as e:  # damaged on disk: named, and the others still compared
+        return Finding(path, "unreadable", f"{type(e).__name__}: {e}")
+    with Image.open(again) as b:
+        right = np.asarray(b.convert("RGB"), int)
     if left.shape != right.shape:
         return Finding(path, "different", f"size {left.shape} vs {right.shape}")
     worst = int(np.abs(left - right).max())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm import models, outputs, render
-from farm.jobs import Batch, Model, Result
+from farm.jobs import Batch, Loadout, Model, Result
 
 
 @dataclass(frozen=True)
@@ -86,15 +86,18 @@ class Worker:
                                     f"{found.identity}, not {model.identity} as on the driver")
         return found
 
-    def pipeline(self, checkpoint: Model, vae: Model | None, dtype: str = "auto"):
-        """The checkpoint's pipeline, with `vae` swapped in when given (nothing reloaded)."""
+    def pipeline(self, loadout: Loadout, dtype: str = "auto"):
+        """The loadout's pipeline: its checkpoint's, with its VAE swapped in when it has one
+        (nothing reloaded)."""
         torch_dtype = self.dtype(dtype)
+        checkpoint = loadout.checkpoint
         base = self._cached(self._checkpoints, self.local(checkpoint, "checkpoint"), torch_dtype,
                             models.load_pipeline)
         self._scheduler_configs.setdefault(checkpoint.identity, dict(base.scheduler.config))
-        if vae is None:
+        if loadout.vae is None:
             return base
-        swapped = self._cached(self._vaes, self.local(vae, "vae"), torch_dtype, models.load_vae)
+        swapped = self._cached(self._vaes, self.local(loadout.vae, "vae"), torch_dtype,
+                               models.load_vae)
         pipe = type(base)(**{**base.components, "vae": swapped})
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -116,7 +119,7 @@ class Worker:
         """The batch's images (or errors), the scheduler that ran, and the seconds it took."""
         started, first = time.perf_counter(), batch.first
         try:
-            pipe = self.pipeline(first.checkpoint, first.vae, first.dtype)
+            pipe = self.pipeline(first.loadout, first.dtype)
             config = self._scheduler_configs[first.checkpoint.identity]
             images, scheduler = render.render(pipe, batch, config)
         except Exception as e:  # one bad batch must not end the run: report it per job
@@ -144,14 +147,15 @@ class Worker:
         record = json.dumps(scheduler, default=str) if scheduler else None
         made_by = self.provenance(batch.first.dtype)
         results = []
-        for position, (job, path, image) in enumerate(zip(batch.jobs, batch.paths, images)):
+        for job, path, image, position in zip(batch.jobs, batch.paths, images, batch.slots):
             pixel_hash, error = None, None
             if isinstance(image, str):
                 error = image
             else:
                 try:
                     pixel_hash = outputs.write_image(image, self.folder.absolute(path), job,
-                                                     batch.image, scheduler, len(batch.shape))
+                                                     batch.image, scheduler, len(batch.shape),
+                                                     position)
                 except OSError as e:
                     error = f"could not write {path}: {e}"
             results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash,

@@ -300,11 +300,11 @@ def test_templates_are_recorded_and_planned(workdir, capsys):
     assert len(rows) == 4
     _, farm = outputs.read_metadata(folder / rows[0][1])
     assert farm["template"] == "a {animal}, {red|blue}"
-    assert farm["values"] == {"animal": "cat", "{red|blue}#1": "red"}
+    assert farm["values"] == {"animal": "cat", "{red|blue}": "red"}
     assert farm["prompt"] == "a cat, red" and farm["seed"] == 1
     with sqlite3.connect(folder / "manifest.sqlite") as db:
         (params,) = db.execute("SELECT params FROM jobs WHERE id = ?", (rows[0][0],)).fetchone()
-    assert json.loads(params)["values"] == {"animal": "cat", "{red|blue}#1": "red"}
+    assert json.loads(params)["values"] == {"animal": "cat", "{red|blue}": "red"}
 
 
 def test_replay_renders_an_image_again_from_its_metadata(workdir, capsys):
@@ -365,7 +365,7 @@ def test_a_job_the_plan_reaches_twice_is_rendered_once(workdir, capsys):
     assert "jobs: 6 (" in out and "4 more are reached twice" in out and "pending 6 " in out
     assert run_farm("render", "recipe=dupes") == 0
     out = capsys.readouterr().out
-    assert "Rendered 6 of 10 images" in out and "4 jobs were reached twice" in out
+    assert "Rendered 6 of 6 images" in out and "4 jobs were reached twice" in out
     assert run_farm("plan", "recipe=dupes") == 0
     assert "done 6, pending 0 " in capsys.readouterr().out
     folder = workdir / "outputs" / "dupes"

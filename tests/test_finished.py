@@ -22,16 +22,16 @@ def test_each_job_gets_its_state(tmp_path, monkeypatch, whole):
         for path in paths[:1]:  # job 1's file is gone; 3 and 4 are still queued
             (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / path).write_bytes(b"png")
-        states = [s for _, s in Finished(folder, m).mark(jobs)]
+        states = [s for _, s, _ in Finished(folder, m).mark(jobs)]
         assert states == ["done", "pending", "failed", "pending", "pending", "pending"]
-        assert list(Finished(folder, m).pending(jobs)) == jobs[1:]
+        assert [j for j, _ in Finished(folder, m).pending(jobs)] == jobs[1:]
         assert not Finished(folder, m).all_done(jobs) and Finished(folder, m).all_done(jobs[:1])
         # for the run that has handed job 0 out itself, it is not finished: claim decides
         m.claim(jobs[:1], folder.image_path, run_id=2)
         m.record([result(jobs[0], paths[0])], run_id=2)
-        assert [s for _, s in Finished(folder, m, run_id=2).mark(jobs[:1])] == ["pending"]
-        assert [s for _, s in Finished(folder, m, run_id=3).mark(jobs[:1])] == ["done"]
-    assert [s for _, s in Finished(folder, None).mark(jobs[:2])] == ["pending", "pending"]
+        assert [s for _, s, _ in Finished(folder, m, run_id=2).mark(jobs[:1])] == ["pending"]
+        assert [s for _, s, _ in Finished(folder, m, run_id=3).mark(jobs[:1])] == ["done"]
+    assert [s for _, s, _ in Finished(folder, None).mark(jobs[:2])] == ["pending", "pending"]
 
 
 @pytest.mark.parametrize("whole", [0, 1000])  # looked up in chunks, or read at once
@@ -48,5 +48,5 @@ def test_many_folders_and_chunks_give_the_same_answer(tmp_path, monkeypatch, who
             if n % 3:
                 (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
                 (tmp_path / path).write_bytes(b"png")
-        states = [s for _, s in Finished(folder, m).mark(jobs)]
+        states = [s for _, s, _ in Finished(folder, m).mark(jobs)]
     assert states == ["done" if n % 3 else "pending" for n in range(40)]

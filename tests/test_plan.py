@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from farm import plan
-from farm.jobs import Batch, Model
+from farm.jobs import Batch, Model, Slot
 from farm.recipe import parse
 
 CKPT = Model(ref="tiny", path="/nowhere", identity="a" * 64)
@@ -63,19 +63,19 @@ def test_alias_spellings_give_the_same_ids():
 
 def test_batches_share_one_pipeline_call_and_respect_the_size():
     r = recipe(steps=[4, 8], batch_size=4)  # 6 jobs per steps value
-    batches = list(plan.batches(plan.jobs(r, MODELS), r.batch_size))
-    assert [len(b) for b in batches] == [4, 2, 4, 2]
-    for group in batches:
-        Batch(group)  # raises if the jobs could not share a call
-        assert len({j.steps for j in group}) == 1
-    assert sum(len(b) for b in batches) == r.job_count
+    batches = list(plan.batches(((j, None) for j in plan.jobs(r, MODELS)), r.batch_size))
+    assert [len(b.jobs) for b in batches] == [4, 2, 4, 2]
+    assert all(len(b.shape) == 4 for b in batches)  # every call padded to the batch size
+    for batch in batches:
+        assert len({j.steps for j in batch.jobs}) == 1
+    assert sum(len(b.jobs) for b in batches) == r.job_count
 
 
 def test_batches_mix_prompts_and_seeds():
     r = recipe(batch_size=6)
-    (group,) = list(plan.batches(plan.jobs(r, MODELS), r.batch_size))
-    assert {j.prompt for j in group} == {"a cat", "a dog"}
-    assert {j.seed for j in group} == {0, 1, 2}
+    (batch,) = list(plan.batches(((j, None) for j in plan.jobs(r, MODELS)), r.batch_size))
+    assert {j.prompt for j in batch.jobs} == {"a cat", "a dog"}
+    assert {j.seed for j in batch.jobs} == {0, 1, 2}
 
 
 def test_expensive_switches_change_least_often():
@@ -88,9 +88,24 @@ def test_batches_of_what_is_left_keep_the_plan_order():
     r = recipe(batch_size=4)
     jobs = list(plan.jobs(r, MODELS))
     done = {jobs[0].id, jobs[3].id}
-    groups = list(plan.batches((j for j in plan.jobs(r, MODELS) if j.id not in done), 4))
-    assert [j.id for group in groups for j in group] == [j.id for j in jobs if j.id not in done]
-    assert all(len(group) <= 4 for group in groups)
+    groups = list(plan.batches(((j, None) for j in plan.jobs(r, MODELS) if j.id not in done), 4))
+    assert [j.id for b in groups for j in b.jobs] == [j.id for j in jobs if j.id not in done]
+    assert all(len(b.jobs) <= 4 for b in groups)
+
+
+def test_jobs_rendered_before_go_back_to_their_slots():
+    r = recipe(batch_size=4)
+    jobs = list(plan.jobs(r, MODELS))
+    slots = {jobs[1].id: Slot(4, 1), jobs[2].id: Slot(4, 3), jobs[4].id: Slot(4, 1),
+             jobs[5].id: Slot(2, 0)}
+    batches = list(plan.batches(((j, slots.get(j.id)) for j in jobs), 4))
+    placed = [(b.pad_to, [(j.id, p) for j, p in zip(b.jobs, b.slots)]) for b in batches
+              if b.positions]
+    # two jobs of one position never share a call; another batch size gets its own call
+    assert placed == [(4, [(jobs[1].id, 1), (jobs[2].id, 3)]), (4, [(jobs[4].id, 1)]),
+                      (2, [(jobs[5].id, 0)])]
+    fresh = [j.id for b in batches if not b.positions for j in b.jobs]
+    assert fresh == [j.id for j in jobs if j.id not in slots]
 
 
 def test_a_batch_refuses_jobs_that_cannot_share_a_call():

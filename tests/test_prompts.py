@@ -44,7 +44,7 @@ def test_wildcards_alternatives_and_negatives(tmp_path):
     assert len(expanded) == 6
     assert expanded[0].text == "a cat, red light"
     assert expanded[0].negative == "no red, no cat"  # one value per slot, negative included
-    assert dict(expanded[5].values) == {"__animal__": "dog", "{red|green|blue}#1": "blue"}
+    assert dict(expanded[5].values) == {"__animal__": "dog", "{red|green|blue}": "blue"}
 
 
 def test_literal_braces_and_plain_prompts_pass_through():
@@ -120,7 +120,8 @@ def test_expansion_errors(tmp_path, fields, field, words):
 
 def test_a_bad_prompt_file_row_is_named(tmp_path):
     (tmp_path / "p.csv").write_text("prompt,seed\na cat,1\na dog,soon\n")
-    with pytest.raises(RecipeError, match="p.csv line 3: seed is 'soon', not a int"):
+    with pytest.raises(RecipeError, match="p.csv line 3: column seed: got 'soon'; expected a "
+                       "whole number"):
         recipe(tmp_path, prompt={"file": "p.csv"})
     (tmp_path / "q.csv").write_text("caption\na cat\n")
     with pytest.raises(RecipeError, match="needs a non-empty prompt"):

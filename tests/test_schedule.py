@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from farm import cli, compose, schedule
+from farm import cli, compose, run, schedule
 from farm.finished import Finished
 from farm.manifest import Manifest
 from tests.helpers import farm_command, recipe_folder, run_farm
@@ -50,7 +50,7 @@ def done_hashes(folder: Path) -> dict[str, str]:
 def test_one_actor_per_gpu_across_both_nodes(tmp_path):
     from farm.outputs import RunFolder
 
-    backend = schedule.start(schedule.Runtime(), RunFolder(tmp_path), "placement")
+    backend = run.start_backend(schedule.Runtime(), RunFolder(tmp_path), "placement")
     try:
         backend.settle(timeout=120)
         assert sorted(backend.ready()) == ["gpu-0", "gpu-1"]
@@ -138,13 +138,13 @@ def test_a_job_that_always_fails_is_recorded_and_the_run_goes_on(workdir, tiny, 
 def test_each_checkpoint_is_loaded_once_per_worker(workdir, second_checkpoint):
     settings = compose.compose(["recipe=fleet", f"checkpoint=[tiny,{second_checkpoint}]",
                             "seeds=0-7", "runtime.max_pipelines=1"])
-    found = compose.resolve_models(settings.recipe)
-    work = cli.pending_work(settings, found, Finished(settings.folder, None))
-    backend = schedule.start(settings.runtime, settings.folder, "affinity")
+    found = run.resolve_models(settings.recipe)
+    work = run.pending_work(settings.recipe, found, Finished(settings.folder, None))
+    backend = run.start_backend(settings.runtime, settings.folder, "affinity")
     try:
         with settings.folder.locked(), Manifest(settings.folder.manifest) as manifest:
             summary = schedule.Summary(planned=32, skipped=0)
-            schedule.run(backend, work, 2, settings.folder, manifest, 1, settings.runtime,
+            schedule.run(backend, work, settings.folder, manifest, 1, settings.runtime,
                          summary, "affinity")
         loads = backend.loads()
     finally:

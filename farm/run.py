@@ -1,0 +1,280 @@
+"""A render run as numbered steps: what `farm render` does, and the counts `farm plan` and
+`farm status` show. The command line, the benchmarks and the tests call these; nothing here
+prints."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from farm import catalog, grid, models, plan, schedule
+from farm import recipe as recipes
+from farm.compose import BadInput, Settings
+from farm.finished import Finished
+from farm.jobs import Model
+from farm.manifest import Manifest
+from farm.outputs import RunFolder
+from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
+
+
+# 1. models ---------------------------------------------------------------------------------------
+
+def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
+    """Every checkpoint and VAE of the recipe, checked and identified."""
+    found: dict[str, Model] = {}
+    for name, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae)):
+        seen: dict[str, str] = {}
+        for ref in refs:
+            if ref is None:
+                continue
+            if ref not in found:
+                found[ref] = models.resolve(ref, name)
+            twin = seen.setdefault(found[ref].identity, ref)
+            if twin != ref:  # two spellings of one model would plan every job twice
+                raise BadInput(f"recipe {recipe.name}: {name}: {twin!r} and {ref!r} are the same "
+                               f"model (identity {found[ref].identity[:16]}...); list it once")
+    for ref in recipe.checkpoint:
+        check_family(recipe, ref, models.family(found[ref]))
+    return found
+
+
+def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
+    """Refuse recipe fields that this checkpoint's pipeline does not take."""
+    problems = {
+        "negative": ("negative_prompt", recipe.uses_negative(), "leave negative and "
+                     "per-prompt negatives empty"),
+        "cfg": ("guidance_scale", recipe.cfg != (recipes.DEFAULTS["cfg"],), "leave cfg unset"),
+        "clip_skip": ("clip_skip", recipe.clip_skip != (1,), "leave clip_skip at 1"),
+    }
+    for name, (needs, used, fix) in problems.items():
+        if used and needs not in family.takes:
+            raise BadInput(f"recipe {recipe.name}: {name}: checkpoint {ref!r} is a "
+                           f"{family.pipeline}, which takes no {needs}; {fix}")
+
+
+def saved_models(found: dict[str, Model]) -> dict[str, dict[str, Any]]:
+    """The resolved models as a run record keeps them, so that the run folder's own tools
+    (status) need no model files."""
+    return {ref: {"identity": m.identity, "path": m.path, "config": m.config}
+            for ref, m in found.items()}
+
+
+# 2. counting ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Counts:
+    planned: int  # distinct jobs
+    done: int
+    failed: int
+    repeats: int = 0  # jobs the plan reaches a second time (rendered once)
+
+    @property
+    def pending(self) -> int:
+        return self.planned - self.done
+
+
+def count(recipe: recipes.Recipe, folder: RunFolder, found: dict[str, Model]) -> Counts:
+    """How many distinct jobs of the plan are done, and how many failed last time they were
+    tried."""
+    repeated = plan.repeated_prompts(recipe)
+    if not folder.manifest.exists() and not repeated:
+        return Counts(recipe.job_count, 0, 0)
+    states: Counter[str] = Counter()
+    manifest = Manifest(folder.manifest, readonly=True) if folder.manifest.exists() else None
+    try:
+        stream = plan.distinct(plan.jobs(recipe, found), repeated)
+        for _, state, _ in Finished(folder, manifest).mark(stream):
+            states[state] += 1
+    finally:
+        if manifest:
+            manifest.close()
+    planned = sum(states.values())
+    return Counts(planned, states["done"], states["failed"], recipe.job_count - planned)
+
+
+def pending_work(recipe: recipes.Recipe, found: dict[str, Model],
+                 finished: Finished) -> list[schedule.Work]:
+    """The pending batches of each loadout, streamed, with their job counts."""
+    work = []
+    for loadout in plan.loadouts(recipe, found):
+        left = sum(1 for _ in finished.pending(plan.jobs(recipe, found, loadout)))
+        if left:
+            stream = plan.batches(finished.pending(plan.jobs(recipe, found, loadout)),
+                                  recipe.batch_size)
+            work.append(schedule.Work(loadout, stream, left))
+    return work
+
+
+# 3. the render run ------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What a render did: its summary (rendered, skipped, failed, timings), the sheets drawn."""
+
+    folder: RunFolder
+    summary: Summary
+    sheets: list[grid.Sheet] = field(default_factory=list)
+    grid_errors: list[str] = field(default_factory=list)
+    refreshed: int = 0  # finished images whose recorded prompt context was brought up to date
+
+    @property
+    def ok(self) -> bool:
+        return not (self.summary.failed or self.summary.unfinished)
+
+
+def start_backend(runtime: Runtime, folder: RunFolder, label: str) -> Backend:
+    """Start the workers of a runtime, or fail fast with RuntimeUnavailable."""
+    root = folder.root.resolve()  # workers run elsewhere (another cwd, another node)
+    if runtime.kind == "inline":
+        return schedule.InlineBackend(runtime, root)
+    if runtime.kind == "ray":
+        from farm.cluster import RayBackend
+
+        return RayBackend(runtime, root, label)
+    raise RuntimeUnavailable(f"runtime: got {runtime.kind!r}; allowed: ray, inline")
+
+
+def render(settings: Settings) -> Outcome:
+    """Render what the recipe asks for and the run folder does not hold yet."""
+    recipe, folder = settings.recipe, settings.folder
+    # 1. check the models and the folder before anything is written
+    found = resolve_models(recipe)
+    stored = folder.stored_suffix()
+    if stored not in (None, recipe.image.suffix):
+        raise BadInput(f"recipe {recipe.name}: format: got {recipe.image.kind!r}, but "
+                       f"{folder.root} holds {stored} images; a run folder keeps one format "
+                       "(render into another name=..., or farm export to convert)")
+    # 2. take the folder's lock first: a busy folder is refused before any worker starts
+    root = folder.root.resolve()
+    created = None if root.exists() else root  # the outermost folder the lock creates
+    while created is not None and not created.parent.exists():
+        created = created.parent
+    try:
+        with folder.locked():
+            outcome = _render_locked(settings, found)
+    except RuntimeUnavailable:
+        if created is not None:  # nothing was written: leave no empty folders behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    # 3. the contact sheets the recipe asks for, from every finished image
+    outcome.sheets, outcome.grid_errors = draw_recipe_grids(recipe, folder)
+    return outcome
+
+
+def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:
+    recipe, folder = settings.recipe, settings.folder
+    # 1. how much is done; with everything done, only bring the records up to date
+    counts = count(recipe, folder, found)
+    if counts.pending == 0 and folder.manifest.exists():
+        with Manifest(folder.manifest) as manifest:
+            refreshed = refresh_records(recipe, found, manifest)
+        return Outcome(folder, Summary(planned=counts.planned, skipped=counts.done),
+                       refreshed=refreshed)
+    # 2. start the workers (fails fast with RuntimeUnavailable; nothing written yet)
+    backend = start_backend(settings.runtime, folder, recipe.name)
+    try:
+        with Manifest(folder.manifest) as manifest:
+            # 3. begin a run: clear half-written files, record the recipe and its models
+            folder.remove_partial_files()
+            record = run_record(settings, found)
+            run_id = manifest.begin_run(record, counts.planned)
+            folder.save_recipe(run_id, record)
+            refreshed = refresh_records(recipe, found, manifest)
+            # 4. the pending batches of each loadout, diffed again now that the folder is ours
+            work = pending_work(recipe, found, Finished(folder, manifest, run_id))
+            summary = Summary(planned=counts.planned, skipped=counts.done)
+            # 5. render, recording each result as it comes
+            try:
+                schedule.run(backend, work, folder, manifest, run_id, settings.runtime, summary,
+                             label=recipe.name)
+            finally:
+                manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
+                                 summary.seconds)
+    finally:
+        backend.close()
+    return Outcome(folder, summary, refreshed=refreshed)
+
+
+def run_record(settings: Settings, found: dict[str, Model]) -> str:
+    """The run's record (runs/run-NNNN.yaml and the manifest's runs table): the composed
+    recipe, where it was found, and its resolved models."""
+    record = yaml.safe_load(settings.resolved)
+    record["models"] = saved_models(found)
+    return yaml.safe_dump(record, sort_keys=False, allow_unicode=True)
+
+
+def refresh_records(recipe: recipes.Recipe, found: dict[str, Model], manifest: Manifest) -> int:
+    """Bring finished jobs' recorded params (template, values, prompt-file columns, model
+    references) up to what the recipe now gives; pixels and ids are unchanged."""
+    if not recipe.has_context() and not manifest.has_context():
+        return 0
+    jobs = plan.distinct(plan.jobs(recipe, found), plan.repeated_prompts(recipe))
+    return manifest.refresh(jobs)
+
+
+def draw_recipe_grids(recipe: recipes.Recipe,
+                      folder: RunFolder) -> tuple[list[grid.Sheet], list[str]]:
+    """The contact sheets a recipe asks for, from every finished image that matches; a sheet
+    that cannot be drawn is reported, never fatal."""
+    sheets, errors = [], []
+    for index, spec in enumerate(recipe.grids):
+        try:
+            sheets += grid.draw(folder.root, folder.root / "grids", spec.x, spec.y,
+                                catalog.Where.parse(spec.where),
+                                prefix=f"grid{index + 1}" if len(recipe.grids) > 1 else "grid")
+        except (grid.GridError, catalog.CatalogError) as e:
+            errors.append(str(e))
+    return sheets, errors
+
+
+# 4. the state of a run folder ---------------------------------------------------------------------
+
+def status(folder: RunFolder, settings: Settings | None) -> dict[str, Any]:
+    """A run folder's progress. With `settings`, counted against that recipe; without, against
+    the recipe the folder's last run recorded (no recipe file or model needed)."""
+    last, failures = None, []
+    if folder.manifest.exists():
+        with Manifest(folder.manifest, readonly=True) as manifest:
+            last = manifest.last_run()
+            failures = [{"id": i, "path": p, "error": e} for i, p, e in manifest.failures()]
+    if settings is not None:
+        recipe, found = settings.recipe, resolve_models(settings.recipe)
+    elif last is None:
+        raise BadInput(f"{folder.root}: has no recorded run")
+    else:
+        recipe, found = recorded_recipe(folder, last["recipe"])
+    counts = count(recipe, folder, found)
+    report: dict[str, Any] = {
+        "folder": str(folder.root), "recipe": recipe.name, "planned": counts.planned,
+        "done": counts.done, "pending": counts.pending, "failed": counts.failed,
+        "last_run": None, "failures": failures}
+    if last:
+        report["last_run"] = {k: last[k] for k in ("id", "started_at", "ended_at", "rendered",
+                                                   "failed", "seconds")}
+    return report
+
+
+def recorded_recipe(folder: RunFolder, text: str) -> tuple[recipes.Recipe, dict[str, Model]]:
+    """The recipe and models a run recorded, read back from the record alone."""
+    from farm.compose import compose
+
+    record = yaml.safe_load(text)
+    if "models" not in record:  # recorded by an older farm: compose its recipe file again
+        kept = [o for o in record["overrides"] if not o.startswith("outputs=")]
+        settings = compose([f"recipe={record['recipe']}", *kept,
+                            f"outputs={folder.root.parent}"])
+        return settings.recipe, resolve_models(settings.recipe)
+    fields = {k: v for k, v in record.items() if k in recipes.DEFAULTS}
+    try:
+        recipe = recipes.parse(fields, source=record["name"], base=Path(record["base"]))
+    except recipes.RecipeError as e:
+        raise BadInput(f"{folder.root}: its recorded recipe no longer reads ({e}); give the "
+                       "recipe instead: farm status recipe=NAME") from None
+    found = {ref: Model(ref=ref, path=m["path"], identity=m["identity"], config=m["config"])
+             for ref, m in record["models"].items()}
+    return recipe, found

@@ -197,6 +197,8 @@ def command_export(options: argparse.Namespace) -> int:
     if report.missing:
         print(f"Left out, recorded as done but missing from {options.folder}: "
               f"{report.missing} (farm render renders them again)")
+    for note in report.notes:
+        print(f"Note: {note}")
     return EXIT_OK
 
 

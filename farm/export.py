@@ -59,6 +59,7 @@ class Report:
     kept: int = 0  # images an earlier call had exported already
     missing: int = 0  # recorded as done, but the file is gone from the run folder
     files: list[str] = field(default_factory=list)  # what the export holds, relative to it
+    notes: list[str] = field(default_factory=list)  # what a user of the export should know
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,14 @@ def select(run: Path, where: Where) -> Selection:
 
 def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -> Report:
     """Hugging Face's imagefolder layout: the images in the run's own 10,000-a-folder shards and
-    a metadata.jsonl whose file_name points at each; shards are pruned of files no longer in it."""
+    a metadata.parquet whose file_name points at each (typed columns: a 64-bit seed stays a
+    whole number, which JSON lines would turn into a float); shards are pruned of files no
+    longer in it."""
     report, visited = Report(), set()
-    shard, keep = None, set()
-    metadata = to / "metadata.jsonl"
-    with atomic_text(metadata) as out:
+    shard, keep, big = None, set(), False
+    schema = _schema(selection, "file_name")
+    (to / "metadata.jsonl").unlink(missing_ok=True)  # written by farm before 0.2: one metadata
+    with _parquet(to / "metadata.parquet", schema) as rows:
         for entry, source in selection.present(report):
             target = _inside(to, entry.path)
             if target.parent != shard:
@@ -134,14 +138,55 @@ def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -
             else:
                 _copy_atomic(source, target, options.link)
                 report.written += 1
-            out.write(json.dumps({"file_name": entry.path, **selection.columns(entry)},
-                                 ensure_ascii=False) + "\n")
+            rows.add({"file_name": entry.path, **selection.columns(entry)})
+            big = big or (entry.params.get("seed") or 0) >= 2**63
         _prune(shard, keep)
+    if big:
+        report.notes.append("some seeds are 2**63 or more: metadata.parquet holds them exactly, "
+                            "but datasets' imagefolder loader stops at 2**63 - 1 (read the "
+                            "metadata with pyarrow or pandas, or export --format parquet)")
     for old in (to / "images").glob("*"):  # shards with nothing selected any more
         if old.is_dir() and old.name not in visited:
             shutil.rmtree(old)
-    report.files = ["metadata.jsonl", "images/"]
+    report.files = ["metadata.parquet", "images/"]
     return report
+
+
+class _Rows:
+    """Rows written to a parquet file in bounded row groups."""
+
+    def __init__(self, writer, schema):
+        self.writer, self.schema, self.rows, self.size = writer, schema, [], 0
+
+    def add(self, row: dict[str, Any], size: int = 0) -> None:
+        self.rows.append(row)
+        self.size += size
+        if len(self.rows) >= ROWS_PER_GROUP or self.size >= BYTES_PER_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.rows:
+            self.writer.write_batch(pa.RecordBatch.from_pylist(self.rows, self.schema))
+        self.rows, self.size = [], 0
+
+
+@contextmanager
+def _parquet(target: Path, schema) -> Iterator[_Rows]:
+    """A parquet file written under a temporary name and renamed into place when complete."""
+    import pyarrow.parquet as pq
+
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    try:
+        with pq.ParquetWriter(partial, schema) as writer:
+            rows = _Rows(writer, schema)
+            yield rows
+            rows.flush()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
 
 
 def webdataset(selection: Selection, to: Path, options: Options, state: dict) -> Report:
@@ -195,14 +240,9 @@ def _write_shard(path: Path, chunk: list[tuple[Entry, Path]], selection: Selecti
 def parquet(selection: Selection, to: Path, options: Options, state: dict) -> Report:
     """One table of the manifest, a row per image, written in bounded row groups; with
     `with_images`, an `image` column of {bytes, path} that Hugging Face decodes as an Image."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = _schema(selection, options.with_images)
-    report, rows, size = Report(), [], 0
+    report = Report()
     target = to / "manifest.parquet"
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
-    with pq.ParquetWriter(partial, schema) as writer:
+    with _parquet(target, _schema(selection, images=options.with_images, manifest=True)) as rows:
         for entry, source in selection.present(report):
             row = {**selection.columns(entry), "path": entry.path, "seq": entry.seq,
                    **{k: entry.row.get(k) for k in ("attempts", "seconds", "batch_size",
@@ -213,39 +253,39 @@ def parquet(selection: Selection, to: Path, options: Options, state: dict) -> Re
             row["scheduler_config"] = json.dumps(scheduler.get("config"), default=str)
             made = json.loads(entry.row.get("provenance") or "null") or {}
             row["provenance"] = {k: made.get(k) for k in PROVENANCE}
+            size = 0
             if options.with_images:
                 data = source.read_bytes()
                 row["image"] = {"bytes": data, "path": Path(entry.path).name}
-                size += len(data)
-            rows.append(row)
+                size = len(data)
+            rows.add(row, size)
             report.written += 1
-            if len(rows) >= ROWS_PER_GROUP or size >= BYTES_PER_GROUP:
-                writer.write_batch(pa.RecordBatch.from_pylist(rows, schema))
-                rows, size = [], 0
-        if rows:
-            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema))
-    os.replace(partial, target)
     report.files = [target.name]
     return report
 
 
-def _schema(selection: Selection, with_images: bool):
-    """Fixed column types (a seed may need all 64 bits), with Hugging Face's features."""
+def _schema(selection: Selection, first: str | None = None, images: bool = False,
+            manifest: bool = False):
+    """Fixed column types (a seed may need all 64 bits), with Hugging Face's features: an
+    optional `first` text column (imagefolder's file_name), the job's columns, template values
+    and prompt-file columns, the pixel hash; with `manifest`, the rest of the manifest row."""
     import pyarrow as pa
 
     text, whole = pa.string(), pa.int64()
-    types = {name: getattr(pa, kind)() for name, kind in COLUMNS.items()}
+    types = {first: text} if first else {}
+    types.update({name: getattr(pa, kind)() for name, kind in COLUMNS.items()})
     for name, keys in selection.nested.items():
         types[name] = pa.struct([(k, text) for k in keys])
-    types.update({"pixel_hash": text, "path": text, "seq": whole, "attempts": whole,
-                  "seconds": pa.float64(), "batch_size": whole, "position": whole,
-                  "worker": text, "run_id": whole, "updated_at": text, "scheduler_class": text,
-                  "scheduler_config": text,
-                  "provenance": pa.struct([(k, text) for k in PROVENANCE])})
-    if with_images:
+    types["pixel_hash"] = text
+    if manifest:
+        types.update({"path": text, "seq": whole, "attempts": whole, "seconds": pa.float64(),
+                      "batch_size": whole, "position": whole, "worker": text, "run_id": whole,
+                      "updated_at": text, "scheduler_class": text, "scheduler_config": text,
+                      "provenance": pa.struct([(k, text) for k in PROVENANCE])})
+    if images:
         types["image"] = pa.struct([("bytes", pa.binary()), ("path", text)])
     features = {name: _feature(kind) for name, kind in types.items()}
-    if with_images:
+    if images:
         features["image"] = {"_type": "Image"}
     return pa.schema(list(types.items()),
                      metadata={"huggingface": json.dumps({"info": {"features": features}})})
@@ -271,12 +311,12 @@ def export(run: Path, to: Path, options: Options) -> Report:
     if to == run or to.is_relative_to(run) or run.is_relative_to(to):
         raise ExportError(f"--to {to}: an export must not be inside the run folder {run} "
                           "(nor hold it); choose a folder elsewhere")
-    if options.format == "parquet":
+    if options.format in ("parquet", "imagefolder"):
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ExportError("--format parquet needs pyarrow: pip install pyarrow (farm's "
-                              "export extra: pip install -e '.[export]' in a clone)") from None
+            raise ExportError(f"--format {options.format} needs pyarrow: pip install pyarrow "
+                              "(farm depends on it; this environment lacks it)") from None
     if options.shard_size < 1:
         raise ExportError(f"--shard-size: got {options.shard_size}; expected 1 or more")
     state = _load_state(to, run, options)
@@ -339,16 +379,3 @@ def _prune(shard: Path | None, keep: set[str]) -> None:
     for old in shard.iterdir():
         if old.name not in keep:
             old.unlink()
-
-
-@contextmanager
-def atomic_text(path: Path) -> Iterator[io.TextIOWrapper]:
-    """A text file written under a temporary name and renamed into place when complete."""
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            yield handle
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)

@@ -16,6 +16,7 @@ Pure Python, no torch.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import itertools
 import json
@@ -172,11 +173,7 @@ def read_values(path: Path, field: str, unique: bool = True) -> tuple[str, ...]:
     """One value per line; blank lines and lines starting with # are skipped. Values (of a
     variable, a wildcard) must differ unless `unique` is False (prompts of a .txt file, where a
     repeat is rendered once, as in a CSV)."""
-    try:
-        with _open(path) as handle:
-            lines = [line for _, line in _lines(handle, path, field)]
-    except OSError as e:
-        raise PromptError(field, str(path), f"cannot read {path}: {e.strerror}") from None
+    lines = [line for _, line in _lines(path, field)]
     values = tuple(line.strip() for line in lines if line.strip() and not
                    line.strip().startswith("#"))
     if not values:
@@ -187,21 +184,23 @@ def read_values(path: Path, field: str, unique: bool = True) -> tuple[str, ...]:
     return values
 
 
-def _open(path: Path):
-    """A text file as UTF-8, with or without a byte-order mark (Excel's "CSV UTF-8")."""
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _lines(handle, path: Path, field: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a text file; a byte that is not UTF-8 is an error naming its
-    line, not a traceback."""
-    number = 0
+def _lines(path: Path, field: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, with or without a byte-order mark (Excel's
+    "CSV UTF-8"); a byte that is not UTF-8 is an error naming its line, not a traceback."""
     try:
-        for number, line in enumerate(handle, start=1):
-            yield number, line
-    except UnicodeDecodeError as e:
-        raise PromptError(field, str(path), f"{path.name} line {number + 1}: not UTF-8 text "
-                          f"(byte 0x{e.object[e.start]:02x}); save it as UTF-8") from None
+        handle = open(path, "rb")
+    except OSError as e:
+        raise PromptError(field, str(path), f"cannot read {path}: {e.strerror}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PromptError(field, str(path), f"{path.name} line {number}: not UTF-8 "
+                                  f"text (byte 0x{raw[e.start]:02x}); save it as UTF-8") \
+                    from None
 
 
 def file_rows(path: Path, field: str) -> Iterator[Row]:
@@ -215,28 +214,23 @@ def file_rows(path: Path, field: str) -> Iterator[Row]:
         return
     if suffix not in (".csv", ".jsonl"):
         raise PromptError(field, str(path), "a prompt file is .txt, .csv or .jsonl")
-    try:
-        handle = _open(path)
-    except OSError as e:
-        raise PromptError(field, str(path), f"cannot read {path}: {e.strerror}") from None
-    with handle:
-        lines = _lines(handle, path, field)
-        if suffix == ".csv":
-            yield from _csv_rows(lines, path, field)
-            return
-        for number, line in lines:
-            if not line.strip():
-                continue
-            where = f"{path.name} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(field, str(path), f"{where}: not valid JSON ({e.msg} at "
-                                  f"column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise PromptError(field, str(path), f"{where}: expected a JSON object such as "
-                                  f'{{"prompt": "..."}}, got {type(record).__name__}')
-            yield _record_row(record, where, field)
+    lines = _lines(path, field)
+    if suffix == ".csv":
+        yield from _csv_rows(lines, path, field)
+        return
+    for number, line in lines:
+        if not line.strip():
+            continue
+        where = f"{path.name} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptError(field, str(path), f"{where}: not valid JSON ({e.msg} at "
+                              f"column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise PromptError(field, str(path), f"{where}: expected a JSON object such as "
+                              f'{{"prompt": "..."}}, got {type(record).__name__}')
+        yield _record_row(record, where, field)
 
 
 def _csv_rows(lines: Iterator[tuple[int, str]], path: Path, field: str) -> Iterator[Row]:

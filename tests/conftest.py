@@ -15,6 +15,39 @@ from farm import models
 from farm.jobs import Model
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+SLOW = {"test_a_million_jobs_plan_in_bounded_memory", "test_the_readme_demo_command"}
+
+
+def pytest_collection_modifyitems(items):
+    """Slow: whatever needs the Ray cluster, spawns processes or plans a million jobs; so
+    `pytest -m "not slow"` is the quick loop, and plain `pytest` still runs everything."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.name in SLOW:
+            item.add_marker(pytest.mark.slow)
+
+
+def _tree() -> set[str]:
+    """The files of the repository that git would see (tracked or not ignored)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                                cwd=REPOSITORY, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return set(listed.stdout.splitlines()) if listed.returncode == 0 else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_outside_temporary_folders():
+    """Tests write only under their temporary folders: the checkout is the same afterwards."""
+    before = _tree()
+    yield
+    added = sorted(_tree() - before)
+    assert not added, f"tests wrote into the checkout: {added[:10]}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def farm_cache(tmp_path_factory) -> Path:
     """Tiny models are built once per session into a private cache (never the user's)."""

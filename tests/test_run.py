@@ -1,0 +1,303 @@
+"""A render run end to end, as a new user tries it: the promises of the README, kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from farm import outputs
+from tests.helpers import recipe_folder
+from tests.helpers import run_farm as run_farm_default
+
+
+def run_farm(*args: str) -> int:
+    """The command line with the in-process runtime: these tests are not about Ray."""
+    return run_farm_default(args[0], "runtime=inline", *args[1:])
+
+
+def rows(folder: Path) -> list[dict]:
+    """The manifest's rows, params decoded."""
+    with sqlite3.connect(folder / "manifest.sqlite") as db:
+        db.row_factory = sqlite3.Row
+        found = [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY seq")]
+    for row in found:
+        row["params"] = json.loads(row["params"])
+    return found
+
+
+BASE = "steps: 2\nsize: 64x64\n"
+
+
+# 1. what a job is: sampler spellings, zip and prompt files, prompt-file values -----------------
+
+def test_two_spellings_of_one_sampler_and_schedule_are_refused(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-2\n" + BASE)
+    assert run_farm("plan", "recipe=r", "sampler=[DPM++ 2M Karras, dpmpp_2m]",
+                    "scheduler=[automatic, karras]") == 2
+    err = capsys.readouterr().err
+    assert "sampler" in err and "(dpmpp_2m, karras)" in err and "list each pair once" in err
+    assert not (tmp_path / "outputs").exists()
+    assert run_farm("plan", "recipe=r", "sampler=[DPM++ 2M Karras, euler]") == 0
+    assert "jobs: 12 " in capsys.readouterr().out
+
+
+def test_zip_keeps_every_prompt_file_row_and_its_own_seed(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../rows.csv}\nseeds: [10, 11, 12]\n"
+                  "zip: [[prompt, seeds]]\n" + BASE)
+    (tmp_path / "rows.csv").write_text("prompt,seed\na cat,5\na dog,\nan owl,7\n")
+    assert run_farm("plan", "recipe=r") == 0
+    assert "jobs: 3 " in capsys.readouterr().out
+    assert run_farm("render", "recipe=r") == 0
+    made = {(r["params"]["prompt"], r["params"]["seed"]) for r in rows(tmp_path / "outputs" / "r")}
+    # a row's own seed wins; a row without one takes the seed it is zipped with
+    assert made == {("a cat", 5), ("a dog", 11), ("an owl", 7)}
+
+
+@pytest.mark.parametrize("cell, column, words", [
+    ("steps=0", "steps", "got '0'; expected a whole number from 1 to 1000"),
+    ("seed=-5", "seed", "got '-5'; expected a whole number from 0 to"),
+    ("cfg=-3", "cfg", "got '-3'; expected a number from 0 to 100"),
+    ("cfg=nan", "cfg", "got 'nan'; expected a number from 0 to 100"),
+])
+def test_prompt_file_values_pass_the_recipe_checks(tmp_path, monkeypatch, capsys, cell, column,
+                                                   words):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../rows.csv}\n" + BASE)
+    (tmp_path / "rows.csv").write_text(f"prompt,{column}\na cat,1\na dog,{cell.split('=')[1]}\n")
+    assert run_farm("render", "recipe=r") == 2
+    assert f"rows.csv line 3: column {column}: {words}" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_jsonl_values_are_checked_too(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../rows.jsonl}\n" + BASE)
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "a cat", "steps": true}\n')
+    assert run_farm("plan", "recipe=r") == 2
+    assert "rows.jsonl line 1: column steps: got True" in capsys.readouterr().err
+
+
+# 2. bit-exact re-renders at any batch position ---------------------------------------------------
+
+def test_verify_replay_and_repair_are_bit_exact_at_every_position(tmp_path, monkeypatch,
+                                                                   capsys):
+    # cfg 1 (no guidance): a call shape where a job's pixels depend on its position (this CPU)
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a red fox, an owl]\nseeds: 0-2\ncfg: 1\n"
+                  "format: jpeg\nbatch_size: 3\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    folder = tmp_path / "outputs" / "r"
+    made = rows(folder)
+    assert sorted({r["position"] for r in made}) == [0, 1, 2]
+    capsys.readouterr()
+    assert run_farm_default("verify", str(folder), "--all") == 0
+    out = capsys.readouterr().out
+    assert out.count("identical") == 6 and "6 fine, 0 not." in out
+    later = next(r for r in made if r["position"] == 2)
+    assert run_farm_default("replay", str(folder / later["path"]), "--to",
+                            str(tmp_path / "again")) == 0
+    assert "the same pixels as" in capsys.readouterr().out
+    for r in made:  # deleted by hand: each comes back with the pixels it had
+        (folder / r["path"]).unlink()
+    assert run_farm("render", "recipe=r") == 0
+    assert {r["path"]: (r["pixel_hash"], r["position"]) for r in rows(folder)} == \
+        {r["path"]: (r["pixel_hash"], r["position"]) for r in made}
+
+
+# 3. templated negatives ---------------------------------------------------------------------------
+
+def test_the_recipe_negative_is_a_template_too(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, 'a {big|small} {red|green} ball']\n"
+                  "negative: '{red|green} cast, {{literal}}'\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    made = {(r["params"]["prompt"], r["params"]["negative"]) for r in rows(tmp_path / "outputs"
+                                                                           / "r")}
+    assert made == {("a cat", "red cast, {literal}"), ("a cat", "green cast, {literal}"),
+                    ("a big red ball", "red cast, {literal}"),
+                    ("a big green ball", "green cast, {literal}"),
+                    ("a small red ball", "red cast, {literal}"),
+                    ("a small green ball", "green cast, {literal}")}
+
+
+def test_a_slot_shared_by_prompt_and_negative_takes_one_value(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {text: 'a {big|small} {red|green} ball', "
+                  "negative: '{red|green} cast'}\n" + BASE)
+    assert run_farm("plan", "recipe=r") == 0
+    assert "jobs: 4 " in capsys.readouterr().out
+    assert run_farm("render", "recipe=r") == 0
+    for r in rows(tmp_path / "outputs" / "r"):
+        colour = r["params"]["values"]["{red|green}"]
+        assert colour in r["params"]["prompt"] and r["params"]["negative"] == f"{colour} cast"
+
+
+def test_a_templated_negative_with_a_prompt_file_is_refused(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../p.txt}\nnegative: '{a|b}'\n" + BASE)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    assert run_farm("plan", "recipe=r") == 2
+    assert "negative column" in capsys.readouterr().err
+
+
+# 4. recipes are never evaluated -------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt, words", [
+    ("a fox, ${oc.env:HOME}", "calls a resolver, which farm never runs"),
+    ("price ${price}", "${price} names no recipe field"),
+])
+def test_recipes_run_no_resolvers(tmp_path, monkeypatch, capsys, prompt, words):
+    recipe_folder(tmp_path, monkeypatch, r=f"prompt: '{prompt}'\n" + BASE)
+    assert run_farm("plan", "recipe=r") == 2
+    err = capsys.readouterr().err
+    assert "recipe r: prompt: got" in err and words in err and "command line" not in err
+    assert os.environ["HOME"] not in err.split("got")[1].split(";")[0].replace(prompt, "")
+
+
+def test_a_literal_dollar_survives_and_fields_may_refer_to_fields(tmp_path, monkeypatch,
+                                                                   capsys):
+    recipe_folder(tmp_path, monkeypatch, r="name: foxes-${steps}\n"
+                  "prompt: 'a $5 fox, costs \\${{price}}, ${size}'\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    (row,) = rows(tmp_path / "outputs" / "foxes-2")
+    assert row["params"]["prompt"] == "a $5 fox, costs ${price}, 64x64"
+
+
+# 5. metadata follows the recipe -------------------------------------------------------------------
+
+def test_changed_labels_reach_the_records_of_finished_images(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../rows.csv}\n" + BASE)
+    (tmp_path / "rows.csv").write_text("prompt,label\na cat,dgo\n")
+    assert run_farm("render", "recipe=r") == 0
+    (tmp_path / "rows.csv").write_text("prompt,label\na cat,cat\n")
+    capsys.readouterr()
+    assert run_farm("render", "recipe=r") == 0
+    out = capsys.readouterr().out
+    assert "already done" in out and "of 1 finished images" in out
+    (row,) = rows(tmp_path / "outputs" / "r")
+    assert row["params"]["fields"] == {"label": "cat"}
+    assert run_farm_default("export", str(tmp_path / "outputs" / "r"), "--format", "parquet",
+                            "--to", str(tmp_path / "x"), "--where", "fields.label=cat") == 0
+
+
+# 6. the run folder's own tools work from anywhere -------------------------------------------------
+
+def test_status_of_a_run_folder_from_anywhere_after_the_recipe_moved(tmp_path, monkeypatch,
+                                                                     capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    recipe_folder(work, monkeypatch, r="prompt: {file: ../rows.csv}\nseeds: 0-1\n" + BASE)
+    (work / "rows.csv").write_text("prompt\na cat\na dog\n")
+    assert run_farm("render", "recipe=r") == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (work / "recipes" / "r.yaml").rename(work / "moved.yaml")
+    capsys.readouterr()
+    assert run_farm("status", str(work / "outputs" / "r")) == 0
+    assert "4 done, 0 pending, 0 failed, of 4 planned" in capsys.readouterr().out
+
+
+# 7. integers stay integers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("top, fmt, loader", [
+    (2**60 + 2, "imagefolder", "imagefolder"),  # datasets' imagefolder holds up to 2**63 - 1
+    (2**64 - 1, "parquet", "parquet"),
+])
+def test_seeds_above_two_to_the_53_stay_whole(tmp_path, monkeypatch, capsys, top, fmt, loader):
+    recipe_folder(tmp_path, monkeypatch, r=f"prompt: a cat\nseeds: {top - 2}-{top}\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    folder = tmp_path / "outputs" / "r"
+    capsys.readouterr()
+    assert run_farm_default("export", str(folder), "--format", fmt, "--to",
+                            str(tmp_path / "hf"), "--where", f"seed={top}") == 0
+    assert "Exported 1 images" in capsys.readouterr().out
+    import datasets
+
+    source = ({"data_dir": str(tmp_path / "hf")} if loader == "imagefolder" else
+              {"data_files": str(tmp_path / "hf" / "manifest.parquet")})
+    loaded = datasets.load_dataset(loader, **source, cache_dir=str(tmp_path / "cache"))["train"]
+    assert loaded.features["seed"].dtype == "uint64" and loaded["seed"][:] == [top]
+
+
+# 8. prompt files as people save them ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, data, words", [
+    ("p.jsonl", b'{"prompt": "a cat"}\n{"prompt": \n', "p.jsonl line 2: not valid JSON"),
+    ("p.jsonl", b'{"prompt": "a cat"}\n["a dog"]\n', "p.jsonl line 2: expected a JSON object"),
+    ("p.csv", "prompt\nun caf\xe9\n".encode("latin-1"), "p.csv line 2: not UTF-8 text"),
+    ("p.txt", "un caf\xe9\n".encode("latin-1"), "p.txt line 1: not UTF-8 text"),
+])
+def test_bad_prompt_files_are_named(tmp_path, monkeypatch, capsys, name, data, words):
+    recipe_folder(tmp_path, monkeypatch, r=f"prompt: {{file: ../{name}}}\n" + BASE)
+    (tmp_path / name).write_bytes(data)
+    assert run_farm("plan", "recipe=r") == 2
+    assert words in capsys.readouterr().err
+
+
+def test_excel_csv_and_spaced_headers_are_read(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../p.csv}\nseeds: 0-4\n" + BASE)
+    (tmp_path / "p.csv").write_bytes("\ufeffprompt, seed\nun café, 3\n".encode("utf-8"))
+    assert run_farm("render", "recipe=r") == 0
+    (row,) = rows(tmp_path / "outputs" / "r")
+    assert (row["params"]["prompt"], row["params"]["seed"]) == ("un café", 3)
+
+
+def test_a_repeated_txt_line_is_rendered_once(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../p.txt}\n" + BASE)
+    (tmp_path / "p.txt").write_text("a cat\na dog\na cat\n")
+    assert run_farm("render", "recipe=r") == 0
+    assert "Rendered 2 of 2 images" in capsys.readouterr().out
+    assert run_farm("render", "recipe=r") == 0
+    assert "all 2 images are already done" in capsys.readouterr().out
+
+
+# 9. contact sheets and filters ----------------------------------------------------------------------
+
+def test_two_grids_on_the_same_axes_keep_both_sheets(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-1\ncfg: [5, 7]\n"
+                  "grids: [{x: cfg, y: seed}, {x: cfg, y: seed, where: [seed=0]}]\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    sheets = sorted(p.name for p in (tmp_path / "outputs" / "r" / "grids").glob("*.png"))
+    assert sheets == ["grid1-cfg-seed.png", "grid2-cfg-seed.png"]
+
+
+def test_images_of_another_dtype_get_their_own_sheet(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-1\ncfg: [5, 7]\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    assert run_farm("render", "recipe=r", "dtype=float32") == 0
+    folder = tmp_path / "outputs" / "r"
+    capsys.readouterr()
+    assert run_farm_default("grid", str(folder), "--x", "cfg", "--y", "seed") == 0
+    out = capsys.readouterr().out
+    assert out.count("2 x 2 cells") == 2  # one sheet per dtype: all 8 images shown
+
+
+def test_where_matches_alternatives_booleans_and_numbers_in_text(tmp_path, monkeypatch,
+                                                                 capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: ['a {red|green} ball', {file: ../p.jsonl}, "
+                  "{file: ../q.csv}]\n" + BASE)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "an owl", "night": false}\n')
+    (tmp_path / "q.csv").write_text("prompt,weight\na fox,1.0\n")
+    assert run_farm("render", "recipe=r") == 0
+    folder = tmp_path / "outputs" / "r"
+    for where, count in (("values.{red|green}=red", 1), ("fields.night=false", 1),
+                         ("fields.night=False", 1), ("fields.weight=1", 1)):
+        capsys.readouterr()
+        assert run_farm_default("export", str(folder), "--format", "parquet", "--to",
+                                str(tmp_path / where.replace("|", "_")), "--where", where) == 0
+        assert f"Exported {count} images" in capsys.readouterr().out, where
+
+
+# 10. a damaged file does not stop verify --------------------------------------------------------------
+
+def test_verify_all_names_a_truncated_image_and_compares_the_rest(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-2\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    folder = tmp_path / "outputs" / "r"
+    damaged = folder / rows(folder)[0]["path"]
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    capsys.readouterr()
+    assert run_farm_default("verify", str(folder), "--all") == 1
+    out = capsys.readouterr().out
+    assert f"unreadable: {rows(folder)[0]['path']}" in out and out.count("identical") == 2

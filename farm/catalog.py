@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.fields import COLUMNS
+from farm.manifest import Manifest
 
 # what a filter or a grid axis may name, besides values.NAME and fields.NAME: every job column
 # (farm/fields.py) and size (WxH)
@@ -153,26 +153,14 @@ def manifest_of(folder: Path) -> Path:
     return manifest
 
 
-ORDERS = {
-    "file": "seq",  # the order files were numbered in
-    "finished": "run_id, seq",  # by the run that made them: what a later run adds comes last
-}
-
-
 def entries(folder: Path, where: Where = Where(), order: str = "file") -> Iterator[Entry]:
     """Every image the manifest records as done and that matches, streamed, in file order or in
     the order of the runs that finished them. Whether its file is still there is the caller's
     to check (exports count the missing)."""
-    db = sqlite3.connect(f"file:{manifest_of(folder)}?mode=ro", uri=True, timeout=30)
-    try:
-        cursor = db.execute(f"SELECT * FROM jobs WHERE status = 'done' ORDER BY {ORDERS[order]}")
-        names = [c[0] for c in cursor.description]
-        for values in cursor:
-            row = dict(zip(names, values))
+    with Manifest(manifest_of(folder), readonly=True) as manifest:
+        for row in manifest.done(order):
             entry = Entry(seq=row.pop("seq"), id=row.pop("id"), path=row.pop("path"),
                           pixel_hash=row.pop("pixel_hash"), params=json.loads(row.pop("params")),
                           row=row)
             if where.matches(entry):
                 yield entry
-    finally:
-        db.close()

@@ -110,8 +110,8 @@ def check_interpolations(config: Any, recipe: str, field: str = "") -> None:
             check_interpolations(value, recipe, f"{field}[{index}]")
     elif isinstance(config, str):
         for inner in _interpolations(config):
-            allowed = (f"a recipe is data: ${{...}} may only name another recipe field (e.g. "
-                       f"${{size}}); write \\${{ for a literal ${{")
+            allowed = ("a recipe is data: ${...} may only name another recipe field (e.g. "
+                       "${size}); write \\${ for a literal ${")
             if ":" in inner or "${" in inner:
                 raise BadInput(f"recipe {recipe}: {field}: got {config!r}; ${{{inner}}} calls a "
                                f"resolver, which farm never runs; {allowed}")

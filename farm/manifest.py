@@ -203,6 +203,24 @@ class Manifest:
         yield from self.db.execute(
             "SELECT id, path, error FROM jobs WHERE status = 'failed' ORDER BY seq")
 
+    ORDERS = {
+        "file": "seq",  # the order files were numbered in
+        "finished": "run_id, seq",  # by the run that made them: what a later run adds comes last
+    }
+
+    def done(self, order: str = "file") -> Iterator[dict]:
+        """Every row whose job is done, as a dict, streamed by one cursor (never held)."""
+        cursor = self.db.execute(
+            f"SELECT * FROM jobs WHERE status = 'done' ORDER BY {self.ORDERS[order]}")
+        names = [c[0] for c in cursor.description]
+        for values in cursor:
+            yield dict(zip(names, values))
+
+    def first_path(self) -> str | None:
+        """The path of the first job this folder numbered (its file type is the folder's)."""
+        row = self.db.execute("SELECT path FROM jobs ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
+
     def job(self, job_id: str) -> dict | None:
         cursor = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
         row = cursor.fetchone()

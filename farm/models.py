@@ -200,21 +200,6 @@ def file_hash(file: Path) -> str:
     return cache[key]
 
 
-def quiet_libraries() -> None:
-    """diffusers and transformers log and draw progress bars per load; a farm loads often."""
-    import warnings
-
-    import transformers  # before diffusers, whose imports trigger transformers' warnings
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    import diffusers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated")
-
-
 def load_pipeline(checkpoint: Model, device: str, dtype):
     """A text-to-image pipeline for a resolved checkpoint, on `device`, without progress bars."""
     import diffusers

@@ -79,13 +79,13 @@ class RunFolder:
 
     def stored_suffix(self) -> str | None:
         """The file type of the images already recorded here (None when there are none)."""
-        import sqlite3
+        from farm.manifest import Manifest
 
         if not self.manifest.exists():
             return None
-        with sqlite3.connect(f"file:{self.manifest}?mode=ro", uri=True, timeout=30) as db:
-            row = db.execute("SELECT path FROM jobs ORDER BY seq LIMIT 1").fetchone()
-        return Path(row[0]).suffix if row else None
+        with Manifest(self.manifest, readonly=True) as manifest:
+            first = manifest.first_path()
+        return Path(first).suffix if first else None
 
     def remove_partial_files(self) -> int:
         """Delete files left half-written by a killed run; they were never recorded."""

@@ -8,10 +8,10 @@
 
 A slot used twice in an item (its prompt and negative included) takes one value per row: the
 same variable, the same wildcard, or the same alternatives (`{red|green}` in the prompt and in
-the negative pick the same colour). Rows come out `combinatorial` (every combination, in order) or `random` (`count` rows
-per item, each choice drawn from a generator seeded by the recipe's seed and the row's number,
-so the same recipe always gives the same prompts). Everything streams: nothing holds the rows.
-Pure Python, no torch.
+the negative pick the same colour). Rows come out `combinatorial` (every combination, in order)
+or `random` (`count` rows per item, each choice drawn from a generator seeded by the recipe's
+seed and the row's number, so the same recipe always gives the same prompts). Everything
+streams: nothing holds the rows. Pure Python, no torch.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ Rendered = Image.Image | str
 def render(pipe, batch: Batch, scheduler_config: dict) -> tuple[list[Rendered], dict]:
     """Render every job of a batch in one pipeline call; one image (or error) per job.
 
-    The call is padded to the batch's `pad_to` size, each job at its slot (see Batch). Each image gets its own CPU
-    generator seeded with its own seed, passed as a list, so that its noise is the same whatever
-    batch, worker or device renders it. Also returns the scheduler that ran, as
-    {"class": ..., "config": {...}}, for the record.
+    The call is padded to the batch's `pad_to` size, each job at its slot (see Batch). Each
+    image gets its own CPU generator seeded with its own seed, passed as a list, so that its
+    noise is the same whatever batch, worker or device renders it. Also returns the scheduler
+    that ran, as {"class": ..., "config": {...}}, for the record.
     """
     first, shape = batch.first, batch.shape
     # 1. sampler: a fresh scheduler from the checkpoint's own config; the model stays loaded

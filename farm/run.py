@@ -260,21 +260,19 @@ def status(folder: RunFolder, settings: Settings | None) -> dict[str, Any]:
 
 
 def recorded_recipe(folder: RunFolder, text: str) -> tuple[recipes.Recipe, dict[str, Model]]:
-    """The recipe and models a run recorded, read back from the record alone."""
-    from farm.compose import compose
-
+    """The recipe and models a run recorded, read back from the record alone: its composed
+    fields, the folder its prompt files were read from, and its models by identity (a record
+    made by an older farm has no models: they are resolved again)."""
     record = yaml.safe_load(text)
-    if "models" not in record:  # recorded by an older farm: compose its recipe file again
-        kept = [o for o in record["overrides"] if not o.startswith("outputs=")]
-        settings = compose([f"recipe={record['recipe']}", *kept,
-                            f"outputs={folder.root.parent}"])
-        return settings.recipe, resolve_models(settings.recipe)
     fields = {k: v for k, v in record.items() if k in recipes.DEFAULTS}
+    base = Path(record.get("base") or Path(record["recipe"]).parent)
     try:
-        recipe = recipes.parse(fields, source=record["name"], base=Path(record["base"]))
+        recipe = recipes.parse(fields, source=str(record.get("name")), base=base)
     except recipes.RecipeError as e:
         raise BadInput(f"{folder.root}: its recorded recipe no longer reads ({e}); give the "
                        "recipe instead: farm status recipe=NAME") from None
+    if "models" not in record:
+        return recipe, resolve_models(recipe)
     found = {ref: Model(ref=ref, path=m["path"], identity=m["identity"], config=m["config"])
              for ref, m in record["models"].items()}
     return recipe, found

@@ -18,7 +18,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Protocol
 
-from farm.jobs import Batch, Job, Loadout, Result
+from farm.jobs import Batch, Loadout, Result
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
 

@@ -33,9 +33,9 @@ def ensure(name: str) -> Path:
     target = cache_dir() / "tiny" / f"{name}-v{VERSION}"
     if (target / ".complete").exists():
         return target
-    from farm.models import quiet_libraries
+    from farm import libraries
 
-    quiet_libraries()
+    libraries.quiet()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 from farm import outputs
-from farm.jobs import ImageFormat
+from farm.jobs import ImageFormat, Slot
+from farm.manifest import Manifest
 from farm.outputs import RunFolder
-from farm.jobs import Slot
 from farm.replay import job_from, stored_format
 
 TOLERANCE = 1  # of 255: what other batch shapes change, measured on the CPU
@@ -36,9 +35,9 @@ class Finding:
 def check_files(folder: RunFolder) -> list[Finding]:
     """Every file the manifest records as done: present, decodable, and the recorded pixels."""
     findings = []
-    with sqlite3.connect(f"file:{folder.manifest}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT path, pixel_hash FROM jobs WHERE status = 'done' ORDER BY seq")
-        for path, recorded in rows:
+    with Manifest(folder.manifest, readonly=True) as manifest:
+        for row in manifest.done():
+            path, recorded = row["path"], row["pixel_hash"]
             file = folder.root / path
             if not file.is_file():
                 findings.append(Finding(path, "missing"))
@@ -60,9 +59,9 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -
     """Render `sample` finished jobs again (all when None) and compare their pixels."""
     from farm.worker import Device, Worker
 
-    with sqlite3.connect(f"file:{folder.manifest}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT path, params, batch_size, position FROM jobs "
-                          "WHERE status = 'done' ORDER BY seq").fetchall()
+    with Manifest(folder.manifest, readonly=True) as manifest:
+        rows = [(r["path"], r["params"], r["batch_size"], r["position"])
+                for r in manifest.done()]
     if sample is not None and sample < len(rows):
         rows = sorted(random.Random(0).sample(rows, sample))
     findings = []

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm import models, outputs, render
+from farm import libraries, models, outputs, render
 from farm.jobs import Batch, Loadout, Model, Result
 
 
@@ -45,7 +45,7 @@ class Worker:
                  threads: int | None = None):
         import torch
 
-        models.quiet_libraries()
+        libraries.quiet()
         self.folder = outputs.RunFolder(Path(run_root))
         self.name = name
         self.device = device or Device.detect()

@@ -113,3 +113,6 @@ def test_a_run_folder_made_before_resumes_with_nothing_rendered(tmp_path, capsys
     assert "all 12 images are already done" in out
     after = {p.name: p.read_bytes() for p in (tmp_path / "outputs").rglob("*.png")}
     assert after == before
+    capsys.readouterr()  # its status, from its own record, also works on the old folder
+    assert run_farm("status", str(tmp_path / "outputs" / "legacy")) == 0
+    assert "12 done, 0 pending, 0 failed, of 12 planned" in capsys.readouterr().out

@@ -119,13 +119,14 @@ def test_recipe_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, farm.recipe, farm.plan, farm.jobs, farm.manifest, farm.samplers, "
+    code = ("import sys, farm.fields, farm.recipe, farm.plan, farm.jobs, farm.manifest, "
+            "farm.samplers, "
             "farm.prompts, farm.catalog, farm.finished; "
             "print(any(m in sys.modules for m in ('torch', 'diffusers', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     # the command line, dispatch, exports and grids leave Ray to cluster.py (and torch to workers)
-    code = ("import sys, farm.cli, farm.schedule, farm.export, farm.grid; "
+    code = ("import sys, farm.cli, farm.run, farm.schedule, farm.export, farm.grid; "
             "print(sorted(m for m in ('torch', 'diffusers', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

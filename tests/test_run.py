@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from farm import outputs
 from tests.helpers import recipe_folder
 from tests.helpers import run_farm as run_farm_default
 
@@ -34,7 +31,7 @@ def rows(folder: Path) -> list[dict]:
 BASE = "steps: 2\nsize: 64x64\n"
 
 
-# 1. what a job is: sampler spellings, zip and prompt files, prompt-file values -----------------
+# 1. what a job is: sampler spellings, zip and prompt files, prompt-file values --------------------
 
 def test_two_spellings_of_one_sampler_and_schedule_are_refused(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-2\n" + BASE)
@@ -81,7 +78,7 @@ def test_jsonl_values_are_checked_too(tmp_path, monkeypatch, capsys):
     assert "rows.jsonl line 1: column steps: got True" in capsys.readouterr().err
 
 
-# 2. bit-exact re-renders at any batch position ---------------------------------------------------
+# 2. bit-exact re-renders at any batch position ----------------------------------------------------
 
 def test_verify_replay_and_repair_are_bit_exact_at_every_position(tmp_path, monkeypatch,
                                                                    capsys):
@@ -198,7 +195,7 @@ def test_status_of_a_run_folder_from_anywhere_after_the_recipe_moved(tmp_path, m
     assert "4 done, 0 pending, 0 failed, of 4 planned" in capsys.readouterr().out
 
 
-# 7. integers stay integers --------------------------------------------------------------------------
+# 7. integers stay integers ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("top, fmt, loader", [
     (2**60 + 2, "imagefolder", "imagefolder"),  # datasets' imagefolder holds up to 2**63 - 1
@@ -220,7 +217,7 @@ def test_seeds_above_two_to_the_53_stay_whole(tmp_path, monkeypatch, capsys, top
     assert loaded.features["seed"].dtype == "uint64" and loaded["seed"][:] == [top]
 
 
-# 8. prompt files as people save them ------------------------------------------------------------------
+# 8. prompt files as people save them --------------------------------------------------------------
 
 @pytest.mark.parametrize("name, data, words", [
     ("p.jsonl", b'{"prompt": "a cat"}\n{"prompt": \n', "p.jsonl line 2: not valid JSON"),
@@ -252,7 +249,7 @@ def test_a_repeated_txt_line_is_rendered_once(tmp_path, monkeypatch, capsys):
     assert "all 2 images are already done" in capsys.readouterr().out
 
 
-# 9. contact sheets and filters ----------------------------------------------------------------------
+# 9. contact sheets and filters --------------------------------------------------------------------
 
 def test_two_grids_on_the_same_axes_keep_both_sheets(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-1\ncfg: [5, 7]\n"
@@ -289,7 +286,7 @@ def test_where_matches_alternatives_booleans_and_numbers_in_text(tmp_path, monke
         assert f"Exported {count} images" in capsys.readouterr().out, where
 
 
-# 10. a damaged file does not stop verify --------------------------------------------------------------
+# 10. a damaged file does not stop verify ----------------------------------------------------------
 
 def test_verify_all_names_a_truncated_image_and_compares_the_rest(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-2\n" + BASE)

@@ -98,7 +98,7 @@ def describe(summary: Summary, folder: RunFolder) -> str:
     return text
 
 
-def command_status(args: list[str], as_json: bool) -> int:
+def command_status(args: list[str], as_json: bool, config_dir: str | None = None) -> int:
     named = [a for a in args if "=" not in a]
     if named:  # a run folder: counted against the recipe its last run recorded
         fields = [a for a in args if "=" in a and not a.startswith(("runtime", "outputs="))]
@@ -110,7 +110,7 @@ def command_status(args: list[str], as_json: bool) -> int:
             raise BadInput(f"{named[0]!r} is not a run folder (it has no manifest.sqlite)")
         report = run.status(folder, None)
     else:
-        settings = compose(args)
+        settings = compose(args, config_dir)
         report = run.status(settings.folder, settings)
     if as_json:
         print(json.dumps(report, indent=2))
@@ -131,23 +131,31 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="farm", description="A declarative batch render farm for diffusion models.",
         epilog=f"Recipe fields (override as field=value): {fields}. Settings: "
-               "runtime=inline, runtime.workers=N, outputs=DIR.")
+               "runtime=inline, runtime.workers=N, outputs=DIR. Config groups (conf/GROUP/"
+               "OPTION.yaml): GROUP=OPTION, +GROUP=OPTION.")
     sub = top.add_subparsers(dest="command", required=True)
     for name, text in (("render", "render what is not done yet"),
                        ("plan", "count jobs, done and pending; render nothing"),
                        ("status", "progress of a run folder")):
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("args", nargs="*", metavar="recipe=NAME|field=value",
-                         help="the recipe (name or path) and Hydra-style overrides"
+        cmd.add_argument("args", nargs="*", metavar="recipe=NAME|field=value|group=option",
+                         help="the recipe (name or path) and Hydra-style overrides: fields, "
+                         "config group choices (quality=final), +group=option to add one"
                          + (", or a run folder" if name == "status" else ""))
+        cmd.add_argument("--config-dir", metavar="DIR", help="a folder of config groups, "
+                         "looked up before ./conf and farm's own (or $FARM_CONFIG_DIR)")
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "plan":
+            cmd.add_argument("--cfg", action="store_true", help="print the composed recipe "
+                             "(its fields, runtime and group choices) and stop")
     text = "check a run folder's files, and render finished jobs again to compare"
     cmd = sub.add_parser("verify", help=text, description=text)
     cmd.add_argument("target", nargs="+", metavar="RUN_FOLDER | recipe=NAME [field=value ...]",
                      help="a run folder (outputs/NAME), or a recipe and its overrides")
     cmd.add_argument("--sample", type=int, default=8, help="jobs to render again (default 8)")
     cmd.add_argument("--all", action="store_true", help="render every finished job again")
+    cmd.add_argument("--config-dir", metavar="DIR", help="config groups, with recipe=NAME")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
     text = "render one image again from the metadata it carries"
     cmd = sub.add_parser("replay", help=text, description=text)
@@ -214,10 +222,10 @@ def command_grid(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_folder(target: list[str]) -> Path:
+def run_folder(target: list[str], config_dir: str | None = None) -> Path:
     """A run folder named directly, or the one a recipe (with its overrides) renders into."""
     if "=" in target[0]:
-        return compose(target).folder.root
+        return compose(target, config_dir).folder.root
     if len(target) > 1:
         raise BadInput(f"{' '.join(target)}: give one run folder, or recipe=NAME and overrides")
     return Path(target[0])
@@ -252,9 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     options = parser().parse_args(argv)
     try:
         if options.command == "status":
-            code = command_status(options.args, options.json)
+            code = command_status(options.args, options.json, options.config_dir)
         elif options.command == "verify":
-            code = command_verify(run_folder(options.target),
+            code = command_verify(run_folder(options.target, options.config_dir),
                                   None if options.all else options.sample, options.device)
         elif options.command == "replay":
             code = command_replay(options.image, options.to, options.device)
@@ -262,8 +270,11 @@ def main(argv: list[str] | None = None) -> None:
             code = command_export(options)
         elif options.command == "grid":
             code = command_grid(options)
+        elif options.command == "plan" and options.cfg:
+            print(compose(options.args, options.config_dir).resolved, end="")
+            code = EXIT_OK
         else:
-            settings = compose(options.args)
+            settings = compose(options.args, options.config_dir)
             code = (command_render if options.command == "render" else command_plan)(settings)
     except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
             RuntimeUnavailable, ReplayError, catalog.CatalogError, ExportError,

@@ -1,14 +1,25 @@
-"""Recipe files composed with Hydra into typed settings; the only module that touches Hydra.
+"""Recipes composed with Hydra into typed settings; the only module that touches Hydra.
 
-A recipe name finds recipes/NAME.yaml in the working directory, then farm's packaged examples.
-The recipe file, farm's defaults for every recipe field and the structured `runtime` group are
-composed by Hydra with the command-line overrides; the result is checked by recipe.parse.
+A recipe name finds recipes/NAME.yaml in the working directory, then farm's examples. A recipe
+may start with a defaults list that pulls pieces from config groups:
+
+    defaults: [{models: sdxl}, {quality: draft}, {prompts: animals}, _self_]
+
+A group is a folder of conf/ (`conf/quality/draft.yaml`): in a folder given with --config-dir
+(or $FARM_CONFIG_DIR), then ./conf, then farm's own. A group file holds recipe fields and merges
+at the recipe's top level (as if it carried Hydra's `# @package _global_`); the `runtime` group
+holds runtime settings. Hydra composes farm's defaults for every field, the runtime group, the
+recipe's defaults list and the command-line overrides (`field=value`, `group=option`,
+`+group=option`), in Hydra's order: the recipe's own fields after `_self_` win (by default
+`_self_` is last). The result is checked by recipe.parse; nothing in it is ever evaluated.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +32,11 @@ from farm.schedule import Runtime
 
 DEFAULT_RECIPE = "demo"
 SETTINGS = ("runtime", "outputs")  # config keys that are not recipe fields
+RUNTIME = "runtime"  # the group of runtime settings (the others hold recipe fields)
+RUNTIMES = ("ray", "inline")  # the runtime group's built-in options
+PRIMARY = "__recipe__"  # the recipe, as the primary config Hydra composes
+DEFAULTS_NODE = "_farm_defaults_"  # every recipe field's default, composed first
+COMMAND_LINE_NODE = "_farm_command_line_"  # fields named like a group in use, composed last
 
 
 class BadInput(Exception):
@@ -32,67 +48,206 @@ class Settings:
     recipe: recipes.Recipe
     runtime: Runtime
     outputs: Path  # the folder that holds run folders
-    resolved: str  # the composed config as YAML, saved with each run
+    resolved: str  # the composed config as YAML, with the group choices, saved with each run
 
     @property
     def folder(self) -> RunFolder:
         return RunFolder(self.outputs / self.recipe.name, self.recipe.image)
 
 
+# 1. where recipes and config groups are found ----------------------------------------------------
+
+def examples(kind: str) -> Path | None:
+    """farm's own recipes/ or conf/: inside an installed package (copied there when the wheel
+    is built), or beside the package in a clone; one source of truth either way."""
+    inside = resources.files("farm") / "examples" / kind
+    if inside.is_dir():
+        return Path(str(inside))
+    beside = Path(__file__).resolve().parent.parent / kind
+    return beside if beside.is_dir() else None
+
+
 def find_recipe(ref: str) -> Path:
-    """recipes/NAME.yaml in the working directory, then the packaged examples; or a path."""
+    """recipes/NAME.yaml in the working directory, then farm's examples; or a path."""
     if ref.endswith((".yaml", ".yml")) or "/" in ref:
         path = Path(ref).expanduser()
         if not path.is_file():
             raise BadInput(f"recipe: {ref!r}: no such file")
         return path
-    local = Path("recipes") / f"{ref}.yaml"
-    if local.is_file():
-        return local
-    packaged = resources.files("farm") / "recipes" / f"{ref}.yaml"
-    if packaged.is_file():
-        return Path(str(packaged))
-    known = sorted({p.stem for p in Path("recipes").glob("*.yaml")}
-                   | {Path(p.name).stem for p in (resources.files("farm") / "recipes").iterdir()
-                      if p.name.endswith(".yaml")})
+    folders = [Path("recipes"), *filter(None, [examples("recipes")])]
+    for folder in folders:
+        if (folder / f"{ref}.yaml").is_file():
+            return folder / f"{ref}.yaml"
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
     raise BadInput(f"recipe: {ref!r}: not found in ./recipes or farm's examples; "
                    f"known recipes: {', '.join(known)}; or give a path to a .yaml file")
 
 
-def load_recipe_file(path: Path) -> dict[str, Any]:
-    """A recipe file as plain data (safe YAML: no tags, no code)."""
+def config_dirs(config_dir: str | Path | None = None) -> list[Path]:
+    """Where config groups are looked up, first found first: --config-dir (or
+    $FARM_CONFIG_DIR), ./conf, then farm's own."""
+    given = config_dir or os.environ.get("FARM_CONFIG_DIR")
+    if given and not Path(given).is_dir():
+        raise BadInput(f"--config-dir: {str(given)!r}: no such folder")
+    found = [Path(given)] if given else []
+    if Path("conf").is_dir():
+        found.append(Path("conf"))
+    own = examples("conf")
+    return found + ([own] if own else [])
+
+
+def load_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML mapping (safe YAML: no tags, no code)."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise BadInput(f"recipe {path}: not valid YAML: {e}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise BadInput(f"{what} {path}: not valid YAML: {e}") from None
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
-        raise BadInput(f"recipe {path}: expected a mapping of recipe fields, got {data!r}")
-    unknown = sorted(set(data) - set(recipes.DEFAULTS))
+        raise BadInput(f"{what} {path}: expected a mapping of recipe fields, got {data!r}")
+    return data
+
+
+def load_recipe_file(path: Path) -> dict[str, Any]:
+    """A recipe file as plain data: recipe fields and an optional defaults list."""
+    data = load_yaml(path, "recipe")
+    unknown = sorted(set(data) - set(recipes.DEFAULTS) - {"defaults"})
     if unknown:
-        raise BadInput(f"recipe {path}: {unknown[0]}: unknown field; allowed: "
+        raise BadInput(f"recipe {path}: {unknown[0]}: unknown field; allowed: defaults, "
                        f"{', '.join(recipes.DEFAULTS)}")
     return data
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Name the field when an override is not one (Hydra's own message suggests '+key')."""
+# 2. config groups, staged for Hydra --------------------------------------------------------------
+
+@dataclass
+class Groups:
+    """Every group option found, with the file that gives it, and its own defaults list."""
+
+    files: dict[str, dict[str, Path]]  # group -> option -> file
+    needs: dict[tuple[str, str], list[tuple[str, str]]]  # (group, option) -> what it pulls in
+
+    def options(self, group: str) -> list[str]:
+        return sorted(self.files.get(group, {})) + (list(RUNTIMES) if group == RUNTIME else [])
+
+    def check(self, group: str, option: Any, where: str) -> None:
+        """An unknown group or option names the group and lists what there is."""
+        known = sorted({*self.files, RUNTIME})
+        if group not in known:
+            raise BadInput(f"{where}: no config group {group!r}; groups: {', '.join(known)} "
+                           "(folders of conf/)")
+        if option is not None and str(option) not in self.options(group):
+            raise BadInput(f"{where}: config group {group!r} has no option {option!r}; "
+                           f"options: {', '.join(self.options(group))}")
+
+
+def stage(sources: list[Path], staged: Path) -> Groups:
+    """Copy every group file into one folder for Hydra (the first source that has an option
+    gives it), checked, with the header that merges it at the top level; defaults entries in a
+    group file name other groups from the top (`{models: sd15}` is /models/sd15)."""
+    files: dict[str, dict[str, Path]] = {}
+    for source in sources:
+        for path in sorted(source.glob("*/*.yaml")):
+            files.setdefault(path.parent.name, {}).setdefault(path.stem, path)
+    needs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    allowed = {RUNTIME: [f.name for f in fields(Runtime)]}
+    for group, options in files.items():
+        for option, path in options.items():
+            data = load_yaml(path, "config group file")
+            keys = allowed.get(group, list(recipes.DEFAULTS))
+            unknown = sorted(set(data) - set(keys) - {"defaults"})
+            if unknown:
+                raise BadInput(f"config group file {path}: {unknown[0]}: not a "
+                               f"{'runtime setting' if group == RUNTIME else 'recipe field'}; "
+                               f"allowed: {', '.join(keys)}")
+            pulled = _entries(data.get("defaults"), f"config group file {path}")
+            needs[(group, option)] = pulled
+            if pulled:
+                data["defaults"] = [{f"/{g}": o} for g, o in pulled] + ["_self_"]
+            header = "" if group == RUNTIME else "# @package _global_\n"
+            target = staged / group / f"{option}.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return Groups(files, needs)
+
+
+def _entries(defaults: Any, where: str) -> list[tuple[str, str]]:
+    """(group, option) of each entry of a defaults list; `_self_` is left out."""
+    if defaults is None:
+        return []
+    if not isinstance(defaults, list):
+        raise BadInput(f"{where}: defaults: expected a list such as [{{models: sd15}}, _self_]")
+    found = []
+    for entry in defaults:
+        if entry == "_self_":
+            continue
+        if not (isinstance(entry, dict) and len(entry) == 1):
+            raise BadInput(f"{where}: defaults: {entry!r}: expected {{GROUP: OPTION}} or _self_")
+        (group, option), = entry.items()
+        found.append((str(group).lstrip("/"), option))
+    return found
+
+
+def check_cycles(groups: Groups, chosen: list[tuple[str, str]], where: str) -> None:
+    """A defaults list that pulls in itself, directly or through other groups, is refused
+    (Hydra would recurse without end)."""
+    def visit(node: tuple[str, str], trail: list[tuple[str, str]]) -> None:
+        if node in trail:
+            loop = " -> ".join(f"{g}/{o}" for g, o in trail[trail.index(node):] + [node])
+            raise BadInput(f"{where}: the defaults lists form a cycle: {loop}")
+        for child in groups.needs.get(node, []):
+            visit(child, trail + [node])
+
+    for node in chosen:
+        visit(node, [])
+
+
+# 3. overrides and interpolation ------------------------------------------------------------------
+
+@dataclass
+class Overrides:
+    """The command line's overrides, checked and sorted."""
+
+    hydra: list[str]  # what Hydra applies: fields, settings, group choices
+    chosen: list[tuple[str, str]]  # (group, option) chosen or added
+    fields: dict[str, Any]  # fields named like a group in use (quality=95 beside quality/)
+
+
+def check_overrides(overrides: list[str], groups: Groups) -> Overrides:
+    """Name the field when an override is not one (Hydra's own message suggests '+key'), and
+    the group and its options when a group choice is not one. A name that is both a field and
+    a group (`quality`: JPEG quality, and conf/quality/) is the field when given a number, else
+    the group."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    allowed = [*recipes.DEFAULTS, *SETTINGS]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
         raise BadInput(f"command line: {e}") from None
-    for override in parsed:
-        root = override.key_or_group.split(".")[0]
+    found = Overrides([], [], {})
+    group_names = sorted({*groups.files, RUNTIME})
+    allowed = [*recipes.DEFAULTS, *SETTINGS]
+    for text, override in zip(overrides, parsed):
+        key, where = override.key_or_group, f"command line: {override.input_line!r}"
+        root = key.split(".")[0]
+        value = None if override.is_delete() else override.value()
+        if key in recipes.DEFAULTS and key in groups.files and not override.is_add() \
+                and not isinstance(value, str):  # quality=95: the field; quality=final: a group
+            found.fields[key] = value
+            continue
+        found.hydra.append(text)
+        if key in group_names or (override.is_add() and "." not in key):
+            if not override.is_delete():
+                groups.check(key, value if isinstance(value, str) else None, where)
+                found.chosen.append((key, str(value)))
+            continue
         if root not in allowed or override.package is not None:
-            raise BadInput(f"command line: {override.input_line!r}: unknown field {root!r}; "
-                           f"allowed: {', '.join(allowed)}")
-        if root in recipes.DEFAULTS and "." in override.key_or_group:
-            raise BadInput(f"command line: {override.input_line!r}: {root} has no sub-fields; "
-                           f"set it whole, e.g. {root}=...")
+            raise BadInput(f"{where}: unknown field {root!r}; allowed: {', '.join(allowed)}; "
+                           f"config groups: {', '.join(group_names)}")
+        if root in recipes.DEFAULTS and "." in key:
+            raise BadInput(f"{where}: {root} has no sub-fields; set it whole, e.g. {root}=...")
+    return found
 
 
 REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -138,15 +293,18 @@ def _interpolations(text: str) -> list[str]:
     return found
 
 
-def compose(args: list[str]) -> Settings:
-    """Recipe file + command-line overrides + runtime group, composed by Hydra, then checked."""
+# 4. composing ------------------------------------------------------------------------------------
+
+def compose(args: list[str], config_dir: str | Path | None = None) -> Settings:
+    """A recipe + config groups + command-line overrides, composed by Hydra, then checked."""
     from hydra import compose as hydra_compose
-    from hydra import initialize
+    from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    # 1. the recipe, its defaults list and the overrides, each checked
     recipe_ref = DEFAULT_RECIPE
     overrides = []
     for arg in args:
@@ -156,31 +314,55 @@ def compose(args: list[str]) -> Settings:
             overrides.append(arg)
     path = find_recipe(recipe_ref)
     data = load_recipe_file(path)
-    check_overrides(overrides)
-
-    store = ConfigStore.instance()
-    store.store(group="runtime", name="ray", node=Runtime(kind="ray"))
-    store.store(group="runtime", name="inline", node=Runtime(kind="inline"))
-    store.store(name="farm", node={
-        "defaults": [{"runtime": "ray"}, "_self_"],
-        **recipes.DEFAULTS, "name": path.stem, **data, "outputs": "outputs",
-    })
+    with tempfile.TemporaryDirectory(prefix="farm-compose-") as scratch:
+        staged = Path(scratch)
+        groups = stage(config_dirs(config_dir), staged)
+        given = data.pop("defaults", None)
+        listed = _entries(given, f"recipe {path}")
+        for group, option in listed:
+            groups.check(group, option, f"recipe {path}: defaults")
+        given_overrides = check_overrides(overrides, groups)
+        check_cycles(groups, listed + given_overrides.chosen, f"recipe {path}")
+        # 2. the primary config: farm's defaults, the runtime, the recipe's groups, the recipe
+        entries = list(given or [])
+        if not any(g == RUNTIME for g, _ in listed):
+            entries.insert(0, {RUNTIME: "ray"})
+        if "_self_" not in entries:
+            entries.append("_self_")  # Hydra's default: the recipe's own fields win
+        if given_overrides.fields:  # set last, as the command line's fields are
+            entries.append(COMMAND_LINE_NODE)
+        primary = {"defaults": [DEFAULTS_NODE, *entries], **data}
+        (staged / f"{PRIMARY}.yaml").write_text(yaml.safe_dump(primary, sort_keys=False,
+                                                               allow_unicode=True))
+        store = ConfigStore.instance()
+        for name in RUNTIMES:
+            store.store(group=RUNTIME, name=name, node=Runtime(kind=name))
+        store.store(name=DEFAULTS_NODE, package="_global_", node={
+            **recipes.DEFAULTS, "name": path.stem, "outputs": "outputs"})
+        store.store(name=COMMAND_LINE_NODE, package="_global_", node=given_overrides.fields)
+        # 3. Hydra composes
+        try:
+            with initialize_config_dir(config_dir=str(staged.resolve()), version_base=None):
+                cfg = hydra_compose(PRIMARY, overrides=given_overrides.hydra,
+                                    return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise BadInput(f"command line: {e}".strip()) from None
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items()
+               if not k.startswith("hydra/") and k not in (DEFAULTS_NODE, COMMAND_LINE_NODE)}
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    del composed["hydra"]
+    # 4. recipes are data: no resolver runs; then the typed settings
+    check_interpolations(composed, path.stem)
     try:
-        with initialize(version_base=None, config_path=None):
-            cfg = hydra_compose("farm", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise BadInput(f"command line: {e}".strip()) from None
-    check_interpolations(OmegaConf.to_container(cfg, resolve=False), path.stem)
-    try:
-        runtime = OmegaConf.to_object(cfg.runtime)
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = OmegaConf.to_container(OmegaConf.create(composed), resolve=True)
+        runtime = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Runtime),
+                                                      config.pop(RUNTIME)))
     except OmegaConfBaseException as e:
         raise BadInput(f"recipe {path.stem}: {e}".strip()) from None
-    del config["runtime"]
     outputs = Path(str(config.pop("outputs")))
     recipe = recipes.parse(config, source=path.stem, base=path.parent)
     resolved = yaml.safe_dump({"recipe": str(path.resolve()), "base": str(path.parent.resolve()),
-                               "overrides": overrides, **config,
-                               "runtime": OmegaConf.to_container(cfg.runtime)},
+                               "overrides": overrides, "choices": choices, **config,
+                               "runtime": OmegaConf.to_container(OmegaConf.structured(runtime))},
                               sort_keys=False, allow_unicode=True)
     return Settings(recipe=recipe, runtime=runtime, outputs=outputs, resolved=resolved)

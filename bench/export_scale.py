@@ -3,7 +3,8 @@
     python bench/export_scale.py [--images 10000 100000]
 
 For each size, builds a synthetic run folder (a manifest of done rows with template values,
-and an 8x8 PNG per row, 10,000 to a folder), then runs each export format in a fresh process
+and an 8x8 PNG per row, 10,000 to a folder), then runs each export format (hub: parquet shards
+with the images embedded, and the dataset card) in a fresh process
 and prints its wall time and peak RSS. The baseline in the same run is a bare pass over the
 manifest (one cursor, json.loads of each row) in a fresh process: memory that grows with the
 run size beyond the baseline's would mean an export holds rows.
@@ -98,7 +99,7 @@ def main() -> None:
             seconds, peak = timed(BARE, str(run))
             print(f"{count:>8}  {'bare pass':<16} {seconds:>8.1f} {count / seconds:>9.0f} "
                   f"{peak:>9.0f}")
-            for kind in ("imagefolder", "imagefolder+link", "webdataset", "parquet"):
+            for kind in ("imagefolder", "imagefolder+link", "webdataset", "parquet", "hub"):
                 seconds, peak = timed(EXPORT, str(run), str(Path(tmp) / kind), kind)
                 print(f"{count:>8}  {kind:<16} {seconds:>8.1f} {count / seconds:>9.0f} "
                       f"{peak:>9.0f}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -121,7 +122,29 @@ def command_status(args: list[str], as_json: bool, config_dir: str | None = None
              + (f"ended {last['ended_at']}" if last["ended_at"] else "still running (or killed)"))
     print(f"{report['folder']}: {report['done']} done, {report['pending']} pending, "
           f"{report['failed']} failed, of {report['planned']} planned; {state}")
+    if report["report"]:
+        print(describe_report(report["report"]))
     return EXIT_OK
+
+
+def describe_report(report: dict) -> str:
+    """report.json in a few lines."""
+    jobs = report["jobs"]
+    lines = [f"Last render: {jobs['rendered']} rendered, {jobs['skipped']} already done, "
+             f"{jobs['failed']} failed, {jobs['unfinished']} left, in {report['wall_seconds']} s "
+             f"({report['images_per_second']} images/s"
+             + (f", first image after {report['first_image_seconds']} s"
+                if report["first_image_seconds"] is not None else "") + ")."]
+    if len(report["per_worker"]) > 1:
+        lines.append("Per worker: " + ", ".join(f"{w} {v['images']} ({v['images_per_second']}/s)"
+                                                for w, v in report["per_worker"].items()))
+    if report["loads"]:
+        lines.append("Model loads: " + ", ".join(f"{m} {v['count']}x, {v['seconds']} s"
+                                                 for m, v in report["loads"].items()))
+    for kind, group in report["failures"].items():
+        lines.append(f"Failed with {kind}: {group['count']} (e.g. {group['examples'][0]['path']}:"
+                     f" {group['examples'][0]['error']})")
+    return "\n".join(lines)
 
 
 # 2. entry point and the run-folder commands -----------------------------------------------------
@@ -175,6 +198,12 @@ def parser() -> argparse.ArgumentParser:
                      help="webdataset: images per tar shard (default 1000)")
     cmd.add_argument("--with-images", action="store_true",
                      help="parquet: embed the image bytes (default: paths only)")
+    cmd.add_argument("--max-shard-size", default="500MB", metavar="SIZE",
+                     help="parquet and hub: bytes of images per shard (default 500MB; "
+                     "e.g. 200MB, 1GB)")
+    cmd.add_argument("--captions", choices=("txt",), help="imagefolder: NAME.txt beside each "
+                     "image; webdataset: a .txt member per sample (the caption: the recipe's, "
+                     "else the prompt)")
     cmd.add_argument("--link", action="store_true",
                      help="imagefolder: hard-link the images instead of copying them (same "
                      "filesystem; no extra space; then never edit exported images in place)")
@@ -193,9 +222,23 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def size_in_bytes(text: str) -> int:
+    """"500MB", "1.5GB", "20KB" or a number of bytes."""
+    units = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+    found = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?B?)\s*", text.upper())
+    if not found or found[2] not in units:
+        raise BadInput(f"--max-shard-size: got {text!r}; expected a size such as 500MB or 2GB")
+    try:
+        return int(float(found[1]) * units[found[2]])
+    except ValueError:
+        raise BadInput(f"--max-shard-size: got {text!r}; expected a size such as 500MB") \
+            from None
+
+
 def command_export(options: argparse.Namespace) -> int:
     chosen = export.Options(options.format, catalog.Where.parse(options.where),
-                            options.shard_size, options.with_images, options.link)
+                            options.shard_size, options.with_images, options.link,
+                            options.captions, size_in_bytes(options.max_shard_size))
     report = export.export(options.folder, options.to, chosen)
     files = report.files if len(report.files) <= 4 else \
         [report.files[0], "...", f"{report.files[-1]} ({len(report.files)} files)"]

@@ -1,8 +1,8 @@
-"""A run folder's finished images as a dataset: imagefolder, webdataset or parquet.
+"""A run folder's finished images as a dataset: imagefolder, webdataset, parquet or hub.
 
-Every exporter takes the same Selection (the run folder, a filter, the column layout) and
-streams the catalog once, so memory stays bounded for runs of millions of images. Exports only
-read the run folder. They are re-runnable: the target folder remembers what it holds
+Every exporter takes the same Selection (the run folder, a filter, the column layout;
+selection.py) and streams the catalog, so memory stays bounded for runs of millions of images.
+Exports only read the run folder. They are re-runnable: the target folder remembers what it holds
 (`.farm-export.json`), files already exported are kept, every file is written under a
 temporary name and renamed when complete, and a re-run after a crash or after the run has grown
 writes only what is missing or changed.
@@ -16,104 +16,18 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from farm import catalog
-from farm.catalog import Entry, Where
-from farm.fields import COLUMNS
+from farm import catalog, tables
+from farm.catalog import Entry
 from farm.outputs import PARTIAL_SUFFIX, write_atomic
+from farm.selection import ExportError, Options, Report, Selection, caption, select
 
-FORMATS = ("imagefolder", "webdataset", "parquet")
+FORMATS = ("imagefolder", "webdataset", "parquet", "hub")
 STATE = ".farm-export.json"  # hidden: Hugging Face's imagefolder skips it
-JOB_COLUMNS = tuple(COLUMNS)  # every job field (farm/fields.py), models with their identities
-PROVENANCE = ("device", "dtype", "farm", "torch", "diffusers", "transformers")
-ROWS_PER_GROUP, BYTES_PER_GROUP = 1000, 64 << 20  # parquet row groups: bounded memory
 
 
-class ExportError(ValueError):
-    """An export that cannot start: its source, its target or its options."""
-
-
-@dataclass(frozen=True)
-class Options:
-    format: str
-    where: Where = Where()
-    shard_size: int = 1000  # webdataset: images per tar shard
-    with_images: bool = False  # parquet: embed the image bytes
-    link: bool = False  # imagefolder: hard-link the images (no copy, no space) where possible
-
-    def describe(self) -> dict[str, Any]:
-        """What decides the export's content: a re-run must ask for the same."""
-        return {"format": self.format, "where": str(self.where),
-                **({"shard_size": self.shard_size} if self.format == "webdataset" else {}),
-                **({"with_images": self.with_images} if self.format == "parquet" else {})}
-
-
-@dataclass
-class Report:
-    written: int = 0  # images exported by this call
-    kept: int = 0  # images an earlier call had exported already
-    missing: int = 0  # recorded as done, but the file is gone from the run folder
-    files: list[str] = field(default_factory=list)  # what the export holds, relative to it
-    notes: list[str] = field(default_factory=list)  # what a user of the export should know
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The images to export, and the nested columns their rows share."""
-
-    run: Path
-    where: Where
-    nested: dict[str, tuple[str, ...]]  # "values"/"fields" -> every key any selected row has
-    count: int  # rows selected when they were scanned
-
-    def entries(self, order: str = "file") -> Iterator[Entry]:
-        return catalog.entries(self.run, self.where, order)
-
-    def present(self, report: Report, order: str = "file") -> Iterator[tuple[Entry, Path]]:
-        """The selected entries whose files are there, with those files; the rest counted.
-        A progress bar follows them (TQDM_DISABLE=1 hides it)."""
-        from tqdm import tqdm
-
-        with tqdm(total=self.count, desc="export", unit="img", dynamic_ncols=True) as bar:
-            for entry in self.entries(order):
-                bar.update()
-                source = self.run / entry.path
-                if source.is_file():
-                    yield entry, source
-                else:
-                    report.missing += 1
-
-    def columns(self, entry: Entry) -> dict[str, Any]:
-        """A row of the dataset: the job's fields, template values and prompt-file columns
-        (the same keys on every row, missing ones None), and the pixels' hash."""
-        row = {name: entry.params.get(name) for name in JOB_COLUMNS}
-        for name, keys in self.nested.items():
-            given = entry.params.get(name) or {}
-            row[name] = {k: _text(given.get(k)) for k in keys}
-        row["pixel_hash"] = entry.pixel_hash
-        return row
-
-
-def _text(value: Any) -> str | None:
-    return value if value is None or isinstance(value, str) else json.dumps(value)
-
-
-def select(run: Path, where: Where) -> Selection:
-    """Scan the selected rows once for the union of their nested keys (streaming)."""
-    nested: dict[str, set[str]] = {name: set() for name in catalog.NESTED}
-    count = 0
-    for count, entry in enumerate(catalog.entries(run, where), 1):
-        for name, keys in nested.items():
-            keys.update(entry.params.get(name) or ())
-    return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v}, count)
-
-
-# 1. the exporters: one contract, three formats ---------------------------------------------------
+# 1. the exporters: one contract, four formats (parquet and hub in tables.py) ---------------------
 
 def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -> Report:
     """Hugging Face's imagefolder layout: the images in the run's own 10,000-a-folder shards and
@@ -122,9 +36,9 @@ def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -
     longer in it."""
     report, visited = Report(), set()
     shard, keep, big = None, set(), False
-    schema = _schema(selection, "file_name")
+    schema = tables.schema_of(selection, "file_name")
     (to / "metadata.jsonl").unlink(missing_ok=True)  # written by farm before 0.2: one metadata
-    with _parquet(to / "metadata.parquet", schema) as rows:
+    with tables.parquet_file(to / "metadata.parquet", schema) as rows:
         for entry, source in selection.present(report):
             target = _inside(to, entry.path)
             if target.parent != shard:
@@ -138,6 +52,11 @@ def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -
             else:
                 _copy_atomic(source, target, options.link)
                 report.written += 1
+            if options.captions:  # NAME.txt beside NAME.png, as kohya-style trainers read
+                text = target.with_suffix(".txt")
+                keep.add(text.name)
+                if not text.is_file() or text.read_text(encoding="utf-8") != caption(entry):
+                    write_atomic(text, caption(entry).encode())
             rows.add({"file_name": entry.path, **selection.columns(entry)})
             big = big or (entry.params.get("seed") or 0) >= 2**63
         _prune(shard, keep)
@@ -150,43 +69,6 @@ def imagefolder(selection: Selection, to: Path, options: Options, state: dict) -
             shutil.rmtree(old)
     report.files = ["metadata.parquet", "images/"]
     return report
-
-
-class _Rows:
-    """Rows written to a parquet file in bounded row groups."""
-
-    def __init__(self, writer, schema):
-        self.writer, self.schema, self.rows, self.size = writer, schema, [], 0
-
-    def add(self, row: dict[str, Any], size: int = 0) -> None:
-        self.rows.append(row)
-        self.size += size
-        if len(self.rows) >= ROWS_PER_GROUP or self.size >= BYTES_PER_GROUP:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyarrow as pa
-
-        if self.rows:
-            self.writer.write_batch(pa.RecordBatch.from_pylist(self.rows, self.schema))
-        self.rows, self.size = [], 0
-
-
-@contextmanager
-def _parquet(target: Path, schema) -> Iterator[_Rows]:
-    """A parquet file written under a temporary name and renamed into place when complete."""
-    import pyarrow.parquet as pq
-
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
-    try:
-        with pq.ParquetWriter(partial, schema) as writer:
-            rows = _Rows(writer, schema)
-            yield rows
-            rows.flush()
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
 
 
 def webdataset(selection: Selection, to: Path, options: Options, state: dict) -> Report:
@@ -205,7 +87,7 @@ def webdataset(selection: Selection, to: Path, options: Options, state: dict) ->
         if (to / name).is_file() and shards.get(name) == digest.hexdigest():
             report.kept += len(chunk)
         else:
-            _write_shard(to / name, chunk, selection)
+            _write_shard(to / name, chunk, selection, bool(options.captions))
             report.written += len(chunk)
             shards[name] = digest.hexdigest()
             _save_state(to, state)  # a crash from here on keeps this shard
@@ -224,85 +106,28 @@ def webdataset(selection: Selection, to: Path, options: Options, state: dict) ->
     return report
 
 
-def _write_shard(path: Path, chunk: list[tuple[Entry, Path]], selection: Selection) -> None:
+def _write_shard(path: Path, chunk: list[tuple[Entry, Path]], selection: Selection,
+                 captions: bool = False) -> None:
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
         for entry, source in chunk:
             record = {**selection.columns(entry), "path": entry.path}
-            for name, data in ((f"{entry.id}{source.suffix}", source.read_bytes()),
-                               (f"{entry.id}.json", json.dumps(record).encode())):
+            members = [(f"{entry.id}{source.suffix}", source.read_bytes()),
+                       (f"{entry.id}.json", json.dumps(record).encode())]
+            if captions:
+                members.append((f"{entry.id}.txt", caption(entry).encode()))
+            for name, data in members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))
     os.replace(partial, path)
 
 
-def parquet(selection: Selection, to: Path, options: Options, state: dict) -> Report:
-    """One table of the manifest, a row per image, written in bounded row groups; with
-    `with_images`, an `image` column of {bytes, path} that Hugging Face decodes as an Image."""
-    report = Report()
-    target = to / "manifest.parquet"
-    with _parquet(target, _schema(selection, images=options.with_images, manifest=True)) as rows:
-        for entry, source in selection.present(report):
-            row = {**selection.columns(entry), "path": entry.path, "seq": entry.seq,
-                   **{k: entry.row.get(k) for k in ("attempts", "seconds", "batch_size",
-                                                    "position", "worker", "run_id",
-                                                    "updated_at")}}
-            scheduler = json.loads(entry.row.get("scheduler") or "null") or {}
-            row["scheduler_class"] = scheduler.get("class")
-            row["scheduler_config"] = json.dumps(scheduler.get("config"), default=str)
-            made = json.loads(entry.row.get("provenance") or "null") or {}
-            row["provenance"] = {k: made.get(k) for k in PROVENANCE}
-            size = 0
-            if options.with_images:
-                data = source.read_bytes()
-                row["image"] = {"bytes": data, "path": Path(entry.path).name}
-                size = len(data)
-            rows.add(row, size)
-            report.written += 1
-    report.files = [target.name]
-    return report
+EXPORTERS = {"imagefolder": imagefolder, "webdataset": webdataset, "parquet": tables.parquet,
+             "hub": tables.hub}
 
 
-def _schema(selection: Selection, first: str | None = None, images: bool = False,
-            manifest: bool = False):
-    """Fixed column types (a seed may need all 64 bits), with Hugging Face's features: an
-    optional `first` text column (imagefolder's file_name), the job's columns, template values
-    and prompt-file columns, the pixel hash; with `manifest`, the rest of the manifest row."""
-    import pyarrow as pa
-
-    text, whole = pa.string(), pa.int64()
-    types = {first: text} if first else {}
-    types.update({name: getattr(pa, kind)() for name, kind in COLUMNS.items()})
-    for name, keys in selection.nested.items():
-        types[name] = pa.struct([(k, text) for k in keys])
-    types["pixel_hash"] = text
-    if manifest:
-        types.update({"path": text, "seq": whole, "attempts": whole, "seconds": pa.float64(),
-                      "batch_size": whole, "position": whole, "worker": text, "run_id": whole,
-                      "updated_at": text, "scheduler_class": text, "scheduler_config": text,
-                      "provenance": pa.struct([(k, text) for k in PROVENANCE])})
-    if images:
-        types["image"] = pa.struct([("bytes", pa.binary()), ("path", text)])
-    features = {name: _feature(kind) for name, kind in types.items()}
-    if images:
-        features["image"] = {"_type": "Image"}
-    return pa.schema(list(types.items()),
-                     metadata={"huggingface": json.dumps({"info": {"features": features}})})
-
-
-def _feature(kind) -> dict:
-    import pyarrow as pa
-
-    if pa.types.is_struct(kind):
-        return {f.name: _feature(f.type) for f in kind}
-    return {"dtype": str(kind).replace("double", "float64"), "_type": "Value"}
-
-
-EXPORTERS = {"imagefolder": imagefolder, "webdataset": webdataset, "parquet": parquet}
-
-
-# 2. running one -----------------------------------------------------------------------------------
+# 2. running one ----------------------------------------------------------------------------------
 
 def export(run: Path, to: Path, options: Options) -> Report:
     """Check everything, then export; the target remembers its options for the next call."""
@@ -311,7 +136,7 @@ def export(run: Path, to: Path, options: Options) -> Report:
     if to == run or to.is_relative_to(run) or run.is_relative_to(to):
         raise ExportError(f"--to {to}: an export must not be inside the run folder {run} "
                           "(nor hold it); choose a folder elsewhere")
-    if options.format in ("parquet", "imagefolder"):
+    if options.format in ("parquet", "imagefolder", "hub"):
         try:
             import pyarrow  # noqa: F401
         except ImportError:
@@ -319,6 +144,14 @@ def export(run: Path, to: Path, options: Options) -> Report:
                               "(farm depends on it; this environment lacks it)") from None
     if options.shard_size < 1:
         raise ExportError(f"--shard-size: got {options.shard_size}; expected 1 or more")
+    if options.max_shard_bytes < 1:
+        raise ExportError(f"--max-shard-size: got {options.max_shard_bytes} bytes; expected a "
+                          "size such as 500MB")
+    if options.captions not in (None, "txt") or (options.captions and options.format not in (
+            "imagefolder", "webdataset")):
+        raise ExportError(f"--captions: got {options.captions!r} for --format "
+                          f"{options.format}; allowed: txt, with imagefolder or webdataset (the "
+                          "parquet and hub exports carry the caption as their `text` column)")
     state = _load_state(to, run, options)
     selection = select(run, options.where)
     if not selection.count:

@@ -147,7 +147,7 @@ class Job:
         return Job(**values)
 
 
-CONTEXT_KEYS = ("template", "values", "fields")  # Row.context: how a prompt was made
+CONTEXT_KEYS = ("template", "values", "fields", "caption")  # how a prompt was made, its caption
 LATER_IMAGE_FIELDS = tuple(f for f in FIELDS if f.role == IMAGE and f.id_default is not ALWAYS)
 
 
@@ -271,6 +271,7 @@ class Result:
     error: str | None = None
     scheduler: str | None = None  # JSON: the diffusers scheduler class and its full config
     provenance: str | None = None  # JSON: device, dtype and library versions that made it
+    loads: tuple[tuple[str, float], ...] = ()  # (model, seconds) its batch loaded first
 
     @property
     def ok(self) -> bool:

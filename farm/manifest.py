@@ -150,9 +150,11 @@ class Manifest:
                 )
 
     def has_context(self) -> bool:
-        """Whether any recorded job says how its prompt was made (template, file columns)."""
-        return self.db.execute("SELECT 1 FROM jobs WHERE params LIKE '%\"template\":%' OR "
-                               "params LIKE '%\"fields\":%' LIMIT 1").fetchone() is not None
+        """Whether any recorded job says how its prompt was made (template, file columns) or
+        carries a caption."""
+        return self.db.execute(
+            "SELECT 1 FROM jobs WHERE params LIKE '%\"template\":%' OR params LIKE "
+            "'%\"fields\":%' OR params LIKE '%\"caption\":%' LIMIT 1").fetchone() is not None
 
     def refresh(self, jobs: Iterable[Job]) -> int:
         """Bring the recorded params of jobs this folder has seen up to date with `jobs` (the

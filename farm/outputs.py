@@ -95,6 +95,20 @@ class RunFolder:
             removed += 1
         return removed
 
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    def write_report(self, report: dict) -> None:
+        """report.json: what the last render did (run.report)."""
+        write_atomic(self.report, json.dumps(report, indent=1, ensure_ascii=False).encode())
+
+    def read_report(self) -> dict | None:
+        try:
+            return json.loads(self.report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
     def save_recipe(self, run_id: int, text: str) -> Path:
         path = self.root / "runs" / f"run-{run_id:04d}.yaml"
         write_atomic(path, text.encode())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
 from farm import prompts, samplers
+from farm.fields import FIELDS
 from farm.jobs import Batch, Job, Loadout, Model, Slot
 from farm.recipe import ROW_AXES, Recipe
 
@@ -39,7 +41,7 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
                 continue
             sampler, schedule = _schedule(chosen["sampler"][1], chosen["scheduler"][1])
             width, height = chosen["size"][1]
-            yield Job(
+            job = Job(
                 checkpoint=out.checkpoint,
                 vae=out.vae,
                 prompt=row.text,
@@ -55,6 +57,15 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
                 dtype=recipe.dtype,
                 context=row.context,
             )
+            if recipe.caption is not None:  # recorded with the image, never in its id
+                job = _captioned(job, recipe.caption, row)
+            yield job
+
+
+def _captioned(job: Job, template: str, row: prompts.Row) -> Job:
+    known = {**dict(row.fields), **dict(row.values),
+             **{f.name: getattr(job, f.name) for f in FIELDS if not f.model}}
+    return replace(job, context=job.context + (("caption", prompts.caption(template, known)),))
 
 
 def repeated_prompts(recipe: Recipe) -> frozenset[int]:

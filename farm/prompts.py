@@ -138,6 +138,26 @@ def _key(m: re.Match) -> str:
     return "{" + "|".join(option.strip() for option in inner.split("|")) + "}"
 
 
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
+
+
+def caption_names(template: str) -> list[str]:
+    """The `{name}`s a caption template uses."""
+    return [m[1].strip() for m in PLACEHOLDER.finditer(template) if m[1] is not None]
+
+
+def caption(template: str, known: Mapping[str, Any]) -> str:
+    """A caption from its template: `{name}` is a template value, a prompt-file column or a job
+    field; `{{` and `}}` are literal braces; a name this image lacks gives an empty text."""
+    def replace(m: re.Match) -> str:
+        if m[1] is None:
+            return m[0][0]
+        value = known.get(m[1].strip())
+        return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    return PLACEHOLDER.sub(replace, template)
+
+
 def item(text: str, negative: str | None, variables: Mapping[str, tuple[str, ...]],
          base: Path, field: str, negative_field: str | None = None) -> Item:
     """A prompt item with its slots found and their options checked."""

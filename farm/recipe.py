@@ -6,6 +6,7 @@ nothing in it is ever imported, evaluated or instantiated.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "quality": 90,  # jpeg and webp, 1-100 (webp at 100 is lossless)
     "png_compression": 6,  # zlib level 0-9: smaller files or faster writes, same pixels
     "grids": None,  # contact sheets drawn after a render: auto, or [{x: cfg, y: steps}, ...]
+    "caption": None,  # the `text` of exports: the prompt, or a template of values and fields
 }
 
 AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "size",
@@ -104,6 +106,7 @@ class Recipe:
     zip: tuple[tuple[str, ...], ...] = ()  # groups of axes zipped together
     image: ImageFormat = ImageFormat()
     grids: tuple[GridSpec, ...] = ()
+    caption: str | None = None  # a template; None: the prompt as written
 
     def seed_values(self) -> Iterator[int]:
         for r in self.seeds:
@@ -118,8 +121,10 @@ class Recipe:
                 yield from source.rows(self.expansion, index)
 
     def has_context(self) -> bool:
-        """Whether its prompts record how they were made (templates, prompt-file rows)."""
-        return any(isinstance(p, PromptFile) or p.slots for p in self.prompt)
+        """Whether its prompts record how they were made (templates, prompt-file rows) or its
+        images carry a caption."""
+        return self.caption is not None or any(isinstance(p, PromptFile) or p.slots
+                                               for p in self.prompt)
 
     def uses_negative(self) -> bool:
         return bool(self.negative) or any(
@@ -231,6 +236,7 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
             png_compression=p.integer("png_compression", given["png_compression"], 0, 9)),
         grids=p.grids(given["grids"]),
     )
+    recipe = dataclasses.replace(recipe, caption=p.caption(given["caption"], recipe))
     lengths = recipe.axis_lengths()
     for group in recipe.zip:
         if len({lengths[name] for name in group}) > 1:
@@ -422,6 +428,26 @@ class _Parser:
                 self.fail(f"grids[{i}]", item, str(e))
             specs.append(GridSpec(item.get("x"), item.get("y"), tuple(where)))
         return tuple(specs)
+
+    def caption(self, value: Any, recipe: Recipe) -> str | None:
+        """A caption template whose every `{name}` something gives: a job field, a variable,
+        a template slot, or a prompt-file column."""
+        if value is None:
+            return None
+        template = self.text("caption", value)
+        known = set(fields.BY_NAME) | set(self.variables)
+        for source in recipe.prompt:
+            if isinstance(source, PromptFile):
+                known |= {k for row in prompts.file_rows(source.path, "prompt")
+                          for k, _ in row.fields}
+            else:
+                known |= {slot.key for slot in source.slots}
+        for name in prompts.caption_names(template):
+            if name not in known:
+                self.fail("caption", value, f"{{{name}}} is none of: {', '.join(sorted(known))} "
+                          "(job fields, variables, template slots, prompt-file columns; "
+                          "{{ and }} for literal braces)")
+        return template
 
     def expansion(self, value: Any) -> prompts.Expansion:
         allowed = ("expected combinatorial, or {mode: random, count: N, seed: S} "

@@ -173,8 +173,10 @@ def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:
     if counts.pending == 0 and folder.manifest.exists():
         with Manifest(folder.manifest) as manifest:
             refreshed = refresh_records(recipe, found, manifest)
-        return Outcome(folder, Summary(planned=counts.planned, skipped=counts.done),
-                       refreshed=refreshed)
+            last = manifest.last_run()
+        summary = Summary(planned=counts.planned, skipped=counts.done)
+        folder.write_report(report(recipe, summary, last))
+        return Outcome(folder, summary, refreshed=refreshed)
     # 2. start the workers (fails fast with RuntimeUnavailable; nothing written yet)
     backend = start_backend(settings.runtime, folder, recipe.name)
     try:
@@ -195,9 +197,51 @@ def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:
             finally:
                 manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
                                  summary.seconds)
+                folder.write_report(report(recipe, summary, manifest.last_run()))
     finally:
         backend.close()
     return Outcome(folder, summary, refreshed=refreshed)
+
+
+def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[str, Any]:
+    """What a render did, for report.json and `farm status`: counts, failures by error type,
+    speed overall and per worker, time to the first image, model loads, software versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    failures: dict[str, dict[str, Any]] = {}
+    for r in summary.failures:
+        kind = (r.error or "").split(":")[0].strip() or "error"
+        group = failures.setdefault(kind, {"count": 0, "examples": []})
+        group["count"] += 1
+        if len(group["examples"]) < 5:
+            group["examples"].append({"id": r.job_id, "path": r.path, "error": r.error})
+    versions = {}
+    for package in ("farm", "torch", "diffusers", "transformers", "ray"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    seconds = summary.seconds
+    return {
+        "recipe": recipe.name,
+        "run": last["id"] if last else None,
+        "started_at": last["started_at"] if last else None,
+        "ended_at": last["ended_at"] if last else None,
+        "jobs": {"planned": summary.planned, "done": summary.skipped + summary.rendered,
+                 "rendered": summary.rendered, "skipped": summary.skipped,
+                 "failed": summary.failed, "unfinished": summary.unfinished,
+                 "repeats": summary.duplicates},
+        "wall_seconds": round(seconds, 3),
+        "images_per_second": round(summary.images_per_second, 3),
+        "first_image_seconds": None if summary.first_image_seconds is None
+        else round(summary.first_image_seconds, 3),
+        "per_worker": {w: {"images": n, "images_per_second": round(n / seconds, 3)
+                           if seconds else 0.0} for w, n in sorted(summary.per_worker.items())},
+        "failures": failures,
+        "loads": {model: {"count": len(times), "seconds": round(sum(times), 3)}
+                  for model, times in summary.loads.items()},
+        "versions": versions,
+    }
 
 
 def run_record(settings: Settings, found: dict[str, Model]) -> str:
@@ -256,6 +300,7 @@ def status(folder: RunFolder, settings: Settings | None) -> dict[str, Any]:
     if last:
         report["last_run"] = {k: last[k] for k in ("id", "started_at", "ended_at", "rendered",
                                                    "failed", "seconds")}
+    report["report"] = folder.read_report()
     return report
 
 

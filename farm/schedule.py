@@ -58,6 +58,7 @@ class Summary:
     first_image_seconds: float | None = None  # start-up overhead: run start to first image
     failures: list[Result] = field(default_factory=list)
     per_worker: Counter[str] = field(default_factory=Counter)
+    loads: dict[str, list[float]] = field(default_factory=dict)  # model -> seconds of each load
 
     @property
     def images_per_second(self) -> float:
@@ -238,6 +239,8 @@ class Dispatcher:
         if s.first_image_seconds is None and any(r.ok for r in results):
             s.first_image_seconds = time.perf_counter() - self.started
         for r in results:
+            for model, seconds in r.loads:
+                s.loads.setdefault(model, []).append(seconds)
             if r.ok:
                 s.rendered += 1
                 s.per_worker[worker] += 1

@@ -54,6 +54,7 @@ class Worker:
         self._checkpoints: OrderedDict[str, object] = OrderedDict()
         self._vaes: OrderedDict[str, object] = OrderedDict()
         self._scheduler_configs: dict[str, dict] = {}
+        self._loaded: list[tuple[str, float]] = []  # (model, seconds) loaded since last batch
         self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"farm-{name}")  # all torch work
         if threads:  # OpenMP's thread count is per calling thread: set it where torch runs
             self._compute.submit(torch.set_num_threads, threads).result()
@@ -72,8 +73,10 @@ class Worker:
             return cache[key]
         while len(cache) >= self.max_pipelines:
             cache.popitem(last=False)
+        started = time.perf_counter()
         cache[key] = loaded = load(model, self.device.name, dtype)
         self.loads[model.identity] += 1
+        self._loaded.append((model.ref, time.perf_counter() - started))
         return loaded
 
     def local(self, model: Model, field: str) -> Model:
@@ -115,8 +118,10 @@ class Worker:
             return self._compute.submit(lambda: self._write(batch, *self._images(batch))).result()
         return self._write(batch, *self._compute.submit(self._images, batch).result())
 
-    def _images(self, batch: Batch) -> tuple[list[render.Rendered], dict | None, float]:
-        """The batch's images (or errors), the scheduler that ran, and the seconds it took."""
+    def _images(self, batch: Batch) -> tuple[list[render.Rendered], dict | None, float,
+                                              tuple[tuple[str, float], ...]]:
+        """The batch's images (or errors), the scheduler that ran, the seconds it took, and the
+        models it loaded first (with their seconds)."""
         started, first = time.perf_counter(), batch.first
         try:
             pipe = self.pipeline(first.loadout, first.dtype)
@@ -125,7 +130,8 @@ class Worker:
         except Exception as e:  # one bad batch must not end the run: report it per job
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
             images, scheduler = [f"{type(e).__name__}: {e}"] * len(batch.jobs), None
-        return images, scheduler, time.perf_counter() - started
+        loaded, self._loaded = tuple(self._loaded), []
+        return images, scheduler, time.perf_counter() - started, loaded
 
     def provenance(self, dtype: str) -> str:
         """What made an image besides its job: the device, precision and software versions."""
@@ -143,7 +149,7 @@ class Worker:
             "diffusers": diffusers.__version__, "transformers": transformers.__version__})
 
     def _write(self, batch: Batch, images: list[render.Rendered], scheduler: dict | None,
-               seconds: float) -> list[Result]:
+               seconds: float, loaded: tuple[tuple[str, float], ...] = ()) -> list[Result]:
         record = json.dumps(scheduler, default=str) if scheduler else None
         made_by = self.provenance(batch.first.dtype)
         results = []
@@ -162,5 +168,5 @@ class Worker:
                                   seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
                                   worker=self.name, error=error, scheduler=record,
-                                  provenance=made_by))
+                                  provenance=made_by, loads=() if results else loaded))
         return results

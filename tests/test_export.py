@@ -142,7 +142,7 @@ def test_parquet_is_the_manifest_with_images_on_request(finished_run, tmp_path):
     expected = manifest(finished_run)
     assert run_farm("export", str(finished_run), "--format", "parquet",
                     "--to", str(tmp_path / "plain")) == 0
-    table = pq.read_table(tmp_path / "plain" / "manifest.parquet")
+    table = pq.read_table(tmp_path / "plain" / "manifest-00000-of-00001.parquet")
     assert table.num_rows == 12 and "image" not in table.column_names
     rows = table.to_pylist()
     assert {r["id"]: r["path"] for r in rows} == {i: j["path"] for i, j in expected.items()}
@@ -151,7 +151,7 @@ def test_parquet_is_the_manifest_with_images_on_request(finished_run, tmp_path):
     assert run_farm("export", str(finished_run), "--format", "parquet", "--with-images",
                     "--to", str(tmp_path / "full"), "--where", "prompt~owl") == 0
     loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "full" /
-                                                             "manifest.parquet"),
+                                                             "manifest-00000-of-00001.parquet"),
                                    cache_dir=str(tmp_path / "cache"))["train"]
     assert loaded.num_rows == 4  # the owl: 2 cfgs x 2 seeds
     for row in loaded:
@@ -181,11 +181,11 @@ def test_a_killed_webdataset_export_resumes_from_its_last_whole_shard(finished_r
 
     write_shard, written = export._write_shard, []
 
-    def crash_on_the_second(path, chunk, selection):
+    def crash_on_the_second(path, chunk, selection, captions=False):
         if written:
             path.with_name(path.name + ".partial").write_bytes(b"half a tar")
             raise KeyboardInterrupt  # killed while writing
-        write_shard(path, chunk, selection)
+        write_shard(path, chunk, selection, captions)
         written.append(path.name)
 
     monkeypatch.setattr(export, "_write_shard", crash_on_the_second)

@@ -75,7 +75,7 @@ def test_every_field_reaches_plan_metadata_manifest_replay_and_exports(rendered,
 
     assert run_farm("export", str(folder), "--format", "parquet", "--to",
                     str(rendered / "parquet")) == 0
-    names = pq.read_schema(rendered / "parquet" / "manifest.parquet").names
+    names = pq.read_schema(rendered / "parquet" / "manifest-00000-of-00001.parquet").names
     for f in FIELDS:
         assert f.name in names, f.name
 

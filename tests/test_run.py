@@ -31,7 +31,7 @@ def rows(folder: Path) -> list[dict]:
 BASE = "steps: 2\nsize: 64x64\n"
 
 
-# 1. what a job is: sampler spellings, zip and prompt files, prompt-file values --------------------
+# 1. what a job is: sampler spellings, zip and prompt files, prompt-file values -------------------
 
 def test_two_spellings_of_one_sampler_and_schedule_are_refused(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-2\n" + BASE)
@@ -78,7 +78,7 @@ def test_jsonl_values_are_checked_too(tmp_path, monkeypatch, capsys):
     assert "rows.jsonl line 1: column steps: got True" in capsys.readouterr().err
 
 
-# 2. bit-exact re-renders at any batch position ----------------------------------------------------
+# 2. bit-exact re-renders at any batch position ---------------------------------------------------
 
 def test_verify_replay_and_repair_are_bit_exact_at_every_position(tmp_path, monkeypatch,
                                                                    capsys):
@@ -104,7 +104,7 @@ def test_verify_replay_and_repair_are_bit_exact_at_every_position(tmp_path, monk
         {r["path"]: (r["pixel_hash"], r["position"]) for r in made}
 
 
-# 3. templated negatives ---------------------------------------------------------------------------
+# 3. templated negatives --------------------------------------------------------------------------
 
 def test_the_recipe_negative_is_a_template_too(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, 'a {big|small} {red|green} ball']\n"
@@ -137,7 +137,7 @@ def test_a_templated_negative_with_a_prompt_file_is_refused(tmp_path, monkeypatc
     assert "negative column" in capsys.readouterr().err
 
 
-# 4. recipes are never evaluated -------------------------------------------------------------------
+# 4. recipes are never evaluated ------------------------------------------------------------------
 
 @pytest.mark.parametrize("prompt, words", [
     ("a fox, ${oc.env:HOME}", "calls a resolver, which farm never runs"),
@@ -160,7 +160,7 @@ def test_a_literal_dollar_survives_and_fields_may_refer_to_fields(tmp_path, monk
     assert row["params"]["prompt"] == "a $5 fox, costs ${price}, 64x64"
 
 
-# 5. metadata follows the recipe -------------------------------------------------------------------
+# 5. metadata follows the recipe ------------------------------------------------------------------
 
 def test_changed_labels_reach_the_records_of_finished_images(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../rows.csv}\n" + BASE)
@@ -177,7 +177,7 @@ def test_changed_labels_reach_the_records_of_finished_images(tmp_path, monkeypat
                             "--to", str(tmp_path / "x"), "--where", "fields.label=cat") == 0
 
 
-# 6. the run folder's own tools work from anywhere -------------------------------------------------
+# 6. the run folder's own tools work from anywhere ------------------------------------------------
 
 def test_status_of_a_run_folder_from_anywhere_after_the_recipe_moved(tmp_path, monkeypatch,
                                                                      capsys):
@@ -195,7 +195,7 @@ def test_status_of_a_run_folder_from_anywhere_after_the_recipe_moved(tmp_path, m
     assert "4 done, 0 pending, 0 failed, of 4 planned" in capsys.readouterr().out
 
 
-# 7. integers stay integers ------------------------------------------------------------------------
+# 7. integers stay integers -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("top, fmt, loader", [
     (2**60 + 2, "imagefolder", "imagefolder"),  # datasets' imagefolder holds up to 2**63 - 1
@@ -212,12 +212,12 @@ def test_seeds_above_two_to_the_53_stay_whole(tmp_path, monkeypatch, capsys, top
     import datasets
 
     source = ({"data_dir": str(tmp_path / "hf")} if loader == "imagefolder" else
-              {"data_files": str(tmp_path / "hf" / "manifest.parquet")})
+              {"data_files": str(tmp_path / "hf" / "manifest-*.parquet")})
     loaded = datasets.load_dataset(loader, **source, cache_dir=str(tmp_path / "cache"))["train"]
     assert loaded.features["seed"].dtype == "uint64" and loaded["seed"][:] == [top]
 
 
-# 8. prompt files as people save them --------------------------------------------------------------
+# 8. prompt files as people save them -------------------------------------------------------------
 
 @pytest.mark.parametrize("name, data, words", [
     ("p.jsonl", b'{"prompt": "a cat"}\n{"prompt": \n', "p.jsonl line 2: not valid JSON"),
@@ -249,7 +249,7 @@ def test_a_repeated_txt_line_is_rendered_once(tmp_path, monkeypatch, capsys):
     assert "all 2 images are already done" in capsys.readouterr().out
 
 
-# 9. contact sheets and filters --------------------------------------------------------------------
+# 9. contact sheets and filters -------------------------------------------------------------------
 
 def test_two_grids_on_the_same_axes_keep_both_sheets(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-1\ncfg: [5, 7]\n"
@@ -286,7 +286,7 @@ def test_where_matches_alternatives_booleans_and_numbers_in_text(tmp_path, monke
         assert f"Exported {count} images" in capsys.readouterr().out, where
 
 
-# 10. a damaged file does not stop verify ----------------------------------------------------------
+# 10. a damaged file does not stop verify ---------------------------------------------------------
 
 def test_verify_all_names_a_truncated_image_and_compares_the_rest(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-2\n" + BASE)
@@ -298,3 +298,35 @@ def test_verify_all_names_a_truncated_image_and_compares_the_rest(tmp_path, monk
     assert run_farm_default("verify", str(folder), "--all") == 1
     out = capsys.readouterr().out
     assert f"unreadable: {rows(folder)[0]['path']}" in out and out.count("identical") == 2
+
+
+# 11. the run report ------------------------------------------------------------------------------
+
+def test_each_render_writes_a_report_that_status_shows(tmp_path, monkeypatch, capsys):
+    from farm import render
+
+    real = render.render
+
+    def picky(pipe, batch, config):
+        if any("owl" in job.prompt for job in batch.jobs):
+            raise MemoryError("no room for owls")
+        return real(pipe, batch, config)
+
+    monkeypatch.setattr(render, "render", picky)
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, an owl]\nseeds: 0-1\n" + BASE)
+    assert run_farm("render", "recipe=r", "runtime.max_attempts=1") == 1
+    folder = tmp_path / "outputs" / "r"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["jobs"] == {"planned": 4, "done": 2, "rendered": 2, "skipped": 0, "failed": 2,
+                              "unfinished": 0, "repeats": 0}
+    assert report["failures"]["MemoryError"]["count"] == 2
+    assert "no room for owls" in report["failures"]["MemoryError"]["examples"][0]["error"]
+    assert report["per_worker"]["inline"]["images"] == 2 and report["images_per_second"] > 0
+    assert report["loads"]["tiny"]["count"] == 1 and report["first_image_seconds"] > 0
+    assert report["versions"]["torch"] and report["versions"]["diffusers"]
+    capsys.readouterr()
+    assert run_farm("status", str(folder), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["report"] == report
+    assert run_farm("status", str(folder)) == 0
+    out = capsys.readouterr().out
+    assert "Last render: 2 rendered" in out and "Failed with MemoryError: 2" in out

@@ -1,0 +1,80 @@
+"""The dataset card of a `hub` export: README.md with the YAML header the Hugging Face Hub and
+`datasets` read (config, features, split sizes) and a body that says what made the images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from farm import __version__
+from farm.manifest import Manifest
+from farm.outputs import write_atomic
+from farm.selection import Report, Selection
+
+
+def features(schema) -> list[dict[str, Any]]:
+    """The card's `features`: a name and a dtype (or a struct) for each column."""
+    import pyarrow as pa
+
+    def one(name: str, kind) -> dict[str, Any]:
+        if name == "image":
+            return {"name": name, "dtype": "image"}
+        if pa.types.is_struct(kind):
+            return {"name": name, "struct": [one(f.name, f.type) for f in kind]}
+        return {"name": name, "dtype": str(kind).replace("double", "float64")}
+
+    return [one(f.name, f.type) for f in schema]
+
+
+def write(to: Path, selection: Selection, schema, summary: dict[str, Any],
+          report: Report) -> None:
+    """README.md of a hub export: written whole each time (it is small)."""
+    header = {
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        "dataset_info": {
+            "features": features(schema),
+            "splits": [{"name": "train", "num_bytes": summary["bytes"],
+                        "num_examples": summary["rows"]}],
+            "dataset_size": summary["bytes"],
+        },
+        "task_categories": ["text-to-image"],
+        "tags": ["synthetic", "farm"],
+    }
+    run = _last_run(selection.run)
+    models = "\n".join(f"- `{ref}` (`{identity}`)" for ref, identity
+                       in summary["models"].items()) or "- (none recorded)"
+    body = f"""# {selection.run.name}
+
+Images rendered by farm {__version__} (a batch render farm for diffusion models), one row
+per image: the image, its caption (`text`), and every setting that made it (the job's id,
+models and their content hashes, prompt, negative, seed, sampler, schedule, steps, cfg, size,
+...), so that each image can be rendered again.
+
+- images: {summary["rows"]} in {len(report.files)} shard(s), {summary["bytes"]:,} bytes of images
+- selection: {selection.where}
+- sizes: {", ".join(summary["sizes"])}
+- samplers / schedules: {", ".join(summary["samplers"])}
+
+## Models
+
+{models}
+
+## Recipe
+
+The recipe of the run folder's last run (`runs/run-NNNN.yaml` in the run folder):
+
+```yaml
+{run.rstrip() if run else "(no run recorded)"}
+```
+"""
+    text = "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+    write_atomic(to / "README.md", text.encode())
+
+
+def _last_run(run: Path) -> str | None:
+    with Manifest(run / "manifest.sqlite", readonly=True) as manifest:
+        last = manifest.last_run()
+    return last["recipe"] if last else None

@@ -27,43 +27,6 @@ ROWS_PER_GROUP, BYTES_PER_GROUP = 1000, 64 << 20  # parquet row groups: bounded 
 ROW_BYTES = 1000  # what a row without its image counts towards a shard's size
 
 
-class _Rows:
-    """Rows written to a parquet file in bounded row groups."""
-
-    def __init__(self, writer, schema):
-        self.writer, self.schema, self.rows, self.size = writer, schema, [], 0
-
-    def add(self, row: dict[str, Any], size: int = 0) -> None:
-        self.rows.append(row)
-        self.size += size
-        if len(self.rows) >= ROWS_PER_GROUP or self.size >= BYTES_PER_GROUP:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyarrow as pa
-
-        if self.rows:
-            self.writer.write_batch(pa.RecordBatch.from_pylist(self.rows, self.schema))
-        self.rows, self.size = [], 0
-
-
-@contextmanager
-def _parquet(target: Path, schema) -> Iterator[_Rows]:
-    """A parquet file written under a temporary name and renamed into place when complete."""
-    import pyarrow.parquet as pq
-
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
-    try:
-        with pq.ParquetWriter(partial, schema) as writer:
-            rows = _Rows(writer, schema)
-            yield rows
-            rows.flush()
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
-
-
 # 1. rows -----------------------------------------------------------------------------------------
 
 def manifest_row(selection: Selection, entry: Entry, source: Path,

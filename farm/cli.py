@@ -88,8 +88,9 @@ def describe(summary: Summary, folder: RunFolder) -> str:
         text += (f" {summary.duplicates} jobs were reached twice by the plan (the same prompt "
                  "from two templates or file rows) and rendered once.")
     if summary.unfinished:
-        text += (f" {summary.unfinished} were not rendered because no worker was left; "
-                 "run the same command again to resume.")
+        text += (f" {summary.unfinished} were not rendered because no worker was left"
+                 + (f" ({summary.problem})" if summary.problem else "")
+                 + "; run the same command again to resume.")
     if summary.failures:
         shown = summary.failures[:20]
         text += " Failed:\n" + "\n".join(f"  {r.path} ({r.job_id}): {r.error}" for r in shown)
@@ -179,12 +180,18 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--sample", type=int, default=8, help="jobs to render again (default 8)")
     cmd.add_argument("--all", action="store_true", help="render every finished job again")
     cmd.add_argument("--config-dir", metavar="DIR", help="config groups, with recipe=NAME")
+    cmd.add_argument("--model", action="append", default=[], metavar="REF=PLACE",
+                     help="a model that moved: the reference the run recorded, and where it is "
+                     "now (repeat for more)")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
     text = "render one image again from the metadata it carries"
     cmd = sub.add_parser("replay", help=text, description=text)
     cmd.add_argument("image", type=Path, help="a PNG that farm wrote")
     cmd.add_argument("--to", type=Path, default=Path("replay"), help="folder for the new image")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
+    cmd.add_argument("--model", action="append", default=[], metavar="REF=PLACE",
+                     help="a model that moved: the reference the image recorded, and where it "
+                     "is now (repeat for more)")
     where = ("keep images whose FIELD equals (=), differs from (!=) or contains (~) a value; "
              "repeat for more (one field given twice: either value); fields: "
              f"{', '.join(catalog.FIELDS)}, values.NAME, fields.NAME")
@@ -274,13 +281,26 @@ def run_folder(target: list[str], config_dir: str | None = None) -> Path:
     return Path(target[0])
 
 
-def command_verify(folder_path: Path, sample: int | None, device: str | None) -> int:
+def moved_models(given: list[str]) -> dict[str, str]:
+    """--model REF=PLACE options."""
+    moved = {}
+    for text in given:
+        ref, sep, place = text.partition("=")
+        if not sep or not ref or not place:
+            raise BadInput(f"--model: got {text!r}; expected REF=PLACE, e.g. "
+                           "models/sd15=/data/models/sd15")
+        moved[ref] = place
+    return moved
+
+
+def command_verify(folder_path: Path, sample: int | None, device: str | None,
+                   moved: dict[str, str]) -> int:
     from farm import verify
 
     folder = RunFolder(folder_path)
     if not folder.manifest.exists():
         raise BadInput(f"{folder_path}: not a run folder (it has no manifest.sqlite)")
-    findings = verify.check_files(folder) + verify.rerender(folder, sample, device)
+    findings = verify.check_files(folder) + verify.rerender(folder, sample, device, moved)
     for f in findings:
         print(f"{f.verdict:<17} {f.path}" + (f"  ({f.detail})" if f.detail else ""))
     bad = [f for f in findings if f.bad]
@@ -290,10 +310,11 @@ def command_verify(folder_path: Path, sample: int | None, device: str | None) ->
     return EXIT_FAILED if bad else EXIT_OK
 
 
-def command_replay(image: Path, folder: Path, device: str | None) -> int:
+def command_replay(image: Path, folder: Path, device: str | None,
+                   moved: dict[str, str]) -> int:
     from farm.replay import replay
 
-    path, same = replay(image, folder, device)
+    path, same = replay(image, folder, device, moved)
     print(f"{path}: " + ("the same pixels as " if same else "other pixels than ") + str(image)
           + ("" if same else " (other hardware or software versions change the last bits)"))
     return EXIT_OK
@@ -306,9 +327,11 @@ def main(argv: list[str] | None = None) -> None:
             code = command_status(options.args, options.json, options.config_dir)
         elif options.command == "verify":
             code = command_verify(run_folder(options.target, options.config_dir),
-                                  None if options.all else options.sample, options.device)
+                                  None if options.all else options.sample, options.device,
+                                  moved_models(options.model))
         elif options.command == "replay":
-            code = command_replay(options.image, options.to, options.device)
+            code = command_replay(options.image, options.to, options.device,
+                                  moved_models(options.model))
         elif options.command == "export":
             code = command_export(options)
         elif options.command == "grid":

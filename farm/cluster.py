@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from farm.jobs import Batch, Result
@@ -48,27 +52,25 @@ class RayBackend:
 
     def __init__(self, runtime: Runtime, root: os.PathLike, label: str):
         self.runtime, self.root, self.label = runtime, str(root), label
-        self.owns_cluster = _connect(runtime.address)  # before anything imports ray
-        import ray
-
+        self.actors: dict[str, Any] = {}
+        self.owns_cluster = False
+        with interrupts_held():  # Ctrl-C inside ray.init crashes Ray's core worker
+            self.owns_cluster = _connect(runtime.address)  # before anything imports ray
         try:
             self.count, self.device, self.options, self.threads = _placement(runtime)
-            self.actors: dict[str, Any] = {}
             self.starting_refs: dict[Any, str] = {}
+            self.since: dict[Any, float] = {}  # starting ref -> when it was asked for
             self.live: list[str] = []
             self.placed: dict[str, dict] = {}  # name -> {node, device} of each started worker
             self.generation = Counter()
+            self.failed_starts: Counter[str] = Counter()  # slot -> starts that failed
+            self.problem = ""  # why the last worker that could not start did not
             for i in range(self.count):
                 self._start(f"{'gpu' if self.device == 'cuda' else 'cpu'}-{i}")
-            deadline = time.monotonic() + runtime.start_timeout
             while self.starting_refs and not self.live:
-                self._poll_starting(timeout=max(0.0, deadline - time.monotonic()))
-                if time.monotonic() >= deadline and not self.live:
-                    raise RuntimeUnavailable(
-                        f"runtime: no Ray worker started within {runtime.start_timeout:.0f} s "
-                        f"({self.count} asked for, each with {self.options}); the cluster has "
-                        f"{_describe(ray.cluster_resources())} in all, "
-                        f"{_describe(ray.available_resources())} free")
+                self._poll_starting(timeout=self._until_deadline())
+            if not self.live:
+                raise RuntimeUnavailable(f"runtime: no Ray worker could start; {self.problem}")
         except BaseException:
             self.close()
             raise
@@ -82,20 +84,52 @@ class RayBackend:
         actor = actor_class.remote(self.root, name, self.runtime.device,
                                    self.runtime.max_pipelines, self.threads)
         self.actors[name] = actor
-        self.starting_refs[actor.ready.remote()] = name
+        ref = actor.ready.remote()
+        self.starting_refs[ref] = name
+        self.since[ref] = time.monotonic()
 
-    def _poll_starting(self, timeout: float) -> None:
+    def _until_deadline(self) -> float | None:
+        """Seconds until the first starting worker is past runtime.start_timeout."""
+        if not self.since:
+            return None
+        return max(0.0, min(self.since.values()) + self.runtime.start_timeout - time.monotonic())
+
+    def _poll_starting(self, timeout: float | None) -> None:
+        """Take the workers that started; start again one that failed while starting (killed,
+        out of memory), up to runtime.max_attempts times per slot; give up on one that could
+        not be placed within runtime.start_timeout (the resources it needs are taken)."""
         import ray
 
         done, _ = ray.wait(list(self.starting_refs), num_returns=1, timeout=timeout)
         for ref in done:
             name = self.starting_refs.pop(ref)
+            del self.since[ref]
             try:
                 self.placed[name] = ray.get(ref)
                 self.live.append(name)
             except ray.exceptions.RayError as e:
-                logging.getLogger(__name__).warning("worker %s failed to start: %s", name, e)
+                slot = name.split(".")[0]
+                self.failed_starts[slot] += 1
+                self.problem = (f"worker {name} failed while starting ({str(e).splitlines()[0]}"
+                                f"); {self.failed_starts[slot]} of runtime.max_attempts="
+                                f"{self.runtime.max_attempts} starts of {slot} failed")
+                logging.getLogger(__name__).warning(self.problem)
                 self.actors.pop(name, None)
+                if self.failed_starts[slot] < self.runtime.max_attempts:
+                    self._start(slot)
+        now = time.monotonic()
+        for ref, since in list(self.since.items()):
+            if now - since >= self.runtime.start_timeout:
+                name = self.starting_refs.pop(ref)
+                del self.since[ref]
+                ray.kill(self.actors.pop(name))
+                needs = {"CPU": self.options["num_cpus"], "GPU": self.options["num_gpus"]}
+                self.problem = (f"worker {name} could not be placed within runtime."
+                                f"start_timeout={self.runtime.start_timeout:g} s: it needs "
+                                f"{_describe(needs)}, and the cluster has "
+                                f"{_describe(ray.available_resources())} free of "
+                                f"{_describe(ray.cluster_resources())}")
+                logging.getLogger(__name__).warning(self.problem)
 
     def ready(self) -> list[str]:
         return list(self.live)
@@ -116,11 +150,12 @@ class RayBackend:
         import ray
 
         waiting = list(handles) + list(self.starting_refs)
-        done, _ = ray.wait(waiting, num_returns=1)
+        done, _ = ray.wait(waiting, num_returns=1, timeout=self._until_deadline())
         outcomes = []
+        if not done or any(ref in self.starting_refs for ref in done):
+            self._poll_starting(timeout=0)  # started, failed, or past its deadline
         for ref in done:
-            if ref in self.starting_refs:
-                self._poll_starting(timeout=0)
+            if ref in self.starting_refs or ref not in handles:
                 continue
             try:
                 outcomes.append((ref, ray.get(ref)))
@@ -143,12 +178,31 @@ class RayBackend:
         return {name: ray.get(self.actors[name].loads.remote()) for name in self.live}
 
     def close(self) -> None:
+        if "ray" not in sys.modules:
+            return
         import ray
 
-        for actor in getattr(self, "actors", {}).values():
+        for actor in self.actors.values():
             ray.kill(actor)
         if self.owns_cluster:
             ray.shutdown()
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block is done, then raise it: an interrupt inside
+    ray.init crashes Ray's core worker (a segmentation fault) and leaves its processes behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _remote_worker():
@@ -177,7 +231,8 @@ def _connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+        # "local": a cluster of our own, never one that `ray start` left on this machine
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RuntimeUnavailable(f"runtime.address: could not join the Ray cluster at "
@@ -204,13 +259,19 @@ def _placement(runtime: Runtime) -> tuple[int, str, dict, int | None]:
                 f"cluster has {gpus} ({_describe(total)}); ask for at most {gpus}"
                 + ("" if gpus else ", or use runtime.device=cpu"))
         return count, device, {"num_gpus": 1, "num_cpus": 1}, runtime.threads
-    count = runtime.workers or 1
-    threads = runtime.threads or max(1, cpus // count)
+    # by default one CPU worker per node, with the cores of the smallest node (one worker asking
+    # for the whole cluster's CPUs would fit on no node)
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes()
+             if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    count = runtime.workers or max(1, len(nodes))
+    threads = runtime.threads or max(1, int(min(nodes)) if runtime.workers is None and nodes
+                                      else cpus // count)
     if count * threads > cpus:
         raise RuntimeUnavailable(
             f"runtime.workers: {count} CPU workers x {threads} threads need {count * threads} "
             f"CPUs, but the Ray cluster has {cpus}; lower runtime.workers or runtime.threads")
-    return count, device, {"num_cpus": threads, "num_gpus": 0}, threads
+    return count, device, {"num_cpus": threads, "num_gpus": 0,
+                           "scheduling_strategy": "SPREAD"}, threads
 
 
 def _describe(resources: dict) -> str:

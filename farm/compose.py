@@ -250,6 +250,16 @@ def check_overrides(overrides: list[str], groups: Groups) -> Overrides:
     return found
 
 
+INLINE_CONFIG = re.compile(r"(?P<key>checkpoint|vae)=(?P<value>[^\"'\[{][^\"']*\?config=[^\"']*)")
+
+
+def quote_inline_config(arg: str) -> str:
+    """`checkpoint=FILE.safetensors?config=REF` as typed: Hydra's grammar takes neither `?` nor
+    a second `=` in a bare value, so the value is quoted for it (lists must quote each item)."""
+    found = INLINE_CONFIG.fullmatch(arg)
+    return f'{found["key"]}="{found["value"]}"' if found else arg
+
+
 REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -311,7 +321,7 @@ def compose(args: list[str], config_dir: str | Path | None = None) -> Settings:
         if arg.startswith("recipe="):
             recipe_ref = arg.split("=", 1)[1]
         else:
-            overrides.append(arg)
+            overrides.append(quote_inline_config(arg))
     path = find_recipe(recipe_ref)
     data = load_recipe_file(path)
     with tempfile.TemporaryDirectory(prefix="farm-compose-") as scratch:

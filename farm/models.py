@@ -83,7 +83,36 @@ def _resolve_local(ref: str, path: Path, field: str, role: str) -> Model:
     marker = "model_index.json" if role == "checkpoint" else "config.json"
     if not (path / marker).exists() and not (role == "vae" and (path / "vae/config.json").exists()):
         raise ModelError(field, ref, f"not a diffusers {role} folder: it has no {marker}")
+    if role == "checkpoint":
+        check_components(path, field, ref)
     return Model(ref=ref, path=str(path.resolve()), identity=folder_hash(path))
+
+
+WEIGHTLESS = ("Tokenizer", "Scheduler", "FeatureExtractor", "ImageProcessor")
+
+
+def check_components(folder: Path, field: str, ref: str) -> None:
+    """Every component model_index.json names is there, its weights as safetensors: refused up
+    front, naming the component, rather than failing every job at load."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(field, ref, f"model_index.json cannot be read: {e}") from None
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        part = folder / name
+        if not part.is_dir():
+            raise ModelError(field, ref, f"model_index.json names a {name} ({spec[-1]}), but the "
+                             f"folder has no {name}/ (an incomplete download or copy?)")
+        if any(word in str(spec[-1]) for word in WEIGHTLESS):
+            continue
+        if not any(part.glob("*.safetensors")):
+            pickles = sorted(p.name for p in part.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            raise ModelError(field, ref, f"{name}/ has no .safetensors weights" + (
+                f" ({', '.join(pickles)} is a pickle, which can run arbitrary code when loaded, "
+                "so farm never loads it; convert it to .safetensors first, e.g. with "
+                "safetensors.torch.save_file)" if pickles else ""))
 
 
 def _resolve_single_file(ref: str, field: str, role: str) -> Model:

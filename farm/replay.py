@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from farm import models, outputs
@@ -12,15 +13,16 @@ class ReplayError(ValueError):
     """An image that cannot be rendered again here: no farm metadata, or other models."""
 
 
-def job_of(image: Path) -> tuple[Job, Slot, ImageFormat]:
-    """The job an image was made from, with its models resolved here, where it sat in its
-    pipeline call, and the format it was stored in."""
+def job_of(image: Path, moved: Mapping[str, str] | None = None) -> tuple[Job, Slot, ImageFormat]:
+    """The job an image was made from, with its models resolved here (`moved`: a model's new
+    place, by the reference it was recorded with), where it sat in its pipeline call, and the
+    format it was stored in."""
     try:
         _, meta = outputs.read_metadata(image)
     except (OSError, KeyError, ValueError) as e:
         raise ReplayError(f"{image}: no farm metadata to replay ({type(e).__name__}: {e})") \
             from None
-    return job_from(meta, str(image)), Slot.of(meta), stored_format(meta)
+    return job_from(meta, str(image), moved), Slot.of(meta), stored_format(meta)
 
 
 def stored_format(meta: dict) -> ImageFormat:
@@ -28,10 +30,13 @@ def stored_format(meta: dict) -> ImageFormat:
     return ImageFormat(meta.get("format", "png"), meta.get("quality", ImageFormat.quality))
 
 
-def job_from(meta: dict, where: str) -> Job:
+def job_from(meta: dict, where: str, moved: Mapping[str, str] | None = None) -> Job:
     """A job from its recorded fields (the `farm` chunk, a manifest row's params)."""
+    def model(field: str, ref: str, identity: str) -> Model:
+        return same_model(field, ref, identity, (moved or {}).get(ref))
+
     try:
-        job = Job.from_dict(meta, _same_model)
+        job = Job.from_dict(meta, model)
     except (KeyError, TypeError) as e:
         raise ReplayError(f"{where}: its metadata lacks a job field ({type(e).__name__}: {e})") \
             from None
@@ -41,21 +46,27 @@ def job_from(meta: dict, where: str) -> Job:
     return job
 
 
-def _same_model(field: str, ref: str, identity: str) -> Model:
-    model = models.resolve(ref, field)
+def same_model(field: str, ref: str, identity: str, moved_to: str | None = None) -> Model:
+    """The model a job was made with, found here: where it was, or where it moved to."""
+    try:
+        model = models.resolve(moved_to or ref, field)
+    except models.ModelError as e:
+        raise ReplayError(f"{field} {ref!r} is not found here ({e}); if it moved, say where: "
+                          f"--model {ref}=NEW_PLACE") from None
     if model.identity != identity:
         raise ReplayError(f"{field} {ref!r} is {model.identity[:16]}... here, but the image was "
                           f"made with {identity[:16]}...; the same pixels need the same model")
     return model
 
 
-def replay(image: Path, folder: Path, device: str | None = None) -> tuple[Path, bool]:
+def replay(image: Path, folder: Path, device: str | None = None,
+           moved: Mapping[str, str] | None = None) -> tuple[Path, bool]:
     """Render the image again into `folder`; say where, and whether the pixels are the same."""
     from PIL import Image
 
     from farm.worker import Device, Worker
 
-    job, slot, fmt = job_of(image)
+    job, slot, fmt = job_of(image, moved)
     worker = Worker(folder, name="replay", device=Device.named(device) if device else None)
     result, = worker.render(slot.batch(job, image.name, fmt))
     if not result.ok:

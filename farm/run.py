@@ -142,7 +142,8 @@ def start_backend(runtime: Runtime, folder: RunFolder, label: str) -> Backend:
 def render(settings: Settings) -> Outcome:
     """Render what the recipe asks for and the run folder does not hold yet."""
     recipe, folder = settings.recipe, settings.folder
-    # 1. check the models and the folder before anything is written
+    # 1. check the runtime, the models and the folder before anything is written
+    schedule.check_runtime(settings.runtime)
     found = resolve_models(recipe)
     stored = folder.stored_suffix()
     if stored not in (None, recipe.image.suffix):
@@ -231,6 +232,7 @@ def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[
                  "rendered": summary.rendered, "skipped": summary.skipped,
                  "failed": summary.failed, "unfinished": summary.unfinished,
                  "repeats": summary.duplicates},
+        "workers_problem": summary.problem or None,
         "wall_seconds": round(seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "first_image_seconds": None if summary.first_image_seconds is None

@@ -38,6 +38,26 @@ class Runtime:
     start_timeout: float = 300.0  # seconds to wait for workers to start before giving up
 
 
+def check_runtime(runtime: Runtime) -> None:
+    """Runtime settings that can never work are refused before anything starts."""
+    whole = {"workers": (runtime.workers, 1), "threads": (runtime.threads, 1),
+             "max_pipelines": (runtime.max_pipelines, 1), "max_attempts": (runtime.max_attempts, 1),
+             "queue_depth": (runtime.queue_depth, 1)}
+    for name, (value, low) in whole.items():
+        if value is not None and (isinstance(value, bool) or value < low):
+            raise RuntimeUnavailable(f"runtime.{name}: got {value!r}; expected a whole number "
+                                     f"from {low}")
+    if runtime.start_timeout <= 0:
+        raise RuntimeUnavailable(f"runtime.start_timeout: got {runtime.start_timeout}; expected "
+                                 "seconds, more than 0")
+    if runtime.kind not in ("ray", "inline"):
+        raise RuntimeUnavailable(f"runtime: got {runtime.kind!r}; allowed: ray, inline")
+    device = runtime.device
+    if device is not None and not (device == "cpu" or device == "cuda"
+                                   or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise RuntimeUnavailable(f"runtime.device: got {device!r}; allowed: cpu, cuda")
+
+
 class RuntimeUnavailable(RuntimeError):
     """The runtime cannot run as asked (too few GPUs, no cluster); nothing was written."""
 
@@ -53,6 +73,7 @@ class Summary:
     rendered: int = 0
     failed: int = 0
     unfinished: int = 0  # left pending because no worker was left to render them
+    problem: str = ""  # why no worker was left, when the backend knows
     duplicates: int = 0  # jobs the plan reached twice; rendered once
     seconds: float = 0.0
     first_image_seconds: float | None = None  # start-up overhead: run start to first image
@@ -127,6 +148,9 @@ class Dispatcher:
         self.assigned: dict[str, Work] = {}
         self.retry: deque[Batch] = deque()  # failed jobs, with their paths, to try again
         self.attempts: Counter[str] = Counter()
+        self.loaded: dict[str, list[tuple]] = {}  # worker -> loadout keys, most recent last
+        self.order: dict[Any, int] = {}  # handle -> when it was submitted
+        self.rendering: dict[str, Any] = {}  # lost worker -> the handle it was rendering
         self.started = time.perf_counter()
 
     def run(self) -> None:
@@ -138,7 +162,7 @@ class Dispatcher:
                 worker, batch = self.in_flight.pop(handle)
                 self.busy[worker] -= 1
                 if isinstance(outcome, WorkerLost):
-                    self._lost(worker, batch, outcome)
+                    self._lost(worker, handle, batch, outcome)
                 elif isinstance(outcome, Exception):
                     error = f"{type(outcome).__name__}: {outcome}"
                     self._finish(worker, batch, self._failures(batch, worker, error))
@@ -146,6 +170,8 @@ class Dispatcher:
                     self._finish(worker, batch, outcome)
         self.summary.unfinished = sum(w.left for w in self.work) + \
             sum(len(b.jobs) for b in self.retry)
+        if self.summary.unfinished:
+            self.summary.problem = getattr(self.backend, "problem", "")
 
     # 1. choosing work ---------------------------------------------------------------------------
 
@@ -168,7 +194,10 @@ class Dispatcher:
                     jobs, paths, slots = map(tuple, zip(*kept))
                     batch = Batch(jobs, paths, pad_to=batch.pad_to, image=self.folder.image,
                                   positions=slots)
-                self.in_flight[self.backend.submit(worker, batch)] = (worker, batch)
+                handle = self.backend.submit(worker, batch)
+                self.in_flight[handle] = (worker, batch)
+                self.order[handle] = len(self.order)
+                self._loading(worker, batch.first.loadout.key)
                 self.busy[worker] += 1
 
     def _skip_duplicates(self, count: int) -> None:
@@ -176,12 +205,22 @@ class Dispatcher:
             self.summary.duplicates += count
             self.progress.bar.total -= count
 
+    def _loading(self, worker: str, key: tuple) -> None:
+        """What the worker has loaded, most recent last (as many as it keeps)."""
+        recent = self.loaded.setdefault(worker, [])
+        if key in recent:
+            recent.remove(key)
+        recent.append(key)
+        del recent[:-self.runtime.max_pipelines]
+
     def _next(self, worker: str) -> Batch | None:
-        """A retry of the worker's own model first, then its group, then the neediest group.
-        Fresh jobs come as a Batch without paths; retries keep theirs."""
+        """A retry of what the worker has loaded first, then its group, then a new group: one
+        it has loaded, else one nobody serves, else the one with most jobs per worker. Fresh
+        jobs come as a Batch without paths; retries keep theirs."""
         current = self.assigned.get(worker)
+        mine = [current.loadout.key] if current else self.loaded.get(worker, [])
         for i, batch in enumerate(self.retry):
-            if current is None or batch.first.loadout.key == current.loadout.key:
+            if batch.first.loadout.key in mine:
                 del self.retry[i]
                 return batch
         if current is not None:
@@ -194,9 +233,11 @@ class Dispatcher:
         open_work = [w for w in self.work if w.left > 0]
         if not open_work:
             return self.retry.popleft() if self.retry else None
-        # the group with the most jobs per worker, so that each model is loaded as few times as
-        # possible while no worker waits
-        chosen = max(open_work, key=lambda w: w.left / (w.workers + 1))
+        # so that each model is loaded as few times as possible while no worker waits (a resumed
+        # run's small leftovers are not worth a second worker's load while another group waits)
+        loaded = self.loaded.get(worker, [])
+        chosen = max(open_work, key=lambda w: (w.loadout.key in loaded, w.workers == 0,
+                                               w.left / (w.workers + 1)))
         chosen.workers += 1
         self.assigned[worker] = chosen
         return self._next(worker)
@@ -217,12 +258,22 @@ class Dispatcher:
                                     positions=slots))
         self._record(worker, final)
 
-    def _lost(self, worker: str, batch: Batch, error: WorkerLost) -> None:
+    def _lost(self, worker: str, handle: Any, batch: Batch, error: WorkerLost) -> None:
+        """A worker died: the batch it was rendering (its oldest in flight) counts an attempt;
+        the batches queued behind it go back to the queue as they were."""
         logging.getLogger(__name__).warning("worker %s lost: %s", worker, error)
         if worker in self.assigned:
             self.assigned.pop(worker).workers -= 1
-        if worker in self.backend.ready():  # the first of its lost batches replaces it
-            self.backend.replace(worker)
+        if worker not in self.rendering:  # its first lost batch: find the one it had started
+            queued = [h for h, (w, _) in self.in_flight.items() if w == worker]
+            self.rendering[worker] = handle if all(self.order[h] > self.order[handle]
+                                                 for h in queued) else \
+                min(queued, key=self.order.__getitem__)
+            if worker in self.backend.ready():
+                self.backend.replace(worker)
+        if self.rendering[worker] != handle:
+            self.retry.appendleft(batch)  # never started: no attempt charged
+            return
         self._finish(worker, batch, self._failures(batch, worker, f"worker lost: {error}"))
 
     def _failures(self, batch: Batch, worker: str, error: str) -> list[Result]:
@@ -259,8 +310,14 @@ class InlineBackend:
     def __init__(self, runtime: Runtime, root: os.PathLike):
         from concurrent.futures import ThreadPoolExecutor
 
+        import torch
+
         from farm.worker import Device, Worker
 
+        if runtime.device and runtime.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeUnavailable(f"runtime.device: got {runtime.device!r}, but torch sees no "
+                                     "CUDA GPU here; leave it unset (a GPU when there is one) or "
+                                     "use cpu")
         device = Device.named(runtime.device) if runtime.device else None
         self.worker = Worker(root, name="inline", device=device,
                              max_pipelines=runtime.max_pipelines, threads=runtime.threads)

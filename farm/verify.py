@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def check_files(folder: RunFolder) -> list[Finding]:
     return findings
 
 
-def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -> list[Finding]:
+def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
+             moved: Mapping[str, str] | None = None) -> list[Finding]:
     """Render `sample` finished jobs again (all when None) and compare their pixels."""
     from farm.worker import Device, Worker
 
@@ -68,7 +70,7 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None) -
     with tempfile.TemporaryDirectory(prefix="farm-verify-") as scratch:
         worker = Worker(scratch, name="verify", device=Device.named(device) if device else None)
         for path, params, batch_size, position in rows:
-            job = job_from(json.loads(params), path)
+            job = job_from(json.loads(params), path, moved)
             original = folder.root / path
             fmt = ImageFormat()
             if original.suffix != ".png" and original.is_file():  # lossy: the same quality

@@ -12,7 +12,7 @@ import time
 import traceback
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from farm import libraries, models, outputs, render
@@ -65,8 +65,9 @@ class Worker:
 
         return getattr(torch, self.device.dtype if requested == "auto" else requested)
 
-    def _cached(self, cache: OrderedDict, model: Model, dtype, load):
-        """Least-recently-used cache of loaded models, at most max_pipelines of each kind."""
+    def _cached(self, cache: OrderedDict, model: Model, field: str, dtype, load):
+        """Least-recently-used cache of loaded models, at most max_pipelines of each kind; what
+        is loaded is checked to be the model planned first."""
         key = (model.identity, str(dtype))
         if key in cache:
             cache.move_to_end(key)
@@ -74,19 +75,27 @@ class Worker:
         while len(cache) >= self.max_pipelines:
             cache.popitem(last=False)
         started = time.perf_counter()
-        cache[key] = loaded = load(model, self.device.name, dtype)
+        cache[key] = loaded = load(self.local(model, field), self.device.name, dtype)
         self.loads[model.identity] += 1
         self._loaded.append((model.ref, time.perf_counter() - started))
         return loaded
 
     def local(self, model: Model, field: str) -> Model:
-        """The model as found on this machine: another node may keep its files elsewhere."""
-        if Path(model.path).exists():
+        """The model as found on this machine (another node may keep its files elsewhere),
+        checked to be what the driver planned: weights replaced since would give other pixels
+        under the planned identity. The check costs a stat per file (hashes are cached by size
+        and modification time)."""
+        here = Path(model.path).exists()
+        if model.identity.startswith("hub:") and here:  # a snapshot folder is its commit
             return model
-        found = models.resolve(model.ref, field)
+        spec = model.ref if not here or model.identity.startswith("hub:") else model.path if \
+            not model.config else f"{model.path}{models.CONFIG_MARK}{model.config}"
+        found = replace(models.resolve(spec, field), ref=model.ref)
         if found.identity != model.identity:
-            raise models.ModelError(field, model.ref, f"on {self.name} it resolves to "
-                                    f"{found.identity}, not {model.identity} as on the driver")
+            raise models.ModelError(field, model.ref, f"on {self.name} it is {found.identity[:16]}"
+                                    f"..., not {model.identity[:16]}... as planned (its files "
+                                    "changed since the plan, or differ on this node); render "
+                                    "again to plan with what is there now")
         return found
 
     def pipeline(self, loadout: Loadout, dtype: str = "auto"):
@@ -94,13 +103,12 @@ class Worker:
         (nothing reloaded)."""
         torch_dtype = self.dtype(dtype)
         checkpoint = loadout.checkpoint
-        base = self._cached(self._checkpoints, self.local(checkpoint, "checkpoint"), torch_dtype,
+        base = self._cached(self._checkpoints, checkpoint, "checkpoint", torch_dtype,
                             models.load_pipeline)
         self._scheduler_configs.setdefault(checkpoint.identity, dict(base.scheduler.config))
         if loadout.vae is None:
             return base
-        swapped = self._cached(self._vaes, self.local(loadout.vae, "vae"), torch_dtype,
-                               models.load_vae)
+        swapped = self._cached(self._vaes, loadout.vae, "vae", torch_dtype, models.load_vae)
         pipe = type(base)(**{**base.components, "vae": swapped})
         pipe.set_progress_bar_config(disable=True)
         return pipe

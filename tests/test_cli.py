@@ -286,6 +286,8 @@ def test_a_single_file_checkpoint_from_a_recipe(workdir, tiny):
     assert sorted(from_file.values()) == sorted(from_folder.values())
     parameters, farm = outputs.read_metadata(workdir / "outputs" / "single" / sorted(from_file)[0])
     assert farm["checkpoint"] == "tiny.safetensors?config=tiny" and "Model: tiny," in parameters
+    # the inline form, typed on the command line as it is (no Hydra quoting): the same jobs
+    assert run_farm("plan", "recipe=single", "checkpoint=tiny.safetensors?config=tiny") == 0
 
 
 def test_templates_are_recorded_and_planned(workdir, capsys):

@@ -169,3 +169,132 @@ def test_an_impossible_request_fails_fast_and_writes_nothing(workdir, capsys, ar
     assert words in capsys.readouterr().err
     assert not (workdir / "outputs").exists()
     assert time.monotonic() - started < 30
+
+
+def named(prefix: str) -> list[str]:
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(prefix)]
+
+
+def render_in_thread(args: list[str]) -> tuple[threading.Thread, list]:
+    exit_code: list = []
+
+    def render():
+        try:
+            cli.main(["render", *args])
+        except SystemExit as e:
+            exit_code.append(e.code)
+
+    thread = threading.Thread(target=render)
+    thread.start()
+    return thread, exit_code
+
+
+def kill_when_it_appears(prefix: str, thread: threading.Thread, timeout: float = 120) -> str:
+    """Kill the named worker actor as soon as it exists: while it imports torch."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and thread.is_alive():
+        found = named(prefix)
+        if found:
+            ray.kill(ray.get_actor(found[0], namespace=ray.get_runtime_context().namespace),
+                     no_restart=True)
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no {prefix} actor appeared")
+
+
+def test_a_worker_killed_while_starting_is_started_again(workdir, capsys):
+    thread, code = render_in_thread(["recipe=fleet", "runtime.workers=1", "seeds=0-1"])
+    kill_when_it_appears("farm-fleet-gpu-0-", thread)
+    thread.join(timeout=300)
+    assert code == [0]
+    out = capsys.readouterr().out
+    assert "Rendered 4 of 4" in out
+    assert len(done_hashes(workdir / "outputs" / "fleet")) == 4
+
+
+def test_a_worker_that_never_starts_is_reported_not_retried_forever(workdir, capsys):
+    thread, code = render_in_thread(["recipe=fleet", "runtime.workers=1",
+                                     "runtime.max_attempts=1"])
+    kill_when_it_appears("farm-fleet-gpu-0-", thread)
+    thread.join(timeout=300)
+    assert code == [2]
+    err = capsys.readouterr().err
+    assert "no Ray worker could start; worker gpu-0 failed while starting" in err
+    assert not (workdir / "outputs" / "fleet" / "manifest.sqlite").exists()  # nothing recorded
+
+
+def test_a_replacement_that_cannot_be_placed_ends_the_run_resumably(workdir, capsys):
+    """The worker dies, and what it freed is taken by another job's actor that was waiting:
+    past runtime.start_timeout the run ends (exit 1), saying what was missing."""
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=1)
+    class Holder:
+        def ping(self):
+            return True
+
+    holders = [Holder.remote()]  # takes the GPU the run does not use
+    ray.get(holders[0].ping.remote(), timeout=60)
+    thread, code = render_in_thread(["recipe=fleet", "runtime.workers=1", "seeds=0-39",
+                                     "steps=8", "runtime.start_timeout=10"])
+    manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+            try:
+                with sqlite3.connect(manifest) as db:
+                    (done,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'"
+                                         ).fetchone()
+            except sqlite3.OperationalError:
+                continue
+            if done >= 2:
+                break
+        holders.append(Holder.remote())  # waits for a GPU: it is first in line for the freed one
+        time.sleep(0.5)
+        name = named("farm-fleet-gpu-0-")[0]
+        ray.kill(ray.get_actor(name, namespace=ray.get_runtime_context().namespace),
+                 no_restart=True)
+        thread.join(timeout=300)
+    finally:
+        for holder in holders:
+            ray.kill(holder)
+    assert code == [1]
+    out = capsys.readouterr().out
+    assert "were not rendered because no worker was left" in out
+    assert "could not be placed within runtime.start_timeout=10 s" in out
+
+
+def test_cpu_workers_default_to_one_per_node(tmp_path):
+    from farm.outputs import RunFolder
+
+    backend = run.start_backend(schedule.Runtime(device="cpu"), RunFolder(tmp_path), "spread")
+    try:
+        backend.settle(timeout=120)
+        assert sorted(backend.ready()) == ["cpu-0", "cpu-1"] and backend.threads == 2
+        assert len({info["node"] for info in backend.placed.values()}) == 2
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("after", [1.0, 2.0, 3.0])
+def test_ctrl_c_while_the_embedded_cluster_starts_exits_130(workdir, after):
+    import os
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["TQDM_DISABLE"] = "1"
+    process = subprocess.Popen(farm_command() + ["render", "recipe=fleet"], cwd=workdir,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (process.returncode, err[-2000:])
+    assert "Segmentation fault" not in err and "Fatal Python error" not in err
+    assert "interrupted; run the same command again to resume" in err

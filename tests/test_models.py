@@ -164,3 +164,18 @@ def test_single_files_render_the_same_pixels_as_their_folders(single_files, tiny
                                  (f"images/{n}-file.png",)))
         assert a.ok and b.ok, (a.error, b.error)
         assert a.pixel_hash == b.pixel_hash
+
+
+def test_a_checkpoint_folder_missing_a_component_is_refused(tmp_path, tiny):
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tiny.path, incomplete)
+    shutil.rmtree(incomplete / "text_encoder")
+    with pytest.raises(models.ModelError, match="names a text_encoder .* has no text_encoder/"):
+        models.resolve(str(incomplete))
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny.path, pickled)
+    weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(models.ModelError, match="unet/ has no .safetensors weights .*"
+                       "diffusion_pytorch_model.bin is a pickle"):
+        models.resolve(str(pickled))

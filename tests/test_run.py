@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -330,3 +331,76 @@ def test_each_render_writes_a_report_that_status_shows(tmp_path, monkeypatch, ca
     assert run_farm("status", str(folder)) == 0
     out = capsys.readouterr().out
     assert "Last render: 2 rendered" in out and "Failed with MemoryError: 2" in out
+
+
+# 12. faults refused up front, models checked where they load ----------------------------------
+
+def test_a_busy_folder_is_refused_before_any_worker_starts(tmp_path, monkeypatch, capsys):
+    import time
+
+    from farm import cluster
+    from farm.outputs import RunFolder
+
+    def never(*args, **kwargs):
+        raise AssertionError("a worker was started for a busy folder")
+
+    monkeypatch.setattr(cluster, "RayBackend", never)
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\n" + BASE)
+    with RunFolder(tmp_path / "outputs" / "r").locked():
+        started = time.monotonic()
+        assert run_farm_default("render", "recipe=r") == 2  # the Ray runtime
+        assert time.monotonic() - started < 10
+    assert "another farm render is writing to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("runtime.queue_depth=0", "runtime.queue_depth: got 0; expected a whole number from 1"),
+    ("runtime.max_pipelines=0", "runtime.max_pipelines: got 0"),
+    ("runtime.max_attempts=0", "runtime.max_attempts: got 0"),
+    ("runtime.device=cuda", "torch sees no CUDA GPU here"),
+    ("runtime.device=tpu", "runtime.device: got 'tpu'; allowed: cpu, cuda"),
+])
+def test_runtime_settings_that_cannot_work_are_refused(tmp_path, monkeypatch, capsys, setting,
+                                                      words):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\n" + BASE)
+    assert run_farm("render", "recipe=r", setting) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_model_changed_after_planning_fails_its_jobs_with_the_reason(tmp_path, tiny, tiny_vae):
+    from farm.jobs import Batch
+    from farm.worker import Device, Worker
+    from tests.helpers import make_job
+
+    from farm import models
+
+    vae = tmp_path / "vae"
+    shutil.copytree(tiny_vae.path, vae)
+    planned = models.resolve(str(vae), "vae")
+    weights = vae / "diffusion_pytorch_model.safetensors"
+    shutil.copy(Path(tiny.path) / "vae" / "diffusion_pytorch_model.safetensors", weights)
+    worker = Worker(tmp_path / "run", device=Device("cpu", "float32"))
+    result, = worker.render(Batch((make_job(tiny, vae=planned),), ("images/00000/x.png",)))
+    assert not result.ok and "not " + planned.identity[:16] + "... as planned" in result.error
+    assert not (tmp_path / "run" / "images" / "00000" / "x.png").exists()
+
+
+def test_verify_and_replay_find_a_model_that_moved(tmp_path, monkeypatch, capsys, tiny):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-1\n" + BASE)
+    shutil.copytree(tiny.path, tmp_path / "models" / "mine")
+    assert run_farm("render", "recipe=r", "checkpoint=models/mine") == 0
+    (tmp_path / "models" / "mine").rename(tmp_path / "models" / "moved")
+    folder = tmp_path / "outputs" / "r"
+    capsys.readouterr()
+    assert run_farm("status", str(folder)) == 0  # needs no model at all
+    assert "2 done, 0 pending" in capsys.readouterr().out
+    assert run_farm_default("verify", str(folder), "--all") == 2
+    assert "--model models/mine=NEW_PLACE" in capsys.readouterr().err
+    assert run_farm_default("verify", str(folder), "--all", "--model",
+                            "models/mine=models/moved") == 0
+    assert capsys.readouterr().out.count("identical") == 2
+    image = next(folder.glob("images/*/*.png"))
+    assert run_farm_default("replay", str(image), "--to", str(tmp_path / "again"), "--model",
+                            "models/mine=models/moved") == 0
+    assert "the same pixels" in capsys.readouterr().out

@@ -124,3 +124,60 @@ def test_a_lost_worker_is_replaced_and_its_batch_rendered_elsewhere(tmp_path):
     assert backend.replaced == ["w0"]
     assert summary.rendered == 8 and summary.failed == 0
     assert all(row["status"] == "done" for row in rows.values())
+
+
+class LosingBackend(FakeBackend):
+    """A worker that dies with several batches in flight: every one of them is lost."""
+
+    def wait(self, handles):
+        worker, _ = self.pending[min(handles)]
+        if worker in self.die:
+            self.die.discard(worker)
+            lost = [h for h in sorted(handles) if self.pending[h][0] == worker]
+            for h in lost:
+                self.pending.pop(h)
+            return [(h, schedule.WorkerLost(f"{worker} was killed")) for h in reversed(lost)]
+        return super().wait(handles)
+
+    def replace(self, worker: str) -> None:
+        super().replace(worker)
+        self.workers.remove(worker)
+        self.workers.append(worker + ".1")
+        self.loaded[worker + ".1"] = []
+
+
+def test_only_the_batch_a_dead_worker_had_started_counts_an_attempt(tmp_path):
+    """queue_depth 4, max_attempts 1: the batches queued behind the one being rendered go back
+    to the queue uncharged and are rendered by the replacement."""
+    backend = LosingBackend(["w0"], die={"w0"})
+    summary, rows = dispatch(tmp_path, backend, jobs_of(A, seeds=8), max_attempts=1,
+                             queue_depth=4)
+    assert backend.replaced == ["w0"]
+    assert (summary.failed, summary.rendered) == (2, 6)  # the first batch of 2 only
+    first = backend.calls[0][1]
+    assert all(rows[job.id]["status"] == "failed" for job in first.jobs)
+
+
+class CountingBackend(FakeBackend):
+    """Workers that keep one model loaded (max_pipelines=1) and count their loads."""
+
+    def wait(self, handles):
+        worker, batch = self.pending[min(handles)]
+        self.loads += batch.first.loadout.key not in self.loaded[worker][-1:]
+        return super().wait(handles)
+
+    loads = 0
+
+
+def test_a_resumed_run_does_not_send_two_workers_to_one_small_leftover(tmp_path):
+    """What a resume leaves: 1 batch of A, 5 of B. The second worker takes A (nobody serves
+    it) rather than joining B: three loads in all, where joining costs four."""
+    backend = CountingBackend(["w0", "w1"])
+    folder = RunFolder(tmp_path / "run")
+    folder.root.mkdir()
+    jobs = jobs_of(A, seeds=2) + jobs_of(B, seeds=10)
+    summary = schedule.Summary(planned=len(jobs), skipped=0)
+    runtime = schedule.Runtime(kind="fake", max_pipelines=1, queue_depth=1)
+    with Manifest(folder.manifest) as manifest:
+        schedule.run(backend, work_for(jobs), folder, manifest, 1, runtime, summary, "test")
+    assert summary.rendered == 12 and backend.loads <= 3, backend.loaded

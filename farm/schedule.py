@@ -151,6 +151,8 @@ class Dispatcher:
         self.loaded: dict[str, list[tuple]] = {}  # worker -> loadout keys, most recent last
         self.order: dict[Any, int] = {}  # handle -> when it was submitted
         self.rendering: dict[str, Any] = {}  # lost worker -> the handle it was rendering
+        self.image_seconds: dict[tuple, float] = {}  # loadout -> seconds per image, measured
+        self.load_seconds: list[float] = []  # each model load's seconds, measured
         self.started = time.perf_counter()
 
     def run(self) -> None:
@@ -230,21 +232,45 @@ class Dispatcher:
                 return batch
             current.left, current.workers = 0, current.workers - 1
             del self.assigned[worker]
+        if self.busy[worker]:
+            return None  # choose its next group once what it has in flight is measured
         open_work = [w for w in self.work if w.left > 0]
         if not open_work:
             return self.retry.popleft() if self.retry else None
-        # so that each model is loaded as few times as possible while no worker waits (a resumed
-        # run's small leftovers are not worth a second worker's load while another group waits)
+        # so that each model is loaded as few times as possible while no worker waits: what the
+        # worker has loaded, else what nobody serves, else help where that saves more time than
+        # the load costs (a resumed run's small leftover is not worth a second load)
         loaded = self.loaded.get(worker, [])
-        chosen = max(open_work, key=lambda w: (w.loadout.key in loaded, w.workers == 0,
-                                               w.left / (w.workers + 1)))
+        worth = [w for w in open_work if w.loadout.key in loaded or w.workers == 0
+                 or self._joining_pays(w)]
+        if not worth:
+            return None  # idle: the others finish sooner than this worker could load
+        chosen = max(worth, key=lambda w: (w.loadout.key in loaded, w.workers == 0,
+                                           w.left / (w.workers + 1)))
         chosen.workers += 1
         self.assigned[worker] = chosen
         return self._next(worker)
 
+    def _joining_pays(self, work: Work) -> bool:
+        """Whether one more worker on `work` saves more time than loading its model costs,
+        from what this run has measured (joining, while nothing is measured yet)."""
+        measured = list(self.image_seconds.values())
+        image = self.image_seconds.get(work.loadout.key) or (
+            sum(measured) / len(measured) if measured else None)  # another model's, meanwhile
+        if image is None or not self.load_seconds:
+            return True
+        remaining = work.left * image
+        saved = remaining / work.workers - remaining / (work.workers + 1)
+        return saved > sum(self.load_seconds) / len(self.load_seconds)
+
     # 2. taking results --------------------------------------------------------------------------
 
     def _finish(self, worker: str, batch: Batch, results: list[Result]) -> None:
+        loads = [seconds for r in results for _, seconds in r.loads]
+        if results and all(r.ok for r in results):  # the batch's time less its model loads
+            rendering = sum(r.seconds for r in results) - sum(loads)
+            self.image_seconds[batch.first.loadout.key] = max(0.0, rendering) / len(results)
+        self.load_seconds += loads
         final, again = [], []
         for job, path, slot, result in zip(batch.jobs, batch.paths, batch.slots, results):
             self.attempts[job.id] += 1

@@ -228,9 +228,11 @@ def test_a_worker_that_never_starts_is_reported_not_retried_forever(workdir, cap
     assert not (workdir / "outputs" / "fleet" / "manifest.sqlite").exists()  # nothing recorded
 
 
-def test_a_replacement_that_cannot_be_placed_ends_the_run_resumably(workdir, capsys):
-    """The worker dies, and what it freed is taken by another job's actor that was waiting:
-    past runtime.start_timeout the run ends (exit 1), saying what was missing."""
+def test_a_replacement_that_cannot_be_placed_ends_the_run_resumably(workdir, ray_cluster,
+                                                                     capsys):
+    """Another job holds the cluster's GPUs; the run's only worker is on a third node, which is
+    then lost. Its replacement cannot be placed: past runtime.start_timeout the run ends (exit
+    1, resumable), saying what was missing, instead of waiting forever."""
     import ray
 
     @ray.remote(num_gpus=1, num_cpus=1)
@@ -238,12 +240,14 @@ def test_a_replacement_that_cannot_be_placed_ends_the_run_resumably(workdir, cap
         def ping(self):
             return True
 
-    holders = [Holder.remote()]  # takes the GPU the run does not use
-    ray.get(holders[0].ping.remote(), timeout=60)
-    thread, code = render_in_thread(["recipe=fleet", "runtime.workers=1", "seeds=0-39",
-                                     "steps=8", "runtime.start_timeout=10"])
-    manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
+    holders = [Holder.remote(), Holder.remote()]  # the two nodes' GPUs
+    ray.get([h.ping.remote() for h in holders], timeout=60)
+    third = ray_cluster.add_node(num_cpus=2, num_gpus=1)
+    ray_cluster.wait_for_nodes()
     try:
+        thread, code = render_in_thread(["recipe=fleet", "runtime.workers=1", "seeds=0-39",
+                                         "steps=8", "runtime.start_timeout=10"])
+        manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and thread.is_alive():
             time.sleep(0.05)
@@ -255,19 +259,19 @@ def test_a_replacement_that_cannot_be_placed_ends_the_run_resumably(workdir, cap
                 continue
             if done >= 2:
                 break
-        holders.append(Holder.remote())  # waits for a GPU: it is first in line for the freed one
-        time.sleep(0.5)
-        name = named("farm-fleet-gpu-0-")[0]
-        ray.kill(ray.get_actor(name, namespace=ray.get_runtime_context().namespace),
-                 no_restart=True)
+        ray_cluster.remove_node(third)  # the node is lost, with the worker on it
+        third = None
         thread.join(timeout=300)
     finally:
         for holder in holders:
             ray.kill(holder)
+        if third is not None:
+            ray_cluster.remove_node(third)
     assert code == [1]
     out = capsys.readouterr().out
     assert "were not rendered because no worker was left" in out
     assert "could not be placed within runtime.start_timeout=10 s" in out
+    assert "run the same command again to resume" in out
 
 
 def test_cpu_workers_default_to_one_per_node(tmp_path):
@@ -298,3 +302,23 @@ def test_ctrl_c_while_the_embedded_cluster_starts_exits_130(workdir, after):
     assert process.returncode == 130, (process.returncode, err[-2000:])
     assert "Segmentation fault" not in err and "Fatal Python error" not in err
     assert "interrupted; run the same command again to resume" in err
+
+
+def test_a_resumed_run_loads_each_model_as_few_times_as_it_can(workdir, second_checkpoint):
+    """What a resume leaves: a few images of one checkpoint, many of another. Two workers that
+    keep one model each: each takes one checkpoint, two loads in all (joining the bigger group
+    and then loading the small one too made three or four)."""
+    args = ["recipe=fleet", f"checkpoint=[tiny,{second_checkpoint}]", "seeds=0-5",
+            "runtime.max_pipelines=1"]
+    assert run_farm("render", *args) == 0
+    folder = workdir / "outputs" / "fleet"
+    with sqlite3.connect(folder / "manifest.sqlite") as db:
+        rows = db.execute("SELECT path, params FROM jobs").fetchall()
+    lost = [path for path, params in rows if json.loads(params)["checkpoint"] == "tiny"][:2] + \
+        [path for path, params in rows if json.loads(params)["checkpoint"] != "tiny"][:10]
+    for path in lost:
+        (folder / path).unlink()
+    assert run_farm("render", *args) == 0
+    report = json.loads((folder / "report.json").read_text())
+    assert report["jobs"]["rendered"] == 12
+    assert sum(load["count"] for load in report["loads"].values()) == 2, report["loads"]

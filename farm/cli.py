@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from farm import catalog, export, grid, models, run
@@ -28,7 +30,7 @@ from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
 from farm.schedule import RuntimeUnavailable, Summary
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 # 1. the recipe commands ------------------------------------------------------------------------
@@ -63,6 +65,11 @@ def command_render(settings: Settings) -> int:
               f"{folder.root}; nothing to render")
     else:
         print(describe(summary, folder))
+    if outcome.interrupted:
+        print(f"farm: {'terminated' if outcome.interrupted == 'terminate' else 'interrupted'}; "
+              "what finished is recorded; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_TERMINATED if outcome.interrupted == "terminate" else EXIT_INTERRUPTED
     if outcome.refreshed:
         print(f"Updated the recorded prompt details (template, values, file columns) of "
               f"{outcome.refreshed} finished images to what the recipe now says.")
@@ -229,6 +236,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def terminate(number, frame) -> None:
+    raise run.Terminated()
+
+
 def size_in_bytes(text: str) -> int:
     """"500MB", "1.5GB", "20KB" or a number of bytes."""
     units = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
@@ -322,6 +333,8 @@ def command_replay(image: Path, folder: Path, device: str | None,
 
 def main(argv: list[str] | None = None) -> None:
     options = parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)  # SIGTERM stops farm as Ctrl-C does
     try:
         if options.command == "status":
             code = command_status(options.args, options.json, options.config_dir)
@@ -347,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
             GridError) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("farm: interrupted; run the same command again to resume", file=sys.stderr)
-        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, run.Terminated)
+        print(f"farm: {'terminated' if terminated else 'interrupted'}; run the same command "
+              "again to resume", file=sys.stderr)
+        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     sys.exit(code)

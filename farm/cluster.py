@@ -146,11 +146,12 @@ class RayBackend:
     def submit(self, worker: str, batch: Batch):
         return self.actors[worker].render.remote(batch)
 
-    def wait(self, handles):
+    def wait(self, handles, timeout=None):
         import ray
 
         waiting = list(handles) + list(self.starting_refs)
-        done, _ = ray.wait(waiting, num_returns=1, timeout=self._until_deadline())
+        limits = [t for t in (timeout, self._until_deadline()) if t is not None]
+        done, _ = ray.wait(waiting, num_returns=1, timeout=min(limits) if limits else None)
         outcomes = []
         if not done or any(ref in self.starting_refs for ref in done):
             self._poll_starting(timeout=0)  # started, failed, or past its deadline

@@ -5,7 +5,11 @@ prints."""
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,10 +125,33 @@ class Outcome:
     sheets: list[grid.Sheet] = field(default_factory=list)
     grid_errors: list[str] = field(default_factory=list)
     refreshed: int = 0  # finished images whose recorded prompt context was brought up to date
+    interrupted: str | None = None  # "interrupt" (Ctrl-C) or "terminate" (SIGTERM): stopped
 
     @property
     def ok(self) -> bool:
-        return not (self.summary.failed or self.summary.unfinished)
+        return not (self.summary.failed or self.summary.unfinished or self.interrupted)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm, Kubernetes, spot instances, docker stop): stop as on Ctrl-C."""
+
+
+@contextmanager
+def terminations_as_interrupts() -> Iterator[None]:
+    """While rendering, SIGTERM raises Terminated, as Ctrl-C raises KeyboardInterrupt (set
+    again after the workers start: Ray installs its own handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(number, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def start_backend(runtime: Runtime, folder: RunFolder, label: str) -> Backend:
@@ -163,7 +190,8 @@ def render(settings: Settings) -> Outcome:
             shutil.rmtree(created, ignore_errors=True)
         raise
     # 3. the contact sheets the recipe asks for, from every finished image
-    outcome.sheets, outcome.grid_errors = draw_recipe_grids(recipe, folder)
+    if not outcome.interrupted:
+        outcome.sheets, outcome.grid_errors = draw_recipe_grids(recipe, folder)
     return outcome
 
 
@@ -180,6 +208,7 @@ def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:
         return Outcome(folder, summary, refreshed=refreshed)
     # 2. start the workers (fails fast with RuntimeUnavailable; nothing written yet)
     backend = start_backend(settings.runtime, folder, recipe.name)
+    interrupted = None
     try:
         with Manifest(folder.manifest) as manifest:
             # 3. begin a run: clear half-written files, record the recipe and its models
@@ -191,17 +220,21 @@ def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:
             # 4. the pending batches of each loadout, diffed again now that the folder is ours
             work = pending_work(recipe, found, Finished(folder, manifest, run_id))
             summary = Summary(planned=counts.planned, skipped=counts.done)
-            # 5. render, recording each result as it comes
+            # 5. render, recording each result as it comes; SIGTERM and Ctrl-C let the batches in
+            #    flight finish for runtime.grace seconds and record them
             try:
-                schedule.run(backend, work, folder, manifest, run_id, settings.runtime, summary,
-                             label=recipe.name)
+                with terminations_as_interrupts():
+                    schedule.run(backend, work, folder, manifest, run_id, settings.runtime,
+                                 summary, label=recipe.name)
+            except KeyboardInterrupt as e:
+                interrupted = "terminate" if isinstance(e, Terminated) else "interrupt"
             finally:
                 manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
                                  summary.seconds)
                 folder.write_report(report(recipe, summary, manifest.last_run()))
     finally:
         backend.close()
-    return Outcome(folder, summary, refreshed=refreshed)
+    return Outcome(folder, summary, refreshed=refreshed, interrupted=interrupted)
 
 
 def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class Runtime:
     max_attempts: int = 3  # tries per job before it is recorded as failed
     queue_depth: int = 2  # batches in flight per worker: one rendering, one being written
     start_timeout: float = 300.0  # seconds to wait for workers to start before giving up
+    grace: float = 20.0  # on Ctrl-C or SIGTERM: seconds the batches in flight may finish in
 
 
 def check_runtime(runtime: Runtime) -> None:
@@ -47,6 +48,9 @@ def check_runtime(runtime: Runtime) -> None:
         if value is not None and (isinstance(value, bool) or value < low):
             raise RuntimeUnavailable(f"runtime.{name}: got {value!r}; expected a whole number "
                                      f"from {low}")
+    if runtime.grace < 0:
+        raise RuntimeUnavailable(f"runtime.grace: got {runtime.grace}; expected seconds, 0 or "
+                                 "more")
     if runtime.start_timeout <= 0:
         raise RuntimeUnavailable(f"runtime.start_timeout: got {runtime.start_timeout}; expected "
                                  "seconds, more than 0")
@@ -125,8 +129,10 @@ class Backend(Protocol):
     def submit(self, worker: str, batch: Batch) -> Any:
         """Start rendering a batch on a worker; return a handle."""
 
-    def wait(self, handles: list[Any]) -> list[tuple[Any, list[Result] | Exception]]:
-        """Block until at least one handle (or a starting worker) is done; return the done ones."""
+    def wait(self, handles: list[Any], timeout: float | None = None
+             ) -> list[tuple[Any, list[Result] | Exception]]:
+        """Block until at least one handle (or a starting worker) is done, or `timeout` seconds;
+        return the done ones."""
 
     def replace(self, worker: str) -> None:
         """A worker is lost: start another in its place, if it can be placed."""
@@ -156,22 +162,43 @@ class Dispatcher:
         self.started = time.perf_counter()
 
     def run(self) -> None:
-        while True:
-            self._fill()
-            if not self.in_flight and not (self._has_work() and self.backend.starting()):
-                break
-            for handle, outcome in self.backend.wait(list(self.in_flight)):
-                worker, batch = self.in_flight.pop(handle)
-                self.busy[worker] -= 1
-                if isinstance(outcome, WorkerLost):
-                    self._lost(worker, handle, batch, outcome)
-                elif isinstance(outcome, Exception):
-                    error = f"{type(outcome).__name__}: {outcome}"
-                    self._finish(worker, batch, self._failures(batch, worker, error))
-                else:
-                    self._finish(worker, batch, outcome)
+        try:
+            while True:
+                self._fill()
+                if not self.in_flight and not (self._has_work() and self.backend.starting()):
+                    break
+                self._take(self.backend.wait(list(self.in_flight)))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: hand out nothing more, record what ends
+            self._drain(self.runtime.grace)
+            raise
+        finally:
+            self._count_unfinished()
+
+    def _take(self, outcomes: list) -> None:
+        for handle, outcome in outcomes:
+            worker, batch = self.in_flight.pop(handle)
+            self.busy[worker] -= 1
+            if isinstance(outcome, WorkerLost):
+                self._lost(worker, handle, batch, outcome)
+            elif isinstance(outcome, Exception):
+                error = f"{type(outcome).__name__}: {outcome}"
+                self._finish(worker, batch, self._failures(batch, worker, error))
+            else:
+                self._finish(worker, batch, outcome)
+
+    def _drain(self, grace: float) -> None:
+        """Let the batches in flight finish for `grace` seconds and record them; what is still
+        out then is left (its files, if any, are not recorded: the next run renders it again to
+        the same path). A second interrupt stops the wait."""
+        deadline = time.monotonic() + grace
+        while self.in_flight and time.monotonic() < deadline:
+            self._take(self.backend.wait(list(self.in_flight),
+                                         timeout=max(0.0, deadline - time.monotonic())))
+
+    def _count_unfinished(self) -> None:
         self.summary.unfinished = sum(w.left for w in self.work) + \
-            sum(len(b.jobs) for b in self.retry)
+            sum(len(b.jobs) for b in self.retry) + \
+            sum(len(b.jobs) for _, b in self.in_flight.values())
         if self.summary.unfinished:
             self.summary.problem = getattr(self.backend, "problem", "")
 
@@ -358,10 +385,10 @@ class InlineBackend:
     def submit(self, worker: str, batch: Batch):
         return self.pool.submit(self.worker.render, batch)
 
-    def wait(self, handles):
+    def wait(self, handles, timeout=None):
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
         return [(f, f.exception() or f.result()) for f in done]
 
     def replace(self, worker: str) -> None:

@@ -322,3 +322,45 @@ def test_a_resumed_run_loads_each_model_as_few_times_as_it_can(workdir, second_c
     report = json.loads((folder / "report.json").read_text())
     assert report["jobs"]["rendered"] == 12
     assert sum(load["count"] for load in report["loads"].values()) == 2, report["loads"]
+
+
+@pytest.mark.parametrize("runtime", ["inline", "ray"])
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(workdir, runtime):
+    import os
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["TQDM_DISABLE"] = "1"
+    args = farm_command() + ["render", "recipe=fleet", f"runtime={runtime}", "seeds=0-29",
+                             "steps=8", "runtime.grace=30"]
+    process = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        try:
+            with sqlite3.connect(manifest) as db:
+                (done,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()
+        except sqlite3.OperationalError:
+            continue
+        if done >= 4:
+            break
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 143, (process.returncode, err[-2000:])
+    assert "Rendered " in out and "terminated; what finished is recorded" in err
+    assert "Fatal" not in err and "Segmentation" not in err
+    with sqlite3.connect(manifest) as db:
+        queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+        recorded = db.execute("SELECT ended_at FROM runs ORDER BY id DESC").fetchone()[0]
+    assert recorded is not None  # the run was closed in the manifest
+    done = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = workdir / "outputs" / "fleet"
+    with sqlite3.connect(manifest) as db:
+        rows = db.execute("SELECT path, status FROM jobs").fetchall()
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*"))
+    assert len(rows) == 60 and {s for _, s in rows} == {"done"}
+    assert files == sorted(path for path, _ in rows), queued

@@ -94,7 +94,10 @@ def describe(summary: Summary, folder: RunFolder) -> str:
     if summary.duplicates:
         text += (f" {summary.duplicates} jobs were reached twice by the plan (the same prompt "
                  "from two templates or file rows) and rendered once.")
-    if summary.unfinished:
+    if summary.stopped:
+        text += (f" The run stopped: {summary.stopped}. What finished is recorded; make room "
+                 "(or make the folder writable) and run the same command again to resume.")
+    elif summary.unfinished:
         text += (f" {summary.unfinished} were not rendered because no worker was left"
                  + (f" ({summary.problem})" if summary.problem else "")
                  + "; run the same command again to resume.")

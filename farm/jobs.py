@@ -272,6 +272,7 @@ class Result:
     scheduler: str | None = None  # JSON: the diffusers scheduler class and its full config
     provenance: str | None = None  # JSON: device, dtype and library versions that made it
     loads: tuple[tuple[str, float], ...] = ()  # (model, seconds) its batch loaded first
+    stop: str | None = None  # why the whole run must stop (a full or read-only disk)
 
     @property
     def ok(self) -> bool:

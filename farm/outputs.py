@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -207,14 +208,22 @@ def write_image(image: Image.Image, path: Path, job: Job, fmt: ImageFormat = Ima
         return pixel_hash(stored)
 
 
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # the disk, not the file: stop the run
+
+
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name, flush, rename into place; a failed write leaves nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def read_metadata(path: Path) -> tuple[str, dict]:

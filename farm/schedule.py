@@ -78,6 +78,7 @@ class Summary:
     failed: int = 0
     unfinished: int = 0  # left pending because no worker was left to render them
     problem: str = ""  # why no worker was left, when the backend knows
+    stopped: str = ""  # why the run stopped early (a full or read-only disk)
     duplicates: int = 0  # jobs the plan reached twice; rendered once
     seconds: float = 0.0
     first_image_seconds: float | None = None  # start-up overhead: run start to first image
@@ -159,6 +160,7 @@ class Dispatcher:
         self.rendering: dict[str, Any] = {}  # lost worker -> the handle it was rendering
         self.image_seconds: dict[tuple, float] = {}  # loadout -> seconds per image, measured
         self.load_seconds: list[float] = []  # each model load's seconds, measured
+        self.left_out = 0  # jobs whose files could not be written when the disk stopped the run
         self.started = time.perf_counter()
 
     def run(self) -> None:
@@ -168,6 +170,9 @@ class Dispatcher:
                 if not self.in_flight and not (self._has_work() and self.backend.starting()):
                     break
                 self._take(self.backend.wait(list(self.in_flight)))
+                if self.summary.stopped:  # the disk: no retries, record what is finishing
+                    self._drain(self.runtime.grace)
+                    break
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: hand out nothing more, record what ends
             self._drain(self.runtime.grace)
             raise
@@ -196,7 +201,7 @@ class Dispatcher:
                                          timeout=max(0.0, deadline - time.monotonic())))
 
     def _count_unfinished(self) -> None:
-        self.summary.unfinished = sum(w.left for w in self.work) + \
+        self.summary.unfinished = sum(w.left for w in self.work) + self.left_out + \
             sum(len(b.jobs) for b in self.retry) + \
             sum(len(b.jobs) for _, b in self.in_flight.values())
         if self.summary.unfinished:
@@ -293,6 +298,14 @@ class Dispatcher:
     # 2. taking results --------------------------------------------------------------------------
 
     def _finish(self, worker: str, batch: Batch, results: list[Result]) -> None:
+        stops = [r.stop for r in results if r.stop]
+        if stops:  # what could not be written stays pending for the next run, uncharged
+            self.summary.stopped = self.summary.stopped or stops[0]
+            self.left_out += sum(not r.ok for r in results)
+            for r in results:
+                self.attempts[r.job_id] += r.ok
+            self._record(worker, [r for r in results if r.ok])
+            return
         loads = [seconds for r in results for _, seconds in r.loads]
         if results and all(r.ok for r in results):  # the batch's time less its model loads
             rendering = sum(r.seconds for r in results) - sum(loads)

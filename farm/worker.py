@@ -162,7 +162,7 @@ class Worker:
         made_by = self.provenance(batch.first.dtype)
         results = []
         for job, path, image, position in zip(batch.jobs, batch.paths, images, batch.slots):
-            pixel_hash, error = None, None
+            pixel_hash, error, stop = None, None, None
             if isinstance(image, str):
                 error = image
             else:
@@ -172,7 +172,9 @@ class Worker:
                                                      position)
                 except OSError as e:
                     error = f"could not write {path}: {e}"
-            results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash,
+                    if e.errno in outputs.DISK_ERRORS:  # every write would fail: stop the run
+                        stop = error
+            results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash, stop=stop,
                                   seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
                                   worker=self.name, error=error, scheduler=record,

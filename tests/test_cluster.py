@@ -48,6 +48,22 @@ def done_hashes(folder: Path) -> dict[str, str]:
         return dict(db.execute("SELECT id, pixel_hash FROM jobs WHERE status = 'done'"))
 
 
+def done_count(manifest: Path) -> int:
+    """Images recorded as done so far (0 while the manifest does not exist yet)."""
+    try:
+        with sqlite3.connect(manifest) as db:
+            return db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def wait_for_done(manifest: Path, count: int, running, timeout: float = 180) -> None:
+    """Until `count` images are done, while `running()` says the render goes on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running() and done_count(manifest) < count:
+        time.sleep(0.05)
+
+
 def test_one_actor_per_gpu_across_both_nodes(tmp_path):
     from farm.outputs import RunFolder
 
@@ -86,21 +102,12 @@ def test_a_killed_worker_is_replaced_and_every_job_is_done_once(workdir, capsys)
     thread = threading.Thread(target=render)
     thread.start()
     manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
-    deadline = time.monotonic() + 180
+    wait_for_done(manifest, 2, thread.is_alive)
     killed = None
-    while killed is None and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.1)
-        try:
-            with sqlite3.connect(manifest) as db:
-                (done,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()
-        except sqlite3.OperationalError:
-            continue
-        if done >= 2:
-            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                     if a["name"].startswith("farm-fleet-gpu-0-")]
-            namespace = ray.get_runtime_context().namespace
-            ray.kill(ray.get_actor(names[0], namespace=namespace), no_restart=True)
-            killed = names[0]
+    if thread.is_alive():
+        killed = named("farm-fleet-gpu-0-")[0]
+        ray.kill(ray.get_actor(killed, namespace=ray.get_runtime_context().namespace),
+                 no_restart=True)
     # progress can be read from another process while the run goes on
     status = subprocess.run(farm_command() + ["status", "outputs/fleet", "--json"],
                             capture_output=True, text=True, timeout=120)
@@ -247,18 +254,7 @@ def test_a_replacement_that_cannot_be_placed_ends_the_run_resumably(workdir, ray
     try:
         thread, code = render_in_thread(["recipe=fleet", "runtime.workers=1", "seeds=0-39",
                                          "steps=8", "runtime.start_timeout=10"])
-        manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.05)
-            try:
-                with sqlite3.connect(manifest) as db:
-                    (done,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'"
-                                         ).fetchone()
-            except sqlite3.OperationalError:
-                continue
-            if done >= 2:
-                break
+        wait_for_done(workdir / "outputs" / "fleet" / "manifest.sqlite", 2, thread.is_alive)
         ray_cluster.remove_node(third)  # the node is lost, with the worker on it
         third = None
         thread.join(timeout=300)
@@ -336,16 +332,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(workdir, runtime):
     process = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-        try:
-            with sqlite3.connect(manifest) as db:
-                (done,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()
-        except sqlite3.OperationalError:
-            continue
-        if done >= 4:
-            break
+    wait_for_done(manifest, 4, lambda: process.poll() is None)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=180)
     assert process.returncode == 143, (process.returncode, err[-2000:])

@@ -404,3 +404,36 @@ def test_verify_and_replay_find_a_model_that_moved(tmp_path, monkeypatch, capsys
     assert run_farm_default("replay", str(image), "--to", str(tmp_path / "again"), "--model",
                             "models/mine=models/moved") == 0
     assert "the same pixels" in capsys.readouterr().out
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from farm import outputs
+
+    real, written = outputs.write_atomic, []
+
+    def filling(path, data):
+        if path.suffix == ".png":
+            if len(written) >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            written.append(path)
+        real(path, data)
+
+    monkeypatch.setattr(outputs, "write_atomic", filling)
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-3\nbatch_size: 2\n"
+                  + BASE)
+    assert run_farm("render", "recipe=r") == 1
+    out = capsys.readouterr().out
+    assert "The run stopped: could not write images/00000/" in out
+    assert "No space left on device" in out and "run the same command again" in out
+    folder = tmp_path / "outputs" / "r"
+    made = rows(folder)
+    assert {r["status"] for r in made} <= {"done", "queued"}  # no failures charged, no retries
+    assert sum(r["status"] == "done" for r in made) == 3 and len(written) == 3
+    assert not list(folder.rglob("*.partial"))
+    monkeypatch.setattr(outputs, "write_atomic", real)  # room again
+    assert run_farm("render", "recipe=r") == 0
+    assert "Rendered 5 of 8 images" in capsys.readouterr().out
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*.png"))
+    assert files == sorted(r["path"] for r in rows(folder)) and len(files) == 8

@@ -7,8 +7,10 @@
     farm verify RUN_FOLDER|recipe=NAME [--sample N]   check files; render jobs again, compare
     farm export RUN_FOLDER --format F --to DIR         the finished images as a dataset
     farm grid   RUN_FOLDER [--x F] [--y F]             labelled contact sheets
+    farm rebuild RUN_FOLDER                            the manifest again, from the images
 
-Exit codes: 0 all jobs done; 1 some jobs failed; 2 bad input (nothing written).
+Exit codes: 0 all jobs done; 1 some jobs failed or the run stopped early; 2 bad input (nothing
+written); 130 Ctrl-C; 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from farm import recipe as recipes
 from farm.compose import BadInput, Settings, compose
 from farm.export import ExportError
 from farm.grid import GridError
+from farm.manifest import ManifestDamaged
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
 from farm.schedule import RuntimeUnavailable, Summary
@@ -224,6 +227,9 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--link", action="store_true",
                      help="imagefolder: hard-link the images instead of copying them (same "
                      "filesystem; no extra space; then never edit exported images in place)")
+    text = "rebuild a run folder's manifest from its images (after it was damaged or deleted)"
+    cmd = sub.add_parser("rebuild", help=text, description=text)
+    cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
     text = "draw labelled contact sheets of a run folder's images (an X/Y plot)"
     cmd = sub.add_parser("grid", help=text, description=text)
     cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
@@ -271,6 +277,22 @@ def command_export(options: argparse.Namespace) -> int:
               f"{report.missing} (farm render renders them again)")
     for note in report.notes:
         print(f"Note: {note}")
+    return EXIT_OK
+
+
+def command_rebuild(folder: Path) -> int:
+    from farm.rebuild import rebuild
+
+    try:
+        done = rebuild(folder)
+    except FileNotFoundError as e:
+        raise BadInput(str(e)) from None
+    print(f"Rebuilt {folder / 'manifest.sqlite'} from {done.images} images"
+          + (f"; the old one is kept as {done.kept}" if done.kept else "") + ".")
+    for line in done.skipped[:20]:
+        print(f"  skipped {line}")
+    if len(done.skipped) > 20:
+        print(f"  ... and {len(done.skipped) - 20} more")
     return EXIT_OK
 
 
@@ -352,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
             code = command_export(options)
         elif options.command == "grid":
             code = command_grid(options)
+        elif options.command == "rebuild":
+            code = command_rebuild(options.folder)
         elif options.command == "plan" and options.cfg:
             print(compose(options.args, options.config_dir).resolved, end="")
             code = EXIT_OK
@@ -360,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
             code = (command_render if options.command == "render" else command_plan)(settings)
     except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
             RuntimeUnavailable, ReplayError, catalog.CatalogError, ExportError,
-            GridError) as e:
+            GridError, ManifestDamaged) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt as e:

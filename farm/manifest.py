@@ -74,16 +74,43 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class ManifestDamaged(RuntimeError):
+    """A manifest SQLite cannot read: the images still say everything (farm rebuild)."""
+
+
 class Manifest:
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
-        if readonly:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-        else:
-            self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across kills
-            self.db.executescript(SCHEMA)
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+                self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            else:
+                self.db = sqlite3.connect(self.path, timeout=30)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across kills
+                self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise
+            raise ManifestDamaged(f"{self.path} cannot be read ({e}); the images carry their "
+                                  f"own records: rebuild it with farm rebuild {self.path.parent}"
+                                  ) from None
+
+    def insert_done(self, rows: Iterable[dict]) -> int:
+        """Rows of finished images as farm rebuild reads them back from the files."""
+        count = 0
+        with self.db:
+            for row in rows:
+                self.db.execute(
+                    "INSERT INTO jobs (id, seq, path, status, pixel_hash, params, attempts, "
+                    "batch_size, position, scheduler, provenance, updated_at) VALUES (?, ?, ?, "
+                    "'done', ?, ?, 1, ?, ?, ?, ?, ?)",
+                    (row["id"], row["seq"], row["path"], row["pixel_hash"], row["params"],
+                     row["batch_size"], row["position"], row["scheduler"], row["provenance"],
+                     now()))
+                count += 1
+        return count
 
     def close(self) -> None:
         self.db.close()

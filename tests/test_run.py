@@ -437,3 +437,27 @@ def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch,
     assert "Rendered 5 of 8 images" in capsys.readouterr().out
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*.png"))
     assert files == sorted(r["path"] for r in rows(folder)) and len(files) == 8
+
+
+def test_a_damaged_manifest_is_rebuilt_from_the_images(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: ['a {red|blue} fox', an owl]\nseeds: 0-1\n"
+                  "batch_size: 3\ncfg: 1\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    folder = tmp_path / "outputs" / "r"
+    before = {r["id"]: (r["path"], r["pixel_hash"], r["position"], r["params"])
+              for r in rows(folder)}
+    (folder / "manifest.sqlite").write_bytes(b"this is not a database" * 100)
+    capsys.readouterr()
+    assert run_farm("status", str(folder)) == 2
+    assert f"rebuild it with farm rebuild {folder}" in capsys.readouterr().err
+    assert run_farm_default("rebuild", str(folder)) == 0
+    assert "from 6 images" in capsys.readouterr().out
+    after = {r["id"]: (r["path"], r["pixel_hash"], r["position"], r["params"])
+             for r in rows(folder)}
+    assert after == before
+    assert run_farm_default("verify", str(folder), "--all") == 0
+    assert run_farm("render", "recipe=r") == 0
+    assert "all 6 images are already done" in capsys.readouterr().out
+    (folder / "manifest.sqlite").unlink()  # deleted: the same
+    assert run_farm_default("rebuild", str(folder)) == 0
+    assert {r["id"] for r in rows(folder)} == set(before)

@@ -255,6 +255,16 @@ def _expose_text_model(encoder) -> None:
         object.__setattr__(encoder, "text_model", encoder)
 
 
+def vae_weights(vae: Model) -> str:
+    """What a VAE computes, whichever way it was given: a checkpoint folder's vae/ and that
+    folder given as the VAE are the same weights, though their identities (part of existing
+    job ids, so never changed) differ."""
+    folder = Path(vae.path)
+    if vae.config or vae.identity.startswith("hub:") or not folder.is_dir():
+        return vae.identity
+    return folder_hash(folder if (folder / "config.json").exists() else folder / "vae")
+
+
 def load_vae(vae: Model, device: str, dtype):
     """An AutoencoderKL from a VAE folder, or from the vae/ part of a checkpoint folder."""
     from diffusers import AutoencoderKL

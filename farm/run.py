@@ -42,6 +42,13 @@ def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
             if twin != ref:  # two spellings of one model would plan every job twice
                 raise BadInput(f"recipe {recipe.name}: {name}: {twin!r} and {ref!r} are the same "
                                f"model (identity {found[ref].identity[:16]}...); list it once")
+    weights: dict[str, str] = {}
+    for ref in (r for r in recipe.vae if r is not None):
+        twin = weights.setdefault(models.vae_weights(found[ref]), ref)
+        if twin != ref:  # a checkpoint folder and its vae/: one VAE, two identities
+            raise BadInput(f"recipe {recipe.name}: vae: {twin!r} and {ref!r} are the same VAE "
+                           "weights (a checkpoint folder and its vae/ folder), which would "
+                           "render the same images under two ids; list it once")
     for ref in recipe.checkpoint:
         check_family(recipe, ref, models.family(found[ref]))
     return found

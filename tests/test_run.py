@@ -461,3 +461,13 @@ def test_a_damaged_manifest_is_rebuilt_from_the_images(tmp_path, monkeypatch, ca
     (folder / "manifest.sqlite").unlink()  # deleted: the same
     assert run_farm_default("rebuild", str(folder)) == 0
     assert {r["id"] for r in rows(folder)} == set(before)
+
+
+def test_one_vae_given_two_ways_is_listed_once(tmp_path, monkeypatch, capsys, tiny):
+    """A checkpoint folder and its vae/ keep their own identities (existing run folders'
+    ids), so listing both would render the same images twice: refused."""
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\n" + BASE)
+    shutil.copytree(tiny.path, tmp_path / "ckpt")
+    assert run_farm("plan", "recipe=r", "vae=[ckpt, ckpt/vae]") == 2
+    assert "'ckpt' and 'ckpt/vae' are the same VAE weights" in capsys.readouterr().err
+    assert run_farm("plan", "recipe=r", "vae=[ckpt, tiny-vae]") == 0

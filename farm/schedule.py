@@ -39,6 +39,10 @@ class Runtime:
     grace: float = 20.0  # on Ctrl-C or SIGTERM: seconds the batches in flight may finish in
 
 
+class RuntimeUnavailable(RuntimeError):
+    """The runtime cannot run as asked (too few GPUs, no cluster); nothing was written."""
+
+
 def check_runtime(runtime: Runtime) -> None:
     """Runtime settings that can never work are refused before anything starts."""
     whole = {"workers": (runtime.workers, 1), "threads": (runtime.threads, 1),
@@ -60,10 +64,6 @@ def check_runtime(runtime: Runtime) -> None:
     if device is not None and not (device == "cpu" or device == "cuda"
                                    or (device.startswith("cuda:") and device[5:].isdigit())):
         raise RuntimeUnavailable(f"runtime.device: got {device!r}; allowed: cpu, cuda")
-
-
-class RuntimeUnavailable(RuntimeError):
-    """The runtime cannot run as asked (too few GPUs, no cluster); nothing was written."""
 
 
 class WorkerLost(Exception):

@@ -245,10 +245,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def terminate(number, frame) -> None:
-    raise run.Terminated()
-
-
 def size_in_bytes(text: str) -> int:
     """"500MB", "1.5GB", "20KB" or a number of bytes."""
     units = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
@@ -359,7 +355,7 @@ def command_replay(image: Path, folder: Path, device: str | None,
 def main(argv: list[str] | None = None) -> None:
     options = parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, terminate)  # SIGTERM stops farm as Ctrl-C does
+        signal.signal(signal.SIGTERM, run.terminate)  # SIGTERM stops farm as Ctrl-C does
     try:
         if options.command == "status":
             code = command_status(options.args, options.json, options.config_dir)

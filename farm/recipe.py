@@ -181,9 +181,8 @@ class Recipe:
         for row in self.prompt_rows():
             jobs = everything // size[prompt_axis]
             for name, _ in row.overrides:
-                axis = next(a for a in size if ROW_AXES[name] in a)
-                if axis != prompt_axis:
-                    jobs //= size[axis]
+                if self.set_by_row(name):
+                    jobs //= size[next(a for a in size if ROW_AXES[name] in a)]
             total += jobs
         return total
 

@@ -143,6 +143,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (Slurm, Kubernetes, spot instances, docker stop): stop as on Ctrl-C."""
 
 
+def terminate(number, frame) -> None:
+    """The SIGTERM handler: raise Terminated where the program is."""
+    raise Terminated()
+
+
 @contextmanager
 def terminations_as_interrupts() -> Iterator[None]:
     """While rendering, SIGTERM raises Terminated, as Ctrl-C raises KeyboardInterrupt (set
@@ -150,9 +155,6 @@ def terminations_as_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def terminate(number, frame):
-        raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.fields import COLUMNS
+from farm.fields import COLUMNS, column_value
 from farm.manifest import Manifest
 
 # what a filter or a grid axis may name, besides values.NAME and fields.NAME: every job column
@@ -54,7 +54,7 @@ class Entry:
         head, _, name = field.partition(".")
         if name:
             return (self.params.get(head) or {}).get(name)
-        return self.params.get(field)
+        return column_value(self.params, field)
 
 
 def check_field(field: str, what: str) -> str:

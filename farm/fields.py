@@ -25,6 +25,7 @@ MAX_STEPS = 1000
 MAX_CLIP_SKIP = 12
 MAX_CFG = 100
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+EMPHASIS = ("a1111", "none")
 ALWAYS = object()  # id_default of the first fields: they always enter the id
 
 
@@ -59,6 +60,11 @@ def choice(allowed: tuple[str, ...]) -> Callable[[Any], str]:
     return check
 
 
+def _stem(ref: str) -> str:
+    """A LoRA's display name: its file name without the extension."""
+    return ref.rstrip("/").split("/")[-1].split("@")[0].removesuffix(".safetensors")
+
+
 def text(value: Any) -> str:
     if not isinstance(value, str):
         raise FieldError("expected a string")
@@ -81,6 +87,8 @@ class JobField:
     # default, so that the ids of every existing run folder stay as they are
     id_default: Any = ALWAYS
     model: bool = False  # a model reference: recorded as ref + "<name>_identity"
+    # a value recorded as a list (LoRAs, embeddings) as its export column and filters read it
+    shown: Callable[[Any], str] | None = None
 
     def parse(self, value: Any) -> Any:
         """A prompt-file cell (text in a CSV, any JSON value in a JSONL) as this field's kind,
@@ -114,11 +122,29 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     JobField("checkpoint", LOAD, str, "string", "checkpoint", infotext="Model", model=True),
     JobField("vae", LOAD, str, "string", "vae", infotext="VAE", model=True),
     JobField("dtype", BATCH, str, "string", "dtype", choice(DTYPES)),
+    # added after the first id version: in the id only when not at their defaults
+    JobField("loras", BATCH, tuple, "string", "loras", infotext="Lora hashes", id_default=(),
+             shown=lambda items: ", ".join(
+                 f"{_stem(i['ref'])}:{i['weight']:g}" for i in items or ())),
+    JobField("emphasis", BATCH, str, "string", "emphasis", choice(EMPHASIS), id_default="none",
+             infotext="Emphasis"),
+    JobField("embeddings", BATCH, tuple, "string", None, infotext="TI hashes", id_default=(),
+             shown=lambda items: ", ".join(i["name"] for i in items or ())),
 )
 
 BY_NAME = {f.name: f for f in FIELDS}
 ROW_FIELDS = {f.name: f for f in FIELDS if f.row}  # prompt-file columns that set a field
 IDENTITY_FIELDS = tuple(f for f in FIELDS if f.role in (LOAD, BATCH))  # shared by a batch
+
+
+def column_value(record: dict, name: str) -> Any:
+    """A recorded job's value of column `name` as exports and filters read it: a list (LoRAs,
+    embeddings) as text, a field an older record lacks at its default."""
+    f = BY_NAME.get(name)
+    if f is None:
+        return record.get(name)
+    value = record.get(name, None if f.id_default is ALWAYS else f.id_default)
+    return f.shown(value) if f.shown else value
 
 
 def columns() -> dict[str, str]:

@@ -40,6 +40,30 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Lora:
+    """A LoRA applied to a job, at a weight (A1111's `<lora:NAME:WEIGHT>`)."""
+
+    model: Model  # its .safetensors file; identity: sha256 of its tensor data (A1111's hash)
+    weight: float
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def short_hash(self) -> str:
+        """What A1111 and CivitAI show in "Lora hashes": 12 hex digits."""
+        return self.model.identity[:12]
+
+    def record(self) -> dict[str, Any]:
+        return {"ref": self.model.ref, "identity": self.model.identity, "weight": self.weight,
+                "path": self.model.path}
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.weight:g}"
+
+
+@dataclass(frozen=True)
 class Loadout:
     """What a worker must have loaded to render a batch: the checkpoint's pipeline, with
     another VAE swapped in when one is given. Equal keys load the same weights."""
@@ -75,6 +99,11 @@ class Job:
     height: int
     clip_skip: int = 1  # AUTOMATIC1111's: 1 = the text encoder's last layer
     dtype: str = "auto"  # "auto": float16 on a GPU, float32 on the CPU
+    loras: tuple[Lora, ...] = ()  # the recipe's and the prompt's <lora:...> tags, by identity
+    # "a1111" where A1111's reading of the prompt (emphasis, BREAK, 75-token chunks) changes
+    # what the text encoder sees; "none": the prompt is encoded as diffusers encodes it
+    emphasis: str = "none"
+    embeddings: tuple[Model, ...] = ()  # textual inversions its prompts use, ref = the word
     # how the prompt was made (template, chosen values, prompt-file columns): recorded with the
     # image, never part of its identity, so two routes to the same job give the same id
     context: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
@@ -88,6 +117,10 @@ class Job:
         value = getattr(self, name)
         if BY_NAME[name].model:
             return value.identity if value is not None else None
+        if name == "loras":
+            return tuple((lora.model.identity, float(lora.weight)) for lora in value)
+        if name == "embeddings":
+            return tuple((e.ref, e.identity) for e in value)
         return float(value) if BY_NAME[name].kind is float else value
 
     @property
@@ -126,21 +159,35 @@ class Job:
             if f.model:
                 record[f.name] = value.ref if value is not None else None
                 record[f"{f.name}_identity"] = value.identity if value is not None else None
+            elif f.name == "loras":
+                record[f.name] = [lora.record() for lora in value]
+            elif f.name == "embeddings":
+                record[f.name] = [{"name": e.ref, "identity": e.identity, "path": e.path}
+                                  for e in value]
             else:
                 record[f.name] = float(value) if f.kind is float else value
         record.update(self.context)
         return record
 
     @staticmethod
-    def from_dict(record: dict, model: Callable[[str, str, str], Model]) -> Job:
+    def from_dict(record: dict, model: Callable[..., Model]) -> Job:
         """The job a to_dict() record describes; `model(field, ref, identity)` finds each model
-        here. A field an older record lacks takes its default."""
+        here (a LoRA's or embedding's with a fourth argument, the file it was read from). A
+        field an older record lacks takes its default."""
         values: dict[str, Any] = {}
         for f in FIELDS:
             if f.model:
                 ref = record.get(f.name)
                 values[f.name] = None if ref is None else model(
                     f.name, ref, record[f"{f.name}_identity"])
+            elif f.name == "loras":
+                values[f.name] = tuple(
+                    Lora(model(f.name, item["ref"], item["identity"], item.get("path")),
+                         item["weight"]) for item in record.get(f.name) or ())
+            elif f.name == "embeddings":
+                values[f.name] = tuple(model(f.name, item["name"], item["identity"],
+                                             item.get("path"))
+                                       for item in record.get(f.name) or ())
             elif f.name in record:
                 values[f.name] = record[f.name]
         values["context"] = tuple((k, record[k]) for k in CONTEXT_KEYS if k in record)

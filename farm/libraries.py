@@ -17,3 +17,5 @@ def quiet() -> None:
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated")
+    # peft says so each time a second LoRA joins a model: farm keeps several loaded on purpose
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")

@@ -13,6 +13,9 @@ import json
 import os
 import re
 import tempfile
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,10 +209,12 @@ def _config_hash(file: Path) -> bytes:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest().encode()
 
 
-def file_hash(file: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime) so multi-GB weights are read once."""
+def file_hash(file: Path, after_header: bool = False) -> str:
+    """sha256 of a file, cached by (path, size, mtime) so multi-GB weights are read once.
+    `after_header`: of a .safetensors file's tensor data only, after its JSON header, as
+    AUTOMATIC1111 and CivitAI hash LoRAs and embeddings (metadata edits leave it as it is)."""
     stat = file.stat()
-    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}" + ("|data" if after_header else "")
     cache_file = tiny.cache_dir() / "hashes.json"
     try:
         cache = json.loads(cache_file.read_text())
@@ -219,6 +224,8 @@ def file_hash(file: Path) -> str:
         return cache[key]
     digest = hashlib.sha256()
     with open(file, "rb") as f:
+        if after_header:
+            f.seek(8 + int.from_bytes(f.read(8), "little"))
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     cache[key] = digest.hexdigest()
@@ -248,11 +255,37 @@ def load_pipeline(checkpoint: Model, device: str, dtype):
 
 def _expose_text_model(encoder) -> None:
     """transformers 5 flattened CLIPTextModel (no `.text_model`), but diffusers' SD pipelines
-    still reach `text_encoder.text_model.final_layer_norm` for clip skip: give it an alias
-    (not a registered submodule, so nothing is counted or moved twice)."""
+    still reach `text_encoder.text_model.final_layer_norm` for clip skip: give it a view (not a
+    registered submodule, so nothing is counted or moved twice; holding the encoder weakly, so
+    that an evicted pipeline is freed at once, not when the cycle collector runs)."""
     if encoder is not None and not hasattr(encoder, "text_model") \
             and hasattr(encoder, "final_layer_norm"):
-        object.__setattr__(encoder, "text_model", encoder)
+        object.__setattr__(encoder, "text_model", _TextModelView(encoder))
+
+
+class _TextModelView:
+    def __init__(self, encoder) -> None:
+        self._encoder = weakref.ref(encoder)
+
+    def __getattr__(self, name: str):
+        return getattr(self._encoder(), name)
+
+
+@contextmanager
+def without_text_model_view(pipe) -> Iterator[None]:
+    """The view out of the way while LoRAs load: diffusers reads a `text_model` attribute as
+    transformers 4's layout and would look for LoRA layers under it."""
+    views = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if encoder is not None and isinstance(encoder.__dict__.get("text_model"),
+                                              _TextModelView):
+            views[name] = encoder.__dict__.pop("text_model")
+    try:
+        yield
+    finally:
+        for name, view in views.items():
+            object.__setattr__(getattr(pipe, name), "text_model", view)
 
 
 def vae_weights(vae: Model) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from farm import __version__, samplers
+from farm import __version__, emphasis, samplers
 from farm.fields import FIELDS
 from farm.jobs import ImageFormat, Job
 
@@ -134,7 +134,28 @@ A1111_VALUES: dict[str, Callable[[Job], dict[str, Any]]] = {
     "checkpoint": lambda job: {"Model hash": job.checkpoint.short_hash,
                                "Model": job.checkpoint.name},
     "vae": lambda job: {"VAE hash": job.vae.short_hash, "VAE": job.vae.name} if job.vae else {},
+    "loras": lambda job: {"Lora hashes": _quoted(f"{lora.name}: {lora.short_hash}"
+                                                 for lora in job.loras)} if job.loras else {},
+    "embeddings": lambda job: {"TI hashes": _quoted(f"{e.ref}: {e.identity[:12]}"
+                                                    for e in job.embeddings)}
+    if job.embeddings else {},
+    # A1111 writes its emphasis mode only when it is not its default; farm's `none` is its
+    # "None" wherever the prompt has something A1111 would read as emphasis
+    "emphasis": lambda job: {"Emphasis": "None"} if job.emphasis == "none" and not all(
+        _plain(t) for t in (emphasis.loras(job.prompt)[0], job.negative)) else {},
 }
+
+
+def _quoted(items) -> str:
+    """A1111's quoting of a value that holds commas: JSON string syntax."""
+    return json.dumps(", ".join(items), ensure_ascii=False)
+
+
+def _plain(text: str) -> bool:
+    try:
+        return emphasis.plain(text)
+    except emphasis.EmphasisError:  # never read as emphasis, so nothing to say
+        return False
 
 
 def infotext(job: Job) -> str:

@@ -9,9 +9,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from farm import prompts, samplers
+from farm import adapters, prompts, samplers
 from farm.fields import FIELDS
-from farm.jobs import Batch, Job, Loadout, Model, Slot
+from farm.jobs import Batch, Job, Loadout, Lora, Model, Slot
 from farm.recipe import ROW_AXES, Recipe
 
 
@@ -32,7 +32,10 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
     """
     axes = [axis for axis in recipe.combined_axes() if axis not in (("checkpoint",), ("vae",))]
     replaced = {name: recipe.set_by_row(name) for name in ROW_AXES}
+    reader: adapters.Reader = getattr(models, "reader", None) or adapters.Reader(recipe.base)
     for out in [loadout] if loadout is not None else loadouts(recipe, models):
+        sets = {s: _joined((), tuple(Lora(reader.lora(ref, out.checkpoint), weight)
+                                     for ref, weight in s), "loras") for s in recipe.loras}
         for chosen in _product(recipe, axes):
             row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides) if row.overrides else {}
@@ -41,11 +44,17 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
                 continue
             sampler, schedule = _schedule(chosen["sampler"][1], chosen["scheduler"][1])
             width, height = chosen["size"][1]
+            negative = recipe.negative if row.negative is None else row.negative
+            # what the prompt's <lora:...> tags, embedding words and emphasis add
+            reading = reader.read(row.text, negative, out.checkpoint, chosen["emphasis"][1])
+            loras = sets[chosen["loras"][1]]
+            if reading.loras:
+                loras = _joined(loras, reading.loras, f"prompt {row.text[:60]!r}")
             job = Job(
                 checkpoint=out.checkpoint,
                 vae=out.vae,
                 prompt=row.text,
-                negative=recipe.negative if row.negative is None else row.negative,
+                negative=negative,
                 seed=fixed.get("seed", chosen["seeds"][1]),
                 sampler=sampler,
                 scheduler=schedule,
@@ -55,11 +64,28 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
                 height=height,
                 clip_skip=chosen["clip_skip"][1],
                 dtype=recipe.dtype,
+                loras=loras,
+                emphasis=reading.emphasis,
+                embeddings=reading.embeddings,
                 context=row.context,
             )
             if recipe.caption is not None:  # recorded with the image, never in its id
                 job = _captioned(job, recipe.caption, row)
             yield job
+
+
+def _joined(recipe_set: tuple[Lora, ...], added: tuple[Lora, ...], where: str
+            ) -> tuple[Lora, ...]:
+    """A LoRA set with more LoRAs (a prompt's tags), ordered by identity: the order they are
+    applied in, so that the same set always gives the same pixels."""
+    found = {lora.model.identity: lora for lora in recipe_set}
+    for lora in added:
+        if lora.model.identity in found:
+            raise adapters.AdapterError(where, lora.model.ref, "this LoRA file is in the set "
+                                        "twice (the recipe's loras and the prompt's tags, or "
+                                        "two names for one file); give it once")
+        found[lora.model.identity] = lora
+    return tuple(found[k] for k in sorted(found))
 
 
 def _captioned(job: Job, template: str, row: prompts.Row) -> Job:

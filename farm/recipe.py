@@ -7,6 +7,7 @@ nothing in it is ever imported, evaluated or instantiated.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "cfg": 7.0,
     "size": "512x512",
     "clip_skip": 1,  # AUTOMATIC1111's: 1 = use the text encoder's last layer
+    "loras": [],  # a LoRA set, or a list of sets: [[], [{ref: ink, weight: 0.8}], ...]
+    "emphasis": "a1111",  # (word:1.2), [word], BREAK, long prompts as A1111 reads them; none
     "dtype": "auto",  # float16 on a GPU, float32 on the CPU
     "batch_size": 1,
     "format": "png",  # or jpeg, webp: infotext in EXIF, the farm JSON in a sidecar .json
@@ -44,11 +47,11 @@ DEFAULTS: dict[str, Any] = {
     "caption": None,  # the `text` of exports: the prompt, or a template of values and fields
 }
 
-AXES = ("checkpoint", "vae", "prompt", "sampler", "scheduler", "steps", "cfg", "size",
-        "clip_skip", "seeds")
+AXES = ("checkpoint", "vae", "loras", "prompt", "sampler", "scheduler", "steps", "cfg", "size",
+        "clip_skip", "emphasis", "seeds")
 # The order the plan loops in, outermost first: what is expensive to switch changes least often
-COST_ORDER = ("checkpoint", "vae", "size", "sampler", "scheduler", "steps", "cfg", "clip_skip",
-              "prompt", "seeds")
+COST_ORDER = ("checkpoint", "vae", "loras", "size", "sampler", "scheduler", "steps", "cfg",
+              "clip_skip", "emphasis", "prompt", "seeds")
 MAX_BATCH = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -107,6 +110,10 @@ class Recipe:
     image: ImageFormat = ImageFormat()
     grids: tuple[GridSpec, ...] = ()
     caption: str | None = None  # a template; None: the prompt as written
+    # LoRA sets: each a tuple of (reference, weight), resolved when the models are
+    loras: tuple[tuple[tuple[str, float], ...], ...] = ((),)
+    emphasis: tuple[str, ...] = ("a1111",)
+    base: Path = Path(".")  # the recipe's folder: loras/, embeddings/, wildcards/ are here
 
     def seed_values(self) -> Iterator[int]:
         for r in self.seeds:
@@ -143,6 +150,9 @@ class Recipe:
             return ", ".join(f"{w}x{h}" for w, h in self.size)
         if axis == "vae":
             return ", ".join(v or "(checkpoint's own)" for v in self.vae)
+        if axis == "loras":
+            return "; ".join(" + ".join(f"{ref}:{weight:g}" for ref, weight in s) or "(none)"
+                             for s in self.loras)
         return ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
                          for v in getattr(self, axis))
 
@@ -225,6 +235,9 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
         cfg=p.axis("cfg", given["cfg"], p.checked("cfg")),
         size=p.axis("size", given["size"], p.size),
         clip_skip=p.axis("clip_skip", given["clip_skip"], p.checked("clip_skip")),
+        loras=p.lora_sets(given["loras"]),
+        emphasis=p.axis("emphasis", given["emphasis"], p.checked("emphasis")),
+        base=base,
         dtype=p.checked("dtype")("dtype", given["dtype"]),
         batch_size=p.integer("batch_size", given["batch_size"], 1, MAX_BATCH),
         zip=p.zip(given["zip"]),
@@ -473,6 +486,45 @@ class _Parser:
             self.fail(field, value, "expected a model reference: tiny, a Hugging Face repo id "
                       "(org/name[@revision]), a diffusers folder or a .safetensors file")
         return value.strip()
+
+    def lora_sets(self, value: Any) -> tuple[tuple[tuple[str, float], ...], ...]:
+        """One LoRA set ([] or [{ref, weight}, ...]) or a list of sets, each LoRA a reference
+        or {ref: REF, weight: W}; a list of weights makes one set per weight."""
+        allowed = ("expected a LoRA set, [{ref: NAME|FILE.safetensors|org/name, weight: 0.8}, "
+                   "...], or a list of such sets ([] for none); a weight may be a list of "
+                   "weights to sweep")
+        if value is None:
+            return ((),)
+        if not isinstance(value, list):
+            self.fail("loras", value, allowed)
+        sets = value if value and all(isinstance(s, list) for s in value) else [value]
+        found: list[tuple[tuple[str, float], ...]] = []
+        for i, given in enumerate(sets):
+            field = f"loras[{i}]" if len(sets) > 1 else "loras"
+            choices: list[list[tuple[str, float]]] = []
+            for j, item in enumerate(given):
+                where = f"{field}[{j}]"
+                if isinstance(item, str):
+                    item = {"ref": item}
+                if not isinstance(item, dict) or not set(item) <= {"ref", "weight"} \
+                        or not isinstance(item.get("ref"), str) or not item["ref"].strip():
+                    self.fail(where, item, allowed)
+                weights = item.get("weight", 1.0)
+                weights = weights if isinstance(weights, list) and weights else [weights]
+                for weight in weights:
+                    if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                            or not -10 <= weight <= 10:
+                        self.fail(f"{where}.weight", item.get("weight"),
+                                  "expected a number from -10 to 10 (or a list of them)")
+                choices.append([(item["ref"].strip(), float(w)) for w in weights])
+            for combination in itertools.product(*choices):
+                refs = [ref for ref, _ in combination]
+                if len(set(refs)) != len(refs):
+                    self.fail(field, given, "a LoRA is listed twice in one set")
+                found.append(tuple(sorted(combination)))
+        if len(set(found)) != len(found):
+            self.fail("loras", value, "a LoRA set is listed twice; each must appear once")
+        return tuple(found)
 
     def optional_model_ref(self, field: str, value: Any) -> str | None:
         return None if value is None else self.model_ref(field, value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from farm import models, outputs
+from farm import adapters, models, outputs
 from farm.jobs import ImageFormat, Job, Model, Slot
 
 
@@ -32,7 +32,9 @@ def stored_format(meta: dict) -> ImageFormat:
 
 def job_from(meta: dict, where: str, moved: Mapping[str, str] | None = None) -> Job:
     """A job from its recorded fields (the `farm` chunk, a manifest row's params)."""
-    def model(field: str, ref: str, identity: str) -> Model:
+    def model(field: str, ref: str, identity: str, path: str | None = None) -> Model:
+        if field in ("loras", "embeddings"):
+            return same_file(field, ref, identity, (moved or {}).get(ref) or path)
         return same_model(field, ref, identity, (moved or {}).get(ref))
 
     try:
@@ -56,6 +58,25 @@ def same_model(field: str, ref: str, identity: str, moved_to: str | None = None)
     if model.identity != identity:
         raise ReplayError(f"{field} {ref!r} is {model.identity[:16]}... here, but the image was "
                           f"made with {identity[:16]}...; the same pixels need the same model")
+    return model
+
+
+def same_file(field: str, ref: str, identity: str, where: str | None) -> Model:
+    """The LoRA or embedding file a job was made with, found here: where it was read from (or
+    moved to), else a LoRA by its reference from the current folder."""
+    try:
+        if where and Path(where).is_file():
+            model = Model(ref=ref, path=where, identity=models.file_hash(Path(where), True))
+        elif field == "loras":
+            model = adapters.find_lora(ref, Path.cwd())
+        else:
+            raise models.ModelError(field, ref, f"no file at {where}")
+    except models.ModelError as e:
+        raise ReplayError(f"{field} {ref!r} is not found here ({e}); if it moved, say where: "
+                          f"--model {ref}=NEW_PLACE") from None
+    if model.identity != identity:
+        raise ReplayError(f"{field} {ref!r} is {model.identity[:16]}... here, but the image was "
+                          f"made with {identity[:16]}...; the same pixels need the same file")
     return model
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from farm import catalog
 from farm.catalog import Entry, Where
-from farm.fields import COLUMNS
+from farm.fields import COLUMNS, column_value
 
 JOB_COLUMNS = tuple(COLUMNS)  # every job field (farm/fields.py), models with their identities
 MAX_SHARD_BYTES = 500 * 2**20  # parquet shards: about what the Hugging Face Hub advises
@@ -80,7 +80,8 @@ class Selection:
         """A row of the dataset: its caption (`text`), the job's fields, template values and
         prompt-file columns (the same keys on every row, missing ones None), and the pixels'
         hash."""
-        row = {"text": caption(entry), **{name: entry.params.get(name) for name in JOB_COLUMNS}}
+        row = {"text": caption(entry), **{name: column_value(entry.params, name)
+                                          for name in JOB_COLUMNS}}
         for name, keys in self.nested.items():
             given = entry.params.get(name) or {}
             row[name] = {k: _text(given.get(k)) for k in keys}

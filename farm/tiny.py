@@ -177,3 +177,75 @@ def build_tiny_vae(folder: Path) -> None:
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-vae": build_tiny_vae}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint", "tiny-vae": "vae"}
+
+
+# LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _sgm(name: str, layers_per_block: int) -> str:
+    """A diffusers UNet module name as the original (SGM) code names it, which kohya's SDXL
+    LoRAs use: down_blocks.1.attentions.0 -> input_blocks.4.1."""
+    parts = name.split(".")
+    step = layers_per_block + 1
+    if parts[0] == "down_blocks" and parts[2] == "attentions":
+        head = f"input_blocks.{1 + int(parts[1]) * step + int(parts[3])}.1"
+    elif parts[0] == "up_blocks" and parts[2] == "attentions":
+        head = f"output_blocks.{int(parts[1]) * step + int(parts[3])}.1"
+    elif parts[0] == "mid_block" and parts[1] == "attentions":
+        return ".".join(["middle_block.1", *parts[3:]])
+    else:
+        return name
+    return ".".join([head, *parts[4:]])
+
+
+def write_lora(checkpoint: str, path: Path, layout: str = "kohya", seed: int = 1,
+               rank: int = 4, scale: float = 0.1, text_encoders: bool = True) -> Path:
+    """A LoRA for built-in checkpoint `checkpoint` (tiny or tiny-xl) with random, non-zero
+    up-weights (so it changes pixels), saved as safetensors in `layout`:
+        kohya  sd-scripts' keys: lora_unet_.../lora_te_... (lora_te1_/lora_te2_ on SDXL, whose
+               UNet keys use the original input_blocks/output_blocks names), with alpha
+        peft   diffusers' own: unet.<module>.lora_A/lora_B, text_encoder(_2).text_model...
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from farm import libraries
+
+    libraries.quiet()
+    import diffusers
+
+    folder = ensure(checkpoint)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    parts = [("unet", unet)]
+    if text_encoders:
+        from transformers import CLIPTextModel
+
+        names = ["text_encoder"] + (["text_encoder_2"] if checkpoint == "tiny-xl" else [])
+        parts += [(n, CLIPTextModel.from_pretrained(folder, subfolder=n)) for n in names]
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for part, module in parts:
+        for name, layer in module.named_modules():
+            if not isinstance(layer, torch.nn.Linear) or not name.endswith(LORA_TARGETS):
+                continue
+            down = torch.randn(rank, layer.in_features, generator=generator) * scale
+            up = torch.randn(layer.out_features, rank, generator=generator) * scale
+            if layout == "peft":
+                prefix = f"{part}.{name}" if part == "unet" else f"{part}.text_model.{name}"
+                tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = down, up
+                continue
+            if part == "unet":
+                key = "lora_unet_" + (_sgm(name, unet.config.layers_per_block)
+                                      if checkpoint == "tiny-xl" else name)
+            else:
+                te = {"text_encoder": "te", "text_encoder_2": "te2"}[part]
+                te = "te1" if te == "te" and checkpoint == "tiny-xl" else te
+                key = f"lora_{te}_text_model_{name}"
+            key = key.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank) / 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path

@@ -14,8 +14,9 @@ from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
-from farm import libraries, models, outputs, render
+from farm import adapters, encode, libraries, models, outputs, render
 from farm.jobs import Batch, Loadout, Model, Result
 
 
@@ -55,6 +56,8 @@ class Worker:
         self._vaes: OrderedDict[str, object] = OrderedDict()
         self._scheduler_configs: dict[str, dict] = {}
         self._loaded: list[tuple[str, float]] = []  # (model, seconds) loaded since last batch
+        self._adapters: WeakKeyDictionary = WeakKeyDictionary()  # base pipeline -> its LoRAs
+        self._embeddings: dict[str, dict] = {}  # embedding identity -> its vectors
         self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"farm-{name}")  # all torch work
         if threads:  # OpenMP's thread count is per calling thread: set it where torch runs
             self._compute.submit(torch.set_num_threads, threads).result()
@@ -111,7 +114,34 @@ class Worker:
         swapped = self._cached(self._vaes, loadout.vae, "vae", torch_dtype, models.load_vae)
         pipe = type(base)(**{**base.components, "vae": swapped})
         pipe.set_progress_bar_config(disable=True)
+        object.__setattr__(pipe, "_farm_base", base)  # whose UNet and text encoders (and LoRAs) it shares
         return pipe
+
+    def with_loras(self, pipe, loras) -> None:
+        """The job's LoRAs active on the pipeline's UNet and text encoders, and no others
+        (loaded once, kept unfused; see adapters.Adapters)."""
+        base = getattr(pipe, "_farm_base", pipe)
+        state = self._adapters.get(base)
+        if state is None:
+            if not loras:
+                return
+            state = self._adapters[base] = adapters.Adapters()
+        for lora in loras:
+            if not Path(lora.model.path).is_file():
+                raise models.ModelError("loras", lora.model.ref, f"no file at {lora.model.path} "
+                                        f"on {self.name}: give every node the same LoRA folder")
+        started = time.perf_counter()
+        if state.apply(pipe, loras):
+            self._loaded.append(("LoRA " + "+".join(lora.name for lora in loras),
+                                 time.perf_counter() - started))
+
+    def embedding(self, embedding: Model) -> dict:
+        """An embedding file's vectors, read once."""
+        if embedding.identity not in self._embeddings:
+            if len(self._embeddings) >= 64:
+                self._embeddings.clear()
+            self._embeddings[embedding.identity] = encode.load_embedding(embedding)
+        return self._embeddings[embedding.identity]
 
     def render(self, batch: Batch) -> list[Result]:
         """Render a batch, write its images into the run folder, and say what happened.
@@ -133,8 +163,10 @@ class Worker:
         started, first = time.perf_counter(), batch.first
         try:
             pipe = self.pipeline(first.loadout, first.dtype)
+            self.with_loras(pipe, first.loras)
             config = self._scheduler_configs[first.checkpoint.identity]
-            images, scheduler = render.render(pipe, batch, config)
+            images, scheduler = render.render(pipe, batch, config,
+                                              encode.TextEncoding(pipe, self.embedding))
         except Exception as e:  # one bad batch must not end the run: report it per job
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
             images, scheduler = [f"{type(e).__name__}: {e}"] * len(batch.jobs), None

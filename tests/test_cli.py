@@ -108,10 +108,10 @@ def test_batch_size_does_not_change_the_plan(workdir, capsys):
 def test_failed_jobs_are_listed_exit_1_and_are_retried(workdir, capsys, monkeypatch):
     real = render.render
 
-    def flaky(pipe, batch, config):
+    def flaky(pipe, batch, config, *encoding):
         if any(job.seed == 1 for job in batch.jobs):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(pipe, batch, config)
+        return real(pipe, batch, config, *encoding)
 
     monkeypatch.setattr(render, "render", flaky)
     assert run_farm("render", "recipe=small", "batch_size=1") == 1
@@ -129,8 +129,10 @@ def test_failed_jobs_are_listed_exit_1_and_are_retried(workdir, capsys, monkeypa
 def test_plan_counts_and_writes_nothing(workdir, capsys):
     assert run_farm("plan", "recipe=small", "steps=[4,8]") == 0
     out = capsys.readouterr().out
-    assert ("jobs: 12 (1 checkpoint x 1 vae x 1 size x 1 sampler x 1 scheduler x 2 steps x "
-            "1 cfg x 1 clip_skip x 2 prompt x 3 seeds, outermost first); done 0, pending 12") in out
+    assert ("jobs: 12 (1 checkpoint x 1 vae x 1 loras x 1 size x 1 sampler x 1 scheduler x "
+            "2 steps x 1 cfg x 1 clip_skip x 1 emphasis x 2 prompt x 3 seeds, outermost first); "
+            "done 0, pending 12") in out
+    assert "loras             1  (none)" in out
     assert not (workdir / "outputs").exists()
     run_farm("render", "recipe=small")
     capsys.readouterr()

@@ -308,10 +308,10 @@ def test_each_render_writes_a_report_that_status_shows(tmp_path, monkeypatch, ca
 
     real = render.render
 
-    def picky(pipe, batch, config):
+    def picky(pipe, batch, config, *encoding):
         if any("owl" in job.prompt for job in batch.jobs):
             raise MemoryError("no room for owls")
-        return real(pipe, batch, config)
+        return real(pipe, batch, config, *encoding)
 
     monkeypatch.setattr(render, "render", picky)
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, an owl]\nseeds: 0-1\n" + BASE)

@@ -1,0 +1,335 @@
+"""LoRAs and textual-inversion embeddings: finding their files, identifying them, checking
+that they fit the checkpoint, reading a prompt's `<lora:...>` tags, embedding words and
+emphasis into its job's fields (driver side, no torch), and applying LoRAs on a worker.
+
+Where a name is looked for, in order:
+    LoRA       a path to a .safetensors file (from the recipe's folder, then the current one);
+               NAME -> loras/NAME.safetensors next to the recipe, then $FARM_LORA_DIR/NAME...;
+               a Hugging Face repo id org/name[@revision] holding one .safetensors file
+    embedding  a prompt word NAME -> embeddings/NAME.safetensors next to the recipe, then
+               $FARM_EMBEDDINGS_DIR/NAME.safetensors
+
+A file's identity is the sha256 of its tensor data (after the safetensors header), the hash
+AUTOMATIC1111 and CivitAI show, so infotext's "Lora hashes" and "TI hashes" match theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from farm import emphasis, models
+from farm.jobs import Lora, Model
+
+LORA_DIR_ENV, EMBEDDINGS_DIR_ENV = "FARM_LORA_DIR", "FARM_EMBEDDINGS_DIR"
+CHUNK_TOKENS = 75  # what A1111 encodes at a time: CLIP's 77 less its start and end tokens
+MAX_LORAS_LOADED = 8  # adapters a worker keeps loaded per pipeline; the least recent go
+
+
+class AdapterError(models.ModelError):
+    """A LoRA, an embedding or a prompt's tags that cannot be used: which, and why."""
+
+
+def safetensors_header(path: Path, field: str, ref: str) -> dict[str, Any]:
+    """The tensor names, shapes and dtypes of a .safetensors file, read without loading it."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100 * 2**20:
+                raise ValueError("no safetensors header")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError) as e:
+        raise AdapterError(field, ref, f"not a readable .safetensors file ({e})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def _identified(path: Path, ref: str) -> Model:
+    return Model(ref=ref, path=str(path.resolve()),
+                 identity=models.file_hash(path, after_header=True))
+
+
+def _refuse_pickle(path: Path, field: str, ref: str) -> None:
+    if path.suffix.lower() in models.PICKLE_SUFFIXES:
+        raise AdapterError(field, ref, "pickle files can run arbitrary code when loaded, so "
+                           "farm never loads them; convert it to .safetensors first (e.g. "
+                           "safetensors.torch.save_file)")
+
+
+def find_lora(ref: str, base: Path, field: str = "loras") -> Model:
+    """A LoRA reference -> its file and identity (see the module's search order)."""
+    path = Path(ref).expanduser()
+    _refuse_pickle(path, field, ref)
+    looked: list[Path] = []
+    if path.suffix.lower() == ".safetensors" or "/" in ref and not models.HUB_ID.fullmatch(ref):
+        looked = [base / path, path] if not path.is_absolute() else [path]
+    else:
+        folders = [base / "loras"] + ([Path(os.environ[LORA_DIR_ENV])]
+                                      if os.environ.get(LORA_DIR_ENV) else [])
+        looked = [folder / f"{ref}.safetensors" for folder in folders]
+        pickles = [p for folder in folders for p in folder.glob(f"{glob_quote(ref)}.*")
+                   if p.suffix.lower() in models.PICKLE_SUFFIXES]
+        if not any(p.is_file() for p in looked) and pickles:
+            _refuse_pickle(pickles[0], field, ref)
+    for candidate in looked:
+        if candidate.is_file():
+            return _identified(candidate, ref)
+    match = models.HUB_ID.fullmatch(ref)
+    if match and "." not in Path(ref).suffix:
+        return _hub_lora(ref, match["repo"], match["revision"], field)
+    raise AdapterError(field, ref, "no such LoRA; looked at " + ", ".join(
+        str(p) for p in looked) + f" (a LoRA is a .safetensors file; set ${LORA_DIR_ENV} for a "
+        "shared folder of them, or give a path or a Hugging Face repo id)")
+
+
+def glob_quote(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _hub_lora(ref: str, repo: str, revision: str | None, field: str) -> Model:
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(
+            repo, revision=revision, allow_patterns=["*.safetensors"],
+            local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")))
+    except Exception as e:  # offline and not cached, missing, gated: say which
+        raise AdapterError(field, ref, f"not a local LoRA, and not in the Hugging Face cache "
+                           f"or hub ({type(e).__name__}); download it first: "
+                           f"huggingface-cli download {repo}") from None
+    files = sorted(folder.rglob("*.safetensors"))
+    if len(files) != 1:
+        raise AdapterError(field, ref, f"the repo holds {len(files)} .safetensors files; "
+                           "download the one you mean and give its path")
+    return _identified(files[0], ref)
+
+
+# checking that a file fits the checkpoint -------------------------------------------------------
+
+def _config(checkpoint: Model, part: str) -> dict[str, Any] | None:
+    file = Path(checkpoint.config or checkpoint.path) / part / "config.json"
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_lora(lora: Model, checkpoint: Model, field: str = "loras") -> None:
+    """Refuse a LoRA made for another base model (an SD 1.x LoRA on SDXL, or the reverse),
+    or a file that is no LoRA, before anything renders."""
+    header = safetensors_header(Path(lora.path), field, lora.ref)
+    keys = list(header)
+    if not any(re.search(r"lora_(down|A)|lora\.down|lora_unet_|lora_te", k) for k in keys):
+        raise AdapterError(field, lora.ref, "has no LoRA weights (keys like lora_unet_..."
+                           "lora_down.weight or unet....lora_A.weight): is it a checkpoint?")
+    unet = _config(checkpoint, "unet") or {}
+    width = unet.get("cross_attention_dim")
+    width = width[0] if isinstance(width, list) else width
+    for key in keys:  # the cross-attention keys' input is the text encoders' width
+        if re.search(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)", key) and width:
+            found = header[key]["shape"][-1]
+            if found != width:
+                raise AdapterError(field, lora.ref, f"made for another base model: its "
+                                   f"cross-attention takes {found}-wide text, checkpoint "
+                                   f"{checkpoint.ref!r} gives {width} (an SD 1.x LoRA on SDXL, "
+                                   "or the reverse?)")
+            break
+    second = any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys)
+    if second and _config(checkpoint, "text_encoder_2") is None:
+        raise AdapterError(field, lora.ref, f"made for SDXL (it has weights for a second text "
+                           f"encoder), but checkpoint {checkpoint.ref!r} has one")
+
+
+def embedding_vectors(header: dict[str, Any]) -> dict[str, list[int]]:
+    """An embedding file's vectors by text encoder: clip_l (SD 1.x, SDXL's first) and clip_g
+    (SDXL's second), each [vectors, width]. A1111's files hold `emb_params`, SDXL's `clip_l`
+    and `clip_g`, diffusers' one tensor named after its token."""
+    if "clip_l" in header or "clip_g" in header:
+        return {k: header[k]["shape"] for k in ("clip_l", "clip_g") if k in header}
+    if "emb_params" in header:
+        return {"clip_l": header["emb_params"]["shape"]}
+    if len(header) == 1:
+        return {"clip_l": next(iter(header.values()))["shape"]}
+    return {}
+
+
+def check_embedding(embedding: Model, checkpoint: Model, field: str) -> None:
+    shapes = embedding_vectors(safetensors_header(Path(embedding.path), field, embedding.ref))
+    if not shapes:
+        raise AdapterError(field, embedding.ref, f"{embedding.path} is not a textual-inversion "
+                           "embedding (expected emb_params, clip_l/clip_g, or one tensor)")
+    for part, key in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
+        config = _config(checkpoint, part)
+        if config is None:
+            continue
+        shape = shapes.get(key)
+        if shape is None or shape[-1] != config.get("hidden_size"):
+            have = ", ".join(f"{k} {v[-1]}-wide" for k, v in shapes.items())
+            raise AdapterError(field, embedding.ref, f"made for another base model: it has "
+                               f"{have}, checkpoint {checkpoint.ref!r} needs {key} "
+                               f"{config.get('hidden_size')}-wide (an SD 1.x embedding on "
+                               "SDXL, or the reverse?)")
+
+
+# reading prompts into job fields (the driver) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Reading:
+    """What a job's prompt and negative add to it."""
+
+    loras: tuple[Lora, ...]  # from <lora:...> tags
+    embeddings: tuple[Model, ...]
+    emphasis: str  # "a1111" where A1111's reading changes what CLIP sees, else "none"
+
+
+class Reader:
+    """Reads prompts for one recipe: tags resolved, embeddings found, emphasis decided; each
+    file found, hashed and checked against a checkpoint once."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self._loras: dict[str, Model] = {}
+        self._checked: set[tuple[str, str]] = set()
+        self._readings: dict[tuple, Reading] = {}
+        self._tokenizers: dict[str, Any] = {}
+
+    @cached_property
+    def embedding_files(self) -> dict[str, Path]:
+        """Every embedding's word (lower case, as CLIP reads it) -> its file; the recipe's
+        folder wins over the shared one."""
+        found: dict[str, Path] = {}
+        folders = [self.base / "embeddings"] + ([Path(os.environ[EMBEDDINGS_DIR_ENV])]
+                                                if os.environ.get(EMBEDDINGS_DIR_ENV) else [])
+        for folder in reversed(folders):
+            if folder.is_dir():
+                for file in folder.iterdir():
+                    if file.suffix.lower() in (".safetensors", *models.PICKLE_SUFFIXES):
+                        found[file.stem.lower()] = file
+        return found
+
+    @cached_property
+    def _embedding_words(self) -> re.Pattern | None:
+        if not self.embedding_files:
+            return None
+        names = sorted(self.embedding_files, key=len, reverse=True)
+        return re.compile(r"(?<![^\W\d_])(" + "|".join(map(re.escape, names))
+                          + r")(?![^\W\d_])", re.I)
+
+    def lora(self, ref: str, checkpoint: Model, field: str = "loras") -> Model:
+        if ref not in self._loras:
+            self._loras[ref] = find_lora(ref, self.base, field)
+        found = self._loras[ref]
+        if (found.identity, checkpoint.identity) not in self._checked:
+            check_lora(found, checkpoint, field)
+            self._checked.add((found.identity, checkpoint.identity))
+        return found
+
+    def read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
+        key = (prompt, negative, checkpoint.identity, mode)
+        reading = self._readings.get(key)
+        if reading is None:
+            if len(self._readings) > 100_000:
+                self._readings.clear()
+            reading = self._readings[key] = self._read(prompt, negative, checkpoint, mode)
+        return reading
+
+    def _read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
+        field = f"prompt {prompt[:60]!r}"
+        try:
+            text, tags = emphasis.loras(prompt)
+            texts = (text, negative)
+            affected = mode == "a1111" and not all(emphasis.plain(t) for t in texts)
+        except emphasis.EmphasisError as e:
+            raise AdapterError(field, prompt, str(e)) from None
+        loras = {}
+        for name, weight in tags:
+            found = self.lora(name, checkpoint, field)
+            if found.identity in loras:
+                raise AdapterError(field, prompt, f"LoRA {name!r} is tagged twice")
+            loras[found.identity] = Lora(found, weight)
+        used: dict[str, Model] = {}
+        for t in texts:
+            for word in (self._embedding_words.findall(t) if self._embedding_words else ()):
+                file = self.embedding_files[word.lower()]
+                _refuse_pickle(file, field, word)
+                if word.lower() not in used:
+                    model = _identified(file, word.lower())
+                    if (model.identity, checkpoint.identity) not in self._checked:
+                        check_embedding(model, checkpoint, f"embedding {word!r}")
+                        self._checked.add((model.identity, checkpoint.identity))
+                    used[word.lower()] = model
+        if mode == "a1111" and not affected:  # plain, but maybe longer than one chunk
+            affected = any(self.tokens(t, checkpoint) > CHUNK_TOKENS for t in texts
+                           if len(t.encode()) > CHUNK_TOKENS)
+        return Reading(tuple(loras[k] for k in sorted(loras)),
+                       tuple(used[k] for k in sorted(used)), "a1111" if affected else "none")
+
+    def tokens(self, text: str, checkpoint: Model) -> int:
+        """How many CLIP tokens the checkpoint's tokenizer makes of the text."""
+        tokenizer = self._tokenizers.get(checkpoint.identity)
+        if tokenizer is None:
+            from transformers import CLIPTokenizer
+            from transformers.utils import logging
+
+            logging.set_verbosity_error()  # a long prompt is no mistake here: it is counted
+
+            folder = Path(checkpoint.config or checkpoint.path) / "tokenizer"
+            tokenizer = self._tokenizers[checkpoint.identity] = CLIPTokenizer.from_pretrained(
+                folder, local_files_only=True)
+        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+
+
+# applying LoRAs on a worker ----------------------------------------------------------------------
+
+class Adapters:
+    """The LoRAs loaded into one pipeline's UNet and text encoders, unfused (switching back and
+    forth gives the same pixels, bit for bit), at most MAX_LORAS_LOADED, the least recently
+    used deleted first."""
+
+    def __init__(self) -> None:
+        self.loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> identity
+        self.active = False
+
+    @staticmethod
+    def name(lora: Lora) -> str:
+        return "farm_" + lora.model.identity[:16]
+
+    def apply(self, pipe, loras: tuple[Lora, ...]) -> bool:
+        """Make exactly `loras` active; whether a file had to be loaded."""
+        if not loras:
+            if self.active:
+                pipe.disable_lora()
+                self.active = False
+            return False
+        loaded = False
+        names = [self.name(lora) for lora in loras]
+        for lora, name in zip(loras, names):
+            if name in self.loaded:
+                self.loaded.move_to_end(name)
+                continue
+            while len(self.loaded) >= MAX_LORAS_LOADED:
+                old = next(n for n in self.loaded if n not in names)
+                pipe.delete_adapters(old)
+                del self.loaded[old]
+            try:
+                with models.without_text_model_view(pipe):
+                    pipe.load_lora_weights(lora.model.path, adapter_name=name)
+            except Exception:  # a half-loaded adapter would block the name for good
+                try:
+                    pipe.delete_adapters(name)
+                except Exception:
+                    pass
+                raise
+            self.loaded[name] = lora.model.identity
+            loaded = True
+        pipe.set_adapters(names, [float(lora.weight) for lora in loras])
+        if not self.active:
+            pipe.enable_lora()
+            self.active = True
+        return loaded

@@ -1,0 +1,108 @@
+"""Prompts as AUTOMATIC1111 reads them: emphasis, BREAK and `<lora:...>` tags. Pure Python.
+
+    a (red:1.3) fox, ((snow)), [blur] BREAK forest <lora:ink:0.8>
+
+- `(text)` multiplies the weight of its tokens by 1.1, `((text))` by 1.21, `(text:1.5)` by
+  1.5, `[text]` divides by 1.1; `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are the literal characters;
+- `BREAK` (the word, in capitals) ends a 75-token chunk early;
+- `<lora:NAME>` or `<lora:NAME:WEIGHT>` adds a LoRA to the job and is removed from the text
+  the text encoder sees (the prompt as recorded keeps it).
+
+Unlike AUTOMATIC1111, which quietly closes an unclosed `(` at the end of the prompt, farm
+refuses it (a typo there changes every token after it); a `)` or `]` with nothing open is
+literal text, as there ("smile :)").
+"""
+
+from __future__ import annotations
+
+import re
+
+ROUND, SQUARE = 1.1, 1 / 1.1
+BREAK = "BREAK"
+_TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+LORA_TAG = re.compile(r"<lora:([^>]*)>")
+
+
+class EmphasisError(ValueError):
+    """A prompt whose emphasis or tags cannot be read; the message says where and why."""
+
+
+def parse(text: str) -> list[tuple[str, float]]:
+    """The prompt as (text, weight) runs, neighbours of equal weight merged; a BREAK is the
+    run (BREAK, -1). A prompt with no emphasis is [(text, 1.0)]."""
+    runs: list[list] = []
+    open_round: list[int] = []  # where each open bracket's runs start
+    open_square: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            if run[1] != -1:
+                run[1] *= factor
+
+    for match in _TOKEN.finditer(text):
+        piece, weight = match.group(0), match.group(1)
+        if piece.startswith("\\"):  # an escape; a lone backslash is dropped, as in A1111
+            runs.append([piece[1:], 1.0])
+        elif piece == "(":
+            open_round.append(len(runs))
+        elif piece == "[":
+            open_square.append(len(runs))
+        elif weight is not None and open_round:
+            try:
+                factor = float(weight)
+            except ValueError:
+                raise EmphasisError(f"the weight {weight!r} is not a number: write "
+                                    "(word:1.2)") from None
+            scale(open_round.pop(), factor)
+        elif piece == ")" and open_round:
+            scale(open_round.pop(), ROUND)
+        elif piece == "]" and open_square:
+            scale(open_square.pop(), SQUARE)
+        else:
+            for i, part in enumerate(_BREAK.split(piece)):
+                if i:
+                    runs.append([BREAK, -1])
+                runs.append([part, 1.0])
+    if open_round or open_square:
+        where = min(open_round + open_square)
+        shown = "".join(run[0] for run in runs[where:] if run[1] != -1)[:40]
+        bracket = "(" if open_round and where in open_round else "["
+        raise EmphasisError(f"an unclosed {bracket!r} before {shown!r}: close it, or write "
+                            f"\\{bracket} for the literal character")
+    merged: list[list] = []
+    for run in runs:
+        if merged and merged[-1][1] == run[1] and run[1] != -1:
+            merged[-1][0] += run[0]
+        elif run[0] or run[1] == -1:
+            merged.append(run)
+    return [(piece, weight) for piece, weight in merged] or [("", 1.0)]
+
+
+def plain(text: str) -> bool:
+    """Whether A1111's reading of the text is the text itself at weight 1: no emphasis, no
+    escapes, no BREAK (its length aside, it encodes as diffusers encodes it)."""
+    return parse(text) == [(text, 1.0)] or text == ""
+
+
+def loras(text: str) -> tuple[str, list[tuple[str, float]]]:
+    """The prompt without its `<lora:NAME[:WEIGHT]>` tags, and each tag's (name, weight)."""
+    found = []
+    for match in LORA_TAG.finditer(text):
+        parts = match.group(1).split(":")
+        name = parts[0].strip()
+        if not name:
+            raise EmphasisError(f"{match.group(0)!r} names no LoRA: write <lora:NAME:WEIGHT>")
+        if len(parts) > 2:
+            raise EmphasisError(f"{match.group(0)!r}: farm takes <lora:NAME> or "
+                                "<lora:NAME:WEIGHT> (one weight for the text encoder and "
+                                "the UNet alike)")
+        weight = 1.0
+        if len(parts) == 2:
+            try:
+                weight = float(parts[1])
+            except ValueError:
+                raise EmphasisError(f"{match.group(0)!r}: the weight {parts[1]!r} is not a "
+                                    "number") from None
+        found.append((name, weight))
+    return LORA_TAG.sub("", text), found

@@ -1,0 +1,239 @@
+"""Prompt text -> text-encoder output, as AUTOMATIC1111 makes it (its default, "Original").
+
+1. The prompt is read into (text, weight) runs (emphasis.py); `<lora:...>` tags are gone.
+2. Each run is tokenized; tokens fill chunks of 75. A BREAK ends a chunk; a chunk that fills up
+   within 20 tokens after a comma moves those tokens to the next chunk. A word that names an
+   embedding takes as many places as the embedding has vectors.
+3. Each chunk is encoded on its own as start + 75 + end tokens (padding after the end token is
+   the tokenizer's pad token), the embedding vectors written over their token embeddings.
+4. Each token's output is multiplied by its weight, then the whole chunk is scaled back to the
+   mean it had before ("Original" emphasis). A1111 takes that mean over the whole batch; farm
+   takes it per image, so that an image never depends on what it was rendered with.
+5. The chunks are concatenated. Prompt and negative are padded to the same number of chunks
+   with the encoding of the empty prompt. SDXL: both encoders, concatenated per token (the
+   penultimate layer, as diffusers), and the pooled embedding of the second encoder's first
+   chunk.
+
+`emphasis: none` with an embedding in the prompt goes the same way without weights, in one
+chunk cut at 75 tokens (what diffusers does with text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from farm import emphasis
+from farm.adapters import CHUNK_TOKENS
+from farm.jobs import Job, Model
+
+COMMA_BACKTRACK = 20  # A1111's "Prompt word wrap length limit"
+
+
+@dataclass
+class Chunk:
+    tokens: list[int] = field(default_factory=list)  # at most CHUNK_TOKENS, without start/end
+    weights: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, str]] = field(default_factory=list)  # (offset, embedding word)
+
+
+def chunks(runs: list[tuple[list[int], float]], comma: int | None,
+           words: dict[tuple[int, ...], tuple[str, int]], end: int) -> list[Chunk]:
+    """Tokenized runs (tokens, weight; a BREAK is weight -1) -> chunks, padded with `end`.
+    `words` maps an embedding's word (as tokens) to (word, vectors)."""
+    done: list[Chunk] = []
+    current = Chunk()
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal current, last_comma
+        missing = CHUNK_TOKENS - len(current.tokens)
+        current.tokens += [end] * missing
+        current.weights += [1.0] * missing
+        done.append(current)
+        current, last_comma = Chunk(), -1
+
+    longest = sorted(words, key=len, reverse=True)
+    for tokens, weight in runs:
+        if weight == -1:
+            close()
+            continue
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif len(current.tokens) == CHUNK_TOKENS and last_comma != -1 \
+                    and len(current.tokens) - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1  # the words after the comma go on to the next chunk
+                moved = Chunk(current.tokens[cut:], current.weights[cut:],
+                              [(o - cut, w) for o, w in current.fixes if o >= cut])
+                current.tokens, current.weights = current.tokens[:cut], current.weights[:cut]
+                current.fixes = [(o, w) for o, w in current.fixes if o < cut]
+                close()
+                current = moved
+            if len(current.tokens) == CHUNK_TOKENS:
+                close()
+            match = next((k for k in longest if tuple(tokens[position:position + len(k)]) == k),
+                         None)
+            if match is None:
+                current.tokens.append(token)
+                current.weights.append(weight)
+                position += 1
+                continue
+            word, vectors = words[match]
+            if len(current.tokens) + vectors > CHUNK_TOKENS:
+                close()
+            current.fixes.append((len(current.tokens), word))
+            current.tokens += [0] * vectors
+            current.weights += [weight] * vectors
+            position += len(match)
+    if current.tokens or not done:
+        close()
+    return done
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One text encoder of a pipeline and what A1111 reads from it."""
+
+    tokenizer: object
+    model: object
+    key: str  # clip_l | clip_g: which vectors of an embedding file it takes
+    xl: bool  # SDXL: the penultimate layer, no final norm; SD 1.x: the last (or clip skip)
+
+
+def encoders(pipe) -> list[Encoder]:
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    found = [Encoder(pipe.tokenizer, pipe.text_encoder, "clip_l", xl)]
+    if xl:
+        found.append(Encoder(pipe.tokenizer_2, pipe.text_encoder_2, "clip_g", xl))
+    return found
+
+
+@contextmanager
+def _written_over(model, fixes: list[tuple[int, torch.Tensor]]) -> Iterator[None]:
+    """The token embeddings at each (position, vectors) replaced by the vectors."""
+    if not fixes:
+        yield
+        return
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        for position, vectors in fixes:
+            output[0, position:position + len(vectors)] = vectors.to(output)
+        return output
+
+    handle = model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class TextEncoding:
+    """Encodes the prompts of jobs on one pipeline; embedding files are read once."""
+
+    def __init__(self, pipe, load_embedding: Callable[[Model], dict[str, torch.Tensor]]):
+        self.pipe = pipe
+        self.encoders = encoders(pipe)
+        self.load_embedding = load_embedding
+
+    def job(self, job: Job) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                     torch.Tensor | None]:
+        """(prompt embeds, negative embeds, pooled, negative pooled) of one image, each with
+        a batch dimension of 1; the pooled ones None for SD 1.x."""
+        weighted = job.emphasis == "a1111"
+        text = emphasis.loras(job.prompt)[0]
+        vectors = {e.ref: self.load_embedding(e) for e in job.embeddings}
+        cond, pooled = self.text(text, weighted, job.clip_skip, vectors)
+        uncond, negative_pooled = self.text(job.negative, weighted, job.clip_skip, vectors)
+        if cond.shape[1] != uncond.shape[1]:  # pad the shorter with empty-prompt chunks
+            empty, _ = self.text("", weighted, job.clip_skip, {})
+            longest = max(cond.shape[1], uncond.shape[1])
+            cond, uncond = (torch.cat([z] + [empty] * ((longest - z.shape[1]) // empty.shape[1]),
+                                      dim=1) for z in (cond, uncond))
+        return cond, uncond, pooled, negative_pooled
+
+    def text(self, text: str, weighted: bool, clip_skip: int,
+             vectors: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor,
+                                                                   torch.Tensor | None]:
+        runs = emphasis.parse(text) if weighted else [(text, 1.0)]
+        per_encoder, pooled = [], None
+        for encoder in self.encoders:
+            tokenizer = encoder.tokenizer
+            words = {}
+            for word, by_key in vectors.items():
+                if encoder.key in by_key:
+                    ids = tuple(tokenizer(word, add_special_tokens=False).input_ids)
+                    words[ids] = (word, len(by_key[encoder.key]))
+            tokenized = [([], -1.0) if w == -1 else
+                         (tokenizer(piece, add_special_tokens=False, truncation=False).input_ids,
+                          w) for piece, w in runs]
+            comma = tokenizer.get_vocab().get(",</w>")
+            found = chunks(tokenized, comma, words, tokenizer.eos_token_id)
+            if not weighted:  # diffusers' reading: one chunk, cut at 75 tokens
+                found = found[:1]
+            outputs = []
+            for chunk in found:
+                z, chunk_pooled = self._chunk(encoder, chunk, clip_skip, vectors)
+                if weighted:
+                    z = _emphasised(z, chunk.weights)
+                outputs.append(z)
+                if pooled is None and chunk_pooled is not None:
+                    pooled = chunk_pooled
+            per_encoder.append(torch.cat(outputs, dim=1))
+        return torch.cat(per_encoder, dim=-1), pooled
+
+    def _chunk(self, encoder: Encoder, chunk: Chunk, clip_skip: int,
+               vectors: dict[str, dict[str, torch.Tensor]]):
+        tokenizer, model = encoder.tokenizer, encoder.model
+        ids = [tokenizer.bos_token_id] + chunk.tokens
+        first_end = next((i for i, t in enumerate(ids) if t == tokenizer.eos_token_id
+                          and i > 0), len(ids))
+        ids = ids[:first_end] + [tokenizer.eos_token_id]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        ids += [pad] * (CHUNK_TOKENS + 2 - len(ids))
+        fixes = [(1 + offset, vectors[word][encoder.key]) for offset, word in chunk.fixes]
+        device = model.device
+        with torch.no_grad(), _written_over(model, fixes):
+            out = model(torch.tensor([ids], device=device), output_hidden_states=True)
+        pooled = out[0] if out[0].ndim == 2 else None
+        if encoder.xl:
+            z = out.hidden_states[-(clip_skip + 1)]
+        elif clip_skip > 1:
+            z = model.final_layer_norm(out.hidden_states[-clip_skip])
+        else:
+            z = out[0]
+        return z, pooled
+
+
+def _emphasised(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """A1111's "Original": each token's output times its weight, then the chunk scaled back to
+    its mean before. A chunk whose mean is zero (a final layer norm without bias, which only
+    random-weight models have) has no mean to restore: it keeps its weights as they are,
+    where A1111 would divide by zero."""
+    multipliers = torch.tensor([1.0] + weights + [1.0], dtype=z.dtype, device=z.device)
+    before = z.mean()
+    weighted = z * multipliers.reshape(1, -1, 1)
+    after = weighted.mean()
+    if abs(float(before)) <= 1e-6 * float(z.abs().mean()) or float(after) == 0:
+        return weighted
+    return weighted * (before / after)
+
+
+def load_embedding(embedding: Model) -> dict[str, torch.Tensor]:
+    """An embedding file's vectors by text encoder (adapters.embedding_vectors)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(Path(embedding.path))
+    if "clip_l" in tensors or "clip_g" in tensors:
+        found = {k: tensors[k] for k in ("clip_l", "clip_g") if k in tensors}
+    else:
+        found = {"clip_l": tensors.get("emb_params", next(iter(tensors.values())))}
+    return {k: v.reshape(-1, v.shape[-1]) for k, v in found.items()}

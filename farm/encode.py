@@ -159,6 +159,7 @@ class TextEncoding:
                                       dim=1) for z in (cond, uncond))
         return cond, uncond, pooled, negative_pooled
 
+    @torch.no_grad()
     def text(self, text: str, weighted: bool, clip_skip: int,
              vectors: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor,
                                                                    torch.Tensor | None]:
@@ -201,7 +202,7 @@ class TextEncoding:
         ids += [pad] * (CHUNK_TOKENS + 2 - len(ids))
         fixes = [(1 + offset, vectors[word][encoder.key]) for offset, word in chunk.fixes]
         device = model.device
-        with torch.no_grad(), _written_over(model, fixes):
+        with _written_over(model, fixes):
             out = model(torch.tensor([ids], device=device), output_hidden_states=True)
         pooled = out[0] if out[0].ndim == 2 else None
         if encoder.xl:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from farm import catalog, grid, models, plan, schedule
+from farm import adapters, catalog, grid, models, plan, schedule
 from farm import recipe as recipes
 from farm.compose import BadInput, Settings
 from farm.finished import Finished
@@ -28,9 +28,18 @@ from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
 
 # 1. models ---------------------------------------------------------------------------------------
 
-def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
-    """Every checkpoint and VAE of the recipe, checked and identified."""
-    found: dict[str, Model] = {}
+class Resolved(dict):
+    """The recipe's checkpoints and VAEs by reference, and the reader of its prompts that found
+    and checked their LoRAs and embeddings (plan.jobs reads prompts with it)."""
+
+    reader: adapters.Reader
+
+
+def resolve_models(recipe: recipes.Recipe) -> Resolved:
+    """Every checkpoint and VAE of the recipe, checked and identified; then every LoRA and
+    embedding its sets and prompts name, and every prompt's emphasis, checked against each
+    checkpoint: bad input is refused here, before a run folder is touched."""
+    found = Resolved()
     for name, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae)):
         seen: dict[str, str] = {}
         for ref in refs:
@@ -51,6 +60,16 @@ def resolve_models(recipe: recipes.Recipe) -> dict[str, Model]:
                            "render the same images under two ids; list it once")
     for ref in recipe.checkpoint:
         check_family(recipe, ref, models.family(found[ref]))
+    found.reader = reader = adapters.Reader(recipe.base)
+    for ref in recipe.checkpoint:
+        checkpoint = found[ref]
+        for i, lora_set in enumerate(recipe.loras):
+            for lora, _ in lora_set:
+                reader.lora(lora, checkpoint, f"loras[{i}]" if len(recipe.loras) > 1 else "loras")
+        for row in recipe.prompt_rows():
+            negative = recipe.negative if row.negative is None else row.negative
+            for mode in recipe.emphasis:
+                reader.read(row.text, negative, checkpoint, mode)
     return found
 
 

@@ -114,7 +114,8 @@ class Worker:
         swapped = self._cached(self._vaes, loadout.vae, "vae", torch_dtype, models.load_vae)
         pipe = type(base)(**{**base.components, "vae": swapped})
         pipe.set_progress_bar_config(disable=True)
-        object.__setattr__(pipe, "_farm_base", base)  # whose UNet and text encoders (and LoRAs) it shares
+        # whose UNet and text encoders (and so LoRAs) it shares
+        object.__setattr__(pipe, "_farm_base", base)
         return pipe
 
     def with_loras(self, pipe, loras) -> None:

@@ -1,0 +1,234 @@
+"""LoRAs and embeddings: the layouts people share, exact switching, sweeps, tags, identity,
+and bad input refused before anything renders."""
+
+import hashlib
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from farm import adapters, models, outputs, tiny
+from farm.jobs import Batch, Lora
+from farm.worker import Device, Worker
+from tests.helpers import make_job, run_farm
+
+
+def a1111_hash(path) -> str:
+    """AUTOMATIC1111's LoRA hash, by hand: sha256 of what follows the safetensors header."""
+    data = path.read_bytes()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory, farm_cache):
+    folder = tmp_path_factory.mktemp("loras")
+    made = {}
+    for checkpoint in ("tiny", "tiny-xl"):
+        for layout in ("kohya", "peft"):
+            name = f"{checkpoint}-{layout}"
+            made[name] = tiny.write_lora(checkpoint, folder / f"{name}.safetensors", layout,
+                                         seed=len(made) + 1)
+    return made
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    return Worker(tmp_path_factory.mktemp("run"), device=Device("cpu", "float32"))
+
+
+def pixels(worker, job, tag):
+    result, = worker.render(Batch((job,), (f"images/00000/{tag}.png",)))
+    assert result.ok, result.error
+    return np.asarray(Image.open(worker.folder.absolute(result.path)))
+
+
+def lora(path, weight=1.0):
+    return Lora(adapters.find_lora(str(path), path.parent), weight)
+
+
+@pytest.mark.parametrize("checkpoint, layout", [("tiny", "kohya"), ("tiny", "peft"),
+                                                ("tiny-xl", "kohya"), ("tiny-xl", "peft")])
+def test_each_shared_layout_loads_into_unet_and_text_encoders(worker, lora_files, checkpoint,
+                                                              layout):
+    model = models.resolve(checkpoint)
+    plain = pixels(worker, make_job(model), f"{checkpoint}-plain")
+    job = make_job(model, loras=(lora(lora_files[f"{checkpoint}-{layout}"]),))
+    with_lora = pixels(worker, job, f"{checkpoint}-{layout}")
+    assert np.abs(with_lora.astype(int) - plain).max() > 0
+    pipe = worker.pipeline(job.loadout)
+    name = adapters.Adapters.name(job.loras[0])
+    parts = {part for part, names in pipe.get_list_adapters().items() if name in names}
+    expected = {"unet", "text_encoder"} | ({"text_encoder_2"} if checkpoint == "tiny-xl" else set())
+    assert parts == expected
+
+
+def test_switching_loras_is_exact_and_weight_zero_is_no_lora(tmp_path, lora_files, tiny):
+    worker = Worker(tmp_path, device=Device("cpu", "float32"))
+    never = pixels(worker, make_job(tiny), "never")  # before any LoRA was loaded
+    a, b = lora(lora_files["tiny-kohya"]), lora(lora_files["tiny-peft"], 0.7)
+    first_a = pixels(worker, make_job(tiny, loras=(a,)), "a1")
+    first_b = pixels(worker, make_job(tiny, loras=(b,)), "b1")
+    both = pixels(worker, make_job(tiny, loras=tuple(sorted(
+        (a, b), key=lambda x: x.model.identity))), "ab")
+    again_a = pixels(worker, make_job(tiny, loras=(a,)), "a2")
+    none = pixels(worker, make_job(tiny), "none")
+    zero = pixels(worker, make_job(tiny, loras=(Lora(a.model, 0.0),)), "a0")
+    assert np.array_equal(first_a, again_a)
+    assert not np.array_equal(first_a, first_b) and not np.array_equal(first_a, both)
+    assert np.array_equal(none, never) and np.array_equal(zero, never)
+
+
+def test_adapters_loaded_are_bounded(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(adapters, "MAX_LORAS_LOADED", 2)
+    worker = Worker(tmp_path / "run", device=Device("cpu", "float32"))
+    files = [tiny_lora(tmp_path / f"l{i}.safetensors", seed=10 + i) for i in range(3)]
+    for i, file in enumerate(files):
+        pixels(worker, make_job(tiny, loras=(lora(file),)), f"l{i}")
+    pipe = worker.pipeline(make_job(tiny).loadout)
+    assert len(pipe.get_list_adapters()["unet"]) == 2
+
+
+def tiny_lora(path, seed=1):
+    return tiny.write_lora("tiny", path, "kohya", seed=seed)
+
+
+RECIPE = """\
+name: styled
+prompt:
+  - a fox in snow <lora:ink:0.5>
+  - a lighthouse
+loras: [[], [{ref: style, weight: [0.5, 1]}]]
+size: 64x64
+steps: 3
+seeds: 0-1
+batch_size: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def styled(tmp_path_factory, farm_cache):
+    root = tmp_path_factory.mktemp("styled")
+    tiny.write_lora("tiny", root / "loras" / "ink.safetensors", "kohya", seed=5)
+    tiny.write_lora("tiny", root / "loras" / "style.safetensors", "peft", seed=6)
+    (root / "styled.yaml").write_text(RECIPE)
+    assert run_farm("render", f"recipe={root / 'styled.yaml'}", "runtime=inline",
+                    f"outputs={root / 'out'}") == 0
+    return root
+
+
+def records(folder):
+    with sqlite3.connect(folder / "manifest.sqlite") as db:
+        return [json.loads(p) for p, in db.execute("SELECT params FROM jobs WHERE status='done'")]
+
+
+def test_a_lora_sweep_and_prompt_tags_render_every_set(styled, capsys):
+    folder = styled / "out" / "styled"
+    done = records(folder)
+    assert len(done) == 3 * 2 * 2
+    sets = {(r["prompt"], tuple((adapters.Path(x["ref"]).name, x["weight"]) for x in r["loras"]))
+            for r in done}
+    assert ("a lighthouse", ()) in sets and ("a lighthouse", (("style", 0.5),)) in sets
+    assert ("a fox in snow <lora:ink:0.5>", (("ink", 0.5), ("style", 1.0))) in {
+        (p, tuple(sorted(s))) for p, s in sets}
+    # the infotext: the prompt as written, A1111's hashes of each LoRA
+    image = next(p for p in folder.glob("images/*/*.png") if "fox" in p.name)
+    text, meta = outputs.read_metadata(image)
+    assert text.startswith("a fox in snow <lora:ink:0.5>\n")
+    ink = a1111_hash(styled / "loras" / "ink.safetensors")[:12]
+    assert f'Lora hashes: "ink: {ink}' in text
+    # a second render finds everything done
+    capsys.readouterr()
+    assert run_farm("render", f"recipe={styled / 'styled.yaml'}", "runtime=inline",
+                    f"outputs={styled / 'out'}") == 0
+    assert "all 12 images are already done" in capsys.readouterr().out
+    # filters, exports and grids know the LoRA sets
+    import pyarrow.parquet as pq
+
+    assert run_farm("export", str(folder), "--format", "parquet", "--to",
+                    str(styled / "pq"), "--where", "loras~style:0.5") == 0
+    table = pq.read_table(next((styled / "pq").glob("*.parquet")))
+    assert table.num_rows == 4 and set(table.column("loras").to_pylist()) == {
+        "style:0.5", "ink:0.5, style:0.5"}
+    assert run_farm("grid", str(folder), "--x", "loras", "--where", "prompt~lighthouse",
+                    "--where", "seed=0") == 0
+
+
+def test_a_tag_renders_as_the_same_lora_in_the_recipe(styled, tmp_path):
+    """`<lora:ink:0.5>` in the prompt and `loras: [{ref: ink, weight: 0.5}]` are the same
+    LoRA at the same weight: the same pixels (their ids differ: the prompts do)."""
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "ink.safetensors").write_bytes(
+        (styled / "loras" / "ink.safetensors").read_bytes())
+    (tmp_path / "r.yaml").write_text("prompt: a fox in snow\nloras: [{ref: ink, weight: 0.5}]\n"
+                                     "size: 64x64\nsteps: 3\nseeds: 0-1\nbatch_size: 2\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    ours = {r["seed"]: r for r in records(tmp_path / "out" / "r")}
+    with sqlite3.connect(styled / "out" / "styled" / "manifest.sqlite") as db:
+        theirs = {r["seed"]: h for r, h in ((json.loads(p), h) for p, h in db.execute(
+            "SELECT params, pixel_hash FROM jobs")) if "<lora:ink" in r["prompt"]
+            and len(r["loras"]) == 1}
+    with sqlite3.connect(tmp_path / "out" / "r" / "manifest.sqlite") as db:
+        mine = {json.loads(p)["seed"]: h for p, h in db.execute(
+            "SELECT params, pixel_hash FROM jobs")}
+    assert mine == theirs and len(mine) == 2 and ours[0]["loras"][0]["weight"] == 0.5
+
+
+def test_an_embedding_word_uses_its_file(tmp_path, tiny, capsys):
+    (tmp_path / "embeddings").mkdir()
+    generator = torch.Generator().manual_seed(0)
+    save_file({"emb_params": torch.randn(2, 32, generator=generator)},
+              str(tmp_path / "embeddings" / "badhands.safetensors"))
+    (tmp_path / "r.yaml").write_text("prompt: [a fox with badhands, a fox with bad hands]\n"
+                                     "size: 64x64\nsteps: 3\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    done = {r["prompt"]: r for r in records(tmp_path / "out" / "r")}
+    used = done["a fox with badhands"]["embeddings"]
+    expected = a1111_hash(tmp_path / "embeddings" / "badhands.safetensors")
+    assert [(e["name"], e["identity"]) for e in used] == [("badhands", expected)]
+    assert done["a fox with bad hands"]["embeddings"] == []
+    image = next(p for p in (tmp_path / "out" / "r").glob("images/*/*.png") if "badhands" in p.name)
+    assert f'TI hashes: "badhands: {expected[:12]}"' in outputs.read_metadata(image)[0]
+
+
+def test_emphasis_enters_the_id_only_where_it_changes_the_prompt(tmp_path, tiny, capsys):
+    (tmp_path / "r.yaml").write_text("prompt: [a (red:1.5) fox, a plain fox]\n"
+                                     "emphasis: [a1111, none]\nsize: 64x64\nsteps: 3\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    folder = tmp_path / "out" / "r"
+    with sqlite3.connect(folder / "manifest.sqlite") as db:
+        rows = [(json.loads(p), h) for p, h in db.execute("SELECT params, pixel_hash FROM jobs")]
+    # the plain prompt reads the same either way: one job; the weighted one: two, two images
+    assert sorted((r["prompt"], r["emphasis"]) for r, _ in rows) == [
+        ("a (red:1.5) fox", "a1111"), ("a (red:1.5) fox", "none"), ("a plain fox", "none")]
+    weighted = {r["emphasis"]: h for r, h in rows if "red" in r["prompt"]}
+    assert weighted["a1111"] != weighted["none"]
+    literal = next(p for p in folder.glob("images/*/*.png") if "red" in p.name
+                   and outputs.read_metadata(p)[1]["emphasis"] == "none")
+    assert "Emphasis: None" in outputs.read_metadata(literal)[0]
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    ("prompt: a fox <lora:missing:0.5>", "'missing': no such LoRA; looked at"),
+    ("prompt: a fox <lora:ink:lots>", "the weight 'lots' is not a number"),
+    ("prompt: a (red fox", "prompt 'a (red fox': 'a (red fox': an unclosed '('"),
+    ("prompt: a fox\nloras: [{ref: ink, weight: strong}]", "loras[0].weight: got 'strong'"),
+    ("prompt: a fox\ncheckpoint: tiny-xl\nloras: [ink]", "made for another base model"),
+    ("prompt: a fox\nloras: [old]", "pickle files can run arbitrary code"),
+    ("prompt: a fox <lora:ink> <lora:ink:0.3>", "tagged twice"),
+])
+def test_bad_loras_and_prompts_exit_2_before_rendering(tmp_path, farm_cache, capsys, recipe,
+                                                       expected):
+    tiny.write_lora("tiny", tmp_path / "loras" / "ink.safetensors", "kohya")
+    (tmp_path / "loras" / "old.pt").write_bytes(b"not really a pickle")
+    (tmp_path / "r.yaml").write_text(recipe + "\nsize: 64x64\nsteps: 2\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

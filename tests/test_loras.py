@@ -232,3 +232,29 @@ def test_bad_loras_and_prompts_exit_2_before_rendering(tmp_path, farm_cache, cap
                     f"outputs={tmp_path / 'out'}") == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_from_the_hub_cache_resolves_offline(tmp_path, monkeypatch, lora_files):
+    from huggingface_hub import constants
+
+    from tests.test_models import fake_hub_cache
+
+    source = tmp_path / "repo"
+    source.mkdir()
+    (source / "pytorch_lora_weights.safetensors").write_bytes(lora_files["tiny-peft"].read_bytes())
+    cache, _ = fake_hub_cache(tmp_path, source, repo="org/ink-lora")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    found = adapters.find_lora("org/ink-lora", tmp_path)
+    assert found.identity == a1111_hash(lora_files["tiny-peft"])
+    with pytest.raises(models.ModelError, match="huggingface-cli download org/absent"):
+        adapters.find_lora("org/absent", tmp_path)
+
+
+def test_replay_and_verify_render_a_lora_image_again(styled, tmp_path, monkeypatch, capsys):
+    folder = styled / "out" / "styled"
+    image = next(p for p in folder.glob("images/*/*.png") if "fox" in p.name)
+    monkeypatch.chdir(tmp_path)
+    assert run_farm("replay", str(image), "--to", str(tmp_path / "again")) == 0
+    assert "the same pixels" in capsys.readouterr().out
+    assert run_farm("verify", str(folder), "--sample", "3") == 0

@@ -28,7 +28,7 @@ from farm import recipe as recipes
 from farm.compose import BadInput, Settings, compose
 from farm.export import ExportError
 from farm.grid import GridError
-from farm.manifest import ManifestDamaged
+from farm.manifest import ManifestDamaged, ManifestUnwritable
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
 from farm.schedule import RuntimeUnavailable, Summary
@@ -97,6 +97,9 @@ def describe(summary: Summary, folder: RunFolder) -> str:
     if summary.duplicates:
         text += (f" {summary.duplicates} jobs were reached twice by the plan (the same prompt "
                  "from two templates or file rows) and rendered once.")
+    if summary.hung:
+        text += (f" Replaced {len(summary.hung)} hung worker(s) ({', '.join(summary.hung)}): a "
+                 "batch took far longer than its group's usual time (runtime.hang_after).")
     if summary.stopped:
         text += (f" The run stopped: {summary.stopped}. What finished is recorded; make room "
                  "(or make the folder writable) and run the same command again to resume.")
@@ -383,6 +386,10 @@ def main(argv: list[str] | None = None) -> None:
             GridError, ManifestDamaged) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
+    except ManifestUnwritable as e:  # a full or read-only disk before rendering began
+        print(f"farm: error: {e}; make room (or make the folder writable) and run the same "
+              "command again", file=sys.stderr)
+        code = EXIT_FAILED
     except KeyboardInterrupt as e:
         terminated = isinstance(e, run.Terminated)
         print(f"farm: {'terminated' if terminated else 'interrupted'}; run the same command "

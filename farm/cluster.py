@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from farm.jobs import Batch, Result
@@ -24,27 +26,41 @@ from farm.schedule import Runtime, RuntimeUnavailable, WorkerLost
 class RayWorker:
     """The Ray actor: a thin shell around the plain Worker, which it builds on first use."""
 
-    def __init__(self, root: str, name: str, device: str | None, max_pipelines: int,
-                 threads: int | None):
+    def __init__(self, root: str | None, name: str, device: str | None, max_pipelines: int,
+                 threads: int | None, probe: tuple[str, str] | None = None):
         self.args = (root, name, device, max_pipelines, threads)
+        self.probe = probe  # (file, token): the run folder is visible here if it reads so
         self.worker = None
 
     def ready(self) -> dict:
-        """Import torch and diffusers and build the Worker; say where this actor runs."""
+        """Import torch and diffusers and build the Worker; say where this actor runs and who
+        writes its images (itself, or the driver when it cannot see the run folder)."""
         import ray
         from farm.worker import Device, Worker
 
         root, name, device, max_pipelines, threads = self.args
+        if root is not None and self.probe is not None and not sees(root, *self.probe):
+            root = None
         self.worker = Worker(root, name=name, device=Device.named(device) if device else None,
                              max_pipelines=max_pipelines, threads=threads)
         return {"name": name, "node": ray.get_runtime_context().get_node_id(),
-                "device": self.worker.device.name}
+                "device": self.worker.device.name,
+                "writes": "worker" if self.worker.folder is not None else "driver"}
 
     def render(self, batch: Batch) -> list[Result]:
         return self.worker.render(batch)
 
     def loads(self) -> dict[str, int]:
         return dict(self.worker.loads)
+
+
+def sees(root: str, probe: str, token: str) -> bool:
+    """Whether this machine sees the run folder the driver wrote `probe` into (a cluster
+    without a shared filesystem: another disk, or nothing, at that path)."""
+    try:
+        return (Path(root) / probe).read_text() == token
+    except OSError:
+        return False
 
 
 class RayBackend:
@@ -54,6 +70,10 @@ class RayBackend:
         self.runtime, self.root, self.label = runtime, str(root), label
         self.actors: dict[str, Any] = {}
         self.owns_cluster = False
+        self.probe: tuple[str, str] | None = None
+        if runtime.outputs == "auto":  # a file only the nodes that share the folder can read
+            self.probe = (f".probe-{os.getpid()}", secrets.token_hex(16))
+            (Path(root) / self.probe[0]).write_text(self.probe[1])
         with interrupts_held():  # Ctrl-C inside ray.init crashes Ray's core worker
             self.owns_cluster = _connect(runtime.address)  # before anything imports ray
         try:
@@ -81,8 +101,9 @@ class RayBackend:
         actor_class = _remote_worker().options(
             name=f"farm-{self.label}-{name}-{os.getpid()}", max_restarts=0, max_concurrency=2,
             **self.options)
-        actor = actor_class.remote(self.root, name, self.runtime.device,
-                                   self.runtime.max_pipelines, self.threads)
+        root = None if self.runtime.outputs == "driver" else self.root
+        actor = actor_class.remote(root, name, self.runtime.device, self.runtime.max_pipelines,
+                                   self.threads, self.probe)
         self.actors[name] = actor
         ref = actor.ready.remote()
         self.starting_refs[ref] = name
@@ -107,6 +128,10 @@ class RayBackend:
             try:
                 self.placed[name] = ray.get(ref)
                 self.live.append(name)
+                if self.placed[name].get("writes") == "driver" and self.runtime.outputs == "auto":
+                    logging.getLogger(__name__).warning(
+                        "worker %s cannot see the run folder %s on its node: it sends its "
+                        "images to the driver, which writes them", name, self.root)
             except ray.exceptions.RayError as e:
                 slot = name.split(".")[0]
                 self.failed_starts[slot] += 1
@@ -166,6 +191,13 @@ class RayBackend:
                 outcomes.append((ref, RuntimeError(str(e).splitlines()[-1])))
         return outcomes
 
+    def kill(self, worker: str) -> None:
+        """Kill a hung worker: what it had in flight comes back as lost (then replace it)."""
+        import ray
+
+        if worker in self.actors:
+            ray.kill(self.actors[worker], no_restart=True)
+
     def replace(self, worker: str) -> None:
         if worker in self.live:
             self.live.remove(worker)
@@ -179,6 +211,8 @@ class RayBackend:
         return {name: ray.get(self.actors[name].loads.remote()) for name in self.live}
 
     def close(self) -> None:
+        if self.probe is not None:
+            (Path(self.root) / self.probe[0]).unlink(missing_ok=True)
         if "ray" not in sys.modules:
             return
         import ray

@@ -306,7 +306,8 @@ class Slot:
 
 @dataclass(frozen=True)
 class Result:
-    """What a worker sends back for one job: small, never the image itself."""
+    """What a worker sends back for one job: small, but for the image's files when the worker
+    cannot see the run folder (runtime.outputs)."""
 
     job_id: str
     path: str  # relative to the run folder
@@ -320,6 +321,9 @@ class Result:
     provenance: str | None = None  # JSON: device, dtype and library versions that made it
     loads: tuple[tuple[str, float], ...] = ()  # (model, seconds) its batch loaded first
     stop: str | None = None  # why the whole run must stop (a full or read-only disk)
+    # the image's files, encoded, when the worker cannot see the run folder: (suffix, bytes)
+    # in the order the driver writes them (outputs.write_files)
+    files: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -78,6 +79,13 @@ class ManifestDamaged(RuntimeError):
     """A manifest SQLite cannot read: the images still say everything (farm rebuild)."""
 
 
+class ManifestUnwritable(RuntimeError):
+    """The manifest cannot be written (a full disk, a read-only folder): the run must stop."""
+
+
+UNWRITABLE = ("disk is full", "readonly database", "disk I/O error")
+
+
 class Manifest:
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
@@ -97,10 +105,21 @@ class Manifest:
                                   f"own records: rebuild it with farm rebuild {self.path.parent}"
                                   ) from None
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction; a disk that refuses it is ManifestUnwritable, saying what to do."""
+        try:
+            with self.db:
+                yield
+        except sqlite3.OperationalError as e:
+            if not any(words in str(e) for words in UNWRITABLE):
+                raise
+            raise ManifestUnwritable(f"could not record in {self.path}: {e}") from None
+
     def insert_done(self, rows: Iterable[dict]) -> int:
         """Rows of finished images as farm rebuild reads them back from the files."""
         count = 0
-        with self.db:
+        with self._writing():
             for row in rows:
                 self.db.execute(
                     "INSERT INTO jobs (id, seq, path, status, pixel_hash, params, attempts, "
@@ -138,7 +157,7 @@ class Manifest:
         else a new one; None for a job this run has already handed out (a plan can reach the
         same job twice, e.g. two templates that expand to the same prompt)."""
         paths: list[str | None] = []
-        with self.db:
+        with self._writing():
             (top,) = self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM jobs").fetchone()
             for job in jobs:
                 found = self.db.execute("SELECT path, claimed_run FROM jobs WHERE id = ?",
@@ -165,7 +184,7 @@ class Manifest:
         """Store what workers report; called only after their files are in place.
         `attempts` says how many tries each job took in this run (default one)."""
         attempts = attempts or {}
-        with self.db:
+        with self._writing():
             for r in results:
                 self.db.execute(
                     "UPDATE jobs SET status = ?, pixel_hash = ?, error = ?, seconds = ?, "
@@ -189,7 +208,7 @@ class Manifest:
         reference); return how many changed."""
         changed = 0
         jobs = iter(jobs)
-        with self.db:
+        with self._writing():
             while chunk := list(islice(jobs, CHUNK)):
                 stored = dict(self.db.execute(
                     "SELECT id, params FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
@@ -203,7 +222,7 @@ class Manifest:
         return changed
 
     def begin_run(self, recipe_yaml: str, planned: int) -> int:
-        with self.db:
+        with self._writing():
             cursor = self.db.execute(
                 "INSERT INTO runs (started_at, recipe, planned) VALUES (?, ?, ?)",
                 (now(), recipe_yaml, planned))
@@ -211,7 +230,7 @@ class Manifest:
 
     def end_run(self, run_id: int, rendered: int, skipped: int, failed: int,
                 seconds: float) -> None:
-        with self.db:
+        with self._writing():
             self.db.execute(
                 "UPDATE runs SET ended_at = ?, rendered = ?, skipped = ?, failed = ?, seconds = ? "
                 "WHERE id = ?", (now(), rendered, skipped, failed, seconds, run_id))

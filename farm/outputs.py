@@ -72,6 +72,18 @@ class RunFolder:
         return (f"images/{seq // SHARD_SIZE:05d}/"
                 f"{seq:08d}-{slug(job.prompt)}-{job.seed}{self.image.suffix}")
 
+    def write(self, relative: str, files: tuple[tuple[str, bytes], ...]
+              ) -> tuple[str | None, str | None]:
+        """An image's encoded files (encode_image) written atomically: (error, why the run must
+        stop), both None when written. A full or read-only disk stops the run: every write
+        would fail."""
+        try:
+            write_files(self.absolute(relative), files)
+        except OSError as e:
+            error = f"could not write {relative}: {e}"
+            return error, error if e.errno in DISK_ERRORS else None
+        return None, None
+
     def absolute(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
         if not path.is_relative_to(self.root.resolve()):
@@ -204,7 +216,17 @@ def write_image(image: Image.Image, path: Path, job: Job, fmt: ImageFormat = Ima
                 scheduler: dict | None = None, batch_size: int | None = None,
                 position: int = 0) -> str:
     """Write an image with its metadata atomically; return the hash of the pixels the file
-    decodes to (for a lossy format, not quite the rendered ones).
+    decodes to (for a lossy format, not quite the rendered ones)."""
+    files, digest = encode_image(image, job, fmt, scheduler, batch_size, position)
+    write_files(path, files)
+    return digest
+
+
+def encode_image(image: Image.Image, job: Job, fmt: ImageFormat = ImageFormat(),
+                 scheduler: dict | None = None, batch_size: int | None = None,
+                 position: int = 0) -> tuple[tuple[tuple[str, bytes], ...], str]:
+    """The bytes of an image's files, as (suffix, bytes) in the order they are written, and the
+    hash of the pixels the image file decodes to.
 
     png: the `parameters` infotext and the `farm` JSON as text chunks. jpeg and webp: the
     infotext in EXIF UserComment, where AUTOMATIC1111 puts it, and the `farm` JSON in a sidecar
@@ -217,16 +239,21 @@ def write_image(image: Image.Image, path: Path, job: Job, fmt: ImageFormat = Ima
         info.add_text("parameters", infotext(job))
         info.add_text("farm", record)
         image.save(buffer, format="PNG", pnginfo=info, compress_level=fmt.png_compression)
-        write_atomic(path, buffer.getvalue())
-        return pixel_hash(image)
+        return (("", buffer.getvalue()),), pixel_hash(image)
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = UNICODE_MARK + infotext(job).encode("utf-16-be")
     options = {"lossless": True} if fmt.lossless else {"quality": fmt.quality}
     image.convert("RGB").save(buffer, format=fmt.kind.upper(), exif=exif, **options)
-    write_atomic(path.with_suffix(".json"), record.encode())
-    write_atomic(path, buffer.getvalue())
     with Image.open(buffer) as stored:
-        return pixel_hash(stored)
+        digest = pixel_hash(stored)
+    return ((".json", record.encode()), ("", buffer.getvalue())), digest
+
+
+def write_files(path: Path, files: tuple[tuple[str, bytes], ...]) -> None:
+    """An image's files (encode_image) written atomically, in order: "" is the image itself,
+    another suffix replaces the image's (its sidecar)."""
+    for suffix, data in files:
+        write_atomic(path.with_suffix(suffix) if suffix else path, data)
 
 
 DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # the disk, not the file: stop the run

@@ -21,7 +21,7 @@ from farm import recipe as recipes
 from farm.compose import BadInput, Settings
 from farm.finished import Finished
 from farm.jobs import Model
-from farm.manifest import Manifest
+from farm.manifest import Manifest, ManifestUnwritable
 from farm.outputs import RunFolder
 from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
 
@@ -257,9 +257,15 @@ def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:
             except KeyboardInterrupt as e:
                 interrupted = "terminate" if isinstance(e, Terminated) else "interrupt"
             finally:
-                manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
-                                 summary.seconds)
-                folder.write_report(report(recipe, summary, manifest.last_run()))
+                try:
+                    manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
+                                     summary.seconds)
+                except ManifestUnwritable:  # summary.stopped says so; the next run resumes
+                    pass
+                try:
+                    folder.write_report(report(recipe, summary, manifest.last_run()))
+                except OSError:  # the same full disk: the summary printed is the report
+                    pass
     finally:
         backend.close()
     return Outcome(folder, summary, refreshed=refreshed, interrupted=interrupted)
@@ -294,6 +300,7 @@ def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[
                  "failed": summary.failed, "unfinished": summary.unfinished,
                  "repeats": summary.duplicates},
         "workers_problem": summary.problem or None,
+        "hung_workers": summary.hung,
         "wall_seconds": round(seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "first_image_seconds": None if summary.first_image_seconds is None

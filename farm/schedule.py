@@ -15,11 +15,11 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional, Protocol
 
 from farm.jobs import Batch, Loadout, Result
-from farm.manifest import Manifest
+from farm.manifest import Manifest, ManifestUnwritable
 from farm.outputs import RunFolder
 
 
@@ -37,6 +37,15 @@ class Runtime:
     queue_depth: int = 2  # batches in flight per worker: one rendering, one being written
     start_timeout: float = 300.0  # seconds to wait for workers to start before giving up
     grace: float = 20.0  # on Ctrl-C or SIGTERM: seconds the batches in flight may finish in
+    # who writes the images: auto (each worker that sees the run folder, else the driver from
+    # the bytes the worker sends back), driver, or shared (every worker writes)
+    outputs: str = "auto"
+    # a batch that takes more than this many times its group's usual time (and at least
+    # MIN_HANG_SECONDS) has hung: its worker is replaced and the batch retried; 0: never
+    hang_after: float = 10.0
+
+
+OUTPUTS = ("auto", "driver", "shared")
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -52,18 +61,27 @@ def check_runtime(runtime: Runtime) -> None:
         if value is not None and (isinstance(value, bool) or value < low):
             raise RuntimeUnavailable(f"runtime.{name}: got {value!r}; expected a whole number "
                                      f"from {low}")
+    if runtime.hang_after < 0:
+        raise RuntimeUnavailable(f"runtime.hang_after: got {runtime.hang_after}; expected a "
+                                 "multiple of a batch's usual time, or 0 (never)")
     if runtime.grace < 0:
         raise RuntimeUnavailable(f"runtime.grace: got {runtime.grace}; expected seconds, 0 or "
                                  "more")
     if runtime.start_timeout <= 0:
         raise RuntimeUnavailable(f"runtime.start_timeout: got {runtime.start_timeout}; expected "
                                  "seconds, more than 0")
+    if runtime.outputs not in OUTPUTS:
+        raise RuntimeUnavailable(f"runtime.outputs: got {runtime.outputs!r}; allowed: "
+                                 f"{', '.join(OUTPUTS)}")
     if runtime.kind not in ("ray", "inline"):
         raise RuntimeUnavailable(f"runtime: got {runtime.kind!r}; allowed: ray, inline")
     device = runtime.device
     if device is not None and not (device == "cpu" or device == "cuda"
                                    or (device.startswith("cuda:") and device[5:].isdigit())):
         raise RuntimeUnavailable(f"runtime.device: got {device!r}; allowed: cpu, cuda")
+
+
+MIN_HANG_SECONDS = 60.0  # no batch is called hung sooner (a slow write, a busy machine)
 
 
 class WorkerLost(Exception):
@@ -79,6 +97,7 @@ class Summary:
     unfinished: int = 0  # left pending because no worker was left to render them
     problem: str = ""  # why no worker was left, when the backend knows
     stopped: str = ""  # why the run stopped early (a full or read-only disk)
+    hung: list = field(default_factory=list)  # workers replaced because a batch hung
     duplicates: int = 0  # jobs the plan reached twice; rendered once
     seconds: float = 0.0
     first_image_seconds: float | None = None  # start-up overhead: run start to first image
@@ -162,6 +181,10 @@ class Dispatcher:
         self.load_seconds: list[float] = []  # each model load's seconds, measured
         self.left_out = 0  # jobs whose files could not be written when the disk stopped the run
         self.started = time.perf_counter()
+        self.since: dict[str, float] = {}  # worker -> when its oldest batch in flight started
+        self.loads_model: dict[Any, bool] = {}  # handle -> whether its worker loads a model
+        self.hung: set[str] = set()  # workers killed as hung, until their loss comes back
+        self.recording = True  # False once the manifest refused a write
 
     def run(self) -> None:
         try:
@@ -169,13 +192,17 @@ class Dispatcher:
                 self._fill()
                 if not self.in_flight and not (self._has_work() and self.backend.starting()):
                     break
-                self._take(self.backend.wait(list(self.in_flight)))
+                self._take(self.backend.wait(list(self.in_flight), timeout=self._hang_wait()))
+                self._kill_hung()
                 if self.summary.stopped:  # the disk: no retries, record what is finishing
                     self._drain(self.runtime.grace)
                     break
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: hand out nothing more, record what ends
             self._drain(self.runtime.grace)
             raise
+        except ManifestUnwritable as e:  # nothing more can be recorded: stop, keep what is
+            self.summary.stopped, self.recording = str(e), False
+            self._drain(self.runtime.grace)  # their files land; the next run records them anew
         finally:
             self._count_unfinished()
 
@@ -183,6 +210,8 @@ class Dispatcher:
         for handle, outcome in outcomes:
             worker, batch = self.in_flight.pop(handle)
             self.busy[worker] -= 1
+            self.loads_model.pop(handle, None)
+            self.since[worker] = time.monotonic()  # its next batch, if any, starts now
             if isinstance(outcome, WorkerLost):
                 self._lost(worker, handle, batch, outcome)
             elif isinstance(outcome, Exception):
@@ -231,7 +260,11 @@ class Dispatcher:
                 handle = self.backend.submit(worker, batch)
                 self.in_flight[handle] = (worker, batch)
                 self.order[handle] = len(self.order)
+                self.loads_model[handle] = batch.first.loadout.key not in \
+                    self.loaded.get(worker, ())
                 self._loading(worker, batch.first.loadout.key)
+                if not self.busy[worker]:
+                    self.since[worker] = time.monotonic()
                 self.busy[worker] += 1
 
     def _skip_duplicates(self, count: int) -> None:
@@ -295,9 +328,52 @@ class Dispatcher:
         saved = remaining / work.workers - remaining / (work.workers + 1)
         return saved > sum(self.load_seconds) / len(self.load_seconds)
 
-    # 2. taking results --------------------------------------------------------------------------
+    # 2. hung workers: alive, but their batch takes far longer than the group's usual time ------
+
+    def _deadlines(self) -> dict[str, float]:
+        """When each worker's oldest batch in flight counts as hung; a batch of a group not
+        measured yet, or one that loads a model no load of which was measured, has none."""
+        if not self.runtime.hang_after:
+            return {}
+        oldest: dict[str, Any] = {}
+        for handle, (worker, _) in self.in_flight.items():
+            if worker not in oldest or self.order[handle] < self.order[oldest[worker]]:
+                oldest[worker] = handle
+        found = {}
+        for worker, handle in oldest.items():
+            batch = self.in_flight[handle][1]
+            image = self.image_seconds.get(batch.first.loadout.key)
+            if image is None or worker in self.hung or (
+                    self.loads_model.get(handle) and not self.load_seconds):
+                continue
+            usual = image * max(len(batch.jobs), batch.pad_to) + (
+                max(self.load_seconds) if self.loads_model.get(handle) else 0.0)
+            found[worker] = self.since[worker] + max(MIN_HANG_SECONDS,
+                                                     self.runtime.hang_after * usual)
+        return found
+
+    def _hang_wait(self) -> float | None:
+        deadlines = self._deadlines()
+        return max(0.0, min(deadlines.values()) - time.monotonic()) if deadlines else None
+
+    def _kill_hung(self) -> None:
+        """Replace a worker whose batch is past its deadline: its batch comes back as lost
+        (an attempt charged, as for a worker that died) and is rendered again."""
+        now = time.monotonic()
+        for worker, deadline in self._deadlines().items():
+            if now >= deadline and hasattr(self.backend, "kill"):
+                logging.getLogger(__name__).warning(
+                    "worker %s has hung: its batch has taken %.0f s, more than %g times its "
+                    "group's usual time; replacing it", worker, now - self.since[worker],
+                    self.runtime.hang_after)
+                self.hung.add(worker)
+                self.summary.hung.append(worker)
+                self.backend.kill(worker)
+
+    # 3. taking results --------------------------------------------------------------------------
 
     def _finish(self, worker: str, batch: Batch, results: list[Result]) -> None:
+        results = [self._written(r) for r in results]
         stops = [r.stop for r in results if r.stop]
         if stops:  # what could not be written stays pending for the next run, uncharged
             self.summary.stopped = self.summary.stopped or stops[0]
@@ -324,10 +400,20 @@ class Dispatcher:
                                     positions=slots))
         self._record(worker, final)
 
+    def _written(self, result: Result) -> Result:
+        """A result whose files came back from a worker that cannot see the run folder, its
+        files written here, exactly as the worker would have written them."""
+        if not result.files:
+            return result
+        error, stop = self.folder.write(result.path, result.files)
+        return replace(result, files=(), error=error, stop=stop,
+                       pixel_hash=None if error else result.pixel_hash)
+
     def _lost(self, worker: str, handle: Any, batch: Batch, error: WorkerLost) -> None:
         """A worker died: the batch it was rendering (its oldest in flight) counts an attempt;
         the batches queued behind it go back to the queue as they were."""
         logging.getLogger(__name__).warning("worker %s lost: %s", worker, error)
+        self.hung.discard(worker)
         if worker in self.assigned:
             self.assigned.pop(worker).workers -= 1
         if worker not in self.rendering:  # its first lost batch: find the one it had started
@@ -349,6 +435,9 @@ class Dispatcher:
 
     def _record(self, worker: str, results: list[Result]) -> None:
         if not results:
+            return
+        if not self.recording:
+            self.left_out += len(results)
             return
         self.manifest.record(results, self.run_id,
                              {r.job_id: self.attempts.pop(r.job_id) for r in results})
@@ -385,7 +474,8 @@ class InlineBackend:
                                      "CUDA GPU here; leave it unset (a GPU when there is one) or "
                                      "use cpu")
         device = Device.named(runtime.device) if runtime.device else None
-        self.worker = Worker(root, name="inline", device=device,
+        self.worker = Worker(None if runtime.outputs == "driver" else root, name="inline",
+                             device=device,
                              max_pipelines=runtime.max_pipelines, threads=runtime.threads)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-inline")
 

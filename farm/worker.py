@@ -6,6 +6,7 @@ shell around it.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -41,13 +42,14 @@ class Device:
 
 
 class Worker:
-    def __init__(self, run_root: str | Path, name: str = "worker-0",
+    def __init__(self, run_root: str | Path | None, name: str = "worker-0",
                  device: Device | None = None, max_pipelines: int = 2,
                  threads: int | None = None):
         import torch
 
         libraries.quiet()
-        self.folder = outputs.RunFolder(Path(run_root))
+        # None: the run folder is not visible here; images go back to the driver as bytes
+        self.folder = outputs.RunFolder(Path(run_root)) if run_root is not None else None
         self.name = name
         self.device = device or Device.detect()
         self.max_pipelines = max_pipelines
@@ -75,13 +77,24 @@ class Worker:
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
-        while len(cache) >= self.max_pipelines:
-            cache.popitem(last=False)
+        if len(cache) >= self.max_pipelines:
+            while len(cache) >= self.max_pipelines:
+                cache.popitem(last=False)
+            self._release()
         started = time.perf_counter()
         cache[key] = loaded = load(self.local(model, field), self.device.name, dtype)
         self.loads[model.identity] += 1
         self._loaded.append((model.ref, time.perf_counter() - started))
         return loaded
+
+    def _release(self) -> None:
+        """Give back what an evicted model held now, before the next one loads: the cycle
+        collector (a model can sit in a reference cycle) and CUDA's cached blocks."""
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def local(self, model: Model, field: str) -> Model:
         """The model as found on this machine (another node may keep its files elsewhere),
@@ -195,21 +208,20 @@ class Worker:
         made_by = self.provenance(batch.first.dtype)
         results = []
         for job, path, image, position in zip(batch.jobs, batch.paths, images, batch.slots):
-            pixel_hash, error, stop = None, None, None
+            pixel_hash, error, stop, files = None, None, None, ()
             if isinstance(image, str):
                 error = image
             else:
-                try:
-                    pixel_hash = outputs.write_image(image, self.folder.absolute(path), job,
-                                                     batch.image, scheduler, len(batch.shape),
-                                                     position)
-                except OSError as e:
-                    error = f"could not write {path}: {e}"
-                    if e.errno in outputs.DISK_ERRORS:  # every write would fail: stop the run
-                        stop = error
+                files, pixel_hash = outputs.encode_image(image, job, batch.image, scheduler,
+                                                         len(batch.shape), position)
+                if self.folder is not None:  # else the driver writes them (runtime.outputs)
+                    error, stop = self.folder.write(path, files)
+                    files = ()
             results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash, stop=stop,
+                                  files=files if error is None else (),
                                   seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
                                   worker=self.name, error=error, scheduler=record,
                                   provenance=made_by, loads=() if results else loaded))
         return results
+

@@ -88,6 +88,36 @@ def test_ray_gives_the_same_pixels_as_inline(workdir, capsys):
     assert len(inline) == 12 and inline == ray
 
 
+def test_workers_that_cannot_see_the_run_folder_send_images_to_the_driver(workdir, tmp_path,
+                                                                          capsys):
+    """runtime.outputs=driver: the workers get no run folder at all (they could not write to
+    it); the driver writes what they send back. Same files, metadata and pixels as shared."""
+    from farm.outputs import RunFolder
+
+    threads = "runtime.threads=1"
+    assert run_farm("render", "recipe=fleet", threads, "outputs=shared") == 0
+    assert run_farm("render", "recipe=fleet", threads, "runtime.outputs=driver",
+                    "outputs=driven") == 0
+    shared, driven = workdir / "shared" / "fleet", workdir / "driven" / "fleet"
+    assert len(done_hashes(driven)) == 12 and done_hashes(driven) == done_hashes(shared)
+    files = sorted(p.relative_to(driven) for p in driven.glob("images/*/*"))
+    assert files == sorted(p.relative_to(shared) for p in shared.glob("images/*/*"))
+    assert not list(driven.glob(".probe-*"))
+    # auto: each worker checks that it sees the folder (here all do)
+    backend = run.start_backend(schedule.Runtime(), RunFolder(tmp_path), "probe")
+    try:
+        backend.settle(timeout=120)
+        assert {info["writes"] for info in backend.placed.values()} == {"worker"}
+    finally:
+        backend.close()
+    forced = run.start_backend(schedule.Runtime(outputs="driver"), RunFolder(tmp_path), "forced")
+    try:
+        forced.settle(timeout=120)
+        assert {info["writes"] for info in forced.placed.values()} == {"driver"}
+    finally:
+        forced.close()
+
+
 def test_a_killed_worker_is_replaced_and_every_job_is_done_once(workdir, capsys):
     import ray
 
@@ -351,3 +381,36 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(workdir, runtime):
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*"))
     assert len(rows) == 60 and {s for _, s in rows} == {"done"}
     assert files == sorted(path for path, _ in rows), queued
+
+
+def test_a_hung_worker_is_replaced_and_every_job_is_done_once(workdir, capsys, monkeypatch):
+    """A worker that stops answering (SIGSTOP: alive, stuck, as on a hung GPU) is killed and
+    replaced once its batch takes runtime.hang_after times the usual; its batch is retried."""
+    import os
+    import signal
+
+    import psutil
+
+    monkeypatch.setattr(schedule, "MIN_HANG_SECONDS", 3.0)
+    exit_code = []
+
+    def render():
+        try:
+            cli.main(["render", "recipe=fleet", "seeds=0-11", "steps=8", "runtime.hang_after=3"])
+        except SystemExit as e:
+            exit_code.append(e.code)
+
+    thread = threading.Thread(target=render)
+    thread.start()
+    manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
+    wait_for_done(manifest, 4, thread.is_alive)
+    actors = [p for p in psutil.process_iter(["cmdline"])
+              if "RayWorker" in " ".join(p.info["cmdline"] or [])]
+    if thread.is_alive() and actors:
+        os.kill(actors[0].pid, signal.SIGSTOP)
+    thread.join(timeout=300)
+    assert actors and exit_code == [0]
+    out = capsys.readouterr().out
+    assert "Rendered 24 of 24" in out and "Replaced 1 hung worker(s)" in out
+    with sqlite3.connect(manifest) as db:
+        assert {s for s, in db.execute("SELECT status FROM jobs")} == {"done"}

@@ -359,6 +359,7 @@ def test_a_busy_folder_is_refused_before_any_worker_starts(tmp_path, monkeypatch
     ("runtime.max_attempts=0", "runtime.max_attempts: got 0"),
     ("runtime.device=cuda", "torch sees no CUDA GPU here"),
     ("runtime.device=tpu", "runtime.device: got 'tpu'; allowed: cpu, cuda"),
+    ("runtime.outputs=nfs", "runtime.outputs: got 'nfs'; allowed: auto, driver, shared"),
 ])
 def test_runtime_settings_that_cannot_work_are_refused(tmp_path, monkeypatch, capsys, setting,
                                                       words):
@@ -406,7 +407,9 @@ def test_verify_and_replay_find_a_model_that_moved(tmp_path, monkeypatch, capsys
     assert "the same pixels" in capsys.readouterr().out
 
 
-def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("writer", ["shared", "driver"])
+def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch, capsys, writer):
+    """The worker writing (shared) or the driver writing what the worker sent (driver)."""
     import errno
 
     from farm import outputs
@@ -423,7 +426,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch,
     monkeypatch.setattr(outputs, "write_atomic", filling)
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-3\nbatch_size: 2\n"
                   + BASE)
-    assert run_farm("render", "recipe=r") == 1
+    assert run_farm("render", "recipe=r", f"runtime.outputs={writer}") == 1
     out = capsys.readouterr().out
     assert "The run stopped: could not write images/00000/" in out
     assert "No space left on device" in out and "run the same command again" in out
@@ -433,7 +436,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch,
     assert sum(r["status"] == "done" for r in made) == 3 and len(written) == 3
     assert not list(folder.rglob("*.partial"))
     monkeypatch.setattr(outputs, "write_atomic", real)  # room again
-    assert run_farm("render", "recipe=r") == 0
+    assert run_farm("render", "recipe=r", f"runtime.outputs={writer}") == 0
     assert "Rendered 5 of 8 images" in capsys.readouterr().out
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*.png"))
     assert files == sorted(r["path"] for r in rows(folder)) and len(files) == 8
@@ -471,3 +474,47 @@ def test_one_vae_given_two_ways_is_listed_once(tmp_path, monkeypatch, capsys, ti
     assert run_farm("plan", "recipe=r", "vae=[ckpt, ckpt/vae]") == 2
     assert "'ckpt' and 'ckpt/vae' are the same VAE weights" in capsys.readouterr().err
     assert run_farm("plan", "recipe=r", "vae=[ckpt, tiny-vae]") == 0
+
+
+def test_images_the_driver_writes_are_the_images_a_worker_writes(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-1\nbatch_size: 2\n"
+                  "format: webp\n" + BASE)
+    assert run_farm("render", "recipe=r", "outputs=shared") == 0
+    assert run_farm("render", "recipe=r", "runtime.outputs=driver", "outputs=driven") == 0
+    shared, driven = tmp_path / "shared" / "r", tmp_path / "driven" / "r"
+    names = sorted(p.relative_to(shared) for p in shared.glob("images/*/*"))
+    assert len(names) == 8 and names == sorted(p.relative_to(driven)
+                                               for p in driven.glob("images/*/*"))
+    for name in names:  # image and sidecar, byte for byte
+        assert (shared / name).read_bytes() == (driven / name).read_bytes()
+
+
+def test_a_manifest_on_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch,
+                                                                        capsys):
+    """SQLite's own "database or disk is full" (its size capped a few pages above what it
+    holds when the run opens it), not an imitation of it."""
+    from farm import manifest as manifests
+
+    real_init = manifests.Manifest.__init__
+
+    def capped(self, path, readonly=False):
+        real_init(self, path, readonly)
+        if not readonly:
+            (pages,) = self.db.execute("PRAGMA page_count").fetchone()
+            self.db.execute(f"PRAGMA max_page_count = {pages + 4}")
+
+    monkeypatch.setattr(manifests.Manifest, "__init__", capped)
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-19\nbatch_size: 2\n"
+                  + BASE)
+    assert run_farm("render", "recipe=r") == 1
+    out = capsys.readouterr()
+    assert "database or disk is full" in out.out + out.err
+    assert "Traceback" not in out.out + out.err
+    folder = tmp_path / "outputs" / "r"
+    assert not list(folder.rglob("*.partial"))
+    monkeypatch.setattr(manifests.Manifest, "__init__", real_init)  # room again
+    assert run_farm("render", "recipe=r") == 0
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*.png"))
+    made = rows(folder)
+    assert len(made) == 40 and {r["status"] for r in made} == {"done"}
+    assert files == sorted(r["path"] for r in made)

@@ -39,7 +39,7 @@ class FakeBackend:
         self.pending[handle] = (worker, batch)
         return handle
 
-    def wait(self, handles):
+    def wait(self, handles, timeout=None):
         handle = min(handles)
         worker, batch = self.pending.pop(handle)
         if worker in self.die:
@@ -74,11 +74,12 @@ def work_for(jobs, batch_size=2) -> list[schedule.Work]:
             for group in by_loadout.values()]
 
 
-def dispatch(tmp_path, backend, jobs, max_attempts=3, queue_depth=2):
+def dispatch(tmp_path, backend, jobs, max_attempts=3, queue_depth=2, **settings):
     folder = RunFolder(tmp_path / "run")
     folder.root.mkdir()
     summary = schedule.Summary(planned=len(jobs), skipped=0)
-    runtime = schedule.Runtime(kind="fake", max_attempts=max_attempts, queue_depth=queue_depth)
+    runtime = schedule.Runtime(kind="fake", max_attempts=max_attempts, queue_depth=queue_depth,
+                               **settings)
     with Manifest(folder.manifest) as manifest:
         schedule.run(backend, work_for(jobs), folder, manifest, 1, runtime, summary, "test")
         rows = {job.id: manifest.job(job.id) for job in jobs}
@@ -129,7 +130,7 @@ def test_a_lost_worker_is_replaced_and_its_batch_rendered_elsewhere(tmp_path):
 class LosingBackend(FakeBackend):
     """A worker that dies with several batches in flight: every one of them is lost."""
 
-    def wait(self, handles):
+    def wait(self, handles, timeout=None):
         worker, _ = self.pending[min(handles)]
         if worker in self.die:
             self.die.discard(worker)
@@ -137,7 +138,7 @@ class LosingBackend(FakeBackend):
             for h in lost:
                 self.pending.pop(h)
             return [(h, schedule.WorkerLost(f"{worker} was killed")) for h in reversed(lost)]
-        return super().wait(handles)
+        return super().wait(handles, timeout)
 
     def replace(self, worker: str) -> None:
         super().replace(worker)
@@ -161,10 +162,10 @@ def test_only_the_batch_a_dead_worker_had_started_counts_an_attempt(tmp_path):
 class CountingBackend(FakeBackend):
     """Workers that keep one model loaded (max_pipelines=1) and count their loads."""
 
-    def wait(self, handles):
+    def wait(self, handles, timeout=None):
         worker, batch = self.pending[min(handles)]
         self.loads += batch.first.loadout.key not in self.loaded[worker][-1:]
-        return super().wait(handles)
+        return super().wait(handles, timeout)
 
     loads = 0
 
@@ -181,3 +182,43 @@ def test_a_resumed_run_does_not_send_two_workers_to_one_small_leftover(tmp_path)
     with Manifest(folder.manifest) as manifest:
         schedule.run(backend, work_for(jobs), folder, manifest, 1, runtime, summary, "test")
     assert summary.rendered == 12 and backend.loads <= 3, backend.loaded
+
+
+class HangingBackend(FakeBackend):
+    """A worker that hangs (alive, never answering) on one job's batch until it is killed."""
+
+    def __init__(self, workers, hang_on: str):
+        super().__init__(workers)
+        self.hang_on, self.killed = hang_on, []
+
+    def wait(self, handles, timeout=None):
+        import time
+
+        worker, batch = self.pending[min(handles)]
+        if self.killed:  # its batches in flight come back lost
+            dead = self.killed.pop()
+            lost = [h for h in sorted(handles) if self.pending[h][0] == dead]
+            for h in lost:
+                self.pending.pop(h)
+            return [(h, schedule.WorkerLost(f"{dead} was killed")) for h in reversed(lost)]
+        if any(job.id == self.hang_on for job in batch.jobs):
+            assert timeout is not None, "a hung batch would be waited for forever"
+            time.sleep(timeout)
+            return []
+        return super().wait(handles, timeout)
+
+    def kill(self, worker):
+        self.killed.append(worker)
+        self.hang_on = None  # the replacement renders it
+
+
+def test_a_hung_worker_is_replaced_and_its_batch_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedule, "MIN_HANG_SECONDS", 0.05)
+    jobs = jobs_of(A, seeds=8)
+    backend = HangingBackend(["w0"], hang_on=jobs[4].id)
+    summary, rows = dispatch(tmp_path, backend, jobs, hang_after=2)
+    assert summary.hung == ["w0"] and backend.replaced == ["w0"]
+    assert summary.rendered == 8 and summary.failed == 0
+    assert rows[jobs[4].id]["attempts"] == 2  # the hung try counts
+    assert all(row["status"] == "done" for row in rows.values())
+

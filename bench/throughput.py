@@ -1,8 +1,10 @@
-"""Throughput of the same tiny-model workload three ways, in one run:
+"""Throughput of the same tiny-model workload four ways, in one run:
 
-  bare    a plain diffusers loop that saves each PNG synchronously (the baseline)
-  inline  farm render runtime=inline
-  ray     farm render runtime=ray (an embedded local cluster, one worker)
+  bare        a plain diffusers loop that saves each PNG synchronously (the baseline)
+  inline      farm render runtime=inline
+  ray         farm render runtime=ray (an embedded local cluster, one worker writing)
+  ray-driver  the same with runtime.outputs=driver: the worker sends each encoded image to
+              the driver, which writes it (a cluster without a shared filesystem)
 
 Each runs in a fresh process. Prints time to first image (start-up overhead: process start,
 imports, model load, Ray start-up), total wall time, and steady-state images/s (after the first
@@ -83,14 +85,15 @@ def run_bare(args, folder: Path) -> dict:
             "run": figures["run"], "first_in_run": figures["first_in_run"]}
 
 
-def run_farm(args, folder: Path, runtime: str) -> dict:
+def run_farm(args, folder: Path, runtime: str, *extra: str) -> dict:
     recipes = folder / "recipes"
     recipes.mkdir(exist_ok=True)
     (recipes / "bench.yaml").write_text(RECIPE.format(
         last=args.images // 2 - 1, steps=args.steps, size=args.size, batch=args.batch))
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "farm", "render", "recipe=bench",
-                           f"runtime={runtime}", f"outputs={runtime}"], cwd=folder,
+                           f"runtime={runtime}", f"outputs={runtime}{len(extra)}", *extra],
+                          cwd=folder,
                           env={**os.environ, "TQDM_DISABLE": "1"},
                           capture_output=True, text=True, check=True)
     wall = time.perf_counter() - started
@@ -125,12 +128,13 @@ def main() -> None:
         folder = Path(tmp)
         results = {"bare": run_bare(args, folder),
                    "inline": run_farm(args, folder, "inline"),
-                   "ray": run_farm(args, folder, "ray")}
+                   "ray": run_farm(args, folder, "ray"),
+                   "ray-driver": run_farm(args, folder, "ray", "runtime.outputs=driver")}
     base = steady(results["bare"], args.batch)
-    print(f"{'mode':<8}{'first image s':>15}{'wall s':>9}{'steady img/s':>14}{'vs bare':>9}")
+    print(f"{'mode':<12}{'first image s':>15}{'wall s':>9}{'steady img/s':>14}{'vs bare':>9}")
     for mode, figures in results.items():
         rate = steady(figures, args.batch)
-        print(f"{mode:<8}{figures['first']:>15.2f}{figures['wall']:>9.2f}{rate:>14.2f}"
+        print(f"{mode:<12}{figures['first']:>15.2f}{figures['wall']:>9.2f}{rate:>14.2f}"
               f"{rate / base:>9.2f}")
 
 

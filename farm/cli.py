@@ -28,7 +28,7 @@ from farm import recipe as recipes
 from farm.compose import BadInput, Settings, compose
 from farm.export import ExportError
 from farm.grid import GridError
-from farm.manifest import ManifestDamaged, ManifestUnwritable
+from farm.manifest import ManifestDamaged, ManifestUnwritable, SecondWriter
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
 from farm.schedule import RuntimeUnavailable, Summary
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
             code = (command_render if options.command == "render" else command_plan)(settings)
     except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
             RuntimeUnavailable, ReplayError, catalog.CatalogError, ExportError,
-            GridError, ManifestDamaged) as e:
+            GridError, ManifestDamaged, SecondWriter) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except ManifestUnwritable as e:  # a full or read-only disk before rendering began

@@ -73,6 +73,7 @@ class RayBackend:
         self.probe: tuple[str, str] | None = None
         if runtime.outputs == "auto":  # a file only the nodes that share the folder can read
             self.probe = (f".probe-{os.getpid()}", secrets.token_hex(16))
+            Path(root).mkdir(parents=True, exist_ok=True)
             (Path(root) / self.probe[0]).write_text(self.probe[1])
         with interrupts_held():  # Ctrl-C inside ray.init crashes Ray's core worker
             self.owns_cluster = _connect(runtime.address)  # before anything imports ray

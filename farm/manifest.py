@@ -9,7 +9,11 @@ killed half-way and started again writes each image to the same place, exactly o
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,6 +42,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_id      INTEGER,              -- the run that last recorded it
     claimed_run INTEGER,              -- the run that last handed it out
     updated_at  TEXT
+);
+CREATE TABLE IF NOT EXISTS writer (    -- the render writing now: a second one is refused
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    heartbeat   REAL NOT NULL         -- seconds since the epoch, renewed while it runs
 );
 CREATE TABLE IF NOT EXISTS runs (
     id          INTEGER PRIMARY KEY,
@@ -77,6 +87,14 @@ def now() -> str:
 
 class ManifestDamaged(RuntimeError):
     """A manifest SQLite cannot read: the images still say everything (farm rebuild)."""
+
+
+class SecondWriter(RuntimeError):
+    """Another render, maybe on another machine, is writing this run folder now."""
+
+
+HEARTBEAT_SECONDS = 10.0  # how often a render says it is still writing
+STALE_SECONDS = 60.0  # a writer silent this long has stopped (killed, its machine gone)
 
 
 class ManifestUnwritable(RuntimeError):
@@ -139,6 +157,62 @@ class Manifest:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # one writer at a time, where file locks do not reach (some network filesystems) --------------
+
+    def claim_writer(self) -> None:
+        """Say that this process writes the run folder now; refuse if another render said so
+        within STALE_SECONDS and is not a dead process of this machine."""
+        me = (socket.gethostname(), os.getpid())
+        with self._writing():
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT host, pid, heartbeat FROM writer").fetchone()
+            if row and tuple(row[:2]) != me:
+                host, pid, heartbeat = row
+                age = time.time() - heartbeat
+                gone = host == me[0] and not _alive(pid)
+                if age < STALE_SECONDS and not gone:
+                    raise SecondWriter(
+                        f"another farm render, on {host} (pid {pid}), is writing "
+                        f"{self.path.parent} (it said so {max(age, 0):.0f} s ago); two at once "
+                        "would claim the same jobs. If it has stopped, run again in "
+                        f"{STALE_SECONDS - age:.0f} s")
+            self.db.execute("INSERT OR REPLACE INTO writer (id, host, pid, heartbeat) "
+                            "VALUES (1, ?, ?, ?)", (*me, time.time()))
+
+    def release_writer(self) -> None:
+        with self._writing():
+            self.db.execute("DELETE FROM writer WHERE host = ? AND pid = ?",
+                            (socket.gethostname(), os.getpid()))
+
+    @staticmethod
+    @contextmanager
+    def heartbeats(path: Path) -> Iterator[None]:
+        """Renew this process's writer claim every HEARTBEAT_SECONDS from a thread (with its
+        own connection) while the block runs, however long a batch or a model load takes."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            db = sqlite3.connect(path, timeout=30)
+            try:
+                while not stop.wait(HEARTBEAT_SECONDS):
+                    try:
+                        with db:
+                            db.execute("UPDATE writer SET heartbeat = ? WHERE host = ? AND "
+                                       "pid = ?", (time.time(), socket.gethostname(),
+                                                   os.getpid()))
+                    except sqlite3.Error:  # a full disk: the render finds out and stops
+                        pass
+            finally:
+                db.close()
+
+        thread = threading.Thread(target=beat, name="farm-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def lookup(self, ids: list[str] | None = None) -> dict[str, Seen]:
         """What this folder knows of those of `ids` it has seen (of every job when None); one
@@ -273,3 +347,13 @@ class Manifest:
         cursor = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
         row = cursor.fetchone()
         return dict(zip([c[0] for c in cursor.description], row)) if row else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -21,7 +21,7 @@ from farm import recipe as recipes
 from farm.compose import BadInput, Settings
 from farm.finished import Finished
 from farm.jobs import Model
-from farm.manifest import Manifest, ManifestUnwritable
+from farm.manifest import Manifest, ManifestDamaged, ManifestUnwritable
 from farm.outputs import RunFolder
 from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
 
@@ -211,7 +211,7 @@ def render(settings: Settings) -> Outcome:
     while created is not None and not created.parent.exists():
         created = created.parent
     try:
-        with folder.locked():
+        with folder.locked(), sole_writer(folder):
             outcome = _render_locked(settings, found)
     except RuntimeUnavailable:
         if created is not None:  # nothing was written: leave no empty folders behind
@@ -221,6 +221,24 @@ def render(settings: Settings) -> Outcome:
     if not outcome.interrupted:
         outcome.sheets, outcome.grid_errors = draw_recipe_grids(recipe, folder)
     return outcome
+
+
+@contextmanager
+def sole_writer(folder: RunFolder) -> Iterator[None]:
+    """The manifest's own guard against a second render writing the folder, for filesystems
+    where the file lock does not reach other machines (some NFS setups): a claim renewed while
+    the render runs, released when it ends."""
+    with Manifest(folder.manifest) as manifest:
+        manifest.claim_writer()
+    try:
+        with Manifest.heartbeats(folder.manifest):
+            yield
+    finally:
+        try:
+            with Manifest(folder.manifest) as manifest:
+                manifest.release_writer()
+        except (ManifestUnwritable, ManifestDamaged):  # the claim goes stale on its own
+            pass
 
 
 def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:

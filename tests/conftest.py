@@ -16,7 +16,8 @@ from farm.jobs import Model
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-SLOW = {"test_a_million_jobs_plan_in_bounded_memory", "test_the_readme_demo_command"}
+SLOW = {"test_a_million_jobs_plan_in_bounded_memory", "test_the_readme_demo_command",
+        "test_a_second_writer_the_lock_misses_is_refused"}
 
 
 def pytest_collection_modifyitems(items):

@@ -64,6 +64,22 @@ def wait_for_done(manifest: Path, count: int, running, timeout: float = 180) -> 
         time.sleep(0.05)
 
 
+def render_in_background(*args: str) -> tuple[threading.Thread, list[int]]:
+    """`farm render recipe=fleet ARGS` in a thread of this process; its exit code lands in the
+    list when it ends."""
+    exit_code: list[int] = []
+
+    def render():
+        try:
+            cli.main(["render", "recipe=fleet", *args])
+        except SystemExit as e:
+            exit_code.append(e.code)
+
+    thread = threading.Thread(target=render)
+    thread.start()
+    return thread, exit_code
+
+
 def test_one_actor_per_gpu_across_both_nodes(tmp_path):
     from farm.outputs import RunFolder
 
@@ -121,16 +137,7 @@ def test_workers_that_cannot_see_the_run_folder_send_images_to_the_driver(workdi
 def test_a_killed_worker_is_replaced_and_every_job_is_done_once(workdir, capsys):
     import ray
 
-    exit_code = []
-
-    def render():
-        try:
-            cli.main(["render", "recipe=fleet", "seeds=0-11", "steps=8"])
-        except SystemExit as e:
-            exit_code.append(e.code)
-
-    thread = threading.Thread(target=render)
-    thread.start()
+    thread, exit_code = render_in_background("seeds=0-11", "steps=8")
     manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
     wait_for_done(manifest, 2, thread.is_alive)
     killed = None
@@ -392,16 +399,7 @@ def test_a_hung_worker_is_replaced_and_every_job_is_done_once(workdir, capsys, m
     import psutil
 
     monkeypatch.setattr(schedule, "MIN_HANG_SECONDS", 3.0)
-    exit_code = []
-
-    def render():
-        try:
-            cli.main(["render", "recipe=fleet", "seeds=0-11", "steps=8", "runtime.hang_after=3"])
-        except SystemExit as e:
-            exit_code.append(e.code)
-
-    thread = threading.Thread(target=render)
-    thread.start()
+    thread, exit_code = render_in_background("seeds=0-11", "steps=8", "runtime.hang_after=3")
     manifest = workdir / "outputs" / "fleet" / "manifest.sqlite"
     wait_for_done(manifest, 4, thread.is_alive)
     actors = [p for p in psutil.process_iter(["cmdline"])

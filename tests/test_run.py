@@ -518,3 +518,41 @@ def test_a_manifest_on_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path
     made = rows(folder)
     assert len(made) == 40 and {r["status"] for r in made} == {"done"}
     assert files == sorted(r["path"] for r in made)
+
+
+def test_a_second_writer_the_lock_misses_is_refused(tmp_path, monkeypatch, capsys):
+    """Two renders on one run folder from machines whose file locks do not see each other
+    (some NFS): the second, with the lock made blind here, is refused by the manifest while
+    the first (a real process) renders; once it has stopped, a render goes ahead."""
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from farm.outputs import RunFolder
+    from tests.helpers import farm_command
+
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-39\n" + BASE)
+    first = subprocess.Popen(farm_command() + ["render", "recipe=r", "runtime=inline"],
+                             cwd=tmp_path, env={**os.environ, "TQDM_DISABLE": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "outputs" / "r" / "manifest.sqlite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None and not (
+            manifest.exists() and any(r["status"] == "done" for r in rows(manifest.parent))):
+        time.sleep(0.1)
+    monkeypatch.setattr(RunFolder, "locked", lambda self: contextlib.nullcontext())
+    assert first.poll() is None, "the first render ended before the second could start"
+    assert run_farm("render", "recipe=r", "runtime=inline") == 2
+    err = capsys.readouterr().err
+    assert f"another farm render, on {socket.gethostname()} (pid {first.pid})" in err
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 143
+    assert run_farm("render", "recipe=r", "runtime=inline") == 0
+    assert {r["status"] for r in rows(manifest.parent)} == {"done"}
+    # a claim left by a writer that stopped answering a while ago does not block
+    with sqlite3.connect(manifest) as db:
+        db.execute("INSERT INTO writer VALUES (1, 'elsewhere', 1, ?)", (time.time() - 3600,))
+    assert run_farm("render", "recipe=r", "runtime=inline", "seeds=0-40") == 0

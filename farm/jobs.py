@@ -324,6 +324,7 @@ class Result:
     # the image's files, encoded, when the worker cannot see the run folder: (suffix, bytes)
     # in the order the driver writes them (outputs.write_files)
     files: tuple[tuple[str, bytes], ...] = ()
+    oom: bool = False  # its call ran out of memory: the dispatcher tries it in smaller calls
 
     @property
     def ok(self) -> bool:

@@ -185,6 +185,7 @@ class Dispatcher:
         self.loads_model: dict[Any, bool] = {}  # handle -> whether its worker loads a model
         self.hung: set[str] = set()  # workers killed as hung, until their loss comes back
         self.recording = True  # False once the manifest refused a write
+        self.call_limit: dict[tuple, int] = {}  # (loadout, width, height) -> images that fit
 
     def run(self) -> None:
         try:
@@ -294,7 +295,7 @@ class Dispatcher:
             batch = next(current.batches, None)
             if batch is not None:
                 current.left -= len(batch.jobs)
-                return batch
+                return self._fitted(batch)
             current.left, current.workers = 0, current.workers - 1
             del self.assigned[worker]
         if self.busy[worker]:
@@ -382,6 +383,9 @@ class Dispatcher:
                 self.attempts[r.job_id] += r.ok
             self._record(worker, [r for r in results if r.ok])
             return
+        if len(batch.shape) > 1 and any(r.oom for r in results):
+            self._split(batch)  # not the jobs' fault: no attempt charged
+            return
         loads = [seconds for r in results for _, seconds in r.loads]
         if results and all(r.ok for r in results):  # the batch's time less its model loads
             rendering = sum(r.seconds for r in results) - sum(loads)
@@ -399,6 +403,29 @@ class Dispatcher:
             self.retry.append(Batch(jobs, paths, pad_to=batch.pad_to, image=self.folder.image,
                                     positions=slots))
         self._record(worker, final)
+
+    def _split(self, batch: Batch) -> None:
+        """A call that ran out of memory: its jobs go again in calls half its size, and so do
+        the group's later batches (each image records the call size it was rendered in)."""
+        size = max(1, len(batch.shape) // 2)
+        key = batch.first.loadout.key, batch.first.width, batch.first.height
+        self.call_limit[key] = min(size, self.call_limit.get(key, size))
+        logging.getLogger(__name__).warning(
+            "a call of %d images ran out of memory; trying calls of %d", len(batch.shape), size)
+        pieces = [Batch(batch.jobs[i:i + size], batch.paths[i:i + size], pad_to=size,
+                        image=batch.image) for i in range(0, len(batch.jobs), size)]
+        self.retry.extendleft(reversed(pieces))
+
+    def _fitted(self, batch: Batch) -> Batch:
+        """A fresh batch cut to the call size its group fits in (others go to the queue)."""
+        limit = self.call_limit.get((batch.first.loadout.key, batch.first.width,
+                                     batch.first.height))
+        if limit is None or len(batch.shape) <= limit:
+            return batch
+        pieces = [Batch(batch.jobs[i:i + limit], pad_to=limit)
+                  for i in range(0, len(batch.jobs), limit)]
+        self.retry.extendleft(reversed(pieces[1:]))
+        return pieces[0]
 
     def _written(self, result: Result) -> Result:
         """A result whose files came back from a worker that cannot see the run folder, its

@@ -174,9 +174,106 @@ def build_tiny_vae(folder: Path) -> None:
     _tiny_vae(1).save_pretrained(folder, safe_serialization=True)
 
 
+# Real architectures with random weights: Stable Diffusion 1.5 and SDXL as published (their
+# UNet, VAE and text encoder sizes), for measuring time and memory at the real cost without
+# downloading weights. The tokenizer is the byte-level one (its ids fit the real vocabulary).
+
+CLIP_VOCAB = 49408  # the real CLIP vocabulary size: the embedding tables have their real size
+
+
+def _clip_config(hidden: int, layers: int, heads: int, intermediate: int, act: str,
+                 projection: int):
+    from transformers import CLIPTextConfig
+
+    vocab = _byte_vocab()
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=MAX_TOKENS,
+        hidden_act=act, projection_dim=projection, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+
+
+def _sd_vae(xl: bool):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024 if xl else 512,
+        scaling_factor=0.13025 if xl else 0.18215, force_upcast=xl)
+
+
+def random_sd15_parts() -> dict:
+    """SD 1.5's UNet, VAE and text encoder (CLIP ViT-L/14's), randomly initialised."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return {
+        "unet": UNet2DConditionModel(sample_size=64, cross_attention_dim=768,
+                                     attention_head_dim=8),  # diffusers' defaults are SD 1.x's
+        "vae": _sd_vae(xl=False),
+        "text_encoder": CLIPTextModel(_clip_config(768, 12, 12, 3072, "quick_gelu", 768)),
+    }
+
+
+def random_sdxl_parts() -> dict:
+    """SDXL's UNet, VAE and two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG's, the second
+    with its projection), randomly initialised."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    return {
+        "unet": UNet2DConditionModel(
+            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816),
+        "vae": _sd_vae(xl=True),
+        "text_encoder": CLIPTextModel(_clip_config(768, 12, 12, 3072, "quick_gelu", 768)),
+        "text_encoder_2": CLIPTextModelWithProjection(
+            _clip_config(1280, 32, 20, 5120, "gelu", 1280)),
+    }
+
+
+def _sd_scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+
+
+def build_random_sd15(folder: Path, seed: int = 0) -> None:
+    """random-sd15, saved in float16 (about 2 GB; a worker loads it in the job's dtype)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    parts = _seeded(seed, random_sd15_parts)
+    pipe = StableDiffusionPipeline(
+        **parts, tokenizer=_tokenizer(), scheduler=_sd_scheduler(), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+
+
+def build_random_sdxl(folder: Path, seed: int = 0) -> None:
+    """random-sdxl, saved in float16 (about 7 GB)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    parts = _seeded(seed, random_sdxl_parts)
+    pipe = StableDiffusionXLPipeline(**parts, tokenizer=_tokenizer(), tokenizer_2=_tokenizer(),
+                                     scheduler=_sd_scheduler())
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-vae": build_tiny_vae}
-ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint", "tiny-vae": "vae"}
+    "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-vae": build_tiny_vae,
+    "random-sd15": build_random_sd15, "random-sdxl": build_random_sdxl}
+ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint", "tiny-vae": "vae",
+                         "random-sd15": "checkpoint", "random-sdxl": "checkpoint"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

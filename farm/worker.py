@@ -183,7 +183,11 @@ class Worker:
                                               encode.TextEncoding(pipe, self.embedding))
         except Exception as e:  # one bad batch must not end the run: report it per job
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
-            images, scheduler = [f"{type(e).__name__}: {e}"] * len(batch.jobs), None
+            error = f"{type(e).__name__}: {e}"
+            if _out_of_memory(e):  # the call was too big: the dispatcher splits it
+                error = OutOfMemory(error)
+                self._release()
+            images, scheduler = [error] * len(batch.jobs), None
         loaded, self._loaded = tuple(self._loaded), []
         return images, scheduler, time.perf_counter() - started, loaded
 
@@ -208,9 +212,10 @@ class Worker:
         made_by = self.provenance(batch.first.dtype)
         results = []
         for job, path, image, position in zip(batch.jobs, batch.paths, images, batch.slots):
-            pixel_hash, error, stop, files = None, None, None, ()
+            pixel_hash, error, stop, files, oom = None, None, None, (), False
             if isinstance(image, str):
                 error = image
+                oom = isinstance(image, OutOfMemory)
             else:
                 files, pixel_hash = outputs.encode_image(image, job, batch.image, scheduler,
                                                          len(batch.shape), position)
@@ -221,7 +226,18 @@ class Worker:
                                   files=files if error is None else (),
                                   seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
-                                  worker=self.name, error=error, scheduler=record,
+                                  worker=self.name, error=error, scheduler=record, oom=oom,
                                   provenance=made_by, loads=() if results else loaded))
         return results
 
+
+
+class OutOfMemory(str):
+    """The error of a batch that ran out of (GPU) memory: a smaller call may fit."""
+
+
+def _out_of_memory(error: Exception) -> bool:
+    import torch
+
+    kind = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(error, kind) or "out of memory" in str(error).lower()

@@ -556,3 +556,36 @@ def test_a_second_writer_the_lock_misses_is_refused(tmp_path, monkeypatch, capsy
     with sqlite3.connect(manifest) as db:
         db.execute("INSERT INTO writer VALUES (1, 'elsewhere', 1, ?)", (time.time() - 3600,))
     assert run_farm("render", "recipe=r", "runtime=inline", "seeds=0-40") == 0
+
+
+def test_a_call_out_of_gpu_memory_is_split_and_nothing_fails(tmp_path, monkeypatch, capsys):
+    """An injected CUDA out-of-memory error for calls of more than 2 images: those jobs and the
+    group's later batches go in calls of 2; no job fails or is charged an attempt, and each
+    image records the call size it was rendered in."""
+    import torch
+
+    from farm import render
+
+    real, sizes = render.render, []
+
+    def small_gpu(pipe, batch, config, *encoding):
+        sizes.append(len(batch.shape))
+        if len(batch.shape) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(pipe, batch, config, *encoding)
+
+    monkeypatch.setattr(render, "render", small_gpu)
+    recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-4\nbatch_size: 4\n"
+                  + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    assert "Rendered 10 of 10" in capsys.readouterr().out
+    made = rows(tmp_path / "outputs" / "r")
+    assert {(r["status"], r["attempts"], r["batch_size"]) for r in made} == {("done", 1, 2)}
+    # the calls of 4 already in flight fail (runtime.queue_depth: 2), then the group fits
+    first_fit = sizes.index(2)
+    assert 1 <= sizes.count(4) <= 2 and set(sizes[first_fit:]) == {2}
+    # the images are those a batch_size 2 run renders
+    monkeypatch.setattr(render, "render", real)
+    assert run_farm("render", "recipe=r", "batch_size=2", "outputs=two") == 0
+    two = {r["id"]: r["pixel_hash"] for r in rows(tmp_path / "two" / "r")}
+    assert two == {r["id"]: r["pixel_hash"] for r in made}

@@ -52,3 +52,21 @@ def test_the_byte_level_tokenizer_reads_any_text():
     unknown = tokenizer.convert_tokens_to_ids(tokenizer.unk_token)
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert unknown not in ids[1:-1] and len(ids) > 10
+
+
+def test_the_random_real_architectures_have_the_published_sizes():
+    """random-sd15 and random-sdxl, built on the meta device (no memory, no weights): their
+    parameter counts are those of Stable Diffusion 1.5's and SDXL's published models."""
+    import torch
+
+    from farm import libraries, tiny
+
+    libraries.quiet()
+    with torch.device("meta"):
+        sd15 = {k: sum(p.numel() for p in m.parameters())
+                for k, m in tiny.random_sd15_parts().items()}
+        sdxl = {k: sum(p.numel() for p in m.parameters())
+                for k, m in tiny.random_sdxl_parts().items()}
+    assert sd15 == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert sdxl == {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
+                    "text_encoder_2": 694_659_840}

@@ -2,15 +2,15 @@
 
     python bench/memory.py [--switches 20] [--models 3] [--quick]
 
-Builds `--models` random-weight checkpoints with Stable Diffusion 1.5's architecture (its UNet,
-VAE and text-encoder sizes; about 1 billion parameters, saved in float16 to the farm cache once)
-and loads them in turn, `--switches` times, in float32 on this machine's device:
+Builds `--models` random-sd15 checkpoints (Stable Diffusion 1.5's architecture with random
+weights, each its own seed; about 1 billion parameters, saved in float16 to the farm cache
+once) and loads them in turn, `--switches` times, in float32 on this machine's device:
   - baseline: a bare diffusers loop (from_pretrained, one 1-step call, drop it),
   - farm: one Worker with runtime.max_pipelines=1 rendering a 1-step job from each in turn
     (so each switch evicts the previous pipeline),
 and prints the resident memory (and GPU memory, where there is one) after each load, and the
 growth per switch fitted over the switches after the first round. `--quick`: 6 switches over
-2 models whose UNet is half as wide.
+2 models.
 """
 
 from __future__ import annotations
@@ -36,35 +36,11 @@ def gpu_mib() -> float | None:
     return torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def build(folder: Path, seed: int, width: int) -> Path:
-    """A random SD-1.5-shaped pipeline (the byte tokenizer of the tiny models)."""
-    if (folder / "model_index.json").exists():
-        return folder
-    import torch
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    libraries.quiet()
-    torch.manual_seed(seed)
-    blocks = tuple(c * width // 320 for c in (320, 640, 1280, 1280))
-    unet = UNet2DConditionModel(block_out_channels=blocks, cross_attention_dim=768,
-                                attention_head_dim=8)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)
-    vocab = tiny._byte_vocab()
-    encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77,
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"]))
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=encoder, tokenizer=tiny._tokenizer(), unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                         beta_end=0.012),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+def build(folder: Path, seed: int) -> Path:
+    """random-sd15 (farm/tiny.py) with its own seed: another checkpoint of the same shape."""
+    if not (folder / "model_index.json").exists():
+        libraries.quiet()
+        tiny.build_random_sd15(folder, seed)
     return folder
 
 
@@ -84,10 +60,8 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    width = 160 if args.quick else 320
     switches, count = (6, 2) if args.quick else (args.switches, args.models)
-    folders = [build(tiny.cache_dir() / "bench" / f"sd15-random-{width}-{i}", i, width)
-               for i in range(count)]
+    folders = [build(tiny.cache_dir() / "bench" / f"random-sd15-{i}", i) for i in range(count)]
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -119,7 +93,7 @@ def main() -> None:
             after.append(rss_mib())
         return after
 
-    print(f"device {device}, {count} SD-1.5-shaped random checkpoints (UNet width {width}), "
+    print(f"device {device}, {count} random-sd15 checkpoints, "
           f"{switches} loads, float32, pid {os.getpid()}")
     for label, measure in (("diffusers, bare loop (baseline)", bare), ("farm worker", farm)):
         gc.collect()

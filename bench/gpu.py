@@ -1,0 +1,183 @@
+"""Images per second and peak GPU memory: farm's worker against a bare diffusers loop.
+
+    python bench/gpu.py [--quick] [--json FILE] [--no-ray] [--batches N]
+
+For each workload, after a warm-up call, times `--batches` calls of:
+  bare    a plain diffusers loop: one pipeline call per batch (per-image CPU generators, as
+          farm), each image saved as a PNG, synchronously
+  inline  farm's Worker in this process: the same batches as farm jobs (PNG encoding, metadata
+          and atomic writes included; on a GPU the writes overlap the next batch)
+  ray     the same Worker inside one Ray actor, every batch queued at once (skipped with --no-ray
+          or where Ray is not installed)
+  compile not measured: farm has no runtime.compile yet
+
+Workloads: random-sd15 at 512x512, 30 steps, cfg 7, batch 8, and random-sdxl at 1024x1024, 30
+steps, batch 2 (built on first use: about 2 GB and 7 GB in the farm cache; float16 on a GPU).
+`--quick`: tiny and tiny-xl at 64x64, 4 steps, batch 2, for the CPU and CI. Prints a table and,
+with --json, writes the figures with the device, date and library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+WORKLOADS = [("random-sd15", 512, 30, 8), ("random-sdxl", 1024, 30, 2)]
+QUICK = [("tiny", 64, 4, 2), ("tiny-xl", 64, 4, 2)]
+PROMPT = "a lighthouse on a cliff at dusk, dramatic sky"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--batches", type=int, default=None, help="timed calls per case")
+    args = parser.parse_args()
+    import diffusers
+    import torch
+
+    from farm import __version__, libraries
+
+    libraries.quiet()
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if cuda else "cpu"
+    batches = args.batches or (3 if args.quick else 5)
+    cases = []
+    for model, size, steps, batch in QUICK if args.quick else WORKLOADS:
+        measured = {"bare": bare(model, size, steps, batch, batches),
+                    "inline": inline(model, size, steps, batch, batches)}
+        if not args.no_ray:
+            measured["ray"] = on_ray(model, size, steps, batch, batches)
+        for mode, (rate, peak) in measured.items():
+            if rate is None:
+                continue
+            cases.append({"model": model, "size": size, "steps": steps, "batch": batch,
+                          "mode": mode, "images_per_second": round(rate, 3),
+                          "peak_gpu_mib": peak, "vs_bare": round(rate / measured["bare"][0], 3)})
+    print(f"{device}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
+          f"farm {__version__}, {batches} timed calls after a warm-up")
+    print(f"{'model':<13}{'size':>6}{'batch':>7} {'mode':<8}{'img/s':>9}{'vs bare':>9}"
+          f"{'peak GPU MiB':>14}")
+    for c in cases:
+        peak = "-" if c["peak_gpu_mib"] is None else f"{c['peak_gpu_mib']:.0f}"
+        print(f"{c['model']:<13}{c['size']:>6}{c['batch']:>7} {c['mode']:<8}"
+              f"{c['images_per_second']:>9.2f}{c['vs_bare']:>9.2f}{peak:>14}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": device, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "farm": __version__, "timed_calls": batches, "compile": "not built yet",
+            "cases": cases}, indent=1))
+
+
+def _peak_reset() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def bare(model: str, size: int, steps: int, batch: int, batches: int):
+    import diffusers
+    import torch
+
+    from farm import tiny
+
+    cuda = torch.cuda.is_available()
+    pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
+        tiny.ensure(model), torch_dtype=torch.float16 if cuda else torch.float32,
+        use_safetensors=True, local_files_only=True).to("cuda" if cuda else "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    with tempfile.TemporaryDirectory() as out:
+        def call(seed0: int) -> None:
+            generators = [torch.Generator("cpu").manual_seed(seed0 + i) for i in range(batch)]
+            images = pipe(prompt=[PROMPT] * batch, negative_prompt=["blurry"] * batch,
+                          num_inference_steps=steps, guidance_scale=7.0, width=size,
+                          height=size, generator=generators).images
+            for i, image in enumerate(images):
+                image.save(Path(out) / f"{seed0 + i}.png")
+
+        call(0)  # warm-up
+        _peak_reset()
+        started = time.perf_counter()
+        for n in range(batches):
+            call((n + 1) * batch)
+        rate = batch * batches / (time.perf_counter() - started)
+    peak = _peak()
+    del pipe
+    return rate, peak
+
+
+def _jobs(model: str, size: int, steps: int, batch: int, first_seed: int):
+    from farm import models
+    from farm.jobs import Batch, Job
+
+    checkpoint = models.resolve(model)
+    jobs = tuple(Job(checkpoint, None, PROMPT, "blurry", first_seed + i, "euler", "normal",
+                     steps, 7.0, size, size) for i in range(batch))
+    return Batch(jobs, tuple(f"images/00000/{job.seed}.png" for job in jobs), pad_to=batch)
+
+
+def inline(model: str, size: int, steps: int, batch: int, batches: int):
+    from farm.worker import Worker
+
+    with tempfile.TemporaryDirectory() as out:
+        worker = Worker(out, "bench")
+        worker.render(_jobs(model, size, steps, batch, 0))  # warm-up, and the model's load
+        _peak_reset()
+        started = time.perf_counter()
+        for n in range(batches):
+            results = worker.render(_jobs(model, size, steps, batch, (n + 1) * batch))
+            assert all(r.ok for r in results), results[0].error
+        rate = batch * batches / (time.perf_counter() - started)
+        peak = _peak()
+        del worker
+    return rate, peak
+
+
+def on_ray(model: str, size: int, steps: int, batch: int, batches: int):
+    try:
+        import ray
+    except ImportError:
+        return None, None
+    import torch
+
+    from farm.cluster import _remote_worker
+
+    gpus = 1 if torch.cuda.is_available() else 0
+    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            actor = _remote_worker().options(num_gpus=gpus, max_concurrency=2).remote(
+                out, "bench", None, 2, None)
+            ray.get(actor.ready.remote())
+            ray.get(actor.render.remote(_jobs(model, size, steps, batch, 0)))  # warm-up
+            started = time.perf_counter()
+            pending = [actor.render.remote(_jobs(model, size, steps, batch, (n + 1) * batch))
+                       for n in range(batches)]
+            for results in ray.get(pending):
+                assert all(r.ok for r in results), results[0].error
+            rate = batch * batches / (time.perf_counter() - started)
+    finally:
+        ray.shutdown()
+    return rate, None  # the actor's GPU memory is its own process's
+
+
+if __name__ == "__main__":
+    main()

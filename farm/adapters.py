@@ -198,6 +198,7 @@ class Reader:
         self._checked: set[tuple[str, str]] = set()
         self._readings: dict[tuple, Reading] = {}
         self._tokenizers: dict[str, Any] = {}
+        self._families: dict[str, bool] = {}
 
     @cached_property
     def embedding_files(self) -> dict[str, Path]:
@@ -239,8 +240,19 @@ class Reader:
             reading = self._readings[key] = self._read(prompt, negative, checkpoint, mode)
         return reading
 
+    def _clip_pipeline(self, checkpoint: Model) -> bool:
+        """Whether farm encodes this checkpoint's prompts itself where A1111 would (SD 1.x/2.x
+        and SDXL: CLIP text encoders); other pipelines (SD3, Flux, ...) get the text as it
+        is, and their prompts no emphasis or embeddings."""
+        if checkpoint.identity not in self._families:
+            self._families[checkpoint.identity] = \
+                models.family(checkpoint).pipeline in models.KNOWN_FAMILIES
+        return self._families[checkpoint.identity]
+
     def _read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
         field = f"prompt {prompt[:60]!r}"
+        clip = self._clip_pipeline(checkpoint)
+        mode = mode if clip else "none"
         try:
             text, tags = emphasis.loras(prompt)
             texts = (text, negative)
@@ -254,8 +266,9 @@ class Reader:
                 raise AdapterError(field, prompt, f"LoRA {name!r} is tagged twice")
             loras[found.identity] = Lora(found, weight)
         used: dict[str, Model] = {}
+        words = self._embedding_words if clip else None
         for t in texts:
-            for word in (self._embedding_words.findall(t) if self._embedding_words else ()):
+            for word in (words.findall(t) if words else ()):
                 file = self.embedding_files[word.lower()]
                 _refuse_pickle(file, field, word)
                 if word.lower() not in used:

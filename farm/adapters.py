@@ -243,22 +243,33 @@ class Reader:
     def _clip_pipeline(self, checkpoint: Model) -> bool:
         """Whether farm encodes this checkpoint's prompts itself where A1111 would (SD 1.x/2.x
         and SDXL: CLIP text encoders); other pipelines (SD3, Flux, ...) get the text as it
-        is, and their prompts no emphasis or embeddings."""
+        is, and their prompts no emphasis or embeddings. A checkpoint whose files are not
+        here to say (a record read back elsewhere) counts as the common kind."""
         if checkpoint.identity not in self._families:
-            self._families[checkpoint.identity] = \
-                models.family(checkpoint).pipeline in models.KNOWN_FAMILIES
+            try:
+                pipeline = models.family(checkpoint).pipeline
+            except (OSError, ValueError):
+                pipeline = "StableDiffusionPipeline"
+            self._families[checkpoint.identity] = pipeline in models.KNOWN_FAMILIES
         return self._families[checkpoint.identity]
 
     def _read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
         field = f"prompt {prompt[:60]!r}"
-        clip = self._clip_pipeline(checkpoint)
-        mode = mode if clip else "none"
         try:
             text, tags = emphasis.loras(prompt)
-            texts = (text, negative)
-            affected = mode == "a1111" and not all(emphasis.plain(t) for t in texts)
         except emphasis.EmphasisError as e:
             raise AdapterError(field, prompt, str(e)) from None
+        texts = (text, negative)
+        affected, problem = False, None
+        if mode == "a1111":
+            try:
+                affected = not all(emphasis.plain(t) for t in texts)
+            except emphasis.EmphasisError as e:
+                affected, problem = True, e
+            if affected and not self._clip_pipeline(checkpoint):  # read as plain text there
+                affected, problem = False, None
+            if problem is not None:
+                raise AdapterError(field, prompt, str(problem)) from None
         loras = {}
         for name, weight in tags:
             found = self.lora(name, checkpoint, field)
@@ -266,9 +277,12 @@ class Reader:
                 raise AdapterError(field, prompt, f"LoRA {name!r} is tagged twice")
             loras[found.identity] = Lora(found, weight)
         used: dict[str, Model] = {}
-        words = self._embedding_words if clip else None
+        words = self._embedding_words
         for t in texts:
-            for word in (words.findall(t) if words else ()):
+            found = words.findall(t) if words else ()
+            if found and not self._clip_pipeline(checkpoint):
+                continue
+            for word in found:
                 file = self.embedding_files[word.lower()]
                 _refuse_pickle(file, field, word)
                 if word.lower() not in used:
@@ -277,9 +291,9 @@ class Reader:
                         check_embedding(model, checkpoint, f"embedding {word!r}")
                         self._checked.add((model.identity, checkpoint.identity))
                     used[word.lower()] = model
-        if mode == "a1111" and not affected:  # plain, but maybe longer than one chunk
-            affected = any(self.tokens(t, checkpoint) > CHUNK_TOKENS for t in texts
-                           if len(t.encode()) > CHUNK_TOKENS)
+        long = [t for t in texts if len(t.encode()) > CHUNK_TOKENS]  # else surely one chunk
+        if mode == "a1111" and not affected and long and self._clip_pipeline(checkpoint):
+            affected = any(self.tokens(t, checkpoint) > CHUNK_TOKENS for t in long)
         return Reading(tuple(loras[k] for k in sorted(loras)),
                        tuple(used[k] for k in sorted(used)), "a1111" if affected else "none")
 

@@ -118,9 +118,7 @@ def bare(model: str, size: int, steps: int, batch: int, batches: int):
         for n in range(batches):
             call((n + 1) * batch)
         rate = batch * batches / (time.perf_counter() - started)
-    peak = _peak()
-    del pipe
-    return rate, peak
+    return rate, _peak()
 
 
 def _jobs(model: str, size: int, steps: int, batch: int, first_seed: int):

@@ -134,24 +134,52 @@ def _resolve_single_file(ref: str, field: str, role: str) -> Model:
 
 
 def _resolve_hub(ref: str, repo: str, revision: str | None, field: str) -> Model:
-    """A repo from the local Hugging Face cache (or downloaded when online)."""
+    """A repo from the local Hugging Face cache (or downloaded when online): only the files its
+    pipeline loads (hub_patterns), so that a node never fetches a repository's alternatives."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+    def fetch(allow: list[str], ignore: list[str] | None = None) -> Path:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow,
+                                      ignore_patterns=ignore, local_files_only=offline))
+
     try:
-        folder = Path(snapshot_download(
-            repo, revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
-            local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"),
-        ))
-    except LocalEntryNotFoundError:
+        folder = fetch(["model_index.json", "config.json"])  # what the repo holds
+        index = folder / "model_index.json"
+        folder = fetch(*hub_patterns(json.loads(index.read_text()) if index.exists() else None))
+    except LocalEntryNotFoundError as e:
         rev = f" --revision {revision}" if revision else ""
-        raise ModelError(field, ref, "not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-                         f"set; download it first on a machine with network access: "
-                         f"huggingface-cli download {repo}{rev}") from None
-    except Exception as e:  # network errors, missing repos, gated repos: say which
+        where = ("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" if offline
+                 else f"not in the local Hugging Face cache, and the hub cannot be reached ({e})")
+        raise ModelError(field, ref, f"{where}; download it first on a machine with network "
+                         f"access: huggingface-cli download {repo}{rev}") from None
+    except Exception as e:  # missing repos, gated repos, a broken index: say which
         raise ModelError(field, ref, f"could not fetch it from the Hugging Face hub: {e}") from None
     return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}")
+
+
+# weight files a repository may hold besides the ones a pipeline loads by default
+VARIANTS = ("fp16", "bf16", "fp32", "non_ema", "ema")
+CONFIG_SUFFIXES = ("json", "txt", "model")  # configs, tokenizer vocabularies and merges
+
+
+def hub_patterns(index: dict | None) -> tuple[list[str], list[str]]:
+    """(allow, ignore) patterns for what a diffusers repository's pipeline loads: model_index.json
+    and the folders of the components it names (configs, tokenizer files, the default weights),
+    never the single-file checkpoints at the top or the weight variants (fp16, EMA, ...). A
+    repository without model_index.json is one model (a VAE): its top-level files."""
+    ignore = [p for v in VARIANTS for p in (f"*.{v}.safetensors", f"*.{v}-*.safetensors",
+                                            f"*.safetensors.index.{v}.json")]
+    if index is None:
+        return ["*.safetensors", *(f"*.{suffix}" for suffix in CONFIG_SUFFIXES)], \
+            ignore + ["*/*"]
+    parts = [name for name, spec in index.items() if not name.startswith("_")
+             and isinstance(spec, list) and spec[0] is not None]
+    allow = ["model_index.json"] + [f"{part}/*.{suffix}" for part in parts
+                                    for suffix in ("safetensors", *CONFIG_SUFFIXES)]
+    return allow, ignore
 
 
 @dataclass(frozen=True)

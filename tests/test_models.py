@@ -179,3 +179,49 @@ def test_a_checkpoint_folder_missing_a_component_is_refused(tmp_path, tiny):
     with pytest.raises(models.ModelError, match="unet/ has no .safetensors weights .*"
                        "diffusion_pytorch_model.bin is a pickle"):
         models.resolve(str(pickled))
+
+
+SD15_REPO = [  # what stable-diffusion-v1-5 holds: 20 GB, of which a pipeline loads about 5
+    "model_index.json", "README.md", "v1-5-pruned.safetensors", "v1-5-pruned-emaonly.safetensors",
+    "v1-5-pruned.ckpt", "feature_extractor/preprocessor_config.json",
+    "safety_checker/config.json", "safety_checker/model.safetensors",
+    "safety_checker/model.fp16.safetensors", "safety_checker/pytorch_model.bin",
+    "scheduler/scheduler_config.json", "text_encoder/config.json",
+    "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.non_ema.safetensors", "unet/diffusion_pytorch_model.bin",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.fp16.safetensors"]
+SD15_INDEX = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+              "feature_extractor": ["transformers", "CLIPImageProcessor"],
+              "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+              "scheduler": ["diffusers", "PNDMScheduler"],
+              "text_encoder": ["transformers", "CLIPTextModel"],
+              "tokenizer": ["transformers", "CLIPTokenizer"],
+              "unet": ["diffusers", "UNet2DConditionModel"],
+              "vae": ["diffusers", "AutoencoderKL"], "requires_safety_checker": True}
+
+
+def test_a_hub_pipeline_fetches_only_what_it_loads():
+    """The patterns go to huggingface_hub's own filter (what snapshot_download applies)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    def fetched(files, index):
+        allow, ignore = models.hub_patterns(index)
+        return set(filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore))
+
+    assert fetched(SD15_REPO, SD15_INDEX) == {
+        "model_index.json", "feature_extractor/preprocessor_config.json",
+        "safety_checker/config.json", "safety_checker/model.safetensors",
+        "scheduler/scheduler_config.json", "text_encoder/config.json",
+        "text_encoder/model.safetensors", "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors"}
+    vae_repo = ["config.json", "diffusion_pytorch_model.safetensors",
+                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin",
+                "README.md", "extra/other.safetensors"]
+    assert fetched(vae_repo, None) == {
+        "config.json", "diffusion_pytorch_model.safetensors"}

@@ -327,6 +327,13 @@ class Adapters:
     def name(lora: Lora) -> str:
         return "farm_" + lora.model.identity[:16]
 
+    def release(self, pipe) -> None:
+        """Delete every LoRA loaded into the pipeline (its worker moved to another group)."""
+        if self.loaded:
+            pipe.delete_adapters(list(self.loaded))
+            self.loaded.clear()
+        self.active = False
+
     def apply(self, pipe, loras: tuple[Lora, ...]) -> bool:
         """Make exactly `loras` active; whether a file had to be loaded."""
         if not loras:

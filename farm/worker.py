@@ -135,6 +135,10 @@ class Worker:
         """The job's LoRAs active on the pipeline's UNet and text encoders, and no others
         (loaded once, kept unfused; see adapters.Adapters)."""
         base = getattr(pipe, "_farm_base", pipe)
+        for other, loaded in list(self._adapters.items()):  # a group left: its LoRAs go
+            if other is not base:
+                loaded.release(other)
+                del self._adapters[other]
         state = self._adapters.get(base)
         if state is None:
             if not loras:

@@ -92,6 +92,32 @@ def test_adapters_loaded_are_bounded(tmp_path, tiny, monkeypatch):
     assert len(pipe.get_list_adapters()["unet"]) == 2
 
 
+def test_a_worker_that_leaves_a_group_releases_its_loras(tmp_path, lora_files, tiny):
+    worker = Worker(tmp_path / "run", device=Device("cpu", "float32"), max_pipelines=2)
+    job = make_job(tiny, loras=(lora(lora_files["tiny-kohya"]),))
+    pixels(worker, job, "with")
+    pipe = worker.pipeline(job.loadout)
+    assert pipe.get_list_adapters()
+    pixels(worker, make_job(models.resolve("tiny-xl")), "other-group")
+    assert worker.pipeline(job.loadout) is pipe  # still loaded, its LoRAs gone
+    assert not any(pipe.get_list_adapters().values())
+    pixels(worker, job, "back")  # and loaded again when needed
+
+
+def test_a_shared_lora_folder_is_searched_after_the_recipes(tmp_path, monkeypatch,
+                                                            lora_files):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "ink.safetensors").write_bytes(lora_files["tiny-kohya"].read_bytes())
+    with pytest.raises(models.ModelError, match="no such LoRA"):
+        adapters.find_lora("ink", tmp_path)
+    monkeypatch.setenv(adapters.LORA_DIR_ENV, str(shared))
+    assert adapters.find_lora("ink", tmp_path).path == str((shared / "ink.safetensors"))
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "ink.safetensors").write_bytes(lora_files["tiny-peft"].read_bytes())
+    assert adapters.find_lora("ink", tmp_path).path == str(tmp_path / "loras" / "ink.safetensors")
+
+
 def tiny_lora(path, seed=1):
     return tiny.write_lora("tiny", path, "kohya", seed=seed)
 

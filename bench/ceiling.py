@@ -7,7 +7,8 @@ it. Here the pipeline call is replaced by one that returns ready-made noise imag
 what is left is farm's per-image work: planning and dispatch, the PNG encoding with its
 metadata, the atomic write, the pixel hash and the manifest. One inline worker, in this
 process, through the same `run.render` as `farm render`; each size with the worker writing and
-with the driver writing (runtime.outputs=driver). The baseline is encoding and saving the same
+with the driver writing (runtime.outputs=driver), and with two threads encoding (as a GPU
+worker does by default). The baseline is encoding and saving the same
 images with PIL alone, one after the other.
 """
 
@@ -51,7 +52,8 @@ def main() -> None:
         render.render = instant
         try:
             for label, extra in (("(warm-up: loads the model)", []), ("farm, worker writes", []),
-                                 ("farm, driver writes", ["runtime.outputs=driver"])):
+                                 ("farm, driver writes", ["runtime.outputs=driver"]),
+                                 ("farm, 2 encode threads", ["runtime.encode_threads=2"])):
                 with tempfile.TemporaryDirectory() as tmp:
                     settings = compose.compose([
                         "runtime=inline", f"outputs={tmp}", "prompt=noise",

@@ -27,8 +27,9 @@ class RayWorker:
     """The Ray actor: a thin shell around the plain Worker, which it builds on first use."""
 
     def __init__(self, root: str | None, name: str, device: str | None, max_pipelines: int,
-                 threads: int | None, probe: tuple[str, str] | None = None):
-        self.args = (root, name, device, max_pipelines, threads)
+                 threads: int | None, probe: tuple[str, str] | None = None,
+                 encode_threads: int | None = None):
+        self.args = (root, name, device, max_pipelines, threads, encode_threads)
         self.probe = probe  # (file, token): the run folder is visible here if it reads so
         self.worker = None
 
@@ -38,11 +39,12 @@ class RayWorker:
         import ray
         from farm.worker import Device, Worker
 
-        root, name, device, max_pipelines, threads = self.args
+        root, name, device, max_pipelines, threads, encode_threads = self.args
         if root is not None and self.probe is not None and not sees(root, *self.probe):
             root = None
         self.worker = Worker(root, name=name, device=Device.named(device) if device else None,
-                             max_pipelines=max_pipelines, threads=threads)
+                             max_pipelines=max_pipelines, threads=threads,
+                             encode_threads=encode_threads)
         return {"name": name, "node": ray.get_runtime_context().get_node_id(),
                 "device": self.worker.device.name,
                 "writes": "worker" if self.worker.folder is not None else "driver"}
@@ -104,7 +106,7 @@ class RayBackend:
             **self.options)
         root = None if self.runtime.outputs == "driver" else self.root
         actor = actor_class.remote(root, name, self.runtime.device, self.runtime.max_pipelines,
-                                   self.threads, self.probe)
+                                   self.threads, self.probe, self.runtime.encode_threads)
         self.actors[name] = actor
         ref = actor.ready.remote()
         self.starting_refs[ref] = name

@@ -43,6 +43,9 @@ class Runtime:
     # a batch that takes more than this many times its group's usual time (and at least
     # MIN_HANG_SECONDS) has hung: its worker is replaced and the batch retried; 0: never
     hang_after: float = 10.0
+    # threads that encode and write a batch's images at once; default: 1 on the CPU (its cores
+    # render), the host's cores less one on a GPU
+    encode_threads: Optional[int] = None
 
 
 OUTPUTS = ("auto", "driver", "shared")
@@ -56,7 +59,7 @@ def check_runtime(runtime: Runtime) -> None:
     """Runtime settings that can never work are refused before anything starts."""
     whole = {"workers": (runtime.workers, 1), "threads": (runtime.threads, 1),
              "max_pipelines": (runtime.max_pipelines, 1), "max_attempts": (runtime.max_attempts, 1),
-             "queue_depth": (runtime.queue_depth, 1)}
+             "queue_depth": (runtime.queue_depth, 1), "encode_threads": (runtime.encode_threads, 1)}
     for name, (value, low) in whole.items():
         if value is not None and (isinstance(value, bool) or value < low):
             raise RuntimeUnavailable(f"runtime.{name}: got {value!r}; expected a whole number "
@@ -502,7 +505,7 @@ class InlineBackend:
                                      "use cpu")
         device = Device.named(runtime.device) if runtime.device else None
         self.worker = Worker(None if runtime.outputs == "driver" else root, name="inline",
-                             device=device,
+                             device=device, encode_threads=runtime.encode_threads,
                              max_pipelines=runtime.max_pipelines, threads=runtime.threads)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-inline")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import time
 import traceback
 from collections import Counter, OrderedDict
@@ -18,7 +19,7 @@ from pathlib import Path
 from weakref import WeakKeyDictionary
 
 from farm import adapters, encode, libraries, models, outputs, render
-from farm.jobs import Batch, Loadout, Model, Result
+from farm.jobs import Batch, Job, Loadout, Model, Result
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Device:
 class Worker:
     def __init__(self, run_root: str | Path | None, name: str = "worker-0",
                  device: Device | None = None, max_pipelines: int = 2,
-                 threads: int | None = None):
+                 threads: int | None = None, encode_threads: int | None = None):
         import torch
 
         libraries.quiet()
@@ -63,6 +64,12 @@ class Worker:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"farm-{name}")  # all torch work
         if threads:  # OpenMP's thread count is per calling thread: set it where torch runs
             self._compute.submit(torch.set_num_threads, threads).result()
+        # images encoded and written at once (zlib lets go of the GIL): on a GPU the host's
+        # cores are free for it; on the CPU they render, so one at a time unless told
+        if encode_threads is None:
+            encode_threads = 1 if self.device.name == "cpu" else max(1, (os.cpu_count() or 2) - 1)
+        self._encoders = ThreadPoolExecutor(encode_threads, thread_name_prefix="farm-encode") \
+            if encode_threads > 1 else None
 
     def dtype(self, requested: str):
         """The torch dtype for a job's `dtype` field ("auto": the device's own)."""
@@ -214,18 +221,23 @@ class Worker:
                seconds: float, loaded: tuple[tuple[str, float], ...] = ()) -> list[Result]:
         record = json.dumps(scheduler, default=str) if scheduler else None
         made_by = self.provenance(batch.first.dtype)
-        results = []
-        for job, path, image, position in zip(batch.jobs, batch.paths, images, batch.slots):
-            pixel_hash, error, stop, files, oom = None, None, None, (), False
+        def stored(job: Job, path: str, image: render.Rendered, position: int):
+            """(files left for the driver, pixel hash, error, why the run must stop)."""
             if isinstance(image, str):
-                error = image
-                oom = isinstance(image, OutOfMemory)
-            else:
-                files, pixel_hash = outputs.encode_image(image, job, batch.image, scheduler,
-                                                         len(batch.shape), position)
-                if self.folder is not None:  # else the driver writes them (runtime.outputs)
-                    error, stop = self.folder.write(path, files)
-                    files = ()
+                return (), None, image, None
+            files, pixel_hash = outputs.encode_image(image, job, batch.image, scheduler,
+                                                     len(batch.shape), position)
+            if self.folder is None:  # the driver writes them (runtime.outputs)
+                return files, pixel_hash, None, None
+            error, stop = self.folder.write(path, files)
+            return (), pixel_hash, error, stop
+
+        items = list(zip(batch.jobs, batch.paths, images, batch.slots))
+        done = list(self._encoders.map(lambda item: stored(*item), items)) \
+            if self._encoders and len(items) > 1 else [stored(*item) for item in items]
+        results = []
+        for (job, path, image, position), (files, pixel_hash, error, stop) in zip(items, done):
+            oom = isinstance(image, OutOfMemory)
             results.append(Result(job_id=job.id, path=path, pixel_hash=pixel_hash, stop=stop,
                                   files=files if error is None else (),
                                   seconds=seconds / len(batch.jobs),

@@ -476,17 +476,20 @@ def test_one_vae_given_two_ways_is_listed_once(tmp_path, monkeypatch, capsys, ti
     assert run_farm("plan", "recipe=r", "vae=[ckpt, tiny-vae]") == 0
 
 
-def test_images_the_driver_writes_are_the_images_a_worker_writes(tmp_path, monkeypatch, capsys):
+def test_images_the_driver_or_a_pool_writes_are_the_images_a_worker_writes(tmp_path, monkeypatch,
+                                                                          capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-1\nbatch_size: 2\n"
                   "format: webp\n" + BASE)
     assert run_farm("render", "recipe=r", "outputs=shared") == 0
     assert run_farm("render", "recipe=r", "runtime.outputs=driver", "outputs=driven") == 0
-    shared, driven = tmp_path / "shared" / "r", tmp_path / "driven" / "r"
+    assert run_farm("render", "recipe=r", "runtime.encode_threads=3", "outputs=pooled") == 0
+    shared = tmp_path / "shared" / "r"
     names = sorted(p.relative_to(shared) for p in shared.glob("images/*/*"))
-    assert len(names) == 8 and names == sorted(p.relative_to(driven)
-                                               for p in driven.glob("images/*/*"))
-    for name in names:  # image and sidecar, byte for byte
-        assert (shared / name).read_bytes() == (driven / name).read_bytes()
+    assert len(names) == 8
+    for other in (tmp_path / "driven" / "r", tmp_path / "pooled" / "r"):
+        assert names == sorted(p.relative_to(other) for p in other.glob("images/*/*"))
+        for name in names:  # image and sidecar, byte for byte
+            assert (shared / name).read_bytes() == (other / name).read_bytes()
 
 
 def test_a_manifest_on_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path, monkeypatch,

@@ -215,7 +215,8 @@ class Worker:
             device = torch.cuda.get_device_name(torch.device(device))
         return json.dumps({"device": device, "dtype": str(self.dtype(dtype)).removeprefix(
             "torch."), "farm": __version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__})
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            **({"unet_memory_format": "channels_last"} if device != "cpu" else {})})
 
     def _write(self, batch: Batch, images: list[render.Rendered], scheduler: dict | None,
                seconds: float, loaded: tuple[tuple[str, float], ...] = ()) -> list[Result]:

@@ -66,14 +66,13 @@ def find_lora(ref: str, base: Path, field: str = "loras") -> Model:
     """A LoRA reference -> its file and identity (see the module's search order)."""
     path = Path(ref).expanduser()
     _refuse_pickle(path, field, ref)
-    looked: list[Path] = []
     if path.suffix.lower() == ".safetensors" or "/" in ref and not models.HUB_ID.fullmatch(ref):
         looked = [base / path, path] if not path.is_absolute() else [path]
     else:
         folders = [base / "loras"] + ([Path(os.environ[LORA_DIR_ENV])]
                                       if os.environ.get(LORA_DIR_ENV) else [])
         looked = [folder / f"{ref}.safetensors" for folder in folders]
-        pickles = [p for folder in folders for p in folder.glob(f"{glob_quote(ref)}.*")
+        pickles = [p for folder in folders for p in folder.glob(f"{_glob_quote(ref)}.*")
                    if p.suffix.lower() in models.PICKLE_SUFFIXES]
         if not any(p.is_file() for p in looked) and pickles:
             _refuse_pickle(pickles[0], field, ref)
@@ -81,18 +80,19 @@ def find_lora(ref: str, base: Path, field: str = "loras") -> Model:
         if candidate.is_file():
             return _identified(candidate, ref)
     match = models.HUB_ID.fullmatch(ref)
-    if match and "." not in Path(ref).suffix:
-        return _hub_lora(ref, match["repo"], match["revision"], field)
+    if match:
+        return _hub_lora(ref, match["repo"], match["revision"], field, looked)
     raise AdapterError(field, ref, "no such LoRA; looked at " + ", ".join(
         str(p) for p in looked) + f" (a LoRA is a .safetensors file; set ${LORA_DIR_ENV} for a "
         "shared folder of them, or give a path or a Hugging Face repo id)")
 
 
-def glob_quote(name: str) -> str:
+def _glob_quote(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def _hub_lora(ref: str, repo: str, revision: str | None, field: str) -> Model:
+def _hub_lora(ref: str, repo: str, revision: str | None, field: str,
+              looked: list[Path]) -> Model:
     from huggingface_hub import snapshot_download
 
     try:
@@ -100,9 +100,10 @@ def _hub_lora(ref: str, repo: str, revision: str | None, field: str) -> Model:
             repo, revision=revision, allow_patterns=["*.safetensors"],
             local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")))
     except Exception as e:  # offline and not cached, missing, gated: say which
-        raise AdapterError(field, ref, f"not a local LoRA, and not in the Hugging Face cache "
-                           f"or hub ({type(e).__name__}); download it first: "
-                           f"huggingface-cli download {repo}") from None
+        raise AdapterError(field, ref, "no such LoRA here (looked at " + ", ".join(
+            str(p) for p in looked) + "), nor in the Hugging Face cache or hub "
+            f"({type(e).__name__}); if it is a hub repo, download it first: "
+            f"huggingface-cli download {repo}") from None
     files = sorted(folder.rglob("*.safetensors"))
     if len(files) != 1:
         raise AdapterError(field, ref, f"the repo holds {len(files)} .safetensors files; "
@@ -143,7 +144,7 @@ def check_lora(lora: Model, checkpoint: Model, field: str = "loras") -> None:
     second = any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys)
     if second and _config(checkpoint, "text_encoder_2") is None:
         raise AdapterError(field, lora.ref, f"made for SDXL (it has weights for a second text "
-                           f"encoder), but checkpoint {checkpoint.ref!r} has one")
+                           f"encoder), but checkpoint {checkpoint.ref!r} has one text encoder")
 
 
 def embedding_vectors(header: dict[str, Any]) -> dict[str, list[int]]:
@@ -160,6 +161,8 @@ def embedding_vectors(header: dict[str, Any]) -> dict[str, list[int]]:
 
 
 def check_embedding(embedding: Model, checkpoint: Model, field: str) -> None:
+    """Refuse a file that is no embedding, or one whose vectors do not fit the checkpoint's
+    text encoders (an SD 1.x embedding on SDXL, or the reverse)."""
     shapes = embedding_vectors(safetensors_header(Path(embedding.path), field, embedding.ref))
     if not shapes:
         raise AdapterError(field, embedding.ref, f"{embedding.path} is not a textual-inversion "

@@ -100,7 +100,7 @@ class Summary:
     unfinished: int = 0  # left pending because no worker was left to render them
     problem: str = ""  # why no worker was left, when the backend knows
     stopped: str = ""  # why the run stopped early (a full or read-only disk)
-    hung: list = field(default_factory=list)  # workers replaced because a batch hung
+    hung: list[str] = field(default_factory=list)  # workers replaced because a batch hung
     duplicates: int = 0  # jobs the plan reached twice; rendered once
     seconds: float = 0.0
     first_image_seconds: float | None = None  # start-up overhead: run start to first image
@@ -337,8 +337,8 @@ class Dispatcher:
     def _deadlines(self) -> dict[str, float]:
         """When each worker's oldest batch in flight counts as hung; a batch of a group not
         measured yet, or one that loads a model no load of which was measured, has none."""
-        if not self.runtime.hang_after:
-            return {}
+        if not self.runtime.hang_after or not hasattr(self.backend, "kill"):
+            return {}  # (an inline worker is this process: nothing to replace it with)
         oldest: dict[str, Any] = {}
         for handle, (worker, _) in self.in_flight.items():
             if worker not in oldest or self.order[handle] < self.order[oldest[worker]]:
@@ -365,7 +365,7 @@ class Dispatcher:
         (an attempt charged, as for a worker that died) and is rendered again."""
         now = time.monotonic()
         for worker, deadline in self._deadlines().items():
-            if now >= deadline and hasattr(self.backend, "kill"):
+            if now >= deadline:
                 logging.getLogger(__name__).warning(
                     "worker %s has hung: its batch has taken %.0f s, more than %g times its "
                     "group's usual time; replacing it", worker, now - self.since[worker],

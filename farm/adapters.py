@@ -324,7 +324,7 @@ class Adapters:
 
     def __init__(self) -> None:
         self.loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> identity
-        self.active = False
+        self.active: tuple[tuple[str, float], ...] | None = None  # (name, weight) set; None: off
 
     @staticmethod
     def name(lora: Lora) -> str:
@@ -335,14 +335,14 @@ class Adapters:
         if self.loaded:
             pipe.delete_adapters(list(self.loaded))
             self.loaded.clear()
-        self.active = False
+        self.active = None
 
     def apply(self, pipe, loras: tuple[Lora, ...]) -> bool:
         """Make exactly `loras` active; whether a file had to be loaded."""
         if not loras:
-            if self.active:
+            if self.active is not None:
                 pipe.disable_lora()
-                self.active = False
+                self.active = None
             return False
         loaded = False
         names = [self.name(lora) for lora in loras]
@@ -365,8 +365,10 @@ class Adapters:
                 raise
             self.loaded[name] = lora.model.identity
             loaded = True
-        pipe.set_adapters(names, [float(lora.weight) for lora in loras])
-        if not self.active:
-            pipe.enable_lora()
-            self.active = True
+        wanted = tuple((name, float(lora.weight)) for name, lora in zip(names, loras))
+        if loaded or wanted != self.active:  # the same set as the last batch: nothing to do
+            if self.active is None:
+                pipe.enable_lora()
+            pipe.set_adapters(names, [weight for _, weight in wanted])
+            self.active = wanted
         return loaded

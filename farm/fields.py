@@ -26,6 +26,7 @@ MAX_CLIP_SKIP = 12
 MAX_CFG = 100
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 EMPHASIS = ("a1111", "none")
+CONFIG_MARK = "?config="  # "x.safetensors?config=org/name": one weights file and its architecture
 ALWAYS = object()  # id_default of the first fields: they always enter the id
 
 
@@ -60,9 +61,11 @@ def choice(allowed: tuple[str, ...]) -> Callable[[Any], str]:
     return check
 
 
-def _stem(ref: str) -> str:
-    """A LoRA's display name: its file name without the extension."""
-    return ref.rstrip("/").split("/")[-1].split("@")[0].removesuffix(".safetensors")
+def display_name(ref: str) -> str:
+    """A model's or LoRA's name as infotext and columns show it: the file or folder name of
+    its reference, without revision, config or extension."""
+    tail = ref.split(CONFIG_MARK)[0].rstrip("/").split("/")[-1].split("@")[0]
+    return tail.removesuffix(".safetensors")
 
 
 def text(value: Any) -> str:
@@ -125,7 +128,7 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     # added after the first id version: in the id only when not at their defaults
     JobField("loras", BATCH, tuple, "string", "loras", infotext="Lora hashes", id_default=(),
              shown=lambda items: ", ".join(
-                 f"{_stem(i['ref'])}:{i['weight']:g}" for i in items or ())),
+                 f"{display_name(i['ref'])}:{i['weight']:g}" for i in items or ())),
     JobField("emphasis", BATCH, str, "string", "emphasis", choice(EMPHASIS), id_default="none",
              infotext="Emphasis"),
     JobField("embeddings", BATCH, tuple, "string", None, infotext="TI hashes", id_default=(),

@@ -10,12 +10,11 @@ from dataclasses import fields as dataclass_fields
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from farm.fields import ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD
+from farm.fields import ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD, display_name
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
 ID_LENGTH = 24  # hex digits: 96 bits, no collision in any run folder that fits on a disk
-CONFIG_MARK = "?config="  # "x.safetensors?config=org/name": one weights file and its architecture
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,7 @@ class Model:
     @property
     def name(self) -> str:
         """A display name for infotext: the file or folder name without extension."""
-        tail = self.ref.split(CONFIG_MARK)[0].rstrip("/").split("/")[-1].split("@")[0]
-        return tail.removesuffix(".safetensors")
+        return display_name(self.ref)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm import tiny
-from farm.jobs import CONFIG_MARK, Model
+from farm.fields import CONFIG_MARK
+from farm.jobs import Model
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?")

@@ -16,7 +16,8 @@ from typing import Any
 
 from farm import catalog, fields, prompts, samplers
 from farm.fields import MAX_SEED, FieldError
-from farm.jobs import CONFIG_MARK, ImageFormat
+from farm.fields import CONFIG_MARK
+from farm.jobs import ImageFormat
 
 # Every field a recipe may set, with its default. Hydra composes on top of these, so that any of
 # them can be overridden from the command line even when the recipe file leaves it out.

@@ -33,9 +33,7 @@ def stored_format(meta: dict) -> ImageFormat:
 def job_from(meta: dict, where: str, moved: Mapping[str, str] | None = None) -> Job:
     """A job from its recorded fields (the `farm` chunk, a manifest row's params)."""
     def model(field: str, ref: str, identity: str, path: str | None = None) -> Model:
-        if field in ("loras", "embeddings"):
-            return same_file(field, ref, identity, (moved or {}).get(ref) or path)
-        return same_model(field, ref, identity, (moved or {}).get(ref))
+        return same_model(field, ref, identity, (moved or {}).get(ref), path)
 
     try:
         job = Job.from_dict(meta, model)
@@ -48,10 +46,12 @@ def job_from(meta: dict, where: str, moved: Mapping[str, str] | None = None) -> 
     return job
 
 
-def same_model(field: str, ref: str, identity: str, moved_to: str | None = None) -> Model:
-    """The model a job was made with, found here: where it was, or where it moved to."""
+def same_model(field: str, ref: str, identity: str, moved_to: str | None = None,
+               path: str | None = None) -> Model:
+    """The model (or LoRA or embedding file, read from `path`) a job was made with, found
+    here: where it was, or where it moved to."""
     try:
-        model = models.resolve(moved_to or ref, field)
+        model = _found(field, ref, moved_to, path)
     except models.ModelError as e:
         raise ReplayError(f"{field} {ref!r} is not found here ({e}); if it moved, say where: "
                           f"--model {ref}=NEW_PLACE") from None
@@ -61,23 +61,15 @@ def same_model(field: str, ref: str, identity: str, moved_to: str | None = None)
     return model
 
 
-def same_file(field: str, ref: str, identity: str, where: str | None) -> Model:
-    """The LoRA or embedding file a job was made with, found here: where it was read from (or
-    moved to), else a LoRA by its reference from the current folder."""
-    try:
-        if where and Path(where).is_file():
-            model = Model(ref=ref, path=where, identity=models.file_hash(Path(where), True))
-        elif field == "loras":
-            model = adapters.find_lora(ref, Path.cwd())
-        else:
-            raise models.ModelError(field, ref, f"no file at {where}")
-    except models.ModelError as e:
-        raise ReplayError(f"{field} {ref!r} is not found here ({e}); if it moved, say where: "
-                          f"--model {ref}=NEW_PLACE") from None
-    if model.identity != identity:
-        raise ReplayError(f"{field} {ref!r} is {model.identity[:16]}... here, but the image was "
-                          f"made with {identity[:16]}...; the same pixels need the same file")
-    return model
+def _found(field: str, ref: str, moved_to: str | None, path: str | None) -> Model:
+    if field not in ("loras", "embeddings"):
+        return models.resolve(moved_to or ref, field)
+    where = moved_to or path  # the file it was read from, else a LoRA by its reference
+    if where and Path(where).is_file():
+        return Model(ref=ref, path=where, identity=models.file_hash(Path(where), True))
+    if field == "loras":
+        return adapters.find_lora(ref, Path.cwd())
+    raise models.ModelError(field, ref, f"no file at {where}")
 
 
 def replay(image: Path, folder: Path, device: str | None = None,

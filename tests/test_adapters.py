@@ -160,6 +160,12 @@ def test_a_lora_sweep_and_prompt_tags_render_every_set(styled, capsys):
     assert ("a lighthouse", ()) in sets and ("a lighthouse", (("style", 0.5),)) in sets
     assert ("a fox in snow <lora:ink:0.5>", (("ink", 0.5), ("style", 1.0))) in {
         (p, tuple(sorted(s))) for p, s in sets}
+    # the recipe's LoRA sets loop just inside the checkpoint: each set's jobs come together
+    with sqlite3.connect(folder / "manifest.sqlite") as db:
+        in_order = [[x["weight"] for x in json.loads(p)["loras"] if "style" in x["ref"]]
+                    for p, in db.execute("SELECT params FROM jobs ORDER BY seq")]
+    runs = [w for i, w in enumerate(in_order) if i == 0 or w != in_order[i - 1]]
+    assert runs == [[], [0.5], [1.0]]
     # the infotext: the prompt as written, A1111's hashes of each LoRA
     image = next(p for p in folder.glob("images/*/*.png") if "fox" in p.name)
     text, meta = outputs.read_metadata(image)

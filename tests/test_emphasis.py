@@ -164,7 +164,6 @@ def test_sdxl_concatenates_both_encoders_and_pools_the_second(farm_cache):
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny.ensure("tiny-xl"))
-    vocab = pipe.tokenizer.get_vocab()
     token_ids = torch.tensor([ids(SimpleNamespace(tokenizer=pipe.tokenizer), "a</w>", "b</w>")])
     with torch.no_grad():
         one = pipe.text_encoder(token_ids, output_hidden_states=True).hidden_states[-2]
@@ -176,7 +175,7 @@ def test_sdxl_concatenates_both_encoders_and_pools_the_second(farm_cache):
         weighted = z * weights.reshape(1, 77, 1)
         expected.append(weighted * (z.mean() / weighted.mean()))
     found, pooled = TextEncoding(pipe, load_embedding).text("a (b:1.5)", True, 1, {})
-    assert vocab["b</w>"] and found.shape == (1, 77, 64)
+    assert found.shape == (1, 77, 64)
     torch.testing.assert_close(found, torch.cat(expected, dim=-1), rtol=0, atol=1e-6)
     torch.testing.assert_close(pooled, two.text_embeds, rtol=0, atol=1e-6)
     # a plain prompt encodes exactly as diffusers encodes it

@@ -43,14 +43,15 @@ def command_plan(settings: Settings) -> int:
     r = settings.recipe
     print(f"recipe {r.name} -> {settings.folder.root}")
     lengths = r.axis_lengths()
-    for axis in recipes.AXES:
+    for axis in (a for a in recipes.AXES if not r.unused(a)):
         print(f"  {axis:<11}{lengths[axis]:>8}  {r.shown(axis)}")
     print(f"  {'dtype':<11}{1:>8}  {r.dtype}")
     combined = r.combined_axes()
     for group in (a for a in combined if len(a) > 1):
         print(f"  {'+'.join(group)} zipped: {lengths[group[0]]} together")
     counts = run.count(r, settings.folder, found)
-    product = " x ".join(f"{lengths[a[0]]} {'+'.join(a)}" for a in combined)
+    product = " x ".join(f"{lengths[a[0]]} {'+'.join(a)}" for a in combined
+                         if not r.unused(a[0]))
     repeats = (f"; {counts.repeats} more are reached twice (two prompt rows give the same "
                "prompt) and rendered once" if counts.repeats else "")
     print(f"jobs: {counts.planned} ({product}, outermost first{repeats}); done {counts.done}, "

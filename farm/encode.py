@@ -108,8 +108,11 @@ class Encoder:
 
 
 def encoders(pipe) -> list[Encoder]:
+    """The pipeline's CLIP text encoders, in order (an SDXL refiner has only the second)."""
     xl = getattr(pipe, "text_encoder_2", None) is not None
-    found = [Encoder(pipe.tokenizer, pipe.text_encoder, "clip_l", xl)]
+    found = []
+    if getattr(pipe, "text_encoder", None) is not None:
+        found.append(Encoder(pipe.tokenizer, pipe.text_encoder, "clip_l", xl))
     if xl:
         found.append(Encoder(pipe.tokenizer_2, pipe.text_encoder_2, "clip_g", xl))
     return found

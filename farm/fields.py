@@ -26,6 +26,7 @@ MAX_CLIP_SKIP = 12
 MAX_CFG = 100
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 EMPHASIS = ("a1111", "none")
+RESIZE = ("stretch", "crop", "fill")  # A1111's "Just resize", "Crop and resize", "Resize and fill"
 CONFIG_MARK = "?config="  # "x.safetensors?config=org/name": one weights file and its architecture
 ALWAYS = object()  # id_default of the first fields: they always enter the id
 
@@ -133,7 +134,34 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
              infotext="Emphasis"),
     JobField("embeddings", BATCH, tuple, "string", None, infotext="TI hashes", id_default=(),
              shown=lambda items: ", ".join(i["name"] for i in items or ())),
+    # images in: an input image (its identity the hash of its decoded pixels), the strength it
+    # is denoised to and how it is fitted to the size; None on text-to-image jobs
+    JobField("init", IMAGE, str, "string", "init", infotext="Init image hash", id_default=None,
+             model=True),
+    JobField("denoise", BATCH, float, "float64", "denoise", number(0, 1),
+             infotext="Denoising strength", id_default=None),
+    JobField("resize", BATCH, str, "string", None, choice(RESIZE), id_default=None),
+    # a second pass (A1111's hires fix): {width, height (of the first pass), scale, upscaler,
+    # steps, denoise, sampler, scheduler}; width and height above are the final image's
+    JobField("hires", BATCH, dict, "string", "hires", infotext="Hires upscale", id_default=None,
+             shown=lambda value: _shown_hires(value)),
+    # the SDXL refiner, and the share of the schedule after which it takes over
+    JobField("refiner", LOAD, str, "string", "refiner", infotext="Refiner", id_default=None,
+             model=True),
+    JobField("switch_at", BATCH, float, "float64", "refiner", number(0, 1),
+             infotext="Refiner switch at", id_default=None),
 )
+
+
+def _shown_hires(value: dict | None) -> str:
+    """A hires pass as its export column reads: `2x latent, 10 steps, denoise 0.5`."""
+    if not value:
+        return ""
+    upscale = f"{value['scale']:g}x" if value.get("scale") else \
+        f"from {value['width']}x{value['height']}"
+    steps = f", {value['steps']} steps" if value.get("steps") else ""
+    return f"{upscale} {value['upscaler']}{steps}, denoise {value['denoise']:g}"
+
 
 BY_NAME = {f.name: f for f in FIELDS}
 ROW_FIELDS = {f.name: f for f in FIELDS if f.row}  # prompt-file columns that set a field

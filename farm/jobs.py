@@ -62,12 +62,43 @@ class Lora:
 
 
 @dataclass(frozen=True)
+class Hires:
+    """A second pass (AUTOMATIC1111's hires fix): the first pass renders at this width and
+    height, its result is upscaled to the job's size and denoised again, img2img."""
+
+    width: int  # of the first pass
+    height: int
+    scale: float | None  # as the recipe asked (None: it asked for the final size)
+    upscaler: str  # a name from UPSCALERS
+    steps: int  # steps the second pass takes; 0: as many as the first pass
+    denoise: float  # the second pass's denoising strength
+    sampler: str | None = None  # the second pass's, with its schedule; None: the job's own
+    scheduler: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+
+
+# Upscalers of the hires pass: latent ones interpolate the latents (torch's modes, A1111's
+# names); pixel ones decode, resize with Pillow, and encode again.
+UPSCALERS = {
+    "latent": "Latent", "latent-antialiased": "Latent (antialiased)",
+    "latent-bicubic": "Latent (bicubic)",
+    "latent-bicubic-antialiased": "Latent (bicubic antialiased)",
+    "latent-nearest": "Latent (nearest)", "latent-nearest-exact": "Latent (nearest-exact)",
+    "lanczos": "Lanczos", "nearest": "Nearest", "bicubic": "Bicubic",
+}
+
+
+@dataclass(frozen=True)
 class Loadout:
     """What a worker must have loaded to render a batch: the checkpoint's pipeline, with
-    another VAE swapped in when one is given. Equal keys load the same weights."""
+    another VAE swapped in when one is given, and a refiner when the jobs have one. Equal keys
+    load the same weights."""
 
     checkpoint: Model
     vae: Model | None = None  # None: the checkpoint's own VAE
+    refiner: Model | None = None  # an SDXL refiner checkpoint
 
     @property
     def key(self) -> tuple[str | None, ...]:
@@ -76,7 +107,8 @@ class Loadout:
                      for f in FIELDS if f.role == LOAD)
 
     def __str__(self) -> str:
-        return self.checkpoint.ref + (f" + {self.vae.ref}" if self.vae else "")
+        return self.checkpoint.ref + (f" + {self.vae.ref}" if self.vae else "") + (
+            f" + refiner {self.refiner.ref}" if self.refiner else "")
 
 
 @dataclass(frozen=True)
@@ -102,13 +134,21 @@ class Job:
     # what the text encoder sees; "none": the prompt is encoded as diffusers encodes it
     emphasis: str = "none"
     embeddings: tuple[Model, ...] = ()  # textual inversions its prompts use, ref = the word
+    # images in: the input image (ref: its path; identity: its pixels' hash), its denoising
+    # strength (0-1] and how it is fitted to width x height (farm/fields.py's RESIZE)
+    init: Model | None = None
+    denoise: float | None = None
+    resize: str | None = None
+    hires: Hires | None = None  # a second pass; width and height are then its final size
+    refiner: Model | None = None  # an SDXL refiner taking over at switch_at of the schedule
+    switch_at: float | None = None
     # how the prompt was made (template, chosen values, prompt-file columns): recorded with the
     # image, never part of its identity, so two routes to the same job give the same id
     context: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def loadout(self) -> Loadout:
-        return Loadout(self.checkpoint, self.vae)
+        return Loadout(self.checkpoint, self.vae, self.refiner)
 
     def identity_value(self, name: str) -> Any:
         """A field's value as the id sees it: a model by its identity, cfg as a float."""
@@ -119,7 +159,9 @@ class Job:
             return tuple((lora.model.identity, float(lora.weight)) for lora in value)
         if name == "embeddings":
             return tuple((e.ref, e.identity) for e in value)
-        return float(value) if BY_NAME[name].kind is float else value
+        if name == "hires":  # hashable: a batch's jobs are compared by it
+            return tuple(value.record().items()) if value is not None else None
+        return float(value) if BY_NAME[name].kind is float and value is not None else value
 
     @property
     def id(self) -> str:
@@ -162,8 +204,10 @@ class Job:
             elif f.name == "embeddings":
                 record[f.name] = [{"name": e.ref, "identity": e.identity, "path": e.path}
                                   for e in value]
+            elif f.name == "hires":
+                record[f.name] = value.record() if value is not None else None
             else:
-                record[f.name] = float(value) if f.kind is float else value
+                record[f.name] = self.identity_value(f.name)
         record.update(self.context)
         return record
 
@@ -186,6 +230,8 @@ class Job:
                 values[f.name] = tuple(model(f.name, item["name"], item["identity"],
                                              item.get("path"))
                                        for item in record.get(f.name) or ())
+            elif f.name == "hires":
+                values[f.name] = Hires(**record[f.name]) if record.get(f.name) else None
             elif f.name in record:
                 values[f.name] = record[f.name]
         values["context"] = tuple((k, record[k]) for k in CONTEXT_KEYS if k in record)
@@ -248,6 +294,9 @@ class Batch:
     pad_to: int = 0  # images per pipeline call; 0: just the jobs
     image: ImageFormat = ImageFormat()  # how its files are written
     positions: tuple[int, ...] = ()  # each job's index in the call; default 0, 1, 2, ...
+    # the input images' files, by identity, for a worker that cannot read them where they are
+    # (another node): (identity, bytes)
+    inputs: tuple[tuple[str, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.jobs:

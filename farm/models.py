@@ -287,6 +287,34 @@ def load_pipeline(checkpoint: Model, device: str, dtype):
     return pipe
 
 
+REFINER_SHARES = ("vae", "text_encoder_2")  # what an SDXL refiner may share with its base
+
+
+def load_refiner(refiner: Model, device: str, dtype, base: Model, base_pipe):
+    """An SDXL refiner's img2img pipeline on `device`, taking the base pipeline's VAE and
+    second text encoder where its own are the same weights (as SDXL's published refiner's
+    are), so that they are in memory once."""
+    import diffusers
+
+    cls = diffusers.StableDiffusionXLImg2ImgPipeline
+    if refiner.config:
+        pipe = cls.from_single_file(refiner.path, config=refiner.config, torch_dtype=dtype,
+                                    local_files_only=True)
+    else:
+        shared = {}
+        for name in REFINER_SHARES:
+            mine, theirs = Path(refiner.path) / name, Path(base.config or base.path) / name
+            if not base.config and mine.is_dir() and theirs.is_dir() \
+                    and folder_hash(mine) == folder_hash(theirs) \
+                    and getattr(base_pipe, name, None) is not None:
+                shared[name] = getattr(base_pipe, name)
+        pipe = cls.from_pretrained(refiner.path, torch_dtype=dtype, use_safetensors=True,
+                                   local_files_only=True, **shared)
+    pipe.set_progress_bar_config(disable=True)
+    _expose_text_model(getattr(pipe, "text_encoder_2", None))
+    return pipe.to(device)
+
+
 def _expose_text_model(encoder) -> None:
     """transformers 5 flattened CLIPTextModel (no `.text_model`), but diffusers' SD pipelines
     still reach `text_encoder.text_model.final_layer_norm` for clip skip: give it a view (not a

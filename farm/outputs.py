@@ -27,7 +27,7 @@ from PIL import Image, PngImagePlugin
 
 from farm import __version__, emphasis, samplers
 from farm.fields import FIELDS
-from farm.jobs import ImageFormat, Job
+from farm.jobs import UPSCALERS, ImageFormat, Job
 
 SHARD_SIZE = 10_000
 SLUG_LENGTH = 40
@@ -141,7 +141,9 @@ A1111_VALUES: dict[str, Callable[[Job], dict[str, Any]]] = {
     "sampler": lambda job: {"Sampler": samplers.sampler(job.sampler).a1111},
     "scheduler": lambda job: {"Schedule type": samplers.schedule(job.scheduler).a1111},
     "cfg": lambda job: {"CFG scale": f"{job.cfg:g}"},
-    "width": lambda job: {"Size": f"{job.width}x{job.height}"},
+    # A1111's Size is the first pass's: a hires pass says its final size or scale apart
+    "width": lambda job: {"Size": f"{job.hires.width}x{job.hires.height}" if job.hires
+                          else f"{job.width}x{job.height}"},
     "clip_skip": lambda job: {"Clip skip": job.clip_skip} if job.clip_skip > 1 else {},
     "checkpoint": lambda job: {"Model hash": job.checkpoint.short_hash,
                                "Model": job.checkpoint.name},
@@ -153,9 +155,35 @@ A1111_VALUES: dict[str, Callable[[Job], dict[str, Any]]] = {
     if job.embeddings else {},
     # A1111 writes its emphasis mode only when it is not its default; farm's `none` is its
     # "None" wherever the prompt has something A1111 would read as emphasis
+    "init": lambda job: {"Init image hash": job.init.identity[:16]} if job.init else {},
+    "denoise": lambda job: {"Denoising strength": f"{job.denoise:g}"}
+    if job.denoise is not None else {},
+    "hires": lambda job: _hires(job) if job.hires else {},
+    "refiner": lambda job: {"Refiner": f"{job.refiner.name} [{job.refiner.short_hash}]"}
+    if job.refiner else {},
+    "switch_at": lambda job: {"Refiner switch at": f"{job.switch_at:g}"}
+    if job.switch_at is not None else {},
     "emphasis": lambda job: {"Emphasis": "None"} if job.emphasis == "none" and not all(
         _plain(t) for t in (emphasis.loras(job.prompt)[0], job.negative)) else {},
 }
+
+
+def _hires(job: Job) -> dict[str, Any]:
+    """A hires pass as A1111 writes it."""
+    hires = job.hires
+    found: dict[str, Any] = {"Denoising strength": f"{hires.denoise:g}"}
+    if hires.scale:
+        found["Hires upscale"] = f"{hires.scale:g}"
+    else:
+        found["Hires resize"] = f"{job.width}x{job.height}"
+    if hires.steps:
+        found["Hires steps"] = hires.steps
+    found["Hires upscaler"] = UPSCALERS[hires.upscaler]
+    if hires.sampler is not None and (hires.sampler, hires.scheduler) != (job.sampler,
+                                                                          job.scheduler):
+        found["Hires sampler"] = samplers.sampler(hires.sampler).a1111
+        found["Hires schedule type"] = samplers.schedule(hires.scheduler).a1111
+    return found
 
 
 def _quoted(items) -> str:

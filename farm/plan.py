@@ -9,16 +9,27 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from farm import adapters, prompts, samplers
+from farm import adapters, inputs, prompts, samplers
 from farm.fields import FIELDS
-from farm.jobs import Batch, Job, Loadout, Lora, Model, Slot
-from farm.recipe import ROW_AXES, Recipe
+from farm.jobs import Batch, Hires, Job, Loadout, Lora, Model, Slot
+from farm.recipe import LOAD_AXES, ROW_AXES, HiresSpec, Recipe
 
 
 def loadouts(recipe: Recipe, models: Mapping[str, Model]) -> list[Loadout]:
-    """What workers must load for the recipe, in plan order; each is one pipeline."""
-    return [Loadout(models[ckpt], models[vae] if vae is not None else None)
-            for ckpt, vae in itertools.product(recipe.checkpoint, recipe.vae)]
+    """What workers must load for the recipe, in plan order; each is one pipeline (and a
+    refiner's, when it has one)."""
+    refiners = list(dict.fromkeys(r[0] if r else None for r in recipe.refiner))
+    return [Loadout(models[ckpt], models[vae] if vae is not None else None,
+                    models[refiner] if refiner is not None else None)
+            for ckpt, vae, refiner in itertools.product(recipe.checkpoint, recipe.vae, refiners)]
+
+
+def input_images(recipe: Recipe, models: Mapping[str, Model]) -> dict[str, Model]:
+    """The recipe's input images by path, identified (run.resolve_models did it once)."""
+    found = getattr(models, "inputs", None)
+    if found is None:
+        found = {m.path: m for m in inputs.identify(p for p in recipe.init if p is not None)}
+    return found
 
 
 def jobs(recipe: Recipe, models: Mapping[str, Model],
@@ -30,13 +41,16 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
     order the recipe lists its axes in. Zipped axes advance together. `models` maps each
     checkpoint and VAE reference of the recipe to its resolved Model.
     """
-    axes = [axis for axis in recipe.combined_axes() if axis not in (("checkpoint",), ("vae",))]
+    axes = [axis for axis in recipe.combined_axes() if axis[0] not in LOAD_AXES]
     replaced = {name: recipe.set_by_row(name) for name in ROW_AXES}
     reader: adapters.Reader = getattr(models, "reader", None) or adapters.Reader(recipe.base)
+    images = input_images(recipe, models)
     for out in [loadout] if loadout is not None else loadouts(recipe, models):
         sets = {s: _joined((), tuple(Lora(reader.lora(ref, out.checkpoint), weight)
                                      for ref, weight in s), "loras") for s in recipe.loras}
-        for chosen in _product(recipe, axes):
+        switches = [r[1] if r else None for r in recipe.refiner
+                    if (models[r[0]] if r else None) == out.refiner]
+        for switch_at, chosen in _each(switches, lambda: _product(recipe, axes)):
             row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides) if row.overrides else {}
             # a prompt-file row that sets a field takes part at one value of that field's axis
@@ -44,6 +58,10 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
                 continue
             sampler, schedule = _schedule(chosen["sampler"][1], chosen["scheduler"][1])
             width, height = chosen["size"][1]
+            hires = _hires(chosen["hires"][1], width, height)
+            if hires is not None:  # the job's size is the final image's
+                width, height = chosen["hires"][1].final(width, height)
+            init = chosen["init"][1]
             negative = recipe.negative if row.negative is None else row.negative
             # what the prompt's <lora:...> tags, embedding words and emphasis add
             reading = reader.read(row.text, negative, out.checkpoint, chosen["emphasis"][1])
@@ -67,11 +85,36 @@ def jobs(recipe: Recipe, models: Mapping[str, Model],
                 loras=loras,
                 emphasis=reading.emphasis,
                 embeddings=reading.embeddings,
+                init=images[init] if init is not None else None,
+                denoise=chosen["denoise"][1],
+                resize=recipe.resize if init is not None else None,
+                hires=hires,
+                refiner=out.refiner,
+                switch_at=switch_at,
                 context=row.context,
             )
             if recipe.caption is not None:  # recorded with the image, never in its id
                 job = _captioned(job, recipe.caption, row)
             yield job
+
+
+def _each(outer: list, inner) -> Iterator[tuple[Any, dict]]:
+    """(value, chosen) for each outer value and each item of a fresh inner stream (whose
+    items are one dict, updated in place)."""
+    for value in outer:
+        for chosen in inner():
+            yield value, chosen
+
+
+@lru_cache(maxsize=1024)
+def _hires(spec: HiresSpec | None, width: int, height: int) -> Hires | None:
+    """A recipe's hires pass for a first pass of width x height."""
+    if spec is None:
+        return None
+    sampler, schedule = (None, None) if spec.sampler is None else \
+        _schedule(spec.sampler, samplers.AUTOMATIC)
+    return Hires(width, height, spec.scale, spec.upscaler, spec.steps, spec.denoise, sampler,
+                 schedule)
 
 
 def _joined(recipe_set: tuple[Lora, ...], added: tuple[Lora, ...], where: str

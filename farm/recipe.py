@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm import catalog, fields, prompts, samplers
-from farm.fields import MAX_SEED, FieldError
-from farm.fields import CONFIG_MARK
-from farm.jobs import ImageFormat
+from farm import catalog, fields, inputs, prompts, samplers
+from farm.fields import CONFIG_MARK, MAX_SEED, MAX_STEPS, RESIZE, FieldError
+from farm.jobs import UPSCALERS, ImageFormat
 
 # Every field a recipe may set, with its default. Hydra composes on top of these, so that any of
 # them can be overridden from the command line even when the recipe file leaves it out.
@@ -46,13 +45,23 @@ DEFAULTS: dict[str, Any] = {
     "png_compression": 6,  # zlib level 0-9: smaller files or faster writes, same pixels
     "grids": None,  # contact sheets drawn after a render: auto, or [{x: cfg, y: steps}, ...]
     "caption": None,  # the `text` of exports: the prompt, or a template of values and fields
+    "init": None,  # input images (img2img): files, folders, globs, .tar shards; an axis
+    "denoise": None,  # img2img's denoising strength, 0 < d <= 1 (0.75 when init is set); axis
+    "resize": "stretch",  # how an input is fitted to the size: stretch, crop, fill
+    "hires": None,  # a second pass: {scale or size, upscaler, steps, denoise, sampler}
+    "refiner": None,  # the SDXL refiner: {checkpoint: REF, switch_at: 0.8}
 }
+DEFAULT_DENOISE = 0.75  # AUTOMATIC1111's img2img default
+DEFAULT_HIRES = {"upscaler": "latent", "steps": 0, "denoise": 0.7, "sampler": None}
+DEFAULT_SWITCH = 0.8
 
-AXES = ("checkpoint", "vae", "loras", "prompt", "sampler", "scheduler", "steps", "cfg", "size",
-        "clip_skip", "emphasis", "seeds")
+AXES = ("checkpoint", "vae", "refiner", "loras", "prompt", "sampler", "scheduler", "steps", "cfg",
+        "size", "hires", "clip_skip", "emphasis", "denoise", "init", "seeds")
 # The order the plan loops in, outermost first: what is expensive to switch changes least often
-COST_ORDER = ("checkpoint", "vae", "loras", "size", "sampler", "scheduler", "steps", "cfg",
-              "clip_skip", "emphasis", "prompt", "seeds")
+COST_ORDER = ("checkpoint", "vae", "refiner", "loras", "size", "hires", "sampler", "scheduler",
+              "steps", "cfg", "clip_skip", "emphasis", "denoise", "init", "prompt", "seeds")
+LOAD_AXES = ("checkpoint", "vae", "refiner")  # what workers load: these always multiply
+STAGE_AXES = ("refiner", "hires", "denoise", "init")  # (None,) unless the recipe sets them
 MAX_BATCH = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -72,6 +81,31 @@ class PromptFile:
     path: Path
     rows: int  # counted when the recipe was checked
     negatives: int  # how many rows set a negative prompt
+
+
+@dataclass(frozen=True)
+class HiresSpec:
+    """One hires pass of the recipe (each member may have been an axis)."""
+
+    scale: float | None  # the final size as a multiple of the first pass's, or
+    size: tuple[int, int] | None  # the final size itself
+    upscaler: str
+    steps: int  # 0: as many as the first pass
+    denoise: float
+    sampler: str | None  # as the sampler axis holds it (a schedule suffix if implied)
+
+    def final(self, width: int, height: int) -> tuple[int, int]:
+        """The final size of a first pass of width x height: scaled, rounded down to a
+        multiple of 8 (the latents' grid), as AUTOMATIC1111 does."""
+        if self.size is not None:
+            return self.size
+        return (max(8, int(width * self.scale) // 8 * 8),
+                max(8, int(height * self.scale) // 8 * 8))
+
+    def __str__(self) -> str:
+        upscale = f"{self.scale:g}x" if self.scale else f"to {self.size[0]}x{self.size[1]}"
+        return (f"{upscale} {self.upscaler}, {self.steps or 'same'} steps, denoise "
+                f"{self.denoise:g}" + (f", {self.sampler}" if self.sampler else ""))
 
 
 @dataclass(frozen=True)
@@ -115,6 +149,11 @@ class Recipe:
     loras: tuple[tuple[tuple[str, float], ...], ...] = ((),)
     emphasis: tuple[str, ...] = ("a1111",)
     base: Path = Path(".")  # the recipe's folder: loras/, embeddings/, wildcards/ are here
+    init: tuple[str | None, ...] = (None,)  # input images' absolute paths; None: text-to-image
+    denoise: tuple[float | None, ...] = (None,)
+    resize: str = "stretch"
+    hires: tuple[HiresSpec | None, ...] = (None,)
+    refiner: tuple[tuple[str, float] | None, ...] = (None,)  # (reference, switch_at)
 
     def seed_values(self) -> Iterator[int]:
         for r in self.seeds:
@@ -154,8 +193,20 @@ class Recipe:
         if axis == "loras":
             return "; ".join(" + ".join(f"{ref}:{weight:g}" for ref, weight in s) or "(none)"
                              for s in self.loras)
+        if axis == "init":
+            return "(none)" if self.init == (None,) else f"{len(self.init)} image(s)"
+        if axis == "refiner":
+            return ", ".join(f"{r[0]} at {r[1]:g}" if r else "(none)" for r in self.refiner)
+        if axis in ("hires", "denoise"):
+            return ", ".join("(none)" if v is None else f"{v:g}" if isinstance(v, float)
+                             else str(v) for v in getattr(self, axis))
         return ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
                          for v in getattr(self, axis))
+
+    def unused(self, axis: str) -> bool:
+        """A stage axis the recipe does not use (no init images, hires pass or refiner):
+        `farm plan` leaves it out."""
+        return axis in STAGE_AXES and getattr(self, axis) == (None,)
 
     def axis_lengths(self) -> dict[str, int]:
         lengths = {axis: len(getattr(self, axis)) for axis in AXES
@@ -239,6 +290,11 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
         loras=p.lora_sets(given["loras"]),
         emphasis=p.axis("emphasis", given["emphasis"], p.checked("emphasis")),
         base=base,
+        init=p.init(given["init"]),
+        denoise=p.denoise(given["denoise"], given["init"] is not None),
+        resize=p.choice("resize", given["resize"], RESIZE),
+        hires=p.hires(given["hires"]),
+        refiner=p.refiner(given["refiner"]),
         dtype=p.checked("dtype")("dtype", given["dtype"]),
         batch_size=p.integer("batch_size", given["batch_size"], 1, MAX_BATCH),
         zip=p.zip(given["zip"]),
@@ -256,6 +312,7 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
             raise RecipeError(recipe.name, "zip", list(group), "zipped axes must have the same "
                               "length; got " + ", ".join(f"{n} {lengths[n]}" for n in group))
     check_sampler_pairs(recipe)
+    check_stages(recipe)
     if p.negative_slots and any(isinstance(s, PromptFile) and s.rows > s.negatives
                                 for s in recipe.prompt):
         raise RecipeError(recipe.name, "negative", recipe.negative, "a negative with template "
@@ -283,6 +340,24 @@ def check_sampler_pairs(recipe: Recipe) -> None:
                                   f"{twin} and {spelled} are the same sampler and schedule "
                                   f"({pair[0]}, {pair[1]}); list each pair once (e.g. plain "
                                   "sampler names with a scheduler list)")
+
+
+def check_stages(recipe: Recipe) -> None:
+    """Stages that farm does not combine (yet): say so before anything is written."""
+    images_in = recipe.init != (None,)
+    if images_in and recipe.hires != (None,):
+        raise RecipeError(recipe.name, "hires", "(set)", "a hires pass follows a text-to-image "
+                          "first pass; it cannot be combined with init images (render the "
+                          "images at the size you want, or run a second recipe on them)")
+    if recipe.refiner != (None,) and (images_in or recipe.hires != (None,)):
+        raise RecipeError(recipe.name, "refiner", "(set)", "the refiner finishes a text-to-image "
+                          "render; farm does not combine it with init images or a hires pass")
+    if len(set(recipe.init)) != len(recipe.init) and not any(
+            "init" in group and "prompt" in group for group in recipe.zip):
+        seen: set[str | None] = set()
+        twice = next(p for p in recipe.init if p in seen or seen.add(p))
+        raise RecipeError(recipe.name, "init", twice, "this image is listed twice; each input "
+                          "must appear once (or zip init with prompt to pair it with several)")
 
 
 class _Parser:
@@ -397,11 +472,102 @@ class _Parser:
                 self.fail(field, values, "a value is listed twice")
         return found
 
+    def init(self, value: Any) -> tuple[str | None, ...]:
+        """Input images: a file, folder, glob or .tar shard, or a list of them."""
+        if value is None:
+            return (None,)
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, str) and v.strip() for v in items):
+            self.fail("init", value, "expected an image file, a folder of images, a glob "
+                      "pattern (images/*.png), a .tar shard, or a list of those")
+        found: list[str] = []
+        for i, item in enumerate(items):
+            try:
+                found += inputs.listed(item.strip(), self.base)
+            except inputs.InputError as e:
+                self.fail(f"init[{i}]" if len(items) > 1 else "init", e.given, e.problem)
+        return tuple(found)
+
+    def denoise(self, value: Any, images_in: bool) -> tuple[float | None, ...]:
+        if value is None:
+            return (DEFAULT_DENOISE,) if images_in else (None,)
+        if not images_in:
+            self.fail("denoise", value, "the denoising strength of input images: set init too "
+                      "(a hires pass has its own, hires.denoise)")
+        return self.axis("denoise", value, self.strength)
+
+    def strength(self, field: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            self.fail(field, value, "expected a denoising strength above 0, at most 1")
+        return float(value)
+
+    def hires(self, value: Any) -> tuple[HiresSpec | None, ...]:
+        """{scale or size, upscaler, steps, denoise, sampler}; each member may be a list."""
+        if value is None:
+            return (None,)
+        members = ("scale", "size", "upscaler", "steps", "denoise", "sampler")
+        if not isinstance(value, dict) or not set(value) <= set(members):
+            self.fail("hires", value, "expected {scale: 2 (or size: WxH), upscaler: latent, "
+                      "steps: 0, denoise: 0.7, sampler: ...}, each member a value or a list")
+        if ("scale" in value) == ("size" in value):
+            self.fail("hires", value, "a hires pass needs a scale (2) or a final size "
+                      "(1024x1024), one of them")
+        given = {**DEFAULT_HIRES, **value}
+        choices: dict[str, tuple] = {}
+        for name in members:
+            if name not in given:
+                choices[name] = (None,)
+                continue
+            check = {"scale": self.scale, "size": self.size, "upscaler": self.upscaler,
+                     "steps": self.hires_steps, "denoise": self.strength,
+                     "sampler": lambda f, v: None if v is None else self.sampler(f, v)}[name]
+            choices[name] = self.axis(f"hires.{name}", given[name], check)
+        return tuple(HiresSpec(*combination) for combination in itertools.product(
+            *(choices[name] for name in members)))
+
+    def scale(self, field: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 8:
+            self.fail(field, value, "expected a scale from 1 to 8")
+        return float(value)
+
+    def upscaler(self, field: str, value: Any) -> str:
+        names = {k: k for k in UPSCALERS} | {v.casefold(): k for k, v in UPSCALERS.items()}
+        found = names.get(str(value).strip().casefold())
+        if found is None:
+            self.fail(field, value, f"allowed: {', '.join(UPSCALERS)} (or A1111's names: "
+                      f"{', '.join(UPSCALERS.values())})")
+        return found
+
+    def hires_steps(self, field: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEPS:
+            self.fail(field, value, f"expected a whole number from 0 (as many as the first "
+                      f"pass) to {MAX_STEPS}")
+        return value
+
+    def refiner(self, value: Any) -> tuple[tuple[str, float] | None, ...]:
+        """{checkpoint: REF, switch_at: 0.8}; both may be lists."""
+        if value is None:
+            return (None,)
+        if not isinstance(value, dict) or "checkpoint" not in value \
+                or not set(value) <= {"checkpoint", "switch_at"}:
+            self.fail("refiner", value, "expected {checkpoint: REF, switch_at: 0.8} (each a "
+                      "value or a list), REF an SDXL refiner")
+        refs = self.axis("refiner.checkpoint", value["checkpoint"], self.model_ref)
+        switches = self.axis("refiner.switch_at", value.get("switch_at", DEFAULT_SWITCH),
+                             self.switch_at)
+        return tuple(itertools.product(refs, switches))
+
+    def switch_at(self, field: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            self.fail(field, value, "expected the share of the schedule the base model "
+                      "denoises before the refiner takes over, above 0 and below 1")
+        return float(value)
+
     def zip(self, value: Any) -> tuple[tuple[str, ...], ...]:
-        zippable = [a for a in AXES if a not in ("checkpoint", "vae")]
+        zippable = [a for a in AXES if a not in LOAD_AXES]
         allowed = (f"expected a list of axis groups, e.g. [[prompt, seeds]], each of 2 or more "
-                   f"of: {', '.join(zippable)} (checkpoint and vae decide what workers load, "
-                   "so they always multiply)")
+                   f"of: {', '.join(zippable)} (checkpoint, vae and refiner decide what "
+                   "workers load, so they always multiply)")
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(g, list) for g in value):

@@ -1,14 +1,17 @@
-"""One batch through a diffusers pipeline -> images."""
+"""One batch through a diffusers pipeline -> images, in stages: a text-to-image or img2img
+pass, then a refiner's or a hires pass when the jobs have one."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from farm import emphasis, encode, samplers
+from farm import emphasis, encode, inputs, samplers
 from farm.encode import TextEncoding
 from farm.jobs import Batch, Job
 
@@ -16,8 +19,19 @@ from farm.jobs import Batch, Job
 Rendered = Image.Image | str
 
 
-def render(pipe, batch: Batch, scheduler_config: dict,
-           encoding: TextEncoding | None = None) -> tuple[list[Rendered], dict]:
+@dataclass
+class Stages:
+    """What the later stages need from the worker that keeps the pipelines: each is asked for
+    only when a batch's jobs have that stage."""
+
+    img2img: Callable[[object], object]  # the img2img pipeline sharing a pipeline's components
+    init: Callable[[Job], Image.Image]  # a job's input image, checked against its identity
+    refiner: Callable[[], tuple[object, dict, TextEncoding]] | None = None  # (pipeline,
+    # its scheduler config, its text encoding)
+
+
+def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | None = None,
+           stages: Stages | None = None) -> tuple[list[Rendered], dict]:
     """Render every job of a batch in one pipeline call; one image (or error) per job.
 
     The call is padded to the batch's `pad_to` size, each job at its slot (see Batch). Each
@@ -40,14 +54,26 @@ def render(pipe, batch: Batch, scheduler_config: dict,
     else:
         calls = _embedded_calls(batch, encoding or TextEncoding(pipe, encode.load_embedding))
     pixels: dict[int, np.ndarray] = {}
-    for slots, jobs, inputs in calls:
+    guidance = {"guidance_scale": first.cfg} if "guidance_scale" in takes else {}
+    for slots, jobs, text in calls:
         # 3. noise: one CPU generator per image
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
         # 4. denoise with classifier-free guidance, decode; recipes were checked against the
         #    pipeline's family, so an input it does not take is left at its default
-        output = pipe(num_inference_steps=first.steps, width=first.width, height=first.height,
-                      generator=generators, output_type="np", **inputs,
-                      **({"guidance_scale": first.cfg} if "guidance_scale" in takes else {}))
+        if first.init is not None:  # img2img: each image's input, fitted to the size
+            images = [inputs.fit(stages.init(job), first.width, first.height, first.resize)
+                      for job in jobs]
+            output = stages.img2img(pipe)(
+                image=images, strength=first.denoise, num_inference_steps=first.steps,
+                generator=generators, output_type="np", **text, **guidance)
+        elif first.hires is not None:
+            output = _hires(pipe, jobs, text, guidance, generators, scheduler_config, stages)
+        elif first.refiner is not None:
+            output = _refined(pipe, jobs, text, guidance, generators, stages)
+        else:
+            output = pipe(num_inference_steps=first.steps, width=first.width,
+                          height=first.height, generator=generators, output_type="np",
+                          **text, **guidance)
         pixels.update((slot, output.images[slot]) for slot in slots)
     # 5. to 8-bit RGB, refusing what cannot be an image
     images: list[Rendered] = []
@@ -59,6 +85,77 @@ def render(pipe, batch: Batch, scheduler_config: dict,
         images.append(Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)))
     used = {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)}
     return images, used
+
+
+LATENT_MODES = {"latent": ("bilinear", False), "latent-antialiased": ("bilinear", True),
+                "latent-bicubic": ("bicubic", False),
+                "latent-bicubic-antialiased": ("bicubic", True),
+                "latent-nearest": ("nearest", False),
+                "latent-nearest-exact": ("nearest-exact", False)}
+PIXEL_MODES = {"lanczos": Image.LANCZOS, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
+
+
+def _hires(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: list,
+           scheduler_config: dict, stages: Stages):
+    """A1111's hires fix: the first pass at the first size, upscaled (its latents
+    interpolated, or its pixels resized and encoded again), then an img2img pass at the final
+    size with fresh noise from each image's seed."""
+    first, hires = jobs[0], jobs[0].hires
+    latent = hires.upscaler in LATENT_MODES
+    low = pipe(num_inference_steps=first.steps, width=hires.width, height=hires.height,
+               generator=generators, output_type="latent" if latent else "pil", **text,
+               **guidance).images
+    if latent:
+        mode, antialias = LATENT_MODES[hires.upscaler]
+        upscaled = torch.nn.functional.interpolate(
+            low, size=(first.height // 8, first.width // 8), mode=mode,
+            **({"antialias": antialias} if mode in ("bilinear", "bicubic") else {}))
+    else:
+        upscaled = [image.resize((first.width, first.height), PIXEL_MODES[hires.upscaler])
+                    for image in low]
+    second = stages.img2img(pipe)
+    if hires.sampler is not None:  # its own sampler; the model stays loaded
+        second.scheduler = samplers.make_scheduler(scheduler_config, hires.sampler,
+                                                   hires.scheduler)
+    steps = hires.steps or first.steps
+    fresh = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+    return second(image=upscaled, strength=hires.denoise,
+                  num_inference_steps=schedule_length(steps, hires.denoise),
+                  generator=fresh, output_type="np", **text, **guidance)
+
+
+def schedule_length(steps: int, denoise: float) -> int:
+    """The schedule an img2img pass needs to take exactly `steps` steps at strength
+    `denoise` (diffusers takes int(length * denoise) of them), as A1111's hires pass does."""
+    length = max(steps, int(steps / denoise))
+    while int(length * denoise) < steps:
+        length += 1
+    return length
+
+
+def _refined(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: list,
+             stages: Stages):
+    """SDXL's ensemble of experts: the base model denoises the first `switch_at` of the
+    schedule, the refiner the rest, from the base's latents; each image's generator goes on
+    from where the base left it."""
+    first = jobs[0]
+    latents = pipe(num_inference_steps=first.steps, width=first.width, height=first.height,
+                   denoising_end=first.switch_at, generator=generators, output_type="latent",
+                   **text, **guidance).images
+    refiner, config, encoding = stages.refiner()
+    refiner.scheduler = samplers.make_scheduler(config, first.sampler, first.scheduler)
+    takes = inspect.signature(refiner.__call__).parameters
+    if "prompt" in text:
+        words = _text_inputs(jobs, takes)
+    else:  # emphasis or embeddings: the refiner's own encoder reads them as the base's did
+        parts = [encoding.job(job) for job in jobs]
+        words = {"prompt_embeds": torch.cat([p[0] for p in parts]),
+                 "negative_prompt_embeds": torch.cat([p[1] for p in parts]),
+                 "pooled_prompt_embeds": torch.cat([p[2] for p in parts]),
+                 "negative_pooled_prompt_embeds": torch.cat([p[3] for p in parts])}
+    return refiner(image=latents, num_inference_steps=first.steps,
+                   denoising_start=first.switch_at, generator=generators, output_type="np",
+                   **words, **guidance)
 
 
 def _text_inputs(shape: tuple[Job, ...], takes) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from farm import adapters, catalog, grid, models, plan, schedule
+from farm import adapters, catalog, grid, inputs, models, plan, schedule
 from farm import recipe as recipes
 from farm.compose import BadInput, Settings
 from farm.finished import Finished
@@ -29,10 +29,12 @@ from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
 # 1. models ---------------------------------------------------------------------------------------
 
 class Resolved(dict):
-    """The recipe's checkpoints and VAEs by reference, and the reader of its prompts that found
-    and checked their LoRAs and embeddings (plan.jobs reads prompts with it)."""
+    """The recipe's checkpoints, VAEs and refiners by reference, the reader of its prompts that
+    found and checked their LoRAs and embeddings (plan.jobs reads prompts with it), and its
+    input images by path, identified."""
 
     reader: adapters.Reader
+    inputs: dict[str, Model]
 
 
 def resolve_models(recipe: recipes.Recipe) -> Resolved:
@@ -40,7 +42,9 @@ def resolve_models(recipe: recipes.Recipe) -> Resolved:
     embedding its sets and prompts name, and every prompt's emphasis, checked against each
     checkpoint: bad input is refused here, before a run folder is touched."""
     found = Resolved()
-    for name, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae)):
+    refiners = tuple(dict.fromkeys(r[0] for r in recipe.refiner if r is not None))
+    for name, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae),
+                       ("refiner.checkpoint", refiners)):
         seen: dict[str, str] = {}
         for ref in refs:
             if ref is None:
@@ -60,6 +64,13 @@ def resolve_models(recipe: recipes.Recipe) -> Resolved:
                            "render the same images under two ids; list it once")
     for ref in recipe.checkpoint:
         check_family(recipe, ref, models.family(found[ref]))
+    for ref in refiners:
+        pipeline = models.family(found[ref]).pipeline
+        if pipeline not in SDXL_PIPELINES:
+            raise BadInput(f"recipe {recipe.name}: refiner.checkpoint: {ref!r} is a {pipeline}; "
+                           "a refiner is an SDXL checkpoint (StableDiffusionXLImg2ImgPipeline, "
+                           "e.g. stabilityai/stable-diffusion-xl-refiner-1.0)")
+    found.inputs = identified_inputs(recipe)
     found.reader = reader = adapters.Reader(recipe.base)
     for ref in recipe.checkpoint:
         checkpoint = found[ref]
@@ -73,8 +84,40 @@ def resolve_models(recipe: recipes.Recipe) -> Resolved:
     return found
 
 
+SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+STAGED_PIPELINES = ("StableDiffusionPipeline", *SDXL_PIPELINES)  # init and hires: SD and SDXL
+
+
+def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
+    """The recipe's input images by path, each read and identified by its pixels; an unreadable
+    one, or two files of the same pixels, is refused (their jobs would be the same)."""
+    found: dict[str, Model] = {}
+    paths = [p for p in recipe.init if p is not None]
+    zipped = any("init" in group and "prompt" in group for group in recipe.zip)
+    seen: dict[str, str] = {}
+    try:
+        for model in inputs.identify(dict.fromkeys(paths)):
+            twin = seen.setdefault(model.identity, model.path)
+            if twin != model.path and not zipped:
+                raise BadInput(f"recipe {recipe.name}: init: {twin} and {model.path} have the "
+                               "same pixels, so their jobs would be the same; remove one")
+            found[model.path] = model
+    except inputs.InputError as e:
+        raise BadInput(f"recipe {recipe.name}: init: {e.given}: {e.problem}") from None
+    return found
+
+
 def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
     """Refuse recipe fields that this checkpoint's pipeline does not take."""
+    staged = {"init": recipe.init != (None,), "hires": recipe.hires != (None,)}
+    for name, used in staged.items():
+        if used and family.pipeline not in STAGED_PIPELINES:
+            raise BadInput(f"recipe {recipe.name}: {name}: checkpoint {ref!r} is a "
+                           f"{family.pipeline}; farm renders {name} with Stable Diffusion 1.x/2.x "
+                           "and SDXL checkpoints")
+    if recipe.refiner != (None,) and family.pipeline != "StableDiffusionXLPipeline":
+        raise BadInput(f"recipe {recipe.name}: refiner: checkpoint {ref!r} is a "
+                       f"{family.pipeline}; a refiner finishes an SDXL base model's render")
     problems = {
         "negative": ("negative_prompt", recipe.uses_negative(), "leave negative and "
                      "per-prompt negatives empty"),
@@ -337,6 +380,8 @@ def run_record(settings: Settings, found: dict[str, Model]) -> str:
     recipe, where it was found, and its resolved models."""
     record = yaml.safe_load(settings.resolved)
     record["models"] = saved_models(found)
+    if getattr(found, "inputs", None):  # input images by path: their pixels' hashes
+        record["inputs"] = {path: m.identity for path, m in found.inputs.items()}
     return yaml.safe_dump(record, sort_keys=False, allow_unicode=True)
 
 
@@ -406,6 +451,9 @@ def recorded_recipe(folder: RunFolder, text: str) -> tuple[recipes.Recipe, dict[
                        "recipe instead: farm status recipe=NAME") from None
     if "models" not in record:
         return recipe, resolve_models(recipe)
-    found = {ref: Model(ref=ref, path=m["path"], identity=m["identity"], config=m["config"])
-             for ref, m in record["models"].items()}
+    found = Resolved({ref: Model(ref=ref, path=m["path"], identity=m["identity"],
+                                 config=m["config"]) for ref, m in record["models"].items()})
+    if "inputs" in record:
+        found.inputs = {path: Model(ref=path, path=path, identity=identity)
+                        for path, identity in record["inputs"].items()}
     return recipe, found

@@ -1,7 +1,9 @@
 """The built-in tiny models: random-weight pipelines shaped like the real ones.
 
 No machine here can download weights, so `tiny` (a Stable-Diffusion-1.x-shaped pipeline),
-`tiny-xl` (an SDXL-shaped one) and `tiny-vae` (a second VAE for swap tests) are built from
+`tiny-xl` (an SDXL-shaped one), `tiny-xl-refiner` (an SDXL-refiner-shaped one, sharing
+tiny-xl's VAE and second text encoder as the real pair do) and `tiny-vae` (a second VAE for swap
+tests) are built from
 configs, the way diffusers' own tests do, saved in diffusers format into a cache folder on
 first use, and from then on loaded through exactly the same `from_pretrained` path as any local
 diffusers folder. The pictures are noise.
@@ -169,6 +171,38 @@ def build_tiny_xl(folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def build_tiny_xl_refiner(folder: Path) -> None:
+    """An SDXL-refiner-shaped img2img pipeline with random weights: only the second text
+    encoder (tiny-xl's own weights), a UNet conditioned on the aesthetic score as well as the
+    sizes, and tiny-xl's VAE."""
+    from diffusers import (EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextModelWithProjection
+
+    unet = _seeded(2, lambda: UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 64), norm_num_groups=32, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,  # the second encoder's hidden states only
+        transformer_layers_per_block=(1, 2), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=5 * 8 + 32,  # sizes, crop, aesthetic + pooled
+    ))
+    vae = _tiny_vae(0)
+    vae.register_to_config(force_upcast=True)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, unet=unet, text_encoder=None, tokenizer=None,
+        text_encoder_2=_seeded(1, lambda: CLIPTextModelWithProjection(_text_config())),
+        tokenizer_2=_tokenizer(),
+        scheduler=EulerDiscreteScheduler(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+            beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
 def build_tiny_vae(folder: Path) -> None:
     """A second tiny VAE with other random weights: same latents, other pixels."""
     _tiny_vae(1).save_pretrained(folder, safe_serialization=True)
@@ -270,9 +304,11 @@ def build_random_sdxl(folder: Path, seed: int = 0) -> None:
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-vae": build_tiny_vae,
-    "random-sd15": build_random_sd15, "random-sdxl": build_random_sdxl}
-ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint", "tiny-vae": "vae",
+    "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-xl-refiner": build_tiny_xl_refiner,
+    "tiny-vae": build_tiny_vae, "random-sd15": build_random_sd15,
+    "random-sdxl": build_random_sdxl}
+ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
+                         "tiny-xl-refiner": "checkpoint", "tiny-vae": "vae",
                          "random-sd15": "checkpoint", "random-sdxl": "checkpoint"}
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
-from farm import adapters, encode, libraries, models, outputs, render
+from farm import adapters, encode, inputs, libraries, models, outputs, render
 from farm.jobs import Batch, Job, Loadout, Model, Result
 
 
@@ -57,6 +57,8 @@ class Worker:
         self.loads: Counter[str] = Counter()  # model identity -> times loaded, for tests and logs
         self._checkpoints: OrderedDict[str, object] = OrderedDict()
         self._vaes: OrderedDict[str, object] = OrderedDict()
+        self._refiners: OrderedDict[str, object] = OrderedDict()
+        self._img2img: WeakKeyDictionary = WeakKeyDictionary()  # pipeline -> its img2img twin
         self._scheduler_configs: dict[str, dict] = {}
         self._loaded: list[tuple[str, float]] = []  # (model, seconds) loaded since last batch
         self._adapters: WeakKeyDictionary = WeakKeyDictionary()  # base pipeline -> its LoRAs
@@ -138,6 +140,51 @@ class Worker:
         object.__setattr__(pipe, "_farm_base", base)
         return pipe
 
+    def img2img(self, pipe):
+        """The img2img pipeline of a loaded pipeline: the same components (nothing loaded
+        again, LoRAs included), made once."""
+        found = self._img2img.get(pipe)
+        if found is None:
+            import diffusers
+
+            found = self._img2img[pipe] = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+            found.set_progress_bar_config(disable=True)
+        return found
+
+    def refiner(self, loadout: Loadout, dtype: str, pipe) -> tuple[object, dict,
+                                                                    encode.TextEncoding]:
+        """The loadout's refiner pipeline, sharing the base's components whose weights are the
+        same (SDXL's VAE and second text encoder), with the loadout's VAE when it has one;
+        its scheduler config; its text encoding."""
+        base = getattr(pipe, "_farm_base", pipe)
+        refiner = self._cached(self._refiners, loadout.refiner, "refiner", self.dtype(dtype),
+                               lambda model, device, torch_dtype: models.load_refiner(
+                                   model, device, torch_dtype, self.local(loadout.checkpoint,
+                                                                           "checkpoint"), base))
+        config = self._scheduler_configs.setdefault(loadout.refiner.identity,
+                                                    dict(refiner.scheduler.config))
+        if loadout.vae is not None:
+            refiner = type(refiner)(**{**refiner.components, "vae": pipe.vae})
+            refiner.set_progress_bar_config(disable=True)
+        return refiner, config, encode.TextEncoding(refiner, self.embedding)
+
+    def init_image(self, job: Job, batch: Batch):
+        """A job's input image: sent with the batch, or read where it is; checked to be the
+        pixels planned."""
+        data = dict(batch.inputs).get(job.init.identity)
+        if data is None:
+            try:
+                data = inputs.read(job.init.path)
+            except OSError as e:
+                raise inputs.InputError(job.init.path, f"cannot be read on {self.name} ({e}); "
+                                        "a worker on another node gets its inputs with the "
+                                        "batch") from None
+        image = inputs.decoded(data, job.init.path)
+        if outputs.pixel_hash(image) != job.init.identity:
+            raise inputs.InputError(job.init.path, "its pixels changed since the plan; render "
+                                    "again to plan with what is there now")
+        return image
+
     def with_loras(self, pipe, loras) -> None:
         """The job's LoRAs active on the pipeline's UNet and text encoders, and no others
         (loaded once, kept unfused; see adapters.Adapters)."""
@@ -190,8 +237,11 @@ class Worker:
             pipe = self.pipeline(first.loadout, first.dtype)
             self.with_loras(pipe, first.loras)
             config = self._scheduler_configs[first.checkpoint.identity]
+            stages = render.Stages(
+                img2img=self.img2img, init=lambda job: self.init_image(job, batch),
+                refiner=lambda: self.refiner(first.loadout, first.dtype, pipe))
             images, scheduler = render.render(pipe, batch, config,
-                                              encode.TextEncoding(pipe, self.embedding))
+                                              encode.TextEncoding(pipe, self.embedding), stages)
         except Exception as e:  # one bad batch must not end the run: report it per job
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
             error = f"{type(e).__name__}: {e}"

@@ -13,6 +13,7 @@ import pytest
 from farm import fields, outputs
 from farm.fields import FIELDS
 from farm.jobs import Job, Model
+from farm.recipe import STAGE_AXES
 from tests.helpers import make_job, run_farm
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -53,8 +54,8 @@ def test_every_field_reaches_plan_metadata_manifest_replay_and_exports(rendered,
     assert run_farm("plan", f"recipe={rendered / 'every.yaml'}", "runtime=inline",
                     f"outputs={rendered / 'out'}") == 0
     shown = capsys.readouterr().out
-    for f in FIELDS:
-        assert f.axis is None or f"  {f.axis} " in shown, f.name  # embeddings: prompt words
+    for f in FIELDS:  # embeddings: prompt words; stages: shown when used (tests/test_stages)
+        assert f.axis is None or f.axis in STAGE_AXES or f"  {f.axis} " in shown, f.name
     # 2. the PNG's farm JSON and 3. the manifest hold every field; 4. replay reads them back
     image = next(folder.glob("images/*/*.png"))
     infotext, meta = outputs.read_metadata(image)

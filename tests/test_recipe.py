@@ -23,7 +23,8 @@ def test_lists_multiply_into_the_plan():
                cfg=[5, 7.5], size=["64x64", "128x64"], sampler=["euler", "ddim"])
     assert r.axis_lengths() == {"checkpoint": 1, "vae": 1, "prompt": 2, "sampler": 2,
                                 "scheduler": 1, "steps": 2, "cfg": 2, "size": 2,
-                                "clip_skip": 1, "seeds": 4, "loras": 1, "emphasis": 1}
+                                "clip_skip": 1, "seeds": 4, "loras": 1, "emphasis": 1,
+                                "init": 1, "denoise": 1, "hires": 1, "refiner": 1}
     assert r.job_count == 2 * 2 * 2 * 2 * 2 * 4
     assert r.prompt[1] == Prompt("b", "c")
     assert r.size[1] == (128, 64)

@@ -1,0 +1,247 @@
+"""Input images (img2img): where they are, what they are, how they fit. No torch, Ray or Hydra.
+
+An input's identity is the hash of its decoded pixels (outputs.pixel_hash, after its EXIF
+orientation is applied), never its path or bytes: a moved, renamed or losslessly re-encoded
+input keeps its jobs, and an image farm made feeds the next run under the hash it recorded.
+Inputs are files, folders (searched recursively, in sorted order), glob patterns, and .tar
+shards (a webdataset export: every image member is an input, named `SHARD.tar/MEMBER`).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from farm import outputs, tiny
+from farm.jobs import Model
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+GLOB_CHARACTERS = "*?["
+MAX_PIXELS = 8192 * 8192  # an input larger than the largest size a recipe may ask for
+
+
+class InputError(ValueError):
+    """An input image that cannot be used: which one, and why."""
+
+    def __init__(self, given: str, problem: str):
+        self.given, self.problem = given, problem
+        super().__init__(f"{given}: {problem}")
+
+
+# 1. where they are -------------------------------------------------------------------------------
+
+def listed(value: str, base: Path) -> list[str]:
+    """The input images one recipe entry names, as absolute paths in sorted order: a file, a
+    folder (recursively), a glob pattern, or a .tar shard; relative to the recipe's folder."""
+    given = Path(value).expanduser()
+    path = given if given.is_absolute() else base / given
+    if any(c in value for c in GLOB_CHARACTERS):
+        found = sorted(p for p in (Path(m) for m in glob.glob(str(path), recursive=True))
+                       if p.is_file())
+        images = [str(p.resolve()) for p in found if p.suffix.lower() in SUFFIXES]
+        for shard in (p for p in found if p.suffix.lower() == ".tar"):
+            images += _members(shard)
+        if not images:
+            raise InputError(value, "no image matches this pattern")
+        return images
+    if not path.exists():
+        raise InputError(value, f"no such file or folder ({path})")
+    if path.is_dir():
+        images = []
+        for p in sorted(path.rglob("*")):
+            relative = p.relative_to(path).parts
+            if any(part.startswith(".") for part in relative) or not p.is_file():
+                continue  # hidden files and folders
+            if p.suffix.lower() in SUFFIXES:
+                images.append(str(p.resolve()))
+            elif p.suffix.lower() == ".tar":
+                images += _members(p)
+        if not images:
+            raise InputError(value, f"the folder has no images ({', '.join(SUFFIXES)} or .tar "
+                             "shards of them)")
+        return images
+    if path.suffix.lower() == ".tar":
+        images = _members(path)
+        if not images:
+            raise InputError(value, "the shard has no images")
+        return images
+    if path.suffix.lower() not in SUFFIXES:
+        raise InputError(value, f"not an image file; allowed: {', '.join(SUFFIXES)}, .tar")
+    return [str(path.resolve())]
+
+
+def _members(shard: Path) -> list[str]:
+    try:
+        with tarfile.open(shard) as tar:
+            names = sorted(m.name for m in tar.getmembers()
+                           if m.isfile() and Path(m.name).suffix.lower() in SUFFIXES)
+    except (OSError, tarfile.TarError) as e:
+        raise InputError(str(shard), f"cannot be read as a tar shard ({e})") from None
+    return [f"{shard.resolve()}/{name}" for name in names]
+
+
+def _split(path: str) -> tuple[Path, str | None]:
+    """(file, member): a tar member's shard and name, or the file itself."""
+    candidate = Path(path)
+    for parent in candidate.parents:
+        if parent.suffix.lower() == ".tar" and parent.is_file():
+            return parent, candidate.relative_to(parent).as_posix()
+    return candidate, None
+
+
+def read(path: str) -> bytes:
+    """An input's file as it is stored (a tar member's bytes from its shard)."""
+    file, member = _split(path)
+    if member is None:
+        return file.read_bytes()
+    with tarfile.open(file) as tar:
+        extracted = tar.extractfile(member)
+        if extracted is None:
+            raise OSError(f"{member} is not a file in {file}")
+        return extracted.read()
+
+
+# 2. what they are --------------------------------------------------------------------------------
+
+def decoded(data: bytes, given: str) -> Image.Image:
+    """An input's pixels: decoded, turned upright by its EXIF orientation, as RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(given, f"{image.width}x{image.height} is larger than farm "
+                                 "reads (8192x8192)")
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(given, f"cannot be read as an image ({type(e).__name__}: {e})") \
+            from None
+
+
+def identify(paths: Iterable[str]) -> Iterator[Model]:
+    """Each input as a Model: ref and path its absolute path, identity its pixels' hash.
+    Hashes are cached by (path, size, modification time), so a resumed run decodes nothing
+    again."""
+    cache = _Cache()
+    try:
+        for path in paths:
+            file, _ = _split(path)
+            try:
+                stat = file.stat()
+            except OSError as e:
+                raise InputError(path, f"cannot be read ({e.strerror or e})") from None
+            key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+            identity = cache.get(key)
+            if identity is None:
+                try:
+                    data = read(path)
+                except (OSError, tarfile.TarError) as e:
+                    raise InputError(path, f"cannot be read ({e})") from None
+                identity = outputs.pixel_hash(decoded(data, path))
+                cache.put(key, identity)
+            yield Model(ref=path, path=path, identity=identity)
+    finally:
+        cache.close()
+
+
+class _Cache:
+    """Pixel hashes of input files, appended as JSON lines to $FARM_CACHE/input-hashes.jsonl
+    (read once; any failure: no cache)."""
+
+    def __init__(self) -> None:
+        self.file = tiny.cache_dir() / "input-hashes.jsonl"
+        self.known: dict[str, str] = {}
+        self.added: list[str] = []
+        try:
+            with open(self.file, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        key, identity = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by a crash
+                    self.known[key] = identity
+        except OSError:
+            pass
+
+    def get(self, key: str) -> str | None:
+        return self.known.get(key)
+
+    def put(self, key: str, identity: str) -> None:
+        self.known[key] = identity
+        self.added.append(json.dumps([key, identity]) + "\n")
+        if len(self.added) >= 1000:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.file, "a", encoding="utf-8") as f:
+                f.write("".join(self.added))
+        except OSError:
+            pass
+        self.added = []
+
+    def close(self) -> None:
+        if self.added:
+            self._flush()
+
+
+def find(identity: str, folders: Iterable[Path]) -> Model | None:
+    """An input with these pixels in one of `folders` (searched recursively), or None."""
+    for folder in folders:
+        try:
+            paths = listed(str(folder), Path("."))
+        except InputError:
+            continue
+        for model in identify(paths):
+            if model.identity == identity:
+                return model
+    return None
+
+
+# 3. how they fit ---------------------------------------------------------------------------------
+
+def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """The image at width x height, as AUTOMATIC1111 fits an input: `stretch` resizes it
+    ("Just resize"); `crop` scales it to cover and cuts the overflow evenly ("Crop and
+    resize"); `fill` scales it to fit and fills the bands left by stretching its edge rows or
+    columns ("Resize and fill")."""
+    if image.size == (width, height):
+        return image
+    if mode == "stretch":
+        return image.resize((width, height), Image.LANCZOS)
+    cover = mode == "crop"
+    scale = (max if cover else min)(width / image.width, height / image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((w, h), Image.LANCZOS)
+    canvas = Image.new("RGB", (width, height))
+    left, top = (width - w) // 2, (height - h) // 2
+    canvas.paste(resized, (left, top))
+    if cover:
+        return canvas
+    if h < height:  # bands above and below: the first and last rows, stretched
+        if top > 0:
+            canvas.paste(resized.crop((0, 0, w, 1)).resize((w, top)), (left, 0))
+        bottom = height - top - h
+        if bottom > 0:
+            canvas.paste(resized.crop((0, h - 1, w, h)).resize((w, bottom)), (left, top + h))
+    if w < width:  # bands left and right: the first and last columns, stretched
+        if left > 0:
+            canvas.paste(resized.crop((0, 0, 1, h)).resize((left, h)), (0, top))
+        right = width - left - w
+        if right > 0:
+            canvas.paste(resized.crop((w - 1, 0, w, h)).resize((right, h)), (left + w, top))
+    return canvas
+
+
+def sources(values: Iterable[str], base: Path) -> Iterator[str]:
+    """Every input path of a recipe's `init` entries, in order."""
+    for value in values:
+        yield from listed(value, base)
+

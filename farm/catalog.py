@@ -26,9 +26,9 @@ from farm.manifest import Manifest
 # what a filter or a grid axis may name, besides values.NAME and fields.NAME: every job column
 # (farm/fields.py) and size (WxH)
 FIELDS = (*COLUMNS, "size")
-NESTED = ("values", "fields")  # template choices, prompt-file columns
+NESTED = ("values", "fields", "hires")  # template choices, prompt-file columns, hires.scale
 # a nested name may hold anything but the operators: values.{red|green}=red
-CONDITION = re.compile(r"(?P<field>(?:values|fields)\.[^=!~]+?|[A-Za-z_]\w*)\s*"
+CONDITION = re.compile(r"(?P<field>(?:values|fields|hires)\.[^=!~]+?|[A-Za-z_]\w*)\s*"
                        r"(?P<op>!=|=|~)(?P<value>.*)", re.S)
 
 
@@ -63,7 +63,8 @@ def check_field(field: str, what: str) -> str:
     if field in FIELDS or (dot and head in NESTED and name):
         return field
     raise CatalogError(f"{what}: unknown field {field!r}; allowed: {', '.join(FIELDS)}, "
-                       "values.NAME (a template's variable), fields.NAME (a prompt-file column)")
+                       "values.NAME (a template's variable), fields.NAME (a prompt-file column), "
+                       "hires.NAME (scale, upscaler, steps, denoise, sampler of a hires pass)")
 
 
 @dataclass(frozen=True)

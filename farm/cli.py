@@ -200,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--model", action="append", default=[], metavar="REF=PLACE",
                      help="a model that moved: the reference the run recorded, and where it is "
                      "now (repeat for more)")
+    cmd.add_argument("--inputs", action="append", default=[], type=Path, metavar="DIR",
+                     help="a folder to find input images in (by their pixels) where they are "
+                     "not where the run read them (repeat for more)")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
     text = "render one image again from the metadata it carries"
     cmd = sub.add_parser("replay", help=text, description=text)
@@ -209,6 +212,9 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--model", action="append", default=[], metavar="REF=PLACE",
                      help="a model that moved: the reference the image recorded, and where it "
                      "is now (repeat for more)")
+    cmd.add_argument("--inputs", action="append", default=[], type=Path, metavar="DIR",
+                     help="a folder to find its input image in (by its pixels), where it is not "
+                     "where the image recorded it (repeat for more)")
     where = ("keep images whose FIELD equals (=), differs from (!=) or contains (~) a value; "
              "repeat for more (one field given twice: either value); fields: "
              f"{', '.join(catalog.FIELDS)}, values.NAME, fields.NAME")
@@ -330,13 +336,14 @@ def moved_models(given: list[str]) -> dict[str, str]:
 
 
 def command_verify(folder_path: Path, sample: int | None, device: str | None,
-                   moved: dict[str, str]) -> int:
+                   moved: dict[str, str], found_in: list[Path] = ()) -> int:
     from farm import verify
 
     folder = RunFolder(folder_path)
     if not folder.manifest.exists():
         raise BadInput(f"{folder_path}: not a run folder (it has no manifest.sqlite)")
-    findings = verify.check_files(folder) + verify.rerender(folder, sample, device, moved)
+    findings = verify.check_files(folder) + verify.rerender(folder, sample, device, moved,
+                                                                 found_in)
     for f in findings:
         print(f"{f.verdict:<17} {f.path}" + (f"  ({f.detail})" if f.detail else ""))
     bad = [f for f in findings if f.bad]
@@ -347,10 +354,10 @@ def command_verify(folder_path: Path, sample: int | None, device: str | None,
 
 
 def command_replay(image: Path, folder: Path, device: str | None,
-                   moved: dict[str, str]) -> int:
+                   moved: dict[str, str], found_in: list[Path] = ()) -> int:
     from farm.replay import replay
 
-    path, same = replay(image, folder, device, moved)
+    path, same = replay(image, folder, device, moved, found_in)
     print(f"{path}: " + ("the same pixels as " if same else "other pixels than ") + str(image)
           + ("" if same else " (other hardware or software versions change the last bits)"))
     return EXIT_OK
@@ -366,10 +373,10 @@ def main(argv: list[str] | None = None) -> None:
         elif options.command == "verify":
             code = command_verify(run_folder(options.target, options.config_dir),
                                   None if options.all else options.sample, options.device,
-                                  moved_models(options.model))
+                                  moved_models(options.model), options.inputs)
         elif options.command == "replay":
             code = command_replay(options.image, options.to, options.device,
-                                  moved_models(options.model))
+                                  moved_models(options.model), options.inputs)
         elif options.command == "export":
             code = command_export(options)
         elif options.command == "grid":

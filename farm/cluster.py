@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from farm import inputs
 from farm.jobs import Batch, Result
 from farm.schedule import Runtime, RuntimeUnavailable, WorkerLost
 
@@ -172,7 +173,8 @@ class RayBackend:
         return bool(self.starting_refs)
 
     def submit(self, worker: str, batch: Batch):
-        return self.actors[worker].render.remote(batch)
+        # input images travel with their batch: the worker's node may not see their files
+        return self.actors[worker].render.remote(inputs.carried(batch))
 
     def wait(self, handles, timeout=None):
         import ray

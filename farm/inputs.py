@@ -14,12 +14,13 @@ import io
 import json
 import tarfile
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from farm import outputs, tiny
-from farm.jobs import Model
+from farm.jobs import Batch, Model
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 GLOB_CHARACTERS = "*?["
@@ -238,6 +239,20 @@ def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
         if right > 0:
             canvas.paste(resized.crop((w - 1, 0, w, h)).resize((right, h)), (left + w, top))
     return canvas
+
+
+def carried(batch: Batch) -> Batch:
+    """The batch with its input images' files in it, for a worker on another node."""
+    needed = {job.init.identity: job.init.path for job in batch.jobs if job.init is not None}
+    if not needed or batch.inputs:
+        return batch
+    files = []
+    for identity, path in needed.items():
+        try:
+            files.append((identity, read(path)))
+        except (OSError, tarfile.TarError):
+            continue  # gone since the plan: the worker says so for its jobs
+    return replace(batch, inputs=tuple(files))
 
 
 def sources(values: Iterable[str], base: Path) -> Iterator[str]:

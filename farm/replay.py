@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from farm import adapters, models, outputs
+from farm import adapters, inputs, models, outputs
 from farm.jobs import ImageFormat, Job, Model, Slot
 
 
@@ -13,7 +13,8 @@ class ReplayError(ValueError):
     """An image that cannot be rendered again here: no farm metadata, or other models."""
 
 
-def job_of(image: Path, moved: Mapping[str, str] | None = None) -> tuple[Job, Slot, ImageFormat]:
+def job_of(image: Path, moved: Mapping[str, str] | None = None,
+           found_in: Sequence[Path] = ()) -> tuple[Job, Slot, ImageFormat]:
     """The job an image was made from, with its models resolved here (`moved`: a model's new
     place, by the reference it was recorded with), where it sat in its pipeline call, and the
     format it was stored in."""
@@ -22,7 +23,7 @@ def job_of(image: Path, moved: Mapping[str, str] | None = None) -> tuple[Job, Sl
     except (OSError, KeyError, ValueError) as e:
         raise ReplayError(f"{image}: no farm metadata to replay ({type(e).__name__}: {e})") \
             from None
-    return job_from(meta, str(image), moved), Slot.of(meta), stored_format(meta)
+    return job_from(meta, str(image), moved, found_in), Slot.of(meta), stored_format(meta)
 
 
 def stored_format(meta: dict) -> ImageFormat:
@@ -30,9 +31,13 @@ def stored_format(meta: dict) -> ImageFormat:
     return ImageFormat(meta.get("format", "png"), meta.get("quality", ImageFormat.quality))
 
 
-def job_from(meta: dict, where: str, moved: Mapping[str, str] | None = None) -> Job:
-    """A job from its recorded fields (the `farm` chunk, a manifest row's params)."""
+def job_from(meta: dict, where: str, moved: Mapping[str, str] | None = None,
+             found_in: Sequence[Path] = ()) -> Job:
+    """A job from its recorded fields (the `farm` chunk, a manifest row's params); its input
+    image where it was, else in one of the folders `found_in`, by its pixels."""
     def model(field: str, ref: str, identity: str, path: str | None = None) -> Model:
+        if field == "init":
+            return same_input(ref, identity, found_in)
         return same_model(field, ref, identity, (moved or {}).get(ref), path)
 
     try:
@@ -61,6 +66,22 @@ def same_model(field: str, ref: str, identity: str, moved_to: str | None = None,
     return model
 
 
+def same_input(path: str, identity: str, found_in: Sequence[Path]) -> Model:
+    """The input image of these pixels: at its recorded path, else in one of `found_in`."""
+    try:
+        here, = inputs.identify([path])
+        if here.identity == identity:
+            return here
+    except inputs.InputError:
+        pass
+    found = inputs.find(identity, found_in)
+    if found is None:
+        looked = ", ".join(map(str, found_in)) or "no other folder (name some with --inputs DIR)"
+        raise ReplayError(f"init image {path} (pixels {identity[:16]}...) is not there, nor in "
+                          f"{looked}")
+    return found
+
+
 def _found(field: str, ref: str, moved_to: str | None, path: str | None) -> Model:
     if field not in ("loras", "embeddings"):
         return models.resolve(moved_to or ref, field)
@@ -73,13 +94,14 @@ def _found(field: str, ref: str, moved_to: str | None, path: str | None) -> Mode
 
 
 def replay(image: Path, folder: Path, device: str | None = None,
-           moved: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+           moved: Mapping[str, str] | None = None,
+           found_in: Sequence[Path] = ()) -> tuple[Path, bool]:
     """Render the image again into `folder`; say where, and whether the pixels are the same."""
     from PIL import Image
 
     from farm.worker import Device, Worker
 
-    job, slot, fmt = job_of(image, moved)
+    job, slot, fmt = job_of(image, moved, found_in)
     worker = Worker(folder, name="replay", device=Device.named(device) if device else None)
     result, = worker.render(slot.batch(job, image.name, fmt))
     if not result.ok:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,8 @@ def check_files(folder: RunFolder) -> list[Finding]:
 
 
 def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
-             moved: Mapping[str, str] | None = None) -> list[Finding]:
+             moved: Mapping[str, str] | None = None,
+             found_in: Sequence[Path] = ()) -> list[Finding]:
     """Render `sample` finished jobs again (all when None) and compare their pixels."""
     from farm.worker import Device, Worker
 
@@ -70,7 +71,7 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
     with tempfile.TemporaryDirectory(prefix="farm-verify-") as scratch:
         worker = Worker(scratch, name="verify", device=Device.named(device) if device else None)
         for path, params, batch_size, position in rows:
-            job = job_from(json.loads(params), path, moved)
+            job = job_from(json.loads(params), path, moved, found_in)
             original = folder.root / path
             fmt = ImageFormat()
             if original.suffix != ".png" and original.is_file():  # lossy: the same quality

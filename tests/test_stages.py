@@ -1,0 +1,380 @@
+"""Images in, images out: img2img, the hires fix and the SDXL refiner, as multi-stage jobs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from farm import inputs, models, outputs, plan, samplers
+from farm import recipe as recipes
+from farm.jobs import Batch, Hires
+from farm.render import schedule_length
+from farm.worker import Device, Worker
+from tests.helpers import make_job, run_farm
+
+
+def noise_image(path: Path, width: int, height: int, seed: int) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    return Worker(tmp_path_factory.mktemp("stages"), device=Device("cpu", "float32"))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Three inputs of other sizes than the renders: one in a subfolder, one hidden."""
+    folder = tmp_path_factory.mktemp("photos")
+    noise_image(folder / "b.png", 80, 48, 1)
+    noise_image(folder / "a.png", 48, 80, 2)
+    noise_image(folder / "deeper" / "c.png", 64, 64, 3)
+    noise_image(folder / ".thumbs" / "d.png", 64, 64, 4)
+    return folder
+
+
+def render(worker, jobs, tag):
+    paths = tuple(f"images/00000/{tag}-{i}-{job.id}.png" for i, job in enumerate(jobs))
+    results = worker.render(Batch(tuple(jobs), paths))
+    assert all(r.ok for r in results), [r.error for r in results]
+    return [np.asarray(Image.open(worker.folder.root / r.path)) for r in results]
+
+
+# 1. where inputs come from, and what they are --------------------------------------------------
+
+def test_inputs_are_listed_from_folders_globs_lists_and_shards(photos, tmp_path):
+    found = inputs.listed(str(photos), Path("."))
+    assert [Path(p).relative_to(photos).as_posix() for p in found] == \
+        ["a.png", "b.png", "deeper/c.png"]  # sorted, recursive, hidden folders left out
+    assert inputs.listed("*.png", photos) == [str(photos / "a.png"), str(photos / "b.png")]
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        tar.add(photos / "b.png", "0001.png")
+        tar.add(photos / "a.png", "0000.png")
+    members = inputs.listed(str(shard), Path("."))
+    assert members == [f"{shard}/0000.png", f"{shard}/0001.png"]
+    # a shard member is the same input as the file it came from
+    (from_shard, from_file), = [tuple(inputs.identify([members[0], str(photos / "a.png")]))]
+    assert from_shard.identity == from_file.identity
+
+
+def test_an_input_is_its_pixels_not_its_path_or_bytes(photos, tmp_path):
+    original = photos / "a.png"
+    copy = tmp_path / "elsewhere" / "renamed.png"
+    copy.parent.mkdir()
+    with Image.open(original) as image:  # the same pixels, other bytes
+        image.save(copy, compress_level=0)
+    assert copy.read_bytes() != original.read_bytes()
+    a, b = inputs.identify([str(original), str(copy)])
+    assert a.identity == b.identity
+    with Image.open(original) as image:
+        assert a.identity == outputs.pixel_hash(image)  # a farm image feeds the next run
+
+
+def test_each_resize_mode_fits_an_input_as_a1111_does():
+    wide = Image.new("RGB", (80, 40), (255, 0, 0))
+    wide.paste((0, 0, 255), (0, 0, 20, 40))  # a blue left quarter
+    assert inputs.fit(wide, 64, 64, "stretch").size == (64, 64)
+    cropped = np.asarray(inputs.fit(wide, 40, 40, "crop"))
+    assert cropped.shape == (40, 40, 3)
+    assert tuple(cropped[20, 0]) == (255, 0, 0)  # the blue quarter was cut off
+    filled = np.asarray(inputs.fit(wide, 40, 40, "fill"))
+    assert filled.shape == (40, 40, 3)
+    # the image scaled to fit in the middle; the bands above and below repeat its edge rows
+    assert (filled[0] == filled[9]).all() and (filled[-1] == filled[30]).all()
+    assert tuple(filled[20, 0]) == (0, 0, 255) and tuple(filled[20, 39]) == (255, 0, 0)
+
+
+RECIPE = """\
+name: variations
+prompt: [a fox, a lighthouse]
+init: photos
+denoise: [0.5, 0.9]
+resize: crop
+seeds: 0
+size: 64x64
+steps: 4
+batch_size: 3
+"""
+
+
+@pytest.fixture
+def project(tmp_path, photos, monkeypatch):
+    shutil.copytree(photos, tmp_path / "photos")
+    (tmp_path / "variations.yaml").write_text(RECIPE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_plan_multiplies_inputs_and_denoise(project, capsys):
+    r = recipes.parse(yaml.safe_load(RECIPE), "variations", project)
+    jobs = list(plan.jobs(r, {"tiny": models.resolve("tiny")}))
+    assert len(jobs) == r.job_count == 2 * 3 * 2
+    assert {job.denoise for job in jobs} == {0.5, 0.9}
+    assert {job.resize for job in jobs} == {"crop"}
+    assert len({job.init.identity for job in jobs}) == 3
+    assert run_farm("plan", "recipe=variations.yaml", "runtime=inline") == 0
+    shown = capsys.readouterr().out
+    assert "  init              3  3 image(s)" in shown
+    assert "  denoise           2  0.5, 0.9" in shown
+    assert "  hires " not in shown  # unused stages are not listed
+
+
+def test_zip_pairs_image_i_with_prompt_i(project):
+    data = {"prompt": ["a fox", "a lighthouse", "a cat"], "init": "photos", "zip": [["init",
+            "prompt"]], "size": "64x64"}
+    r = recipes.parse(data, "zipped", project)
+    jobs = list(plan.jobs(r, {"tiny": models.resolve("tiny")}))
+    assert [(Path(j.init.path).name, j.prompt) for j in jobs] == [
+        ("a.png", "a fox"), ("b.png", "a lighthouse"), ("c.png", "a cat")]
+
+
+# 2. rendering, reproducibly ------------------------------------------------------------------
+
+# one sampler of each diffusers scheduler class
+FAMILIES = sorted({s.scheduler_class: s.name for s in samplers.SAMPLERS}.values())
+
+
+@pytest.mark.parametrize("sampler", FAMILIES)
+def test_img2img_is_batch_invariant_for_every_sampler_family(worker, tiny, photos, sampler):
+    """A job alone and inside a batch of 3 (other inputs, prompts and seeds) gives the same
+    image: each input is encoded, and noised, with its own generator."""
+    found = list(inputs.identify(inputs.listed(str(photos), Path("."))))
+    jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}", sampler=sampler, steps=6,
+                     init=found[s], denoise=0.6, resize="crop") for s in range(3)]
+    together = render(worker, jobs, f"i2i-{sampler}")
+    alone, = render(worker, [jobs[1]], f"i2i-{sampler}-alone")
+    assert np.abs(alone.astype(int) - together[1].astype(int)).max() <= 1
+
+
+def test_the_input_and_denoise_change_the_image(worker, tiny, photos):
+    a, b, _ = inputs.identify(inputs.listed(str(photos), Path(".")))
+    base = make_job(tiny, init=a, denoise=0.5, resize="stretch")
+    images = render(worker, [base, make_job(tiny, init=b, denoise=0.5, resize="stretch")],
+                    "change") + render(worker, [make_job(tiny, init=a, denoise=0.9,
+                                                         resize="stretch")], "change-more")
+    assert not np.array_equal(images[0], images[1])
+    assert not np.array_equal(images[0], images[2])
+    assert len({base.id, make_job(tiny).id, make_job(tiny, init=a, denoise=0.9,
+                                                     resize="stretch").id}) == 3
+
+
+def test_an_input_travels_with_its_batch(worker, tiny, photos, tmp_path):
+    """A worker on another node cannot read the input where the driver found it: the batch
+    carries its bytes, and the worker checks them against the planned pixels."""
+    copy = shutil.copy(photos / "a.png", tmp_path / "a.png")
+    image, = inputs.identify([str(copy)])
+    job = make_job(tiny, init=image, denoise=0.7, resize="stretch")
+    carried = inputs.carried(Batch((job,), ("images/00000/carried.png",)))
+    Path(copy).unlink()  # not on this "node"
+    result, = worker.render(carried)
+    assert result.ok, result.error
+    lost, = worker.render(Batch((job,), ("images/00000/lost.png",)))
+    assert not lost.ok and "cannot be read on" in lost.error
+
+
+def test_a_changed_input_fails_its_jobs(worker, tiny, photos, tmp_path):
+    copy = Path(shutil.copy(photos / "a.png", tmp_path / "a.png"))
+    image, = inputs.identify([str(copy)])
+    noise_image(copy, 48, 80, 99)
+    result, = worker.render(Batch((make_job(tiny, init=image, denoise=0.7, resize="stretch"),),
+                                  ("images/00000/changed.png",)))
+    assert not result.ok and "its pixels changed since the plan" in result.error
+
+
+def test_img2img_run_resumes_verifies_and_replays_from_a_folder_named(project, capsys):
+    assert run_farm("render", "recipe=variations.yaml", "runtime=inline") == 0
+    folder = project / "outputs" / "variations"
+    images = sorted(folder.glob("images/*/*.png"))
+    assert len(images) == 12
+    infotext, meta = outputs.read_metadata(images[0])
+    assert "Denoising strength: " in infotext and "Init image hash: " in infotext
+    assert meta["init_identity"] and meta["resize"] == "crop" and meta["denoise"] in (0.5, 0.9)
+    # a deleted image comes back with the same pixels; nothing else is rendered
+    with Image.open(images[4]) as image:
+        before = outputs.pixel_hash(image)
+    images[4].unlink()
+    capsys.readouterr()
+    assert run_farm("render", "recipe=variations.yaml", "runtime=inline") == 0
+    assert "Rendered 1 of 1" in capsys.readouterr().out
+    with Image.open(images[4]) as image:
+        assert outputs.pixel_hash(image) == before
+    assert run_farm("verify", str(folder), "--sample", "3") == 0
+    # the inputs moved: replay finds them by their pixels in a folder the user names
+    shutil.move(project / "photos", project / "moved")
+    assert run_farm("replay", str(images[0]), "--to", str(project / "again")) == 2
+    assert "is not there, nor in no other folder" in capsys.readouterr().err
+    assert run_farm("replay", str(images[0]), "--to", str(project / "again"), "--inputs",
+                    str(project / "moved")) == 0
+    assert "the same pixels as" in capsys.readouterr().out
+
+
+def test_a_run_feeds_the_next_and_its_exports_name_the_inputs(project, capsys):
+    (project / "next.yaml").write_text("name: next\nprompt: a fox\ninit: outputs/small/images\n"
+                                       "size: 64x64\nsteps: 3\ndenoise: 0.4\n")
+    (project / "small.yaml").write_text("name: small\nprompt: a cat\nseeds: 0-1\n"
+                                        "size: 64x64\nsteps: 3\n")
+    assert run_farm("render", "recipe=small.yaml", "runtime=inline") == 0
+    assert run_farm("render", "recipe=next.yaml", "runtime=inline") == 0
+    made = {outputs.read_metadata(p)[1]["init_identity"]
+            for p in (project / "outputs" / "next").glob("images/*/*.png")}
+    with Image.open(next((project / "outputs" / "small").glob("images/*/*.png"))) as first:
+        assert outputs.pixel_hash(first) in made
+    import pyarrow.parquet as pq
+
+    assert run_farm("export", str(project / "outputs" / "next"), "--format", "parquet", "--to",
+                    str(project / "export")) == 0
+    table = pq.read_table(next((project / "export").glob("*.parquet"))).to_pylist()
+    assert {row["denoise"] for row in table} == {0.4}
+    assert all(row["init"].startswith(str(project)) and row["init_identity"] for row in table)
+
+
+@pytest.mark.parametrize("recipe, words", [
+    ("init: nowhere", "init: got 'nowhere'; no such file or folder"),
+    ("init: empty", "the folder has no images"),
+    ("init: [photos/a.png, broken.png]", "broken.png: cannot be read as an image"),
+    ("init: photos\ndenoise: 0", "denoise: got 0; expected a denoising strength above 0"),
+    ("init: photos\ndenoise: 1.5", "denoise: got 1.5"),
+    ("denoise: 0.5", "set init too"),
+    ("hires: {upscaler: latent}", "needs a scale (2) or a final size"),
+    ("hires: {scale: 2, upscaler: esrgan}", "hires.upscaler: got 'esrgan'; allowed: latent"),
+    ("hires: {scale: 2}\ninit: photos", "cannot be combined with init images"),
+    ("refiner: {checkpoint: tiny-xl-refiner}", "a refiner finishes an SDXL base model"),
+    ("checkpoint: tiny-xl\nrefiner: {checkpoint: tiny}", "a refiner is an SDXL checkpoint"),
+    ("checkpoint: tiny-xl\nrefiner: {checkpoint: tiny-xl-refiner, switch_at: 1}",
+     "refiner.switch_at: got 1"),
+    ("init: [photos/a.png, twin.png]", "have the same pixels"),
+])
+def test_bad_stage_input_exits_2_before_anything_is_written(project, capsys, recipe, words):
+    (project / "empty").mkdir()
+    (project / "broken.png").write_bytes(b"not a png")
+    shutil.copy(project / "photos" / "a.png", project / "twin.png")
+    (project / "bad.yaml").write_text(f"name: bad\nprompt: a fox\nsize: 64x64\n{recipe}\n")
+    assert run_farm("render", "recipe=bad.yaml", "runtime=inline") == 2
+    assert words in capsys.readouterr().err
+    assert not (project / "outputs" / "bad").exists()
+
+
+# 3. hires fix ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 10, 30])
+@pytest.mark.parametrize("denoise", [0.05, 0.3, 0.5, 0.7, 0.75, 1.0])
+def test_a_hires_pass_takes_exactly_its_steps(steps, denoise):
+    length = schedule_length(steps, denoise)
+    assert min(int(length * denoise), length) == steps
+
+
+HIRES = """\
+name: hires
+prompt: [a fox, "a (red:1.2) fox"]
+seeds: 0-1
+size: 64x48
+steps: 4
+hires: {scale: [1.5, 2], upscaler: [latent, lanczos], steps: 2, denoise: 0.6}
+batch_size: 2
+grids: [{x: hires.scale, y: hires.upscaler}]
+"""
+
+
+def test_hires_renders_the_final_size_and_records_both(tmp_path, capsys, worker, tiny):
+    (tmp_path / "hires.yaml").write_text(HIRES)
+    assert run_farm("render", f"recipe={tmp_path / 'hires.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    folder = tmp_path / "out" / "hires"
+    found = {}
+    for path in folder.glob("images/*/*.png"):
+        infotext, meta = outputs.read_metadata(path)
+        with Image.open(path) as image:
+            assert image.size == (meta["width"], meta["height"])
+        found[(meta["hires"]["scale"], meta["hires"]["upscaler"])] = (meta, infotext)
+    assert len(list(folder.glob("images/*/*.png"))) == 16
+    meta, infotext = found[(1.5, "lanczos")]
+    assert (meta["width"], meta["height"]) == (96, 72)
+    assert (meta["hires"]["width"], meta["hires"]["height"]) == (64, 48)  # the first pass
+    for words in ("Size: 64x48", "Denoising strength: 0.6", "Hires upscale: 1.5",
+                  "Hires steps: 2", "Hires upscaler: Lanczos"):
+        assert words in infotext
+    assert (found[(2.0, "latent")][0]["width"], found[(2.0, "latent")][0]["height"]) == (128, 96)
+    assert "Hires upscaler: Latent" in found[(2.0, "latent")][1]
+    assert len(list((folder / "grids").glob("*.png"))) >= 1  # the grid by hires.scale
+    assert run_farm("verify", str(folder), "--sample", "2") == 0
+
+
+def test_hires_reuses_the_loaded_model_and_its_own_sampler_changes_pixels(worker, tiny):
+    first = Hires(64, 64, 1.5, "latent", 2, 0.5)
+    plain = make_job(tiny, width=96, height=96, hires=first)
+    other = make_job(tiny, width=96, height=96, hires=Hires(64, 64, 1.5, "latent", 2, 0.5,
+                                                            "dpmpp_2m", "karras"))
+    loads = worker.loads[tiny.identity]
+    a, b = render(worker, [plain], "hr-a") + render(worker, [other], "hr-b")
+    assert a.shape == (96, 96, 3) and not np.array_equal(a, b) and plain.id != other.id
+    pipe = worker.pipeline(plain.loadout)
+    assert worker.img2img(pipe).unet is pipe.unet  # no second copy of the model
+    assert worker.loads[tiny.identity] == max(loads, 1)
+
+
+def test_hires_is_batch_invariant(worker, tiny):
+    jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}", width=96, height=96,
+                     hires=Hires(64, 64, 1.5, "lanczos", 2, 0.5)) for s in range(3)]
+    together = render(worker, jobs, "hr-inv")
+    alone, = render(worker, [jobs[2]], "hr-inv-alone")
+    assert np.abs(alone.astype(int) - together[2].astype(int)).max() <= 1
+
+
+# 4. SDXL refiner -------------------------------------------------------------------------------
+
+def test_the_refiner_finishes_the_schedule_and_shares_what_it_can(worker):
+    base, refiner = models.resolve("tiny-xl"), models.resolve("tiny-xl-refiner")
+    jobs = [make_job(base, seed=s, prompt=f"prompt {s}", steps=5, refiner=refiner,
+                     switch_at=0.6) for s in range(3)]
+    together = render(worker, jobs, "rf")
+    alone, = render(worker, [jobs[0]], "rf-alone")
+    assert np.abs(alone.astype(int) - together[0].astype(int)).max() <= 1
+    later, = render(worker, [make_job(base, seed=0, prompt="prompt 0", steps=5,
+                                      refiner=refiner, switch_at=0.8)], "rf-later")
+    unrefined, = render(worker, [make_job(base, seed=0, prompt="prompt 0", steps=5)], "rf-no")
+    assert not np.array_equal(alone, later) and not np.array_equal(alone, unrefined)
+    assert len({jobs[0].id, make_job(base, seed=0, prompt="prompt 0", steps=5).id,
+                make_job(base, seed=0, prompt="prompt 0", steps=5, refiner=refiner,
+                         switch_at=0.8).id}) == 3
+    pipe = worker.pipeline(jobs[0].loadout)
+    loaded, _, _ = worker.refiner(jobs[0].loadout, "auto", pipe)
+    assert loaded.vae is pipe.vae and loaded.text_encoder_2 is pipe.text_encoder_2
+    assert loaded.unet is not pipe.unet
+
+
+def test_a_refiner_recipe_writes_a1111_keys_and_plans_by_switch(tmp_path, capsys):
+    (tmp_path / "xl.yaml").write_text(
+        "name: xl\ncheckpoint: tiny-xl\nprompt: [a fox, 'a (red:1.2) fox']\nsize: 64x64\n"
+        "steps: 5\nrefiner: {checkpoint: tiny-xl-refiner, switch_at: [0.6, 0.8]}\n"
+        "batch_size: 2\n")
+    assert run_farm("plan", f"recipe={tmp_path / 'xl.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    assert "tiny-xl-refiner at 0.6, tiny-xl-refiner at 0.8" in capsys.readouterr().out
+    assert run_farm("render", f"recipe={tmp_path / 'xl.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    found = [outputs.read_metadata(p) for p in (tmp_path / "out" / "xl").glob("images/*/*.png")]
+    assert len(found) == 4 and {meta["switch_at"] for _, meta in found} == {0.6, 0.8}
+    infotext, meta = found[0]
+    assert "Refiner: tiny-xl-refiner [" in infotext and "Refiner switch at: 0." in infotext
+    assert meta["refiner"] == "tiny-xl-refiner" and meta["refiner_identity"]
+    assert run_farm("verify", str(tmp_path / "out" / "xl"), "--sample", "2") == 0
+
+
+def test_stage_fields_leave_old_ids_alone(tiny):
+    """Text-to-image jobs keep the ids every existing run folder has (tests/test_fields.py
+    holds the ids farm gave before); the new fields enter only when set."""
+    job = make_job(tiny)
+    assert job.id == make_job(tiny, init=None, denoise=None, resize=None, hires=None,
+                              refiner=None, switch_at=None).id
+    assert "init" not in json.dumps(job.batch_key)

@@ -9,7 +9,9 @@ For each workload, after a warm-up call, times `--batches` calls of:
           and atomic writes included; on a GPU the writes overlap the next batch)
   ray     the same Worker inside one Ray actor, every batch queued at once (skipped with --no-ray
           or where Ray is not installed)
-  compile not measured: farm has no runtime.compile yet
+  compile the inline Worker with runtime.compile (torch.compile of the UNet; its warm-up call,
+          where it compiles, is not timed but printed)
+  fused   the inline Worker with runtime.fuse_qkv (fused QKV projections)
 
 Workloads: random-sd15 at 512x512, 30 steps, cfg 7, batch 8, and random-sdxl at 1024x1024, 30
 steps, batch 2 (built on first use: about 2 GB and 7 GB in the farm cache; float16 on a GPU).
@@ -37,6 +39,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--batches", type=int, default=None, help="timed calls per case")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compile case")
+    parser.add_argument("--compile-backend", default=None, help="torch.compile backend "
+                        "(default: inductor; eager with --quick, which checks the wiring only)")
     args = parser.parse_args()
     import diffusers
     import torch
@@ -47,12 +52,21 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "cpu"
     batches = args.batches or (3 if args.quick else 5)
+    from farm import worker as workers
+
+    workers.COMPILE_BACKEND = args.compile_backend or ("eager" if args.quick else "inductor")
+    warmups: dict[str, float] = {}
     cases = []
     for model, size, steps, batch in QUICK if args.quick else WORKLOADS:
         measured = {"bare": bare(model, size, steps, batch, batches),
                     "inline": inline(model, size, steps, batch, batches)}
         if not args.no_ray:
             measured["ray"] = on_ray(model, size, steps, batch, batches)
+        if not args.no_compile:
+            rate, peak, warmups[model] = inline(model, size, steps, batch, batches,
+                                                compile=True, warmup=True)
+            measured["compile"] = rate, peak
+        measured["fused"] = inline(model, size, steps, batch, batches, fuse_qkv=True)
         for mode, (rate, peak) in measured.items():
             if rate is None:
                 continue
@@ -67,11 +81,15 @@ def main() -> None:
         peak = "-" if c["peak_gpu_mib"] is None else f"{c['peak_gpu_mib']:.0f}"
         print(f"{c['model']:<13}{c['size']:>6}{c['batch']:>7} {c['mode']:<8}"
               f"{c['images_per_second']:>9.2f}{c['vs_bare']:>9.2f}{peak:>14}")
+    for model, seconds in warmups.items():
+        print(f"compile warm-up call ({workers.COMPILE_BACKEND}), {model}: {seconds:.1f} s")
     if args.json:
         args.json.write_text(json.dumps({
             "device": device, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "farm": __version__, "timed_calls": batches, "compile": "not built yet",
+            "farm": __version__, "timed_calls": batches,
+            "compile_backend": workers.COMPILE_BACKEND,
+            "compile_warmup_seconds": {k: round(v, 2) for k, v in warmups.items()},
             "cases": cases}, indent=1))
 
 
@@ -131,12 +149,16 @@ def _jobs(model: str, size: int, steps: int, batch: int, first_seed: int):
     return Batch(jobs, tuple(f"images/00000/{job.seed}.png" for job in jobs), pad_to=batch)
 
 
-def inline(model: str, size: int, steps: int, batch: int, batches: int):
+def inline(model: str, size: int, steps: int, batch: int, batches: int, warmup: bool = False,
+           **speedups):
     from farm.worker import Worker
 
     with tempfile.TemporaryDirectory() as out:
-        worker = Worker(out, "bench")
-        worker.render(_jobs(model, size, steps, batch, 0))  # warm-up, and the model's load
+        worker = Worker(out, "bench", **speedups)
+        worker.pipeline(_jobs(model, size, steps, batch, 0).first.loadout)  # the model's load
+        started = time.perf_counter()
+        worker.render(_jobs(model, size, steps, batch, 0))  # warm-up (compiles, with compile)
+        warm = time.perf_counter() - started
         _peak_reset()
         started = time.perf_counter()
         for n in range(batches):
@@ -145,7 +167,7 @@ def inline(model: str, size: int, steps: int, batch: int, batches: int):
         rate = batch * batches / (time.perf_counter() - started)
         peak = _peak()
         del worker
-    return rate, peak
+    return (rate, peak, warm) if warmup else (rate, peak)
 
 
 def on_ray(model: str, size: int, steps: int, batch: int, batches: int):

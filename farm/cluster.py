@@ -29,8 +29,9 @@ class RayWorker:
 
     def __init__(self, root: str | None, name: str, device: str | None, max_pipelines: int,
                  threads: int | None, probe: tuple[str, str] | None = None,
-                 encode_threads: int | None = None):
+                 encode_threads: int | None = None, speedups: dict | None = None):
         self.args = (root, name, device, max_pipelines, threads, encode_threads)
+        self.speedups = speedups or {}  # Worker's compile and fuse_qkv
         self.probe = probe  # (file, token): the run folder is visible here if it reads so
         self.worker = None
 
@@ -45,7 +46,7 @@ class RayWorker:
             root = None
         self.worker = Worker(root, name=name, device=Device.named(device) if device else None,
                              max_pipelines=max_pipelines, threads=threads,
-                             encode_threads=encode_threads)
+                             encode_threads=encode_threads, **self.speedups)
         return {"name": name, "node": ray.get_runtime_context().get_node_id(),
                 "device": self.worker.device.name,
                 "writes": "worker" if self.worker.folder is not None else "driver"}
@@ -107,7 +108,9 @@ class RayBackend:
             **self.options)
         root = None if self.runtime.outputs == "driver" else self.root
         actor = actor_class.remote(root, name, self.runtime.device, self.runtime.max_pipelines,
-                                   self.threads, self.probe, self.runtime.encode_threads)
+                                   self.threads, self.probe, self.runtime.encode_threads,
+                                   {"compile": self.runtime.compile,
+                                    "fuse_qkv": self.runtime.fuse_qkv})
         self.actors[name] = actor
         ref = actor.ready.remote()
         self.starting_refs[ref] = name

@@ -46,6 +46,11 @@ class Runtime:
     # threads that encode and write a batch's images at once; default: 1 on the CPU (its cores
     # render), the host's cores less one on a GPU
     encode_threads: Optional[int] = None
+    # opt-in speed-ups that change the last bits of an image (recorded in its provenance, and
+    # `farm verify` renders with the same): torch.compile of the UNet (a warm-up per loadout
+    # and shape, then faster steps), fused QKV projections in its attention layers
+    compile: bool = False
+    fuse_qkv: bool = False
 
 
 OUTPUTS = ("auto", "driver", "shared")
@@ -506,7 +511,8 @@ class InlineBackend:
         device = Device.named(runtime.device) if runtime.device else None
         self.worker = Worker(None if runtime.outputs == "driver" else root, name="inline",
                              device=device, encode_threads=runtime.encode_threads,
-                             max_pipelines=runtime.max_pipelines, threads=runtime.threads)
+                             max_pipelines=runtime.max_pipelines, threads=runtime.threads,
+                             compile=runtime.compile, fuse_qkv=runtime.fuse_qkv)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-inline")
 
     def ready(self) -> list[str]:

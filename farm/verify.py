@@ -63,14 +63,22 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
     from farm.worker import Device, Worker
 
     with Manifest(folder.manifest, readonly=True) as manifest:
-        rows = [(r["path"], r["params"], r["batch_size"], r["position"])
+        rows = [(r["path"], r["params"], r["batch_size"], r["position"], r["provenance"])
                 for r in manifest.done()]
     if sample is not None and sample < len(rows):
         rows = sorted(random.Random(0).sample(rows, sample))
     findings = []
+    workers: dict[tuple[bool, bool], Worker] = {}
     with tempfile.TemporaryDirectory(prefix="farm-verify-") as scratch:
-        worker = Worker(scratch, name="verify", device=Device.named(device) if device else None)
-        for path, params, batch_size, position in rows:
+        for path, params, batch_size, position, provenance in rows:
+            # like with like: the speed-ups that made it (compile, fused QKV) on here too
+            made = json.loads(provenance or "null") or {}
+            speedups = (bool(made.get("compile")), bool(made.get("fused_qkv")))
+            worker = workers.get(speedups)
+            if worker is None:
+                worker = workers[speedups] = Worker(
+                    scratch, name="verify", device=Device.named(device) if device else None,
+                    compile=speedups[0], fuse_qkv=speedups[1])
             job = job_from(json.loads(params), path, moved, found_in)
             original = folder.root / path
             fmt = ImageFormat()
@@ -86,8 +94,20 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
             elif not original.is_file():
                 findings.append(Finding(path, "missing"))
             else:
-                findings.append(_compare(path, original, Path(scratch) / result.path))
+                finding = _compare(path, original, Path(scratch) / result.path)
+                elsewhere = _elsewhere(made, json.loads(result.provenance or "null") or {})
+                if finding.verdict != "identical" and elsewhere:
+                    finding = Finding(path, finding.verdict, f"{finding.detail}; {elsewhere}")
+                findings.append(finding)
     return findings
+
+
+def _elsewhere(made: dict, here: dict) -> str:
+    """Why pixels may differ in their last bits: what made the image that differs here."""
+    keys = ("device", "dtype", "torch", "diffusers", "vae_tiling", "vae_slicing")
+    changed = [f"{k} {made.get(k)} then, {here.get(k)} now" for k in keys
+               if made and made.get(k) != here.get(k)]
+    return "rendered with " + ", ".join(changed) if changed else ""
 
 
 def _compare(path: str, original: Path, again: Path) -> Finding:

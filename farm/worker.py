@@ -42,10 +42,20 @@ class Device:
         return Device(name, "float32" if name == "cpu" else "float16")
 
 
+# torch.compile's backend for runtime.compile (tests use "eager": the same tracing, no codegen)
+COMPILE_BACKEND = "inductor"
+# The VAE decodes in tiles above this many pixels per image, and one image at a time above this
+# many per call: a decision made from the job alone (so the same job decodes the same way
+# everywhere), recorded in the image's provenance. Below them nothing changes.
+TILE_ABOVE = 2048 * 2048
+SLICE_ABOVE = 16 * 1024 * 1024
+
+
 class Worker:
     def __init__(self, run_root: str | Path | None, name: str = "worker-0",
                  device: Device | None = None, max_pipelines: int = 2,
-                 threads: int | None = None, encode_threads: int | None = None):
+                 threads: int | None = None, encode_threads: int | None = None,
+                 compile: bool = False, fuse_qkv: bool = False):
         import torch
 
         libraries.quiet()
@@ -54,6 +64,9 @@ class Worker:
         self.name = name
         self.device = device or Device.detect()
         self.max_pipelines = max_pipelines
+        # opt-in speed-ups that change the last bits of an image (recorded in its provenance):
+        # torch.compile of the UNet, fused QKV projections in its attention
+        self.compile, self.fuse_qkv = compile, fuse_qkv
         self.loads: Counter[str] = Counter()  # model identity -> times loaded, for tests and logs
         self._checkpoints: OrderedDict[str, object] = OrderedDict()
         self._vaes: OrderedDict[str, object] = OrderedDict()
@@ -129,7 +142,7 @@ class Worker:
         torch_dtype = self.dtype(dtype)
         checkpoint = loadout.checkpoint
         base = self._cached(self._checkpoints, checkpoint, "checkpoint", torch_dtype,
-                            models.load_pipeline)
+                            self._load_checkpoint)
         self._scheduler_configs.setdefault(checkpoint.identity, dict(base.scheduler.config))
         if loadout.vae is None:
             return base
@@ -138,6 +151,18 @@ class Worker:
         pipe.set_progress_bar_config(disable=True)
         # whose UNet and text encoders (and so LoRAs) it shares
         object.__setattr__(pipe, "_farm_base", base)
+        return pipe
+
+    def _load_checkpoint(self, checkpoint: Model, device: str, dtype):
+        """A checkpoint's pipeline with the runtime's opt-in speed-ups."""
+        pipe = models.load_pipeline(checkpoint, device, dtype)
+        unet = getattr(pipe, "unet", None)
+        if self.fuse_qkv and unet is not None and hasattr(pipe, "fuse_qkv_projections"):
+            pipe.fuse_qkv_projections(unet=True, vae=False)
+            object.__setattr__(pipe, "_farm_fused", True)
+        if self.compile and unet is not None:
+            unet.compile(backend=COMPILE_BACKEND)  # in place: LoRAs still reach its layers
+            object.__setattr__(pipe, "_farm_compiled", True)
         return pipe
 
     def img2img(self, pipe):
@@ -202,6 +227,9 @@ class Worker:
             if not Path(lora.model.path).is_file():
                 raise models.ModelError("loras", lora.model.ref, f"no file at {lora.model.path} "
                                         f"on {self.name}: give every node the same LoRA folder")
+        if loras and getattr(base, "_farm_fused", False):  # LoRAs patch the unfused layers
+            base.unfuse_qkv_projections(unet=True, vae=False)
+            object.__setattr__(base, "_farm_fused", False)
         started = time.perf_counter()
         if state.apply(pipe, loras):
             self._loaded.append(("LoRA " + "+".join(lora.name for lora in loras),
@@ -229,9 +257,9 @@ class Worker:
         return self._write(batch, *self._compute.submit(self._images, batch).result())
 
     def _images(self, batch: Batch) -> tuple[list[render.Rendered], dict | None, float,
-                                              tuple[tuple[str, float], ...]]:
-        """The batch's images (or errors), the scheduler that ran, the seconds it took, and the
-        models it loaded first (with their seconds)."""
+                                              tuple[tuple[str, float], ...], dict]:
+        """The batch's images (or errors), the scheduler that ran, the seconds it took, the
+        models it loaded first (with their seconds), and what else made them (provenance)."""
         started, first = time.perf_counter(), batch.first
         try:
             pipe = self.pipeline(first.loadout, first.dtype)
@@ -240,6 +268,11 @@ class Worker:
             stages = render.Stages(
                 img2img=self.img2img, init=lambda job: self.init_image(job, batch),
                 refiner=lambda: self.refiner(first.loadout, first.dtype, pipe))
+            made = self._decoding(pipe, batch)
+            base = getattr(pipe, "_farm_base", pipe)
+            made.update({k: True for k, on in (
+                ("compile", getattr(base, "_farm_compiled", False)),
+                ("fused_qkv", getattr(base, "_farm_fused", False))) if on})
             images, scheduler = render.render(pipe, batch, config,
                                               encode.TextEncoding(pipe, self.embedding), stages)
         except Exception as e:  # one bad batch must not end the run: report it per job
@@ -248,12 +281,29 @@ class Worker:
             if _out_of_memory(e):  # the call was too big: the dispatcher splits it
                 error = OutOfMemory(error)
                 self._release()
-            images, scheduler = [error] * len(batch.jobs), None
+            images, scheduler, made = [error] * len(batch.jobs), None, {}
         loaded, self._loaded = tuple(self._loaded), []
-        return images, scheduler, time.perf_counter() - started, loaded
+        return images, scheduler, time.perf_counter() - started, loaded, made
 
-    def provenance(self, dtype: str) -> str:
-        """What made an image besides its job: the device, precision and software versions."""
+    def _decoding(self, pipe, batch: Batch) -> dict:
+        """VAE tiling and slicing for this batch's size (TILE_ABOVE, SLICE_ABOVE), on every VAE
+        the batch may decode with; what is on, for the provenance."""
+        first = batch.first
+        tiled = first.width * first.height > TILE_ABOVE
+        sliced = len(batch.shape) * first.width * first.height > SLICE_ABOVE
+        vaes = [pipe.vae]
+        if first.refiner is not None:
+            vaes.append(self.refiner(first.loadout, first.dtype, pipe)[0].vae)
+        for vae in vaes:
+            if hasattr(vae, "enable_tiling"):
+                vae.enable_tiling() if tiled else vae.disable_tiling()
+            if hasattr(vae, "enable_slicing"):
+                vae.enable_slicing() if sliced else vae.disable_slicing()
+        return {k: True for k, on in (("vae_tiling", tiled), ("vae_slicing", sliced)) if on}
+
+    def provenance(self, dtype: str, made: dict | None = None) -> str:
+        """What made an image besides its job: the device, precision and software versions,
+        and the speed-ups and decoding that were on (`made`)."""
         import diffusers
         import torch
         import transformers
@@ -266,12 +316,14 @@ class Worker:
         return json.dumps({"device": device, "dtype": str(self.dtype(dtype)).removeprefix(
             "torch."), "farm": __version__, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            **({"unet_memory_format": "channels_last"} if device != "cpu" else {})})
+            **({"unet_memory_format": "channels_last"} if device != "cpu" else {}),
+            **(made or {})})
 
     def _write(self, batch: Batch, images: list[render.Rendered], scheduler: dict | None,
-               seconds: float, loaded: tuple[tuple[str, float], ...] = ()) -> list[Result]:
+               seconds: float, loaded: tuple[tuple[str, float], ...] = (),
+               made: dict | None = None) -> list[Result]:
         record = json.dumps(scheduler, default=str) if scheduler else None
-        made_by = self.provenance(batch.first.dtype)
+        made_by = self.provenance(batch.first.dtype, made)
         def stored(job: Job, path: str, image: render.Rendered, position: int):
             """(files left for the driver, pixel hash, error, why the run must stop)."""
             if isinstance(image, str):

@@ -25,6 +25,9 @@ class Model:
     path: str  # its files on this machine; never part of an id (another node may differ)
     identity: str  # sha256 of the weights (hex), or "hub:<repo>@<commit>" for a pinned hub model
     config: str | None = None  # single-file weights: the diffusers folder giving the architecture
+    # a hub pipeline's weight files, when not its default ones: "fp16" for half-precision jobs
+    # where the repository has them (the same commit, so the same identity)
+    variant: str | None = None
 
     @property
     def short_hash(self) -> str:

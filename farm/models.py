@@ -39,8 +39,9 @@ class ModelError(ValueError):
         super().__init__(f"{field}: {ref!r}: {problem}")
 
 
-def resolve(ref: str, field: str = "checkpoint") -> Model:
-    """Check a reference and find its files and identity. `field` is checkpoint or vae."""
+def resolve(ref: str, field: str = "checkpoint", variant: str | None = None) -> Model:
+    """Check a reference and find its files and identity. `field` is checkpoint or vae.
+    `variant` ("fp16"): a hub pipeline's weights in that variant, where it has them all."""
     role = "vae" if field.startswith("vae") else "checkpoint"
     if CONFIG_MARK in ref:
         return _resolve_single_file(ref, field, role)
@@ -61,7 +62,7 @@ def resolve(ref: str, field: str = "checkpoint") -> Model:
         return _resolve_local(ref, path, field, role)
     match = HUB_ID.fullmatch(ref)
     if match:
-        return _resolve_hub(ref, match["repo"], match["revision"], field)
+        return _resolve_hub(ref, match["repo"], match["revision"], field, variant)
     raise ModelError(field, ref, "not a model reference: expected "
                      + ", ".join(n for n, r in tiny.ROLES.items() if r == role)
                      + ", a Hugging Face repo id (org/name[@revision]), a local diffusers "
@@ -134,9 +135,11 @@ def _resolve_single_file(ref: str, field: str, role: str) -> Model:
     return Model(ref=ref, path=str(path.resolve()), identity=identity, config=config.path)
 
 
-def _resolve_hub(ref: str, repo: str, revision: str | None, field: str) -> Model:
+def _resolve_hub(ref: str, repo: str, revision: str | None, field: str,
+                 variant: str | None = None) -> Model:
     """A repo from the local Hugging Face cache (or downloaded when online): only the files its
-    pipeline loads (hub_patterns), so that a node never fetches a repository's alternatives."""
+    pipeline loads (hub_patterns), so that a node never fetches a repository's alternatives;
+    in `variant` where every weighted component has it, else the default weights."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -148,8 +151,17 @@ def _resolve_hub(ref: str, repo: str, revision: str | None, field: str) -> Model
 
     try:
         folder = fetch(["model_index.json", "config.json"])  # what the repo holds
-        index = folder / "model_index.json"
-        folder = fetch(*hub_patterns(json.loads(index.read_text()) if index.exists() else None))
+        index = json.loads((folder / "model_index.json").read_text()) \
+            if (folder / "model_index.json").exists() else None
+        if variant and index is not None:
+            try:
+                folder = fetch(*hub_patterns(index, variant))
+            except LocalEntryNotFoundError:
+                pass  # not cached offline: the default weights, if they are
+            if has_variant(folder, index, variant):
+                return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}",
+                             variant=variant)
+        folder = fetch(*hub_patterns(index))
     except LocalEntryNotFoundError as e:
         rev = f" --revision {revision}" if revision else ""
         where = ("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" if offline
@@ -166,21 +178,47 @@ VARIANTS = ("fp16", "bf16", "fp32", "non_ema", "ema")
 CONFIG_SUFFIXES = ("json", "txt", "model")  # configs, tokenizer vocabularies and merges
 
 
-def hub_patterns(index: dict | None) -> tuple[list[str], list[str]]:
+def hub_patterns(index: dict | None, variant: str | None = None) -> tuple[list[str], list[str]]:
     """(allow, ignore) patterns for what a diffusers repository's pipeline loads: model_index.json
-    and the folders of the components it names (configs, tokenizer files, the default weights),
-    never the single-file checkpoints at the top or the weight variants (fp16, EMA, ...). A
-    repository without model_index.json is one model (a VAE): its top-level files."""
-    ignore = [p for v in VARIANTS for p in (f"*.{v}.safetensors", f"*.{v}-*.safetensors",
-                                            f"*.safetensors.index.{v}.json")]
+    and the folders of the components it names (configs, tokenizer files, the default weights,
+    or with `variant` that variant's weights instead), never the single-file checkpoints at the
+    top or the other weight variants (fp16, EMA, ...). A repository without model_index.json is
+    one model (a VAE): its top-level files."""
+    ignore = [p for v in VARIANTS if v != variant
+              for p in (f"*.{v}.safetensors", f"*.{v}-*.safetensors",
+                        f"*.safetensors.index.{v}.json")]
+    if variant and index is not None:
+        parts = _weighted_parts(index)
+        allow = ["model_index.json"] + [f"{part}/*.{suffix}" for part in _parts(index)
+                                        for suffix in CONFIG_SUFFIXES]
+        allow += [f"{part}/*.{variant}{tail}" for part in parts
+                  for tail in (".safetensors", "-*.safetensors")]
+        return allow, ignore
     if index is None:
         return ["*.safetensors", *(f"*.{suffix}" for suffix in CONFIG_SUFFIXES)], \
             ignore + ["*/*"]
-    parts = [name for name, spec in index.items() if not name.startswith("_")
-             and isinstance(spec, list) and spec[0] is not None]
-    allow = ["model_index.json"] + [f"{part}/*.{suffix}" for part in parts
+    allow = ["model_index.json"] + [f"{part}/*.{suffix}" for part in _parts(index)
                                     for suffix in ("safetensors", *CONFIG_SUFFIXES)]
     return allow, ignore
+
+
+def _parts(index: dict) -> list[str]:
+    """The components model_index.json names."""
+    return [name for name, spec in index.items() if not name.startswith("_")
+            and isinstance(spec, list) and spec[0] is not None]
+
+
+def _weighted_parts(index: dict) -> list[str]:
+    """The components with weights (not tokenizers, schedulers, feature extractors)."""
+    return [name for name in _parts(index)
+            if not any(word in str(index[name][-1]) for word in WEIGHTLESS)]
+
+
+def has_variant(folder: Path, index: dict, variant: str) -> bool:
+    """Whether every weighted component of a snapshot has weights in `variant`."""
+    return all(any((folder / part).glob(f"*.{variant}.safetensors"))
+               or any((folder / part).glob(f"*.{variant}-*.safetensors"))
+               for part in _weighted_parts(index))
 
 
 @dataclass(frozen=True)
@@ -275,7 +313,8 @@ def load_pipeline(checkpoint: Model, device: str, dtype):
                                     local_files_only=True)
     else:
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-            checkpoint.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
+            checkpoint.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+            **({"variant": checkpoint.variant} if checkpoint.variant else {}))
     pipe.set_progress_bar_config(disable=True)
     for name in ("text_encoder", "text_encoder_2"):
         _expose_text_model(getattr(pipe, name, None))
@@ -309,7 +348,8 @@ def load_refiner(refiner: Model, device: str, dtype, base: Model, base_pipe):
                     and getattr(base_pipe, name, None) is not None:
                 shared[name] = getattr(base_pipe, name)
         pipe = cls.from_pretrained(refiner.path, torch_dtype=dtype, use_safetensors=True,
-                                   local_files_only=True, **shared)
+                                   local_files_only=True, **shared,
+                                   **({"variant": refiner.variant} if refiner.variant else {}))
     pipe.set_progress_bar_config(disable=True)
     _expose_text_model(getattr(pipe, "text_encoder_2", None))
     return pipe.to(device)

@@ -37,10 +37,13 @@ class Resolved(dict):
     inputs: dict[str, Model]
 
 
-def resolve_models(recipe: recipes.Recipe) -> Resolved:
+def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved:
     """Every checkpoint and VAE of the recipe, checked and identified; then every LoRA and
     embedding its sets and prompts name, and every prompt's emphasis, checked against each
-    checkpoint: bad input is refused here, before a run folder is touched."""
+    checkpoint: bad input is refused here, before a run folder is touched. `half`: the jobs
+    render in float16 (default: when the recipe says so), so a hub pipeline's fp16 weight files
+    are fetched instead of its full ones where the repository has them."""
+    variant = "fp16" if (recipe.dtype == "float16" if half is None else half) else None
     found = Resolved()
     refiners = tuple(dict.fromkeys(r[0] for r in recipe.refiner if r is not None))
     for name, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae),
@@ -50,7 +53,7 @@ def resolve_models(recipe: recipes.Recipe) -> Resolved:
             if ref is None:
                 continue
             if ref not in found:
-                found[ref] = models.resolve(ref, name)
+                found[ref] = models.resolve(ref, name, None if name == "vae" else variant)
             twin = seen.setdefault(found[ref].identity, ref)
             if twin != ref:  # two spellings of one model would plan every job twice
                 raise BadInput(f"recipe {recipe.name}: {name}: {twin!r} and {ref!r} are the same "
@@ -133,8 +136,8 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
 def saved_models(found: dict[str, Model]) -> dict[str, dict[str, Any]]:
     """The resolved models as a run record keeps them, so that the run folder's own tools
     (status) need no model files."""
-    return {ref: {"identity": m.identity, "path": m.path, "config": m.config}
-            for ref, m in found.items()}
+    return {ref: {"identity": m.identity, "path": m.path, "config": m.config,
+                  **({"variant": m.variant} if m.variant else {})} for ref, m in found.items()}
 
 
 # 2. counting ------------------------------------------------------------------------------------
@@ -242,7 +245,8 @@ def render(settings: Settings) -> Outcome:
     recipe, folder = settings.recipe, settings.folder
     # 1. check the runtime, the models and the folder before anything is written
     schedule.check_runtime(settings.runtime)
-    found = resolve_models(recipe)
+    found = resolve_models(recipe, half=recipe.dtype == "float16" or (
+        recipe.dtype == "auto" and (settings.runtime.device or "").startswith("cuda")))
     stored = folder.stored_suffix()
     if stored not in (None, recipe.image.suffix):
         raise BadInput(f"recipe {recipe.name}: format: got {recipe.image.kind!r}, but "
@@ -452,7 +456,8 @@ def recorded_recipe(folder: RunFolder, text: str) -> tuple[recipes.Recipe, dict[
     if "models" not in record:
         return recipe, resolve_models(recipe)
     found = Resolved({ref: Model(ref=ref, path=m["path"], identity=m["identity"],
-                                 config=m["config"]) for ref, m in record["models"].items()})
+                                 config=m["config"], variant=m.get("variant"))
+                      for ref, m in record["models"].items()})
     if "inputs" in record:
         found.inputs = {path: Model(ref=path, path=path, identity=identity)
                         for path, identity in record["inputs"].items()}

@@ -128,7 +128,7 @@ class Worker:
             return model
         spec = model.ref if not here or model.identity.startswith("hub:") else model.path if \
             not model.config else f"{model.path}{models.CONFIG_MARK}{model.config}"
-        found = replace(models.resolve(spec, field), ref=model.ref)
+        found = replace(models.resolve(spec, field, model.variant), ref=model.ref)
         if found.identity != model.identity:
             raise models.ModelError(field, model.ref, f"on {self.name} it is {found.identity[:16]}"
                                     f"..., not {model.identity[:16]}... as planned (its files "
@@ -269,6 +269,8 @@ class Worker:
                 img2img=self.img2img, init=lambda job: self.init_image(job, batch),
                 refiner=lambda: self.refiner(first.loadout, first.dtype, pipe))
             made = self._decoding(pipe, batch)
+            if first.checkpoint.variant:  # its weights came from the repository's variant files
+                made["weights_variant"] = first.checkpoint.variant
             base = getattr(pipe, "_farm_base", pipe)
             made.update({k: True for k, on in (
                 ("compile", getattr(base, "_farm_compiled", False)),

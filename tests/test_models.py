@@ -204,6 +204,51 @@ SD15_INDEX = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0
               "vae": ["diffusers", "AutoencoderKL"], "requires_safety_checker": True}
 
 
+def test_half_precision_jobs_fetch_the_fp16_variant_only():
+    from huggingface_hub.utils import filter_repo_objects
+
+    allow, ignore = models.hub_patterns(SD15_INDEX, "fp16")
+    assert set(filter_repo_objects(SD15_REPO, allow_patterns=allow, ignore_patterns=ignore)) == {
+        "model_index.json", "feature_extractor/preprocessor_config.json",
+        "safety_checker/config.json", "safety_checker/model.fp16.safetensors",
+        "scheduler/scheduler_config.json", "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors", "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+        "vae/diffusion_pytorch_model.fp16.safetensors"}
+
+
+def test_a_cached_fp16_variant_loads_under_the_same_identity(tiny, tmp_path, monkeypatch):
+    """A repository with fp16 files for every component: a half-precision recipe takes them
+    (same commit, same identity); one without them keeps the default weights."""
+    import torch
+    from huggingface_hub import constants
+    from safetensors.torch import load_file, save_file
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny.path, source)
+    for weights in source.glob("*/*.safetensors"):
+        save_file({k: v.half().contiguous() for k, v in load_file(weights).items()},
+                  weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+        save_file({k: torch.zeros_like(v) for k, v in load_file(weights).items()}, weights)
+    cache, commit = fake_hub_cache(tmp_path, source)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    half = models.resolve("org/tiny-sd", "checkpoint", "fp16")
+    full = models.resolve("org/tiny-sd", "checkpoint")
+    assert half.variant == "fp16" and full.variant is None
+    assert half.identity == full.identity == f"hub:org/tiny-sd@{commit}"
+    unet = models.load_pipeline(half, "cpu", torch.float32).unet
+    original = models.load_pipeline(tiny, "cpu", torch.float32).unet
+    weight = next(iter(original.state_dict()))
+    assert torch.equal(unet.state_dict()[weight], original.state_dict()[weight].half().float())
+    for weights in source.glob("unet/*.fp16.safetensors"):  # one component lacks the variant
+        (cache / f"models--org--tiny-sd/snapshots/{commit}" / weights.relative_to(source)
+         ).unlink()
+    assert models.resolve("org/tiny-sd", "checkpoint", "fp16").variant is None
+
+
 def test_a_hub_pipeline_fetches_only_what_it_loads():
     """The patterns go to huggingface_hub's own filter (what snapshot_download applies)."""
     from huggingface_hub.utils import filter_repo_objects

@@ -141,7 +141,7 @@ def _plan(selection: Selection, options: Options, schema,
 def _summarise(summary: dict[str, Any], entry: Entry, weight: int) -> None:
     summary["rows"] += 1
     summary["bytes"] += weight
-    for name in ("checkpoint", "vae"):
+    for name in ("checkpoint", "vae", "refiner"):
         if entry.params.get(name):
             summary["models"][entry.params[name]] = entry.params.get(f"{name}_identity")
     for key, value in (("samplers", f"{entry.params['sampler']} / {entry.params['scheduler']}"),

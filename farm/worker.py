@@ -188,8 +188,8 @@ class Worker:
                                                                            "checkpoint"), base))
         config = self._scheduler_configs.setdefault(loadout.refiner.identity,
                                                     dict(refiner.scheduler.config))
-        if loadout.vae is not None:
-            refiner = type(refiner)(**{**refiner.components, "vae": pipe.vae})
+        if loadout.vae is not None:  # from_pipe keeps its config (the aesthetic score)
+            refiner = type(refiner).from_pipe(refiner, vae=pipe.vae)
             refiner.set_progress_bar_config(disable=True)
         return refiner, config, encode.TextEncoding(refiner, self.embedding)
 

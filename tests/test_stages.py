@@ -378,3 +378,16 @@ def test_stage_fields_leave_old_ids_alone(tiny):
     assert job.id == make_job(tiny, init=None, denoise=None, resize=None, hires=None,
                               refiner=None, switch_at=None).id
     assert "init" not in json.dumps(job.batch_key)
+
+
+def test_sdxl_img2img_and_the_refiner_take_a_recipe_vae(worker, photos, tiny_vae):
+    base, refiner = models.resolve("tiny-xl"), models.resolve("tiny-xl-refiner")
+    image, = inputs.identify([str(photos / "a.png")])
+    own, swapped = (render(worker, [make_job(base, vae=vae, init=image, denoise=0.6,
+                                             resize="fill")], f"xl-i2i-{i}")[0]
+                    for i, vae in enumerate((None, tiny_vae)))
+    assert not np.array_equal(own, swapped)
+    own, swapped = (render(worker, [make_job(base, vae=vae, steps=4, refiner=refiner,
+                                             switch_at=0.5)], f"xl-rf-{i}")[0]
+                    for i, vae in enumerate((None, tiny_vae)))
+    assert not np.array_equal(own, swapped)

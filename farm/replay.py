@@ -68,17 +68,19 @@ def same_model(field: str, ref: str, identity: str, moved_to: str | None = None,
 
 def same_input(path: str, identity: str, found_in: Sequence[Path]) -> Model:
     """The input image of these pixels: at its recorded path, else in one of `found_in`."""
+    there = "is not there"
     try:
         here, = inputs.identify([path])
         if here.identity == identity:
             return here
+        there = "has other pixels now"
     except inputs.InputError:
         pass
     found = inputs.find(identity, found_in)
     if found is None:
         looked = ", ".join(map(str, found_in)) or "no other folder (name some with --inputs DIR)"
-        raise ReplayError(f"init image {path} (pixels {identity[:16]}...) is not there, nor in "
-                          f"{looked}")
+        raise ReplayError(f"init image {path} (pixels {identity[:16]}...) {there}, and it is "
+                          f"not in {looked}")
     return found
 
 

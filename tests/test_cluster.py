@@ -104,6 +104,21 @@ def test_ray_gives_the_same_pixels_as_inline(workdir, capsys):
     assert len(inline) == 12 and inline == ray
 
 
+def test_img2img_on_ray_gives_the_pixels_inline_does(workdir, capsys):
+    """Input images travel to the actors with their batches (inputs.carried)."""
+    from PIL import Image
+
+    (workdir / "photos").mkdir()
+    for i in range(3):
+        Image.effect_noise((64, 48), 60 + i).convert("RGB").save(workdir / "photos" / f"{i}.png")
+    threads = "runtime.threads=1"
+    args = ("recipe=fleet", f"init={workdir / 'photos'}", "denoise=0.6", "seeds=0", threads)
+    assert run_farm("render", *args, "runtime=inline", "outputs=inline") == 0
+    assert run_farm("render", *args, "runtime.outputs=driver", "outputs=ray") == 0
+    inline, ray = done_hashes(workdir / "inline" / "fleet"), done_hashes(workdir / "ray" / "fleet")
+    assert len(inline) == 6 and inline == ray
+
+
 def test_workers_that_cannot_see_the_run_folder_send_images_to_the_driver(workdir, capsys):
     """runtime.outputs=driver: the workers get no run folder at all (they could not write to
     it); the driver writes what they send back. Same files, metadata and pixels as shared."""

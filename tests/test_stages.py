@@ -213,7 +213,7 @@ def test_img2img_run_resumes_verifies_and_replays_from_a_folder_named(project, c
     # the inputs moved: replay finds them by their pixels in a folder the user names
     shutil.move(project / "photos", project / "moved")
     assert run_farm("replay", str(images[0]), "--to", str(project / "again")) == 2
-    assert "is not there, nor in no other folder" in capsys.readouterr().err
+    assert "is not there, and it is not in no other folder" in capsys.readouterr().err
     assert run_farm("replay", str(images[0]), "--to", str(project / "again"), "--inputs",
                     str(project / "moved")) == 0
     assert "the same pixels as" in capsys.readouterr().out

@@ -63,9 +63,11 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
         if first.init is not None:  # img2img: each image's input, fitted to the size
             images = [inputs.fit(stages.init(job), first.width, first.height, first.resize)
                       for job in jobs]
-            output = stages.img2img(pipe)(
-                image=images, strength=first.denoise, num_inference_steps=first.steps,
-                generator=generators, output_type="np", **text, **guidance)
+            img2img = stages.img2img(pipe)
+            img2img.scheduler = pipe.scheduler  # this batch's fresh one (1.)
+            output = img2img(image=images, strength=first.denoise,
+                             num_inference_steps=first.steps, generator=generators,
+                             output_type="np", **text, **guidance)
         elif first.hires is not None:
             output = _hires(pipe, jobs, text, guidance, generators, scheduler_config, stages)
         elif first.refiner is not None:
@@ -113,10 +115,9 @@ def _hires(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: 
     else:
         upscaled = [image.resize((first.width, first.height), PIXEL_MODES[hires.upscaler])
                     for image in low]
-    second = stages.img2img(pipe)
-    if hires.sampler is not None:  # its own sampler; the model stays loaded
-        second.scheduler = samplers.make_scheduler(scheduler_config, hires.sampler,
-                                                   hires.scheduler)
+    second = stages.img2img(pipe)  # a fresh scheduler: the first pass's holds its state
+    second.scheduler = samplers.make_scheduler(scheduler_config, hires.sampler or first.sampler,
+                                               hires.scheduler or first.scheduler)
     steps = hires.steps or first.steps
     fresh = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     return second(image=upscaled, strength=hires.denoise,

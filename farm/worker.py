@@ -172,7 +172,11 @@ class Worker:
         if found is None:
             import diffusers
 
-            found = self._img2img[pipe] = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+            # with a scheduler of its own: a pipeline's constructor rewrites some schedulers'
+            # configs (DDIM's clip_sample), and the batch's one must stay as it was made
+            spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
+            found = self._img2img[pipe] = diffusers.AutoPipelineForImage2Image.from_pipe(
+                pipe, scheduler=spare)
             found.set_progress_bar_config(disable=True)
         return found
 
@@ -189,7 +193,8 @@ class Worker:
         config = self._scheduler_configs.setdefault(loadout.refiner.identity,
                                                     dict(refiner.scheduler.config))
         if loadout.vae is not None:  # from_pipe keeps its config (the aesthetic score)
-            refiner = type(refiner).from_pipe(refiner, vae=pipe.vae)
+            refiner = type(refiner).from_pipe(refiner, vae=pipe.vae, scheduler=type(
+                refiner.scheduler).from_config(refiner.scheduler.config))
             refiner.set_progress_bar_config(disable=True)
         return refiner, config, encode.TextEncoding(refiner, self.embedding)
 

@@ -157,6 +157,25 @@ def test_img2img_is_batch_invariant_for_every_sampler_family(worker, tiny, photo
     assert np.abs(alone.astype(int) - together[1].astype(int)).max() <= 1
 
 
+def test_each_img2img_and_hires_pass_runs_its_own_sampler(tiny, photos, tmp_path):
+    """The img2img pipeline shares the loaded model, not an earlier batch's scheduler: a job
+    gives the same pixels after other samplers' batches as on a fresh worker."""
+    image, = inputs.identify([str(photos / "a.png")])
+    jobs = [make_job(tiny, sampler=s, init=image, denoise=0.7, resize="stretch")
+            for s in ("euler", "dpmpp_2m", "ddim")]
+    hires = [make_job(tiny, width=96, height=96, sampler=s, hires=Hires(64, 64, 1.5, "latent",
+                                                                       2, 0.5, h, h and "normal"))
+             for s, h in (("euler", "ddim"), ("dpmpp_2m", None))]
+    busy = Worker(tmp_path / "busy", device=Device("cpu", "float32"))
+    after_others = render(busy, jobs[:1], "e") + render(busy, jobs[1:2], "d") + \
+        render(busy, jobs[2:], "i") + render(busy, hires[:1], "h1") + render(busy, hires[1:], "h2")
+    for i, job in enumerate(jobs + hires):
+        fresh = Worker(tmp_path / f"fresh{i}", device=Device("cpu", "float32"))
+        alone, = render(fresh, [job], f"f{i}")
+        assert np.array_equal(alone, after_others[i]), job.sampler
+    assert not np.array_equal(after_others[0], after_others[1])
+
+
 def test_the_input_and_denoise_change_the_image(worker, tiny, photos):
     a, b, _ = inputs.identify(inputs.listed(str(photos), Path(".")))
     base = make_job(tiny, init=a, denoise=0.5, resize="stretch")

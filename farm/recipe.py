@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,11 +353,9 @@ def check_stages(recipe: Recipe) -> None:
     if recipe.refiner != (None,) and (images_in or recipe.hires != (None,)):
         raise RecipeError(recipe.name, "refiner", "(set)", "the refiner finishes a text-to-image "
                           "render; farm does not combine it with init images or a hires pass")
-    if len(set(recipe.init)) != len(recipe.init) and not any(
-            "init" in group and "prompt" in group for group in recipe.zip):
-        seen: set[str | None] = set()
-        twice = next(p for p in recipe.init if p in seen or seen.add(p))
-        raise RecipeError(recipe.name, "init", twice, "this image is listed twice; each input "
+    twice = [path for path, n in Counter(recipe.init).items() if n > 1]
+    if twice and not any("init" in group and "prompt" in group for group in recipe.zip):
+        raise RecipeError(recipe.name, "init", twice[0], "this image is listed twice; each input "
                           "must appear once (or zip init with prompt to pair it with several)")
 
 

@@ -273,6 +273,7 @@ def test_a_run_feeds_the_next_and_its_exports_name_the_inputs(project, capsys):
     ("checkpoint: tiny-xl\nrefiner: {checkpoint: tiny-xl-refiner, switch_at: 1}",
      "refiner.switch_at: got 1"),
     ("init: [photos/a.png, twin.png]", "have the same pixels"),
+    ("init: [photos/a.png, photos]", "this image is listed twice"),
 ])
 def test_bad_stage_input_exits_2_before_anything_is_written(project, capsys, recipe, words):
     (project / "empty").mkdir()

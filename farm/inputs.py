@@ -12,8 +12,12 @@ from __future__ import annotations
 import glob
 import io
 import json
+import os
 import tarfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,15 +101,33 @@ def _split(path: str) -> tuple[Path, str | None]:
 
 
 def read(path: str) -> bytes:
-    """An input's file as it is stored (a tar member's bytes from its shard)."""
+    """An input's file as it is stored (a tar member's bytes from its shard, kept open: a shard
+    of thousands of images is indexed once, not once per image)."""
     file, member = _split(path)
     if member is None:
         return file.read_bytes()
-    with tarfile.open(file) as tar:
-        extracted = tar.extractfile(member)
+    with _SHARD_LOCK:  # a TarFile reads through one file position
+        extracted = _shard(file).extractfile(member)
         if extracted is None:
             raise OSError(f"{member} is not a file in {file}")
         return extracted.read()
+
+
+_SHARDS: OrderedDict[tuple[Path, int], tarfile.TarFile] = OrderedDict()
+_SHARD_LOCK = threading.Lock()
+
+
+def _shard(file: Path) -> tarfile.TarFile:
+    """An open shard, indexed (a few are kept open, the least recently used closed)."""
+    key = (file, file.stat().st_mtime_ns)
+    tar = _SHARDS.get(key)
+    if tar is None:
+        tar = _SHARDS[key] = tarfile.open(file)
+        tar.getmembers()  # the index, read once
+        while len(_SHARDS) > 4:
+            _SHARDS.popitem(last=False)[1].close()
+    _SHARDS.move_to_end(key)
+    return tar
 
 
 # 2. what they are --------------------------------------------------------------------------------
@@ -128,27 +150,52 @@ def decoded(data: bytes, given: str) -> Image.Image:
 def identify(paths: Iterable[str]) -> Iterator[Model]:
     """Each input as a Model: ref and path its absolute path, identity its pixels' hash.
     Hashes are cached by (path, size, modification time), so a resumed run decodes nothing
-    again."""
+    again; the others are decoded by a few threads at once (Pillow lets go of Python's lock)."""
     cache = _Cache()
     try:
-        for path in paths:
-            file, _ = _split(path)
-            try:
-                stat = file.stat()
-            except OSError as e:
-                raise InputError(path, f"cannot be read ({e.strerror or e})") from None
-            key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-            identity = cache.get(key)
-            if identity is None:
-                try:
-                    data = read(path)
-                except (OSError, tarfile.TarError) as e:
-                    raise InputError(path, f"cannot be read ({e})") from None
-                identity = outputs.pixel_hash(decoded(data, path))
-                cache.put(key, identity)
-            yield Model(ref=path, path=path, identity=identity)
+        with ThreadPoolExecutor(THREADS, thread_name_prefix="farm-inputs") as pool:
+            for chunk in _chunks(paths, 256):
+                keyed = [(path, _key(path)) for path in chunk]
+                missing = [(path, key) for path, key in keyed if cache.get(key) is None]
+                for (_, key), identity in zip(missing, pool.map(_pixel_hash,
+                                                                 [p for p, _ in missing])):
+                    cache.put(key, identity)
+                for path, key in keyed:
+                    yield Model(ref=path, path=path, identity=cache.get(key))
     finally:
         cache.close()
+
+
+THREADS = max(1, min(8, os.cpu_count() or 1))  # decoding inputs for their hashes
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _key(path: str) -> str:
+    """What an input's cached hash is filed under: its path, size and modification time."""
+    file, _ = _split(path)
+    try:
+        stat = file.stat()
+    except OSError as e:
+        raise InputError(path, f"cannot be read ({e.strerror or e})") from None
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _pixel_hash(path: str) -> str:
+    try:
+        data = read(path)
+    except (OSError, tarfile.TarError, KeyError) as e:
+        raise InputError(path, f"cannot be read ({e})") from None
+    return outputs.pixel_hash(decoded(data, path))
 
 
 class _Cache:
@@ -250,7 +297,7 @@ def carried(batch: Batch) -> Batch:
     for identity, path in needed.items():
         try:
             files.append((identity, read(path)))
-        except (OSError, tarfile.TarError):
+        except (OSError, tarfile.TarError, KeyError):
             continue  # gone since the plan: the worker says so for its jobs
     return replace(batch, inputs=tuple(files))
 

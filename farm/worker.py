@@ -205,7 +205,7 @@ class Worker:
         if data is None:
             try:
                 data = inputs.read(job.init.path)
-            except OSError as e:
+            except (OSError, KeyError) as e:
                 raise inputs.InputError(job.init.path, f"cannot be read on {self.name} ({e}); "
                                         "a worker on another node gets its inputs with the "
                                         "batch") from None

@@ -199,29 +199,40 @@ def _pixel_hash(path: str) -> str:
 
 
 class _Cache:
-    """Pixel hashes of input files, appended as JSON lines to $FARM_CACHE/input-hashes.jsonl
-    (read once; any failure: no cache)."""
+    """Pixel hashes of input files, appended as JSON lines to $FARM_CACHE/input-hashes.jsonl.
+    The file is read once per process and then only what other processes appended since (it
+    only grows), so that identifying one input at a time (verify, replay) stays cheap; any
+    failure: no cache."""
+
+    known: dict[Path, dict[str, str]] = {}  # the file -> what this process has read of it
+    read_to: dict[Path, int] = {}  # the file -> how far this process has read it
+    lock = threading.Lock()
 
     def __init__(self) -> None:
         self.file = tiny.cache_dir() / "input-hashes.jsonl"
-        self.known: dict[str, str] = {}
         self.added: list[str] = []
-        try:
-            with open(self.file, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        key, identity = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut short by a crash
-                    self.known[key] = identity
-        except OSError:
-            pass
+        with self.lock:
+            self.mine = self.known.setdefault(self.file, {})
+            try:
+                with open(self.file, "rb") as f:
+                    f.seek(self.read_to.get(self.file, 0))
+                    for line in f:
+                        if not line.endswith(b"\n"):
+                            break  # being written: read it next time
+                        self.read_to[self.file] = self.read_to.get(self.file, 0) + len(line)
+                        try:
+                            key, identity = json.loads(line)
+                        except ValueError:
+                            continue  # a line cut short by a crash
+                        self.mine[key] = identity
+            except OSError:
+                pass
 
     def get(self, key: str) -> str | None:
-        return self.known.get(key)
+        return self.mine.get(key)
 
     def put(self, key: str, identity: str) -> None:
-        self.known[key] = identity
+        self.mine[key] = identity
         self.added.append(json.dumps([key, identity]) + "\n")
         if len(self.added) >= 1000:
             self._flush()

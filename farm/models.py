@@ -162,6 +162,10 @@ def _resolve_hub(ref: str, repo: str, revision: str | None, field: str,
                 return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}",
                              variant=variant)
         folder = fetch(*hub_patterns(index))
+        if index is not None and not has_default_weights(folder, index) \
+                and has_variant(folder, index, "fp16"):  # fetched for half-precision jobs only
+            return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}",
+                         variant="fp16")
     except LocalEntryNotFoundError as e:
         rev = f" --revision {revision}" if revision else ""
         where = ("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" if offline
@@ -212,6 +216,15 @@ def _weighted_parts(index: dict) -> list[str]:
     """The components with weights (not tokenizers, schedulers, feature extractors)."""
     return [name for name in _parts(index)
             if not any(word in str(index[name][-1]) for word in WEIGHTLESS)]
+
+
+def has_default_weights(folder: Path, index: dict) -> bool:
+    """Whether every weighted component of a snapshot has its default (not variant) weights."""
+    def default(file: Path) -> bool:
+        return not any(f".{v}." in file.name or f".{v}-" in file.name for v in VARIANTS)
+
+    return all(any(default(f) for f in (folder / part).glob("*.safetensors"))
+               for part in _weighted_parts(index))
 
 
 def has_variant(folder: Path, index: dict, variant: str) -> bool:

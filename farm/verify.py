@@ -104,7 +104,8 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
 
 def _elsewhere(made: dict, here: dict) -> str:
     """Why pixels may differ in their last bits: what made the image that differs here."""
-    keys = ("device", "dtype", "torch", "diffusers", "vae_tiling", "vae_slicing")
+    keys = ("device", "dtype", "torch", "diffusers", "vae_tiling", "vae_slicing",
+            "weights_variant")
     changed = [f"{k} {made.get(k)} then, {here.get(k)} now" for k in keys
                if made and made.get(k) != here.get(k)]
     return "rendered with " + ", ".join(changed) if changed else ""

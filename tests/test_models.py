@@ -243,6 +243,14 @@ def test_a_cached_fp16_variant_loads_under_the_same_identity(tiny, tmp_path, mon
     original = models.load_pipeline(tiny, "cpu", torch.float32).unet
     weight = next(iter(original.state_dict()))
     assert torch.equal(unet.state_dict()[weight], original.state_dict()[weight].half().float())
+    only_half = tmp_path / "only-half"  # a cache a half-precision render filled: verify and
+    shutil.copytree(cache, only_half)  # replay (which ask for no variant) still load it
+    for weights in only_half.rglob("*.safetensors"):
+        if ".fp16." not in weights.name:
+            weights.unlink()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(only_half))
+    assert models.resolve("org/tiny-sd", "checkpoint").variant == "fp16"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     for weights in source.glob("unet/*.fp16.safetensors"):  # one component lacks the variant
         (cache / f"models--org--tiny-sd/snapshots/{commit}" / weights.relative_to(source)
          ).unlink()

@@ -26,9 +26,10 @@ from farm.manifest import Manifest
 # what a filter or a grid axis may name, besides values.NAME and fields.NAME: every job column
 # (farm/fields.py) and size (WxH)
 FIELDS = (*COLUMNS, "size")
-NESTED = ("values", "fields", "hires")  # template choices, prompt-file columns, hires.scale
+FREE = ("values", "fields")  # template choices, prompt-file columns: any keys (export structs)
+NESTED = (*FREE, "hires")  # what NAME.KEY may name: those, and a hires pass's members
 # a nested name may hold anything but the operators: values.{red|green}=red
-CONDITION = re.compile(r"(?P<field>(?:values|fields|hires)\.[^=!~]+?|[A-Za-z_]\w*)\s*"
+CONDITION = re.compile(rf"(?P<field>(?:{'|'.join(NESTED)})\.[^=!~]+?|[A-Za-z_]\w*)\s*"
                        r"(?P<op>!=|=|~)(?P<value>.*)", re.S)
 
 

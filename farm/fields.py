@@ -75,6 +75,16 @@ def text(value: Any) -> str:
     return value
 
 
+def _shown_hires(value: dict | None) -> str:
+    """A hires pass as its export column reads: `2x latent, 10 steps, denoise 0.5`."""
+    if not value:
+        return ""
+    upscale = f"{value['scale']:g}x" if value.get("scale") else \
+        f"from {value['width']}x{value['height']}"
+    steps = f", {value['steps']} steps" if value.get("steps") else ""
+    return f"{upscale} {value['upscaler']}{steps}, denoise {value['denoise']:g}"
+
+
 # 2. the table ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -144,23 +154,13 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     # a second pass (A1111's hires fix): {width, height (of the first pass), scale, upscaler,
     # steps, denoise, sampler, scheduler}; width and height above are the final image's
     JobField("hires", BATCH, dict, "string", "hires", infotext="Hires upscale", id_default=None,
-             shown=lambda value: _shown_hires(value)),
+             shown=_shown_hires),
     # the SDXL refiner, and the share of the schedule after which it takes over
     JobField("refiner", LOAD, str, "string", "refiner", infotext="Refiner", id_default=None,
              model=True),
     JobField("switch_at", BATCH, float, "float64", "refiner", number(0, 1),
              infotext="Refiner switch at", id_default=None),
 )
-
-
-def _shown_hires(value: dict | None) -> str:
-    """A hires pass as its export column reads: `2x latent, 10 steps, denoise 0.5`."""
-    if not value:
-        return ""
-    upscale = f"{value['scale']:g}x" if value.get("scale") else \
-        f"from {value['width']}x{value['height']}"
-    steps = f", {value['steps']} steps" if value.get("steps") else ""
-    return f"{upscale} {value['upscaler']}{steps}, denoise {value['denoise']:g}"
 
 
 BY_NAME = {f.name: f for f in FIELDS}

@@ -252,16 +252,24 @@ class _Cache:
 
 
 def find(identity: str, folders: Iterable[Path]) -> Model | None:
-    """An input with these pixels in one of `folders` (searched recursively), or None."""
+    """An input with these pixels in one of `folders` (searched recursively), or None. Each
+    folder is listed and identified once per process (verify asks for one input per job)."""
     for folder in folders:
-        try:
-            paths = listed(str(folder), Path("."))
-        except InputError:
-            continue
-        for model in identify(paths):
-            if model.identity == identity:
-                return model
+        index = _FOLDERS.get(Path(folder).resolve())
+        if index is None:
+            try:
+                paths = listed(str(folder), Path("."))
+            except InputError:
+                continue
+            index = _FOLDERS[Path(folder).resolve()] = {}
+            for model in identify(paths):
+                index.setdefault(model.identity, model)
+        if identity in index:
+            return index[identity]
     return None
+
+
+_FOLDERS: dict[Path, dict[str, Model]] = {}  # folder -> its inputs by identity (find)
 
 
 # 3. how they fit ---------------------------------------------------------------------------------
@@ -311,10 +319,3 @@ def carried(batch: Batch) -> Batch:
         except (OSError, tarfile.TarError, KeyError):
             continue  # gone since the plan: the worker says so for its jobs
     return replace(batch, inputs=tuple(files))
-
-
-def sources(values: Iterable[str], base: Path) -> Iterator[str]:
-    """Every input path of a recipe's `init` entries, in order."""
-    for value in values:
-        yield from listed(value, base)
-

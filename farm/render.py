@@ -61,8 +61,9 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
         # 4. denoise with classifier-free guidance, decode; recipes were checked against the
         #    pipeline's family, so an input it does not take is left at its default
         if first.init is not None:  # img2img: each image's input, fitted to the size
-            images = [inputs.fit(stages.init(job), first.width, first.height, first.resize)
-                      for job in jobs]
+            fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height,
+                                         first.resize) for job in {j.id: j for j in jobs}.values()}
+            images = [fitted[job.id] for job in jobs]  # the padding repeats the first
             img2img = stages.img2img(pipe)
             img2img.scheduler = pipe.scheduler  # this batch's fresh one (1.)
             output = img2img(image=images, strength=first.denoise,
@@ -149,11 +150,7 @@ def _refined(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators
     if "prompt" in text:
         words = _text_inputs(jobs, takes)
     else:  # emphasis or embeddings: the refiner's own encoder reads them as the base's did
-        parts = [encoding.job(job) for job in jobs]
-        words = {"prompt_embeds": torch.cat([p[0] for p in parts]),
-                 "negative_prompt_embeds": torch.cat([p[1] for p in parts]),
-                 "pooled_prompt_embeds": torch.cat([p[2] for p in parts]),
-                 "negative_pooled_prompt_embeds": torch.cat([p[3] for p in parts])}
+        words = _stacked([encoding.job(job) for job in jobs])
     return refiner(image=latents, num_inference_steps=first.steps,
                    denoising_start=first.switch_at, generator=generators, output_type="np",
                    **words, **guidance)
@@ -186,11 +183,15 @@ def _embedded_calls(batch: Batch, encoding: TextEncoding) -> list[tuple]:
         filler = batch.shape[slots[0]]
         jobs = tuple(job if encoded[job.id][0].shape[1] == encoded[filler.id][0].shape[1]
                      else filler for job in batch.shape)
-        parts = [encoded[job.id] for job in jobs]
-        inputs = {"prompt_embeds": torch.cat([p[0] for p in parts]),
-                  "negative_prompt_embeds": torch.cat([p[1] for p in parts])}
-        if parts[0][2] is not None:
-            inputs["pooled_prompt_embeds"] = torch.cat([p[2] for p in parts])
-            inputs["negative_pooled_prompt_embeds"] = torch.cat([p[3] for p in parts])
-        calls.append((tuple(slots), jobs, inputs))
+        calls.append((tuple(slots), jobs, _stacked([encoded[job.id] for job in jobs])))
     return calls
+
+
+def _stacked(parts: list[tuple]) -> dict:
+    """Per-image encodings (TextEncoding.job) as one call's embedding inputs."""
+    inputs = {"prompt_embeds": torch.cat([p[0] for p in parts]),
+              "negative_prompt_embeds": torch.cat([p[1] for p in parts])}
+    if parts[0][2] is not None:
+        inputs["pooled_prompt_embeds"] = torch.cat([p[2] for p in parts])
+        inputs["negative_pooled_prompt_embeds"] = torch.cat([p[3] for p in parts])
+    return inputs

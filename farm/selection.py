@@ -95,7 +95,7 @@ def _text(value: Any) -> str | None:
 
 def select(run: Path, where: Where) -> Selection:
     """Scan the selected rows once for the union of their nested keys (streaming)."""
-    nested: dict[str, set[str]] = {name: set() for name in catalog.NESTED}
+    nested: dict[str, set[str]] = {name: set() for name in catalog.FREE}
     count = 0
     for count, entry in enumerate(catalog.entries(run, where), 1):
         for name, keys in nested.items():

@@ -185,11 +185,7 @@ class Worker:
         """The loadout's refiner pipeline, sharing the base's components whose weights are the
         same (SDXL's VAE and second text encoder), with the loadout's VAE when it has one;
         its scheduler config; its text encoding."""
-        base = getattr(pipe, "_farm_base", pipe)
-        refiner = self._cached(self._refiners, loadout.refiner, "refiner", self.dtype(dtype),
-                               lambda model, device, torch_dtype: models.load_refiner(
-                                   model, device, torch_dtype, self.local(loadout.checkpoint,
-                                                                           "checkpoint"), base))
+        refiner = self._refiner(loadout, dtype, pipe)
         config = self._scheduler_configs.setdefault(loadout.refiner.identity,
                                                     dict(refiner.scheduler.config))
         if loadout.vae is not None:  # from_pipe keeps its config (the aesthetic score)
@@ -197,6 +193,14 @@ class Worker:
                 refiner.scheduler).from_config(refiner.scheduler.config))
             refiner.set_progress_bar_config(disable=True)
         return refiner, config, encode.TextEncoding(refiner, self.embedding)
+
+    def _refiner(self, loadout: Loadout, dtype: str, pipe):
+        """The loadout's refiner as loaded (the checkpoint's own VAE, or the base's)."""
+        base = getattr(pipe, "_farm_base", pipe)
+        return self._cached(self._refiners, loadout.refiner, "refiner", self.dtype(dtype),
+                            lambda model, device, torch_dtype: models.load_refiner(
+                                model, device, torch_dtype,
+                                self.local(loadout.checkpoint, "checkpoint"), base))
 
     def init_image(self, job: Job, batch: Batch):
         """A job's input image: sent with the batch, or read where it is; checked to be the
@@ -298,9 +302,9 @@ class Worker:
         first = batch.first
         tiled = first.width * first.height > TILE_ABOVE
         sliced = len(batch.shape) * first.width * first.height > SLICE_ABOVE
-        vaes = [pipe.vae]
-        if first.refiner is not None:
-            vaes.append(self.refiner(first.loadout, first.dtype, pipe)[0].vae)
+        vaes = [pipe.vae]  # a recipe VAE is the refiner's too; else it may have its own
+        if first.refiner is not None and first.vae is None:
+            vaes.append(self._refiner(first.loadout, first.dtype, pipe).vae)
         for vae in vaes:
             if hasattr(vae, "enable_tiling"):
                 vae.enable_tiling() if tiled else vae.disable_tiling()

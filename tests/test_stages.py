@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from PIL import Image
 
 from farm import inputs, models, outputs, plan, samplers
 from farm import recipe as recipes
-from farm.jobs import Batch, Hires
+from farm.jobs import Batch, Hires, Model
 from farm.render import schedule_length
 from farm.worker import Device, Worker
 from tests.helpers import make_job, run_farm
@@ -229,6 +228,9 @@ def test_img2img_run_resumes_verifies_and_replays_from_a_folder_named(project, c
     with Image.open(images[4]) as image:
         assert outputs.pixel_hash(image) == before
     assert run_farm("verify", str(folder), "--sample", "3") == 0
+    capsys.readouterr()  # status counts from the run's record: the input hashes it kept
+    assert run_farm("status", str(folder)) == 0
+    assert "12 done, 0 pending" in capsys.readouterr().out
     # the inputs moved: replay finds them by their pixels in a folder the user names
     shutil.move(project / "photos", project / "moved")
     assert run_farm("replay", str(images[0]), "--to", str(project / "again")) == 2
@@ -327,6 +329,13 @@ def test_hires_renders_the_final_size_and_records_both(tmp_path, capsys, worker,
     assert (found[(2.0, "latent")][0]["width"], found[(2.0, "latent")][0]["height"]) == (128, 96)
     assert "Hires upscaler: Latent" in found[(2.0, "latent")][1]
     assert len(list((folder / "grids").glob("*.png"))) >= 1  # the grid by hires.scale
+    import pyarrow.parquet as pq
+
+    assert run_farm("export", str(folder), "--format", "parquet", "--where",
+                    "hires.upscaler=lanczos", "--to", str(tmp_path / "table")) == 0
+    rows = pq.read_table(next((tmp_path / "table").glob("*.parquet"))).to_pylist()
+    assert {row["hires"] for row in rows} == {"1.5x lanczos, 2 steps, denoise 0.6",
+                                              "2x lanczos, 2 steps, denoise 0.6"}
     assert run_farm("verify", str(folder), "--sample", "2") == 0
 
 
@@ -391,13 +400,36 @@ def test_a_refiner_recipe_writes_a1111_keys_and_plans_by_switch(tmp_path, capsys
     assert run_farm("verify", str(tmp_path / "out" / "xl"), "--sample", "2") == 0
 
 
-def test_stage_fields_leave_old_ids_alone(tiny):
-    """Text-to-image jobs keep the ids every existing run folder has (tests/test_fields.py
-    holds the ids farm gave before); the new fields enter only when set."""
-    job = make_job(tiny)
-    assert job.id == make_job(tiny, init=None, denoise=None, resize=None, hires=None,
-                              refiner=None, switch_at=None).id
-    assert "init" not in json.dumps(job.batch_key)
+def test_stage_fields_leave_old_ids_alone_and_enter_the_id_when_set():
+    """A text-to-image job keeps the id farm gave it before stages existed (tests/test_fields.py
+    holds those ids); each stage field, once set, makes another job."""
+    from tests.test_fields import BEFORE, CHECKPOINT
+
+    def job(**fields):
+        return make_job(CHECKPOINT, negative="blurry", seed=1, steps=4, **fields)
+
+    assert job().id == BEFORE[0][1]
+    image = Model("in.png", "/nowhere/in.png", "ab" * 32)
+    refiner = Model("tiny-xl-refiner", "/nowhere", "cd" * 32)
+    staged = [job(init=image, denoise=0.5, resize="crop"),
+              job(init=image, denoise=0.6, resize="crop"),
+              job(init=image, denoise=0.5, resize="fill"),
+              job(width=96, height=96, hires=Hires(64, 64, 1.5, "latent", 0, 0.7)),
+              job(width=96, height=96, hires=Hires(64, 64, 1.5, "lanczos", 0, 0.7)),
+              job(refiner=refiner, switch_at=0.8), job(refiner=refiner, switch_at=0.7)]
+    assert len({j.id for j in staged} | {job().id}) == len(staged) + 1
+
+
+def test_an_input_is_read_upright_by_its_exif_orientation(tmp_path):
+    upright = Image.fromarray(np.arange(48 * 32 * 3, dtype=np.uint8).reshape(48, 32, 3))
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: a viewer rotates it 90 degrees clockwise
+    upright.transpose(Image.ROTATE_90).save(tmp_path / "turned.jpg", exif=exif, quality=100,
+                                            subsampling=0)
+    turned = inputs.decoded((tmp_path / "turned.jpg").read_bytes(), "turned.jpg")
+    assert turned.size == (32, 48)
+    assert np.abs(np.asarray(turned, int) - np.asarray(upright, int)).mean() < 4
 
 
 def test_sdxl_img2img_and_the_refiner_take_a_recipe_vae(worker, photos, tiny_vae):

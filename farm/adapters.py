@@ -372,3 +372,17 @@ class Adapters:
             pipe.set_adapters(names, [weight for _, weight in wanted])
             self.active = wanted
         return loaded
+
+
+def joined(recipe_set: tuple[Lora, ...], added: tuple[Lora, ...], where: str
+           ) -> tuple[Lora, ...]:
+    """A LoRA set with more LoRAs (a prompt's tags), ordered by identity: the order they are
+    applied in, so that the same set always gives the same pixels."""
+    found = {lora.model.identity: lora for lora in recipe_set}
+    for lora in added:
+        if lora.model.identity in found:
+            raise AdapterError(where, lora.model.ref, "this LoRA file is in the set twice (the "
+                               "recipe's loras and the prompt's tags, or two names for one "
+                               "file); give it once")
+        found[lora.model.identity] = lora
+    return tuple(found[k] for k in sorted(found))

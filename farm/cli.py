@@ -28,6 +28,7 @@ from farm import recipe as recipes
 from farm.compose import BadInput, Settings, compose
 from farm.export import ExportError
 from farm.grid import GridError
+from farm.keys import AXES
 from farm.manifest import ManifestDamaged, ManifestUnwritable, SecondWriter
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
@@ -43,20 +44,20 @@ def command_plan(settings: Settings) -> int:
     r = settings.recipe
     print(f"recipe {r.name} -> {settings.folder.root}")
     lengths = r.axis_lengths()
-    for axis in (a for a in recipes.AXES if not r.unused(a)):
-        print(f"  {axis:<11}{lengths[axis]:>8}  {r.shown(axis)}")
-    print(f"  {'dtype':<11}{1:>8}  {r.dtype}")
+    for key in (k for k in AXES if r.uses(k.name)):
+        print(f"  {key.name:<11}{lengths[key.name]:>8}  {key.shown(r.values)}")
+    print(f"  {'dtype':<11}{1:>8}  {r['dtype']}")
     combined = r.combined_axes()
     for group in (a for a in combined if len(a) > 1):
         print(f"  {'+'.join(group)} zipped: {lengths[group[0]]} together")
     counts = run.count(r, settings.folder, found)
     product = " x ".join(f"{lengths[a[0]]} {'+'.join(a)}" for a in combined
-                         if not r.unused(a[0]))
+                         if r.uses(a[0]))
     repeats = (f"; {counts.repeats} more are reached twice (two prompt rows give the same "
                "prompt) and rendered once" if counts.repeats else "")
     print(f"jobs: {counts.planned} ({product}, outermost first{repeats}); done {counts.done}, "
           f"pending {counts.pending} "
-          f"(of which {counts.failed} failed before); batch size {r.batch_size}")
+          f"(of which {counts.failed} failed before); batch size {r['batch_size']}")
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,18 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from farm import inputs
-from farm.jobs import Batch, Result
+from farm.jobs import Batch, Result, WorkerSettings
 from farm.schedule import Runtime, RuntimeUnavailable, WorkerLost
 
 
 class RayWorker:
     """The Ray actor: a thin shell around the plain Worker, which it builds on first use."""
 
-    def __init__(self, root: str | None, name: str, device: str | None, max_pipelines: int,
-                 threads: int | None, probe: tuple[str, str] | None = None,
-                 encode_threads: int | None = None, speedups: dict | None = None):
-        self.args = (root, name, device, max_pipelines, threads, encode_threads)
-        self.speedups = speedups or {}  # Worker's compile and fuse_qkv
+    def __init__(self, settings: WorkerSettings, probe: tuple[str, str] | None = None):
+        self.settings = settings
         self.probe = probe  # (file, token): the run folder is visible here if it reads so
         self.worker = None
 
@@ -39,15 +37,14 @@ class RayWorker:
         """Import torch and diffusers and build the Worker; say where this actor runs and who
         writes its images (itself, or the driver when it cannot see the run folder)."""
         import ray
-        from farm.worker import Device, Worker
+        from farm.worker import Worker
 
-        root, name, device, max_pipelines, threads, encode_threads = self.args
-        if root is not None and self.probe is not None and not sees(root, *self.probe):
-            root = None
-        self.worker = Worker(root, name=name, device=Device.named(device) if device else None,
-                             max_pipelines=max_pipelines, threads=threads,
-                             encode_threads=encode_threads, **self.speedups)
-        return {"name": name, "node": ray.get_runtime_context().get_node_id(),
+        settings = self.settings
+        if settings.root is not None and self.probe is not None \
+                and not sees(settings.root, *self.probe):
+            settings = replace(settings, root=None)
+        self.worker = Worker.built(settings)
+        return {"name": settings.name, "node": ray.get_runtime_context().get_node_id(),
                 "device": self.worker.device.name,
                 "writes": "worker" if self.worker.folder is not None else "driver"}
 
@@ -69,6 +66,8 @@ def sees(root: str, probe: str, token: str) -> bool:
 
 class RayBackend:
     """One RayWorker actor per GPU (or CPU workers), on an embedded or a joined Ray cluster."""
+
+    replaceable = True  # a hung or lost actor is killed and another started in its place
 
     def __init__(self, runtime: Runtime, root: os.PathLike, label: str):
         self.runtime, self.root, self.label = runtime, str(root), label
@@ -107,10 +106,7 @@ class RayBackend:
             name=f"farm-{self.label}-{name}-{os.getpid()}", max_restarts=0, max_concurrency=2,
             **self.options)
         root = None if self.runtime.outputs == "driver" else self.root
-        actor = actor_class.remote(root, name, self.runtime.device, self.runtime.max_pipelines,
-                                   self.threads, self.probe, self.runtime.encode_threads,
-                                   {"compile": self.runtime.compile,
-                                    "fuse_qkv": self.runtime.fuse_qkv})
+        actor = actor_class.remote(self.runtime.worker(root, name, self.threads), self.probe)
         self.actors[name] = actor
         ref = actor.ready.remote()
         self.starting_refs[ref] = name

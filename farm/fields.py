@@ -1,78 +1,119 @@
 """What a job is: one table of its fields. Pure Python: no torch, Ray or Hydra.
 
 Everything that lists job fields derives from FIELDS: the Job's id and batch key, its
-to_dict/from_dict, infotext, the checks a recipe value and a prompt-file value both go through,
-`farm plan`'s display, the catalog's filters, the export columns and the grid axes. Adding a
-field is one row here plus the code that uses it (tests/test_fields.py checks that every row
-reaches the plan, the PNG metadata, the manifest, replay and the exports).
+to_dict/from_dict, its AUTOMATIC1111 infotext, the Loadout, the catalog's filters, the export
+columns and the grid axes. The recipe keys that set these fields are another table
+(farm/keys.py). Adding a field is one row here, the Job attribute, and the code that uses it
+(tests/test_fields.py walks every row from recipe to replay).
 
 Each field has a role:
     load   what a worker must have loaded (the Loadout): switching it costs a model load
     batch  shared by every image of one pipeline call
     image  may differ between the images of one call
+and a codec: how its value enters the id, is recorded in the `farm` JSON and read back.
 """
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from farm import emphasis, samplers
+from farm.values import UPSCALERS, Hires, Lora, Model, display_name
+
 LOAD, BATCH, IMAGE = "load", "batch", "image"
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
-MAX_STEPS = 1000
-MAX_CLIP_SKIP = 12
-MAX_CFG = 100
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-EMPHASIS = ("a1111", "none")
-RESIZE = ("stretch", "crop", "fill")  # A1111's "Just resize", "Crop and resize", "Resize and fill"
-CONFIG_MARK = "?config="  # "x.safetensors?config=org/name": one weights file and its architecture
 ALWAYS = object()  # id_default of the first fields: they always enter the id
+# where a reference field's value comes from: a model file, or an input image (its identity the
+# hash of its decoded pixels; read by the worker, carried to nodes that cannot see it)
+CHECKPOINT, VAE, REFINER, INPUT = "checkpoint", "vae", "refiner", "input"
+Find = Callable[..., Model]  # (field, ref, identity[, path]) -> the Model found on this machine
 
 
-class FieldError(ValueError):
-    """A value a field does not take; the message says what it takes."""
+# 1. codecs: a value as the id sees it, as the `farm` JSON records it, and back ----------------------
+
+@dataclass(frozen=True)
+class Codec:
+    identity: Callable[[Any], Any]  # hashable, JSON-ready: what the id hashes
+    record: Callable[[str, Any], dict[str, Any]]  # name, value -> the record's keys
+    restore: Callable[[str, dict, Find], Any]  # name, record, find -> the value
 
 
-# 1. checks: value -> clean value, or FieldError saying what is allowed ----------------------------
-
-def whole(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise FieldError(f"expected a whole number from {low} to {high}")
-        return value
-    return check
+def _plain_restore(name: str, record: dict, find: Find) -> Any:
+    return record.get(name, MISSING)
 
 
-def number(low: float, high: float) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or not low <= value <= high:
-            raise FieldError(f"expected a number from {low:g} to {high:g}")
-        return float(value)
-    return check
+MISSING = object()  # a field an older record lacks: the Job's default
+PLAIN = Codec(lambda v: v, lambda name, v: {name: v}, _plain_restore)
+FLOAT = Codec(lambda v: None if v is None else float(v),
+              lambda name, v: {name: None if v is None else float(v)}, _plain_restore)
+# a model, recorded as its reference and its identity
+MODEL = Codec(
+    lambda m: None if m is None else m.identity,
+    lambda name, m: {name: None if m is None else m.ref,
+                     f"{name}_identity": None if m is None else m.identity},
+    lambda name, r, find: None if r.get(name) is None else find(name, r[name],
+                                                               r[f"{name}_identity"]))
+LORAS = Codec(
+    lambda loras: tuple((lora.model.identity, float(lora.weight)) for lora in loras),
+    lambda name, loras: {name: [lora.record() for lora in loras]},
+    lambda name, r, find: tuple(
+        Lora(find(name, i["ref"], i["identity"], i.get("path")), i["weight"])
+        for i in r.get(name) or ()))
+EMBEDDINGS = Codec(  # ref: the word a prompt uses
+    lambda items: tuple((e.ref, e.identity) for e in items),
+    lambda name, items: {name: [{"name": e.ref, "identity": e.identity, "path": e.path}
+                                for e in items]},
+    lambda name, r, find: tuple(find(name, i["name"], i["identity"], i.get("path"))
+                                for i in r.get(name) or ()))
+HIRES = Codec(  # hashable: a batch's jobs are compared by it
+    lambda h: None if h is None else tuple(h.record().items()),
+    lambda name, h: {name: None if h is None else h.record()},
+    lambda name, r, find: Hires(**r[name]) if r.get(name) else None)
 
 
-def choice(allowed: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise FieldError(f"allowed: {', '.join(allowed)}")
-        return value
-    return check
+# 2. AUTOMATIC1111's infotext: each field writes its own keys ---------------------------------------
+
+def _quoted(items) -> str:
+    """A1111's quoting of a value that holds commas: JSON string syntax."""
+    return json.dumps(", ".join(items), ensure_ascii=False)
 
 
-def display_name(ref: str) -> str:
-    """A model's or LoRA's name as infotext and columns show it: the file or folder name of
-    its reference, without revision, config or extension."""
-    tail = ref.split(CONFIG_MARK)[0].rstrip("/").split("/")[-1].split("@")[0]
-    return tail.removesuffix(".safetensors")
+def _plain(text: str) -> bool:
+    try:
+        return emphasis.plain(text)
+    except emphasis.EmphasisError:  # never read as emphasis, so nothing to say
+        return False
 
 
-def text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise FieldError("expected a string")
-    return value
+def _hires(job) -> dict[str, Any]:
+    """A hires pass as A1111 writes it."""
+    hires = job.hires
+    if hires is None:
+        return {}
+    found: dict[str, Any] = {"Denoising strength": f"{hires.denoise:g}"}
+    if hires.scale:
+        found["Hires upscale"] = f"{hires.scale:g}"
+    else:
+        found["Hires resize"] = f"{job.width}x{job.height}"
+    if hires.steps:
+        found["Hires steps"] = hires.steps
+    found["Hires upscaler"] = UPSCALERS[hires.upscaler]
+    if hires.sampler is not None and (hires.sampler, hires.scheduler) != (job.sampler,
+                                                                          job.scheduler):
+        found["Hires sampler"] = samplers.sampler(hires.sampler).a1111
+        found["Hires schedule type"] = samplers.schedule(hires.scheduler).a1111
+    return found
+
+
+def _emphasis(job) -> dict[str, Any]:
+    """A1111 writes its emphasis mode only when it is not its default; farm's `none` is its
+    "None" wherever the prompt has something A1111 would read as emphasis."""
+    if job.emphasis == "none" and not all(
+            _plain(t) for t in (emphasis.loras(job.prompt)[0], job.negative)):
+        return {"Emphasis": "None"}
+    return {}
 
 
 def _shown_hires(value: dict | None) -> str:
@@ -85,87 +126,101 @@ def _shown_hires(value: dict | None) -> str:
     return f"{upscale} {value['upscaler']}{steps}, denoise {value['denoise']:g}"
 
 
-# 2. the table ------------------------------------------------------------------------------------
+# 3. the table ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class JobField:
     name: str  # the Job attribute, the metadata key, the export column, the filter name
     role: str  # load | batch | image (above)
-    kind: type  # the Python type of its value (a prompt-file cell is read as this)
+    kind: type  # the Python type of its value as recorded
     column: str  # the export column's type (pyarrow and Hugging Face Value dtype)
-    axis: str | None  # the recipe field whose values it takes (size gives width and height)
-    check: Callable[[Any], Any] = text  # a recipe value and a prompt-file value alike
-    row: bool = False  # a prompt-file column of this name sets it for its row
-    infotext: str | None = None  # AUTOMATIC1111's key in `parameters`
+    # its keys in AUTOMATIC1111's `parameters` (job -> {label: value}); None: not written there
+    a1111: Callable[[Any], dict[str, Any]] | None = None
     # a field added after the first id version enters the id only when it is not at this
     # default, so that the ids of every existing run folder stay as they are
     id_default: Any = ALWAYS
-    model: bool = False  # a model reference: recorded as ref + "<name>_identity"
+    codec: Codec = PLAIN
+    source: str | None = None  # a reference: resolved as a CHECKPOINT, VAE, REFINER or INPUT
     # a value recorded as a list (LoRAs, embeddings) as its export column and filters read it
     shown: Callable[[Any], str] | None = None
 
-    def parse(self, value: Any) -> Any:
-        """A prompt-file cell (text in a CSV, any JSON value in a JSONL) as this field's kind,
-        checked like the recipe value."""
-        if isinstance(value, str) and self.kind in (int, float):
-            try:
-                value = self.kind(value.strip())
-            except ValueError:
-                raise FieldError(f"expected {'a whole number' if self.kind is int else 'a number'}"
-                                 ) from None
-        elif self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        return self.check(value)
+    @property
+    def model(self) -> bool:
+        """Recorded as ref + "<name>_identity" (a model file or an input image)."""
+        return self.codec is MODEL
+
+    def infotext(self, job) -> dict[str, Any]:
+        return self.a1111(job) if self.a1111 else {}
+
+
+def _pair(name: str, label: str, show: Callable[[Any], Any] = lambda v: v,
+          when: Callable[[Any], bool] = lambda v: v is not None):
+    """An infotext writer of one `label: value` pair, written when the field's value is set."""
+    return lambda job: {label: show(getattr(job, name))} if when(getattr(job, name)) else {}
 
 
 FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
-    JobField("prompt", IMAGE, str, "string", "prompt"),
-    JobField("negative", IMAGE, str, "string", "prompt", infotext="Negative prompt"),
-    JobField("steps", BATCH, int, "int64", "steps", whole(1, MAX_STEPS), row=True,
-             infotext="Steps"),
-    JobField("sampler", BATCH, str, "string", "sampler", infotext="Sampler"),
-    JobField("scheduler", BATCH, str, "string", "scheduler", infotext="Schedule type"),
-    JobField("cfg", BATCH, float, "float64", "cfg", number(0, MAX_CFG), row=True,
-             infotext="CFG scale"),
-    JobField("seed", IMAGE, int, "uint64", "seeds", whole(0, MAX_SEED), row=True,
-             infotext="Seed"),
-    JobField("width", BATCH, int, "int64", "size", infotext="Size"),
-    JobField("height", BATCH, int, "int64", "size"),
-    JobField("clip_skip", BATCH, int, "int64", "clip_skip", whole(1, MAX_CLIP_SKIP),
-             infotext="Clip skip"),
-    JobField("checkpoint", LOAD, str, "string", "checkpoint", infotext="Model", model=True),
-    JobField("vae", LOAD, str, "string", "vae", infotext="VAE", model=True),
-    JobField("dtype", BATCH, str, "string", "dtype", choice(DTYPES)),
+    JobField("prompt", IMAGE, str, "string"),  # infotext's first line
+    JobField("negative", IMAGE, str, "string"),  # its second: "Negative prompt: ..."
+    JobField("steps", BATCH, int, "int64", _pair("steps", "Steps")),
+    JobField("sampler", BATCH, str, "string",
+             _pair("sampler", "Sampler", lambda v: samplers.sampler(v).a1111)),
+    JobField("scheduler", BATCH, str, "string",
+             _pair("scheduler", "Schedule type", lambda v: samplers.schedule(v).a1111)),
+    JobField("cfg", BATCH, float, "float64", _pair("cfg", "CFG scale", lambda v: f"{v:g}"),
+             codec=FLOAT),
+    JobField("seed", IMAGE, int, "uint64", _pair("seed", "Seed")),
+    # A1111's Size is the first pass's: a hires pass says its final size or scale apart
+    JobField("width", BATCH, int, "int64", lambda job: {"Size": (
+        f"{job.hires.width}x{job.hires.height}" if job.hires else f"{job.width}x{job.height}")}),
+    JobField("height", BATCH, int, "int64"),
+    JobField("clip_skip", BATCH, int, "int64", _pair("clip_skip", "Clip skip",
+                                                     when=lambda v: v > 1)),
+    JobField("checkpoint", LOAD, str, "string", lambda job: {
+        "Model hash": job.checkpoint.short_hash, "Model": job.checkpoint.name},
+        codec=MODEL, source=CHECKPOINT),
+    JobField("vae", LOAD, str, "string", lambda job: {
+        "VAE hash": job.vae.short_hash, "VAE": job.vae.name} if job.vae else {},
+        codec=MODEL, source=VAE),
+    JobField("dtype", BATCH, str, "string"),
     # added after the first id version: in the id only when not at their defaults
-    JobField("loras", BATCH, tuple, "string", "loras", infotext="Lora hashes", id_default=(),
-             shown=lambda items: ", ".join(
-                 f"{display_name(i['ref'])}:{i['weight']:g}" for i in items or ())),
-    JobField("emphasis", BATCH, str, "string", "emphasis", choice(EMPHASIS), id_default="none",
-             infotext="Emphasis"),
-    JobField("embeddings", BATCH, tuple, "string", None, infotext="TI hashes", id_default=(),
-             shown=lambda items: ", ".join(i["name"] for i in items or ())),
+    JobField("loras", BATCH, tuple, "string", _pair(
+        "loras", "Lora hashes", lambda v: _quoted(f"{lora.name}: {lora.short_hash}" for lora in v),
+        when=bool), id_default=(), codec=LORAS,
+        shown=lambda items: ", ".join(
+            f"{display_name(i['ref'])}:{i['weight']:g}" for i in items or ())),
+    JobField("emphasis", BATCH, str, "string", _emphasis, id_default="none"),
+    JobField("embeddings", BATCH, tuple, "string", _pair(
+        "embeddings", "TI hashes", lambda v: _quoted(f"{e.ref}: {e.identity[:12]}" for e in v),
+        when=bool), id_default=(), codec=EMBEDDINGS,
+        shown=lambda items: ", ".join(i["name"] for i in items or ())),
     # images in: an input image (its identity the hash of its decoded pixels), the strength it
     # is denoised to and how it is fitted to the size; None on text-to-image jobs
-    JobField("init", IMAGE, str, "string", "init", infotext="Init image hash", id_default=None,
-             model=True),
-    JobField("denoise", BATCH, float, "float64", "denoise", number(0, 1),
-             infotext="Denoising strength", id_default=None),
-    JobField("resize", BATCH, str, "string", None, choice(RESIZE), id_default=None),
+    JobField("init", IMAGE, str, "string", _pair("init", "Init image hash",
+                                                 lambda v: v.identity[:16]),
+             id_default=None, codec=MODEL, source=INPUT),
+    JobField("denoise", BATCH, float, "float64",
+             _pair("denoise", "Denoising strength", lambda v: f"{v:g}"), id_default=None,
+             codec=FLOAT),
+    JobField("resize", BATCH, str, "string", id_default=None),
     # a second pass (A1111's hires fix): {width, height (of the first pass), scale, upscaler,
     # steps, denoise, sampler, scheduler}; width and height above are the final image's
-    JobField("hires", BATCH, dict, "string", "hires", infotext="Hires upscale", id_default=None,
+    JobField("hires", BATCH, dict, "string", _hires, id_default=None, codec=HIRES,
              shown=_shown_hires),
     # the SDXL refiner, and the share of the schedule after which it takes over
-    JobField("refiner", LOAD, str, "string", "refiner", infotext="Refiner", id_default=None,
-             model=True),
-    JobField("switch_at", BATCH, float, "float64", "refiner", number(0, 1),
-             infotext="Refiner switch at", id_default=None),
+    JobField("refiner", LOAD, str, "string", _pair(
+        "refiner", "Refiner", lambda v: f"{v.name} [{v.short_hash}]"), id_default=None,
+        codec=MODEL, source=REFINER),
+    JobField("switch_at", BATCH, float, "float64",
+             _pair("switch_at", "Refiner switch at", lambda v: f"{v:g}"), id_default=None,
+             codec=FLOAT),
 )
 
 
 BY_NAME = {f.name: f for f in FIELDS}
-ROW_FIELDS = {f.name: f for f in FIELDS if f.row}  # prompt-file columns that set a field
 IDENTITY_FIELDS = tuple(f for f in FIELDS if f.role in (LOAD, BATCH))  # shared by a batch
+LOAD_FIELDS = tuple(f for f in FIELDS if f.role == LOAD)  # the Loadout's members
+INPUT_FIELDS = tuple(f for f in FIELDS if f.source == INPUT)  # input images
 
 
 def column_value(record: dict, name: str) -> Any:

@@ -24,6 +24,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from farm import outputs, tiny
+from farm.fields import INPUT_FIELDS
 from farm.jobs import Batch, Model
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -309,7 +310,8 @@ def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
 
 def carried(batch: Batch) -> Batch:
     """The batch with its input images' files in it, for a worker on another node."""
-    needed = {job.init.identity: job.init.path for job in batch.jobs if job.init is not None}
+    needed = {image.identity: image.path for job in batch.jobs for image in
+              (getattr(job, f.name) for f in INPUT_FIELDS) if image is not None}
     if not needed or batch.inputs:
         return batch
     files = []

@@ -1,96 +1,22 @@
-"""Frozen values that cross module boundaries: Model, Loadout, Job, Batch, Result; the job id."""
+"""Frozen values that cross module boundaries: Loadout, Job, Batch, Result, WorkerSettings;
+the job id. (Model,
+Lora and Hires, the values a job is made of, are in values.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from farm.fields import ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD, display_name
+from farm.fields import ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD_FIELDS, MISSING, Find
+from farm.values import UPSCALERS, Hires, Lora, Model  # noqa: F401 (the values jobs are made of)
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
 ID_LENGTH = 24  # hex digits: 96 bits, no collision in any run folder that fits on a disk
-
-
-@dataclass(frozen=True)
-class Model:
-    """A checkpoint or VAE, resolved: where its files are and what they are."""
-
-    ref: str  # what the recipe said: "tiny", "org/name@rev", "models/x.safetensors"
-    path: str  # its files on this machine; never part of an id (another node may differ)
-    identity: str  # sha256 of the weights (hex), or "hub:<repo>@<commit>" for a pinned hub model
-    config: str | None = None  # single-file weights: the diffusers folder giving the architecture
-    # a hub pipeline's weight files, when not its default ones: "fp16" for half-precision jobs
-    # where the repository has them (the same commit, so the same identity)
-    variant: str | None = None
-
-    @property
-    def short_hash(self) -> str:
-        """AUTOMATIC1111's "Model hash": the first 10 hex digits of the weights' sha256."""
-        return self.identity.split("@")[-1][:10]
-
-    @property
-    def name(self) -> str:
-        """A display name for infotext: the file or folder name without extension."""
-        return display_name(self.ref)
-
-
-@dataclass(frozen=True)
-class Lora:
-    """A LoRA applied to a job, at a weight (A1111's `<lora:NAME:WEIGHT>`)."""
-
-    model: Model  # its .safetensors file; identity: sha256 of its tensor data (A1111's hash)
-    weight: float
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    @property
-    def short_hash(self) -> str:
-        """What A1111 and CivitAI show in "Lora hashes": 12 hex digits."""
-        return self.model.identity[:12]
-
-    def record(self) -> dict[str, Any]:
-        return {"ref": self.model.ref, "identity": self.model.identity, "weight": self.weight,
-                "path": self.model.path}
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.weight:g}"
-
-
-@dataclass(frozen=True)
-class Hires:
-    """A second pass (AUTOMATIC1111's hires fix): the first pass renders at this width and
-    height, its result is upscaled to the job's size and denoised again, img2img."""
-
-    width: int  # of the first pass
-    height: int
-    scale: float | None  # as the recipe asked (None: it asked for the final size)
-    upscaler: str  # a name from UPSCALERS
-    steps: int  # steps the second pass takes; 0: as many as the first pass
-    denoise: float  # the second pass's denoising strength
-    sampler: str | None = None  # the second pass's, with its schedule; None: the job's own
-    scheduler: str | None = None
-
-    def record(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
-
-
-# Upscalers of the hires pass: latent ones interpolate the latents (torch's modes, A1111's
-# names); pixel ones decode, resize with Pillow, and encode again.
-UPSCALERS = {
-    "latent": "Latent", "latent-antialiased": "Latent (antialiased)",
-    "latent-bicubic": "Latent (bicubic)",
-    "latent-bicubic-antialiased": "Latent (bicubic antialiased)",
-    "latent-nearest": "Latent (nearest)", "latent-nearest-exact": "Latent (nearest-exact)",
-    "lanczos": "Lanczos", "nearest": "Nearest", "bicubic": "Bicubic",
-}
 
 
 @dataclass(frozen=True)
@@ -106,8 +32,7 @@ class Loadout:
     @property
     def key(self) -> tuple[str | None, ...]:
         """The identities of what is loaded: never paths, which differ between nodes."""
-        return tuple(getattr(self, f.name).identity if getattr(self, f.name) else None
-                     for f in FIELDS if f.role == LOAD)
+        return tuple(f.codec.identity(getattr(self, f.name)) for f in LOAD_FIELDS)
 
     def __str__(self) -> str:
         return self.checkpoint.ref + (f" + {self.vae.ref}" if self.vae else "") + (
@@ -151,20 +76,11 @@ class Job:
 
     @property
     def loadout(self) -> Loadout:
-        return Loadout(self.checkpoint, self.vae, self.refiner)
+        return Loadout(**{f.name: getattr(self, f.name) for f in LOAD_FIELDS})
 
     def identity_value(self, name: str) -> Any:
         """A field's value as the id sees it: a model by its identity, cfg as a float."""
-        value = getattr(self, name)
-        if BY_NAME[name].model:
-            return value.identity if value is not None else None
-        if name == "loras":
-            return tuple((lora.model.identity, float(lora.weight)) for lora in value)
-        if name == "embeddings":
-            return tuple((e.ref, e.identity) for e in value)
-        if name == "hires":  # hashable: a batch's jobs are compared by it
-            return tuple(value.record().items()) if value is not None else None
-        return float(value) if BY_NAME[name].kind is float and value is not None else value
+        return BY_NAME[name].codec.identity(getattr(self, name))
 
     @property
     def id(self) -> str:
@@ -198,45 +114,17 @@ class Job:
         every field, models as reference and identity, then how the prompt was made."""
         record: dict[str, Any] = {"id": self.id}
         for f in FIELDS:
-            value = getattr(self, f.name)
-            if f.model:
-                record[f.name] = value.ref if value is not None else None
-                record[f"{f.name}_identity"] = value.identity if value is not None else None
-            elif f.name == "loras":
-                record[f.name] = [lora.record() for lora in value]
-            elif f.name == "embeddings":
-                record[f.name] = [{"name": e.ref, "identity": e.identity, "path": e.path}
-                                  for e in value]
-            elif f.name == "hires":
-                record[f.name] = value.record() if value is not None else None
-            else:
-                record[f.name] = self.identity_value(f.name)
+            record.update(f.codec.record(f.name, getattr(self, f.name)))
         record.update(self.context)
         return record
 
     @staticmethod
-    def from_dict(record: dict, model: Callable[..., Model]) -> Job:
+    def from_dict(record: dict, model: Find) -> Job:
         """The job a to_dict() record describes; `model(field, ref, identity)` finds each model
         here (a LoRA's or embedding's with a fourth argument, the file it was read from). A
         field an older record lacks takes its default."""
-        values: dict[str, Any] = {}
-        for f in FIELDS:
-            if f.model:
-                ref = record.get(f.name)
-                values[f.name] = None if ref is None else model(
-                    f.name, ref, record[f"{f.name}_identity"])
-            elif f.name == "loras":
-                values[f.name] = tuple(
-                    Lora(model(f.name, item["ref"], item["identity"], item.get("path")),
-                         item["weight"]) for item in record.get(f.name) or ())
-            elif f.name == "embeddings":
-                values[f.name] = tuple(model(f.name, item["name"], item["identity"],
-                                             item.get("path"))
-                                       for item in record.get(f.name) or ())
-            elif f.name == "hires":
-                values[f.name] = Hires(**record[f.name]) if record.get(f.name) else None
-            elif f.name in record:
-                values[f.name] = record[f.name]
+        values = {f.name: f.codec.restore(f.name, record, model) for f in FIELDS}
+        values = {name: value for name, value in values.items() if value is not MISSING}
         values["context"] = tuple((k, record[k]) for k in CONTEXT_KEYS if k in record)
         return Job(**values)
 
@@ -379,3 +267,18 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a Worker is built with (Worker.built): the part of the Runtime a worker needs, one
+    value that travels to Ray actors."""
+
+    root: str | None  # the run folder, where this worker writes; None: the driver writes
+    name: str
+    device: str | None  # "cpu", "cuda", "cuda:1"; None: a GPU when there is one
+    max_pipelines: int = 2
+    threads: int | None = None  # torch threads on the CPU
+    encode_threads: int | None = None
+    compile: bool = False
+    fuse_qkv: bool = False

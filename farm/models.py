@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm import tiny
-from farm.fields import CONFIG_MARK
+from farm.fields import CHECKPOINT, VAE
+from farm.values import CONFIG_MARK
 from farm.jobs import Model
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -39,10 +40,14 @@ class ModelError(ValueError):
         super().__init__(f"{field}: {ref!r}: {problem}")
 
 
-def resolve(ref: str, field: str = "checkpoint", variant: str | None = None) -> Model:
-    """Check a reference and find its files and identity. `field` is checkpoint or vae.
-    `variant` ("fp16"): a hub pipeline's weights in that variant, where it has them all."""
-    role = "vae" if field.startswith("vae") else "checkpoint"
+def resolve(ref: str, source: str = CHECKPOINT, field: str | None = None, *,
+            variant: str | None = None) -> Model:
+    """Check a reference and find its files and identity. `source`: what it must be, a
+    CHECKPOINT, REFINER (a checkpoint) or VAE (farm/fields.py); `field` names it in errors
+    (default: the source). `variant` ("fp16"): a hub pipeline's weights in that variant, where
+    it has them all."""
+    role = "vae" if source == VAE else "checkpoint"
+    field = field or source
     if CONFIG_MARK in ref:
         return _resolve_single_file(ref, field, role)
     if ref in tiny.BUILDERS:
@@ -128,7 +133,7 @@ def _resolve_single_file(ref: str, field: str, role: str) -> Model:
         raise ModelError(field, ref, "a single-file model must be a .safetensors file")
     if not path.is_file():
         raise ModelError(field, ref, f"no such file (looked at {path.resolve()})")
-    config = resolve(config_ref, f"{field}.config" if role == "checkpoint" else "vae.config")
+    config = resolve(config_ref, VAE if role == "vae" else CHECKPOINT, f"{field}.config")
     digest = file_hash(path)
     # the file's sha256 leads, so that its first 10 digits are AUTOMATIC1111's "Model hash"
     identity = digest + "+" + hashlib.sha256(config.identity.encode()).hexdigest()[:16]

@@ -18,16 +18,16 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from farm import __version__, emphasis, samplers
+from farm import __version__
 from farm.fields import FIELDS
-from farm.jobs import UPSCALERS, ImageFormat, Job
+from farm.jobs import ImageFormat, Job
 
 SHARD_SIZE = 10_000
 SLUG_LENGTH = 40
@@ -135,80 +135,15 @@ def slug(text: str) -> str:
     return cleaned[:SLUG_LENGTH].rstrip("-") or "image"
 
 
-# How a field's value reads in AUTOMATIC1111's infotext, where it is not the value itself; a
-# field without an infotext label in farm/fields.py is not written there.
-A1111_VALUES: dict[str, Callable[[Job], dict[str, Any]]] = {
-    "sampler": lambda job: {"Sampler": samplers.sampler(job.sampler).a1111},
-    "scheduler": lambda job: {"Schedule type": samplers.schedule(job.scheduler).a1111},
-    "cfg": lambda job: {"CFG scale": f"{job.cfg:g}"},
-    # A1111's Size is the first pass's: a hires pass says its final size or scale apart
-    "width": lambda job: {"Size": f"{job.hires.width}x{job.hires.height}" if job.hires
-                          else f"{job.width}x{job.height}"},
-    "clip_skip": lambda job: {"Clip skip": job.clip_skip} if job.clip_skip > 1 else {},
-    "checkpoint": lambda job: {"Model hash": job.checkpoint.short_hash,
-                               "Model": job.checkpoint.name},
-    "vae": lambda job: {"VAE hash": job.vae.short_hash, "VAE": job.vae.name} if job.vae else {},
-    "loras": lambda job: {"Lora hashes": _quoted(f"{lora.name}: {lora.short_hash}"
-                                                 for lora in job.loras)} if job.loras else {},
-    "embeddings": lambda job: {"TI hashes": _quoted(f"{e.ref}: {e.identity[:12]}"
-                                                    for e in job.embeddings)}
-    if job.embeddings else {},
-    # A1111 writes its emphasis mode only when it is not its default; farm's `none` is its
-    # "None" wherever the prompt has something A1111 would read as emphasis
-    "init": lambda job: {"Init image hash": job.init.identity[:16]} if job.init else {},
-    "denoise": lambda job: {"Denoising strength": f"{job.denoise:g}"}
-    if job.denoise is not None else {},
-    "hires": lambda job: _hires(job) if job.hires else {},
-    "refiner": lambda job: {"Refiner": f"{job.refiner.name} [{job.refiner.short_hash}]"}
-    if job.refiner else {},
-    "switch_at": lambda job: {"Refiner switch at": f"{job.switch_at:g}"}
-    if job.switch_at is not None else {},
-    "emphasis": lambda job: {"Emphasis": "None"} if job.emphasis == "none" and not all(
-        _plain(t) for t in (emphasis.loras(job.prompt)[0], job.negative)) else {},
-}
-
-
-def _hires(job: Job) -> dict[str, Any]:
-    """A hires pass as A1111 writes it."""
-    hires = job.hires
-    found: dict[str, Any] = {"Denoising strength": f"{hires.denoise:g}"}
-    if hires.scale:
-        found["Hires upscale"] = f"{hires.scale:g}"
-    else:
-        found["Hires resize"] = f"{job.width}x{job.height}"
-    if hires.steps:
-        found["Hires steps"] = hires.steps
-    found["Hires upscaler"] = UPSCALERS[hires.upscaler]
-    if hires.sampler is not None and (hires.sampler, hires.scheduler) != (job.sampler,
-                                                                          job.scheduler):
-        found["Hires sampler"] = samplers.sampler(hires.sampler).a1111
-        found["Hires schedule type"] = samplers.schedule(hires.scheduler).a1111
-    return found
-
-
-def _quoted(items) -> str:
-    """A1111's quoting of a value that holds commas: JSON string syntax."""
-    return json.dumps(", ".join(items), ensure_ascii=False)
-
-
-def _plain(text: str) -> bool:
-    try:
-        return emphasis.plain(text)
-    except emphasis.EmphasisError:  # never read as emphasis, so nothing to say
-        return False
-
-
 def infotext(job: Job) -> str:
     """AUTOMATIC1111's `parameters` text, so that other tools read the settings: the prompt, the
-    negative, then `Key: value` for every field with an infotext label, in the table's order."""
+    negative, then the `Key: value` pairs each field writes, in the table's order."""
     lines = [job.prompt]
     if job.negative:
         lines.append(f"Negative prompt: {job.negative}")
     pairs: dict[str, Any] = {}
     for f in FIELDS:
-        if f.infotext and f.name not in ("prompt", "negative"):
-            show = A1111_VALUES.get(f.name)
-            pairs.update(show(job) if show else {f.infotext: getattr(job, f.name)})
+        pairs.update(f.infotext(job))
     pairs["Version"] = f"farm {__version__}"
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
     return "\n".join(lines)

@@ -4,131 +4,76 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import replace
-from collections.abc import Iterable, Iterator, Mapping
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from farm import adapters, inputs, prompts, samplers
+from farm import adapters, inputs, prompts
 from farm.fields import FIELDS
-from farm.jobs import Batch, Hires, Job, Loadout, Lora, Model, Slot
-from farm.recipe import LOAD_AXES, ROW_AXES, HiresSpec, Recipe
+from farm.jobs import Batch, Job, Loadout, Model, Slot
+from farm.keys import APPLIED, AXES, BY_KEY, COLUMN_AXES, INPUT_KEYS, LOADED, Draft
+from farm.recipe import Recipe, loaded_refs
 
 
-def loadouts(recipe: Recipe, models: Mapping[str, Model]) -> list[Loadout]:
-    """What workers must load for the recipe, in plan order; each is one pipeline (and a
-    refiner's, when it has one)."""
-    refiners = list(dict.fromkeys(r[0] if r else None for r in recipe.refiner))
-    return [Loadout(models[ckpt], models[vae] if vae is not None else None,
-                    models[refiner] if refiner is not None else None)
-            for ckpt, vae, refiner in itertools.product(recipe.checkpoint, recipe.vae, refiners)]
+@dataclass(frozen=True)
+class Resolved:
+    """The recipe's references, resolved once (run.resolve_models) and passed to the plan:
+    its models by reference, its input images by path (identified by their pixels), and the
+    reader of its prompts, which found and checked their LoRAs and embeddings."""
+
+    models: Mapping[str, Model]
+    inputs: Mapping[str, Model]
+    reader: adapters.Reader
+
+    @staticmethod
+    def given(recipe: Recipe, models: Mapping[str, Model]) -> Resolved:
+        """These models, the recipe's input images identified now, and a fresh reader."""
+        paths = dict.fromkeys(p for k in INPUT_KEYS for p in recipe[k.name] if p is not None)
+        return Resolved(models, {m.path: m for m in inputs.identify(paths)},
+                        adapters.Reader(recipe.base))
 
 
-def input_images(recipe: Recipe, models: Mapping[str, Model]) -> dict[str, Model]:
-    """The recipe's input images by path, identified (run.resolve_models did it once)."""
-    found = getattr(models, "inputs", None)
-    if found is None:
-        found = {m.path: m for m in inputs.identify(p for p in recipe.init if p is not None)}
-    return found
+def loadouts(recipe: Recipe, resolved: Resolved) -> list[Loadout]:
+    """What workers must load for the recipe, in plan order: one for each combination of the
+    loaded axes' models (a checkpoint's pipeline, another VAE, a refiner)."""
+    refs = loaded_refs(recipe)
+    return [Loadout(**{k.sets[0]: resolved.models[ref] if ref is not None else None
+                       for k, ref in zip(LOADED, combination)})
+            for combination in itertools.product(*(refs[k.name] for k in LOADED))]
 
 
-def jobs(recipe: Recipe, models: Mapping[str, Model],
-         loadout: Loadout | None = None) -> Iterator[Job]:
+def jobs(recipe: Recipe, resolved: Resolved, loadout: Loadout | None = None) -> Iterator[Job]:
     """Every job of the recipe (or of one loadout), one at a time, keeping batches together.
 
-    Expensive switches change least often: checkpoint, then VAE, then size, then the sampler
-    settings; prompts and seeds, which a single pipeline call can mix, vary fastest, whatever
-    order the recipe lists its axes in. Zipped axes advance together. `models` maps each
-    checkpoint and VAE reference of the recipe to its resolved Model.
+    The axes loop in the order of their rows in farm/keys.py: what is expensive to switch
+    changes least often (checkpoint, VAE, size, sampler settings); prompts and seeds, which a
+    single pipeline call can mix, vary fastest, whatever order the recipe lists its keys in.
+    Zipped axes advance together. Each key's row sets its Job fields from the chosen value; a
+    prompt-file row's column replaces the value of its key's axis.
     """
-    axes = [axis for axis in recipe.combined_axes() if axis[0] not in LOAD_AXES]
-    replaced = {name: recipe.set_by_row(name) for name in ROW_AXES}
-    reader: adapters.Reader = getattr(models, "reader", None) or adapters.Reader(recipe.base)
-    images = input_images(recipe, models)
-    for out in [loadout] if loadout is not None else loadouts(recipe, models):
-        sets = {s: _joined((), tuple(Lora(reader.lora(ref, out.checkpoint), weight)
-                                     for ref, weight in s), "loras") for s in recipe.loras}
-        switches = [r[1] if r else None for r in recipe.refiner
-                    if (models[r[0]] if r else None) == out.refiner]
-        for switch_at, chosen in _each(switches, lambda: _product(recipe, axes)):
+    axes = recipe.combined_axes()
+    replaced = {column: recipe.set_by_row(column) for column in COLUMN_AXES}
+    settings = [(k, recipe[k.name]) for k in APPLIED if not k.axis]
+    for out in [loadout] if loadout is not None else loadouts(recipe, resolved):
+        # a loaded axis takes the values that load this loadout's models
+        loaded = {k.name: [v for v in recipe[k.name] if getattr(out, k.sets[0]) == (
+            None if k.loads(v) is None else resolved.models[k.loads(v)])] for k in LOADED}
+        draft = Draft({}, resolved.models, resolved.inputs, resolved.reader, recipe["negative"])
+        for chosen in _product(recipe, axes, loaded):
             row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides) if row.overrides else {}
-            # a prompt-file row that sets a field takes part at one value of that field's axis
-            if fixed and any(replaced[name] and chosen[ROW_AXES[name]][0] for name in fixed):
+            # a prompt-file row that sets a key takes part at one value of that key's axis
+            if fixed and any(replaced[c] and chosen[COLUMN_AXES[c]][0] for c in fixed):
                 continue
-            sampler, schedule = _schedule(chosen["sampler"][1], chosen["scheduler"][1])
-            width, height = chosen["size"][1]
-            hires = _hires(chosen["hires"][1], width, height)
-            if hires is not None:  # the job's size is the final image's
-                width, height = chosen["hires"][1].final(width, height)
-            init = chosen["init"][1]
-            negative = recipe.negative if row.negative is None else row.negative
-            # what the prompt's <lora:...> tags, embedding words and emphasis add
-            reading = reader.read(row.text, negative, out.checkpoint, chosen["emphasis"][1])
-            loras = sets[chosen["loras"][1]]
-            if reading.loras:
-                loras = _joined(loras, reading.loras, f"prompt {row.text[:60]!r}")
-            job = Job(
-                checkpoint=out.checkpoint,
-                vae=out.vae,
-                prompt=row.text,
-                negative=negative,
-                seed=fixed.get("seed", chosen["seeds"][1]),
-                sampler=sampler,
-                scheduler=schedule,
-                steps=fixed.get("steps", chosen["steps"][1]),
-                cfg=fixed.get("cfg", chosen["cfg"][1]),
-                width=width,
-                height=height,
-                clip_skip=chosen["clip_skip"][1],
-                dtype=recipe.dtype,
-                loras=loras,
-                emphasis=reading.emphasis,
-                embeddings=reading.embeddings,
-                init=images[init] if init is not None else None,
-                denoise=chosen["denoise"][1],
-                resize=recipe.resize if init is not None else None,
-                hires=hires,
-                refiner=out.refiner,
-                switch_at=switch_at,
-                context=row.context,
-            )
-            if recipe.caption is not None:  # recorded with the image, never in its id
-                job = _captioned(job, recipe.caption, row)
+            for key in AXES:
+                value = chosen[key.name][1]
+                key.apply(draft, fixed.get(key.column, value) if fixed else value)
+            for key, value in settings:
+                key.apply(draft, value)
+            job = Job(**draft.fields)
+            if recipe["caption"] is not None:  # recorded with the image, never in its id
+                job = _captioned(job, recipe["caption"], row)
             yield job
-
-
-def _each(outer: list, inner) -> Iterator[tuple[Any, dict]]:
-    """(value, chosen) for each outer value and each item of a fresh inner stream (whose
-    items are one dict, updated in place)."""
-    for value in outer:
-        for chosen in inner():
-            yield value, chosen
-
-
-@lru_cache(maxsize=1024)
-def _hires(spec: HiresSpec | None, width: int, height: int) -> Hires | None:
-    """A recipe's hires pass for a first pass of width x height."""
-    if spec is None:
-        return None
-    sampler, schedule = (None, None) if spec.sampler is None else \
-        _schedule(spec.sampler, samplers.AUTOMATIC)
-    return Hires(width, height, spec.scale, spec.upscaler, spec.steps, spec.denoise, sampler,
-                 schedule)
-
-
-def _joined(recipe_set: tuple[Lora, ...], added: tuple[Lora, ...], where: str
-            ) -> tuple[Lora, ...]:
-    """A LoRA set with more LoRAs (a prompt's tags), ordered by identity: the order they are
-    applied in, so that the same set always gives the same pixels."""
-    found = {lora.model.identity: lora for lora in recipe_set}
-    for lora in added:
-        if lora.model.identity in found:
-            raise adapters.AdapterError(where, lora.model.ref, "this LoRA file is in the set "
-                                        "twice (the recipe's loras and the prompt's tags, or "
-                                        "two names for one file); give it once")
-        found[lora.model.identity] = lora
-    return tuple(found[k] for k in sorted(found))
 
 
 def _captioned(job: Job, template: str, row: prompts.Row) -> Job:
@@ -140,7 +85,7 @@ def _captioned(job: Job, template: str, row: prompts.Row) -> Job:
 def repeated_prompts(recipe: Recipe) -> frozenset[int]:
     """Hashes of the (prompt, negative) pairs that more than one prompt row gives: two
     templates or two file lines that say the same thing. Only their jobs can repeat."""
-    counts = Counter(hash((row.text, recipe.negative if row.negative is None else row.negative))
+    counts = Counter(hash((row.text, recipe["negative"] if row.negative is None else row.negative))
                      for row in recipe.prompt_rows())
     return frozenset(key for key, n in counts.items() if n > 1)
 
@@ -156,49 +101,36 @@ def distinct(stream: Iterable[Job], repeated: frozenset[int]) -> Iterator[Job]:
         yield job
 
 
-@lru_cache(maxsize=1024)
-def _schedule(sampler: str, schedule: str) -> tuple[str, str]:
-    return samplers.effective_schedule(sampler, schedule)
-
-
-def _values(recipe: Recipe, axis: str) -> Iterable:
-    """The values of one axis, streamed."""
-    if axis == "prompt":
-        return recipe.prompt_rows()
-    if axis == "seeds":
-        return recipe.seed_values()
-    return getattr(recipe, axis)
-
-
-def _product(recipe: Recipe, axes: list[tuple[str, ...]]) -> Iterator[dict[str, tuple[int, Any]]]:
+def _product(recipe: Recipe, axes: list[tuple[str, ...]],
+             loaded: dict[str, list]) -> Iterator[dict[str, tuple[int, Any]]]:
     """Nested loops over the (combined) axes, outermost first; each item maps an axis name to
     (index on its axis, value). Axes with fixed values (sizes, samplers, steps, ...) are
     multiplied directly; the streamed ones (prompts, seeds) are re-read lazily inside."""
+    def values(name: str) -> Iterable:
+        return loaded[name] if name in loaded else BY_KEY[name].values(recipe.values)
+
+    streamed = {k.name for k in AXES if k.each}
     split = len(axes)
-    while split and any(name in STREAMED for name in axes[split - 1]):
+    while split and streamed & set(axes[split - 1]):
         split -= 1
-    if any(name in STREAMED for axis in axes[:split] for name in axis):
+    if any(streamed & set(axis) for axis in axes[:split]):
         split = 0  # a streamed axis zipped into an outer one: loop everything lazily
-    fixed = [list(enumerate(zip(*(_values(recipe, name) for name in axis))))
-             for axis in axes[:split]]
+    fixed = [list(enumerate(zip(*(values(name) for name in axis)))) for axis in axes[:split]]
     for combination in itertools.product(*fixed):
-        chosen = {name: (index, value) for axis, (index, values) in zip(axes, combination)
-                  for name, value in zip(axis, values)}
-        yield from _streamed(recipe, axes[split:], chosen)
+        chosen = {name: (index, value) for axis, (index, value_tuple) in zip(axes, combination)
+                  for name, value in zip(axis, value_tuple)}
+        yield from _streamed(values, axes[split:], chosen)
 
 
-STREAMED = ("prompt", "seeds")
-
-
-def _streamed(recipe: Recipe, axes: list[tuple[str, ...]],
+def _streamed(values: Callable[[str], Iterable], axes: list[tuple[str, ...]],
               chosen: dict) -> Iterator[dict[str, tuple[int, Any]]]:
     if not axes:
         yield chosen
         return
-    for index, values in enumerate(zip(*(_values(recipe, name) for name in axes[0]))):
-        for name, value in zip(axes[0], values):
+    for index, value_tuple in enumerate(zip(*(values(name) for name in axes[0]))):
+        for name, value in zip(axes[0], value_tuple):
             chosen[name] = (index, value)
-        yield from _streamed(recipe, axes[1:], chosen)
+        yield from _streamed(values, axes[1:], chosen)
 
 
 def batches(stream: Iterable[tuple[Job, Slot | None]], batch_size: int) -> Iterator[Batch]:

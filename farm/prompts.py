@@ -28,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from farm.fields import ROW_FIELDS, FieldError
+from farm.checks import Check, FieldError
 
 SLOT = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|__([A-Za-z0-9_\-/]+?)__")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -223,10 +223,10 @@ def _lines(path: Path, field: str) -> Iterator[tuple[int, str]]:
                     from None
 
 
-def file_rows(path: Path, field: str) -> Iterator[Row]:
+def file_rows(path: Path, field: str, columns: Mapping[str, Check]) -> Iterator[Row]:
     """Rows of a prompt file: .txt (one prompt a line), .csv or .jsonl (prompt or text column,
-    optional negative, any other column kept; a seed, steps or cfg column sets that field for
-    its row, checked as the recipe field is)."""
+    optional negative, any other column kept; a column of `columns` (keys.COLUMNS: seed, steps,
+    cfg, ...) sets that recipe key for its row, its cells read by the check given)."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
         for text in read_values(path, field, unique=False):
@@ -236,7 +236,7 @@ def file_rows(path: Path, field: str) -> Iterator[Row]:
         raise PromptError(field, str(path), "a prompt file is .txt, .csv or .jsonl")
     lines = _lines(path, field)
     if suffix == ".csv":
-        yield from _csv_rows(lines, path, field)
+        yield from _csv_rows(lines, path, field, columns)
         return
     for number, line in lines:
         if not line.strip():
@@ -250,10 +250,11 @@ def file_rows(path: Path, field: str) -> Iterator[Row]:
         if not isinstance(record, dict):
             raise PromptError(field, str(path), f"{where}: expected a JSON object such as "
                               f'{{"prompt": "..."}}, got {type(record).__name__}')
-        yield _record_row(record, where, field)
+        yield _record_row(record, where, field, columns)
 
 
-def _csv_rows(lines: Iterator[tuple[int, str]], path: Path, field: str) -> Iterator[Row]:
+def _csv_rows(lines: Iterator[tuple[int, str]], path: Path, field: str,
+              columns: Mapping[str, Check]) -> Iterator[Row]:
     """CSV records with their first line's number; header names are stripped of spaces."""
     reader = csv.reader((line for _, line in lines), skipinitialspace=True)
     try:
@@ -279,10 +280,10 @@ def _csv_rows(lines: Iterator[tuple[int, str]], path: Path, field: str) -> Itera
         if len(cells) > len(header):
             raise PromptError(field, str(path), f"{where}: {len(cells)} cells for "
                               f"{len(header)} columns (quote cells that hold commas)")
-        yield _record_row(dict(zip(header, cells)), where, field)
+        yield _record_row(dict(zip(header, cells)), where, field, columns)
 
 
-def _record_row(record: dict, where: str, field: str) -> Row:
+def _record_row(record: dict, where: str, field: str, columns: Mapping[str, Check]) -> Row:
     text = record.get("prompt", record.get("text"))
     if not isinstance(text, str) or not text.strip():
         raise PromptError(field, record, f"{where}: needs a non-empty prompt (or text) column")
@@ -294,9 +295,9 @@ def _record_row(record: dict, where: str, field: str) -> Row:
     for key, value in record.items():
         if key in ("prompt", "text", "negative") or value in (None, ""):
             continue
-        if key in ROW_FIELDS:
+        if key in columns:
             try:
-                overrides.append((key, ROW_FIELDS[key].parse(value)))
+                overrides.append((key, columns[key](value)))
             except FieldError as e:
                 raise PromptError(field, record, f"{where}: column {key}: got {value!r}; "
                                   f"{e}") from None

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from farm import adapters, inputs, models, outputs
+from farm.fields import BY_NAME, INPUT
 from farm.jobs import ImageFormat, Job, Model, Slot
 
 
@@ -36,8 +37,8 @@ def job_from(meta: dict, where: str, moved: Mapping[str, str] | None = None,
     """A job from its recorded fields (the `farm` chunk, a manifest row's params); its input
     image where it was, else in one of the folders `found_in`, by its pixels."""
     def model(field: str, ref: str, identity: str, path: str | None = None) -> Model:
-        if field == "init":
-            return same_input(ref, identity, found_in)
+        if BY_NAME[field].source == INPUT:
+            return same_input(field, ref, identity, found_in)
         return same_model(field, ref, identity, (moved or {}).get(ref), path)
 
     try:
@@ -66,8 +67,9 @@ def same_model(field: str, ref: str, identity: str, moved_to: str | None = None,
     return model
 
 
-def same_input(path: str, identity: str, found_in: Sequence[Path]) -> Model:
-    """The input image of these pixels: at its recorded path, else in one of `found_in`."""
+def same_input(field: str, path: str, identity: str, found_in: Sequence[Path]) -> Model:
+    """The input image of these pixels (of job field `field`): at its recorded path, else in
+    one of `found_in`."""
     there = "is not there"
     try:
         here, = inputs.identify([path])
@@ -79,14 +81,14 @@ def same_input(path: str, identity: str, found_in: Sequence[Path]) -> Model:
     found = inputs.find(identity, found_in)
     if found is None:
         looked = ", ".join(map(str, found_in)) or "no other folder (name some with --inputs DIR)"
-        raise ReplayError(f"init image {path} (pixels {identity[:16]}...) {there}, and it is "
+        raise ReplayError(f"{field} image {path} (pixels {identity[:16]}...) {there}, and it is "
                           f"not in {looked}")
     return found
 
 
 def _found(field: str, ref: str, moved_to: str | None, path: str | None) -> Model:
-    if field not in ("loras", "embeddings"):
-        return models.resolve(moved_to or ref, field)
+    if BY_NAME[field].source is not None:  # a checkpoint, VAE or refiner
+        return models.resolve(moved_to or ref, BY_NAME[field].source, field)
     where = moved_to or path  # the file it was read from, else a LoRA by its reference
     if where and Path(where).is_file():
         return Model(ref=ref, path=where, identity=models.file_hash(Path(where), True))

@@ -8,7 +8,7 @@ import shutil
 import signal
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,9 @@ import yaml
 
 from farm import adapters, catalog, grid, inputs, models, plan, schedule
 from farm import recipe as recipes
+from farm.fields import BY_NAME, VAE
+from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS
+from farm.plan import Resolved
 from farm.compose import BadInput, Settings
 from farm.finished import Finished
 from farm.jobs import Model
@@ -28,63 +31,55 @@ from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
 
 # 1. models ---------------------------------------------------------------------------------------
 
-class Resolved(dict):
-    """The recipe's checkpoints, VAEs and refiners by reference, the reader of its prompts that
-    found and checked their LoRAs and embeddings (plan.jobs reads prompts with it), and its
-    input images by path, identified."""
-
-    reader: adapters.Reader
-    inputs: dict[str, Model]
-
-
 def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved:
-    """Every checkpoint and VAE of the recipe, checked and identified; then every LoRA and
-    embedding its sets and prompts name, and every prompt's emphasis, checked against each
-    checkpoint: bad input is refused here, before a run folder is touched. `half`: the jobs
-    render in float16 (default: when the recipe says so), so a hub pipeline's fp16 weight files
-    are fetched instead of its full ones where the repository has them."""
-    variant = "fp16" if (recipe.dtype == "float16" if half is None else half) else None
-    found = Resolved()
-    refiners = tuple(dict.fromkeys(r[0] for r in recipe.refiner if r is not None))
-    for name, refs in (("checkpoint", recipe.checkpoint), ("vae", recipe.vae),
-                       ("refiner.checkpoint", refiners)):
+    """Every model the recipe's loaded axes name (checkpoints, VAEs, refiners), checked and
+    identified; its input images, identified by their pixels; then every LoRA and embedding its
+    sets and prompts name, and every prompt's emphasis, checked against each checkpoint: bad
+    input is refused here, before a run folder is touched. `half`: the jobs render in float16
+    (default: when the recipe says so), so a hub pipeline's fp16 weight files are fetched
+    instead of its full ones where the repository has them."""
+    variant = "fp16" if (recipe["dtype"] == "float16" if half is None else half) else None
+    found: dict[str, Model] = {}
+    for key, refs in recipes.loaded_refs(recipe).items():
+        source = BY_NAME[BY_KEY[key].sets[0]].source
+        label = "refiner.checkpoint" if key == "refiner" else key
         seen: dict[str, str] = {}
-        for ref in refs:
-            if ref is None:
-                continue
+        for ref in (r for r in refs if r is not None):
             if ref not in found:
-                found[ref] = models.resolve(ref, name, None if name == "vae" else variant)
+                found[ref] = models.resolve(ref, source, label,
+                                            variant=None if source == VAE else variant)
             twin = seen.setdefault(found[ref].identity, ref)
             if twin != ref:  # two spellings of one model would plan every job twice
-                raise BadInput(f"recipe {recipe.name}: {name}: {twin!r} and {ref!r} are the same "
-                               f"model (identity {found[ref].identity[:16]}...); list it once")
+                raise BadInput(f"recipe {recipe.name}: {label}: {twin!r} and {ref!r} are the "
+                               f"same model (identity {found[ref].identity[:16]}...); list it "
+                               "once")
     weights: dict[str, str] = {}
-    for ref in (r for r in recipe.vae if r is not None):
+    for ref in (r for r in recipe["vae"] if r is not None):
         twin = weights.setdefault(models.vae_weights(found[ref]), ref)
         if twin != ref:  # a checkpoint folder and its vae/: one VAE, two identities
             raise BadInput(f"recipe {recipe.name}: vae: {twin!r} and {ref!r} are the same VAE "
                            "weights (a checkpoint folder and its vae/ folder), which would "
                            "render the same images under two ids; list it once")
-    for ref in recipe.checkpoint:
+    for ref in recipe["checkpoint"]:
         check_family(recipe, ref, models.family(found[ref]))
-    for ref in refiners:
+    for ref in (r for r in recipes.loaded_refs(recipe)["refiner"] if r is not None):
         pipeline = models.family(found[ref]).pipeline
         if pipeline not in SDXL_PIPELINES:
             raise BadInput(f"recipe {recipe.name}: refiner.checkpoint: {ref!r} is a {pipeline}; "
                            "a refiner is an SDXL checkpoint (StableDiffusionXLImg2ImgPipeline, "
                            "e.g. stabilityai/stable-diffusion-xl-refiner-1.0)")
-    found.inputs = identified_inputs(recipe)
-    found.reader = reader = adapters.Reader(recipe.base)
-    for ref in recipe.checkpoint:
+    reader = adapters.Reader(recipe.base)
+    for ref in recipe["checkpoint"]:
         checkpoint = found[ref]
-        for i, lora_set in enumerate(recipe.loras):
+        for i, lora_set in enumerate(recipe["loras"]):
             for lora, _ in lora_set:
-                reader.lora(lora, checkpoint, f"loras[{i}]" if len(recipe.loras) > 1 else "loras")
+                reader.lora(lora, checkpoint,
+                            f"loras[{i}]" if len(recipe["loras"]) > 1 else "loras")
         for row in recipe.prompt_rows():
-            negative = recipe.negative if row.negative is None else row.negative
-            for mode in recipe.emphasis:
+            negative = recipe["negative"] if row.negative is None else row.negative
+            for mode in recipe["emphasis"]:
                 reader.read(row.text, negative, checkpoint, mode)
-    return found
+    return Resolved(found, identified_inputs(recipe), reader)
 
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
@@ -95,37 +90,38 @@ def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
     """The recipe's input images by path, each read and identified by its pixels; an unreadable
     one, or two files of the same pixels, is refused (their jobs would be the same)."""
     found: dict[str, Model] = {}
-    paths = [p for p in recipe.init if p is not None]
-    zipped = any("init" in group and "prompt" in group for group in recipe.zip)
-    seen: dict[str, str] = {}
-    try:
-        for model in inputs.identify(dict.fromkeys(paths)):
-            twin = seen.setdefault(model.identity, model.path)
-            if twin != model.path and not zipped:
-                raise BadInput(f"recipe {recipe.name}: init: {twin} and {model.path} have the "
-                               "same pixels, so their jobs would be the same; remove one")
-            found[model.path] = model
-    except inputs.InputError as e:
-        raise BadInput(f"recipe {recipe.name}: init: {e.given}: {e.problem}") from None
+    for key in INPUT_KEYS:
+        paths = [p for p in recipe[key.name] if p is not None]
+        seen: dict[str, str] = {}
+        try:
+            for model in inputs.identify(dict.fromkeys(paths)):
+                twin = seen.setdefault(model.identity, model.path)
+                if twin != model.path and not recipe.zipped(key.name, "prompt"):
+                    raise BadInput(f"recipe {recipe.name}: {key.name}: {twin} and {model.path} "
+                                   "have the same pixels, so their jobs would be the same; "
+                                   "remove one")
+                found[model.path] = model
+        except inputs.InputError as e:
+            raise BadInput(f"recipe {recipe.name}: {key.name}: {e.given}: {e.problem}") from None
     return found
 
 
 def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
     """Refuse recipe fields that this checkpoint's pipeline does not take."""
-    staged = {"init": recipe.init != (None,), "hires": recipe.hires != (None,)}
-    for name, used in staged.items():
-        if used and family.pipeline not in STAGED_PIPELINES:
+    for name in (*(k.name for k in INPUT_KEYS), "hires"):
+        if recipe.uses(name) and family.pipeline not in STAGED_PIPELINES:
             raise BadInput(f"recipe {recipe.name}: {name}: checkpoint {ref!r} is a "
                            f"{family.pipeline}; farm renders {name} with Stable Diffusion 1.x/2.x "
                            "and SDXL checkpoints")
-    if recipe.refiner != (None,) and family.pipeline != "StableDiffusionXLPipeline":
+    if recipe.uses("refiner") and family.pipeline != "StableDiffusionXLPipeline":
         raise BadInput(f"recipe {recipe.name}: refiner: checkpoint {ref!r} is a "
                        f"{family.pipeline}; a refiner finishes an SDXL base model's render")
     problems = {
         "negative": ("negative_prompt", recipe.uses_negative(), "leave negative and "
                      "per-prompt negatives empty"),
-        "cfg": ("guidance_scale", recipe.cfg != (recipes.DEFAULTS["cfg"],), "leave cfg unset"),
-        "clip_skip": ("clip_skip", recipe.clip_skip != (1,), "leave clip_skip at 1"),
+        "cfg": ("guidance_scale", recipe["cfg"] != (DEFAULTS["cfg"],), "leave cfg unset"),
+        "clip_skip": ("clip_skip", recipe["clip_skip"] != (DEFAULTS["clip_skip"],),
+                      "leave clip_skip at 1"),
     }
     for name, (needs, used, fix) in problems.items():
         if used and needs not in family.takes:
@@ -133,7 +129,7 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
                            f"{family.pipeline}, which takes no {needs}; {fix}")
 
 
-def saved_models(found: dict[str, Model]) -> dict[str, dict[str, Any]]:
+def saved_models(found: Mapping[str, Model]) -> dict[str, dict[str, Any]]:
     """The resolved models as a run record keeps them, so that the run folder's own tools
     (status) need no model files."""
     return {ref: {"identity": m.identity, "path": m.path, "config": m.config,
@@ -154,7 +150,7 @@ class Counts:
         return self.planned - self.done
 
 
-def count(recipe: recipes.Recipe, folder: RunFolder, found: dict[str, Model]) -> Counts:
+def count(recipe: recipes.Recipe, folder: RunFolder, found: Resolved) -> Counts:
     """How many distinct jobs of the plan are done, and how many failed last time they were
     tried."""
     repeated = plan.repeated_prompts(recipe)
@@ -173,7 +169,7 @@ def count(recipe: recipes.Recipe, folder: RunFolder, found: dict[str, Model]) ->
     return Counts(planned, states["done"], states["failed"], recipe.job_count - planned)
 
 
-def pending_work(recipe: recipes.Recipe, found: dict[str, Model],
+def pending_work(recipe: recipes.Recipe, found: Resolved,
                  finished: Finished) -> list[schedule.Work]:
     """The pending batches of each loadout, streamed, with their job counts."""
     work = []
@@ -181,7 +177,7 @@ def pending_work(recipe: recipes.Recipe, found: dict[str, Model],
         left = sum(1 for _ in finished.pending(plan.jobs(recipe, found, loadout)))
         if left:
             stream = plan.batches(finished.pending(plan.jobs(recipe, found, loadout)),
-                                  recipe.batch_size)
+                                  recipe["batch_size"])
             work.append(schedule.Work(loadout, stream, left))
     return work
 
@@ -245,8 +241,8 @@ def render(settings: Settings) -> Outcome:
     recipe, folder = settings.recipe, settings.folder
     # 1. check the runtime, the models and the folder before anything is written
     schedule.check_runtime(settings.runtime)
-    found = resolve_models(recipe, half=recipe.dtype == "float16" or (
-        recipe.dtype == "auto" and (settings.runtime.device or "").startswith("cuda")))
+    found = resolve_models(recipe, half=recipe["dtype"] == "float16" or (
+        recipe["dtype"] == "auto" and (settings.runtime.device or "").startswith("cuda")))
     stored = folder.stored_suffix()
     if stored not in (None, recipe.image.suffix):
         raise BadInput(f"recipe {recipe.name}: format: got {recipe.image.kind!r}, but "
@@ -288,7 +284,7 @@ def sole_writer(folder: RunFolder) -> Iterator[None]:
             pass
 
 
-def _render_locked(settings: Settings, found: dict[str, Model]) -> Outcome:
+def _render_locked(settings: Settings, found: Resolved) -> Outcome:
     recipe, folder = settings.recipe, settings.folder
     # 1. how much is done; with everything done, only bring the records up to date
     counts = count(recipe, folder, found)
@@ -379,17 +375,17 @@ def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[
     }
 
 
-def run_record(settings: Settings, found: dict[str, Model]) -> str:
+def run_record(settings: Settings, found: Resolved) -> str:
     """The run's record (runs/run-NNNN.yaml and the manifest's runs table): the composed
     recipe, where it was found, and its resolved models."""
     record = yaml.safe_load(settings.resolved)
-    record["models"] = saved_models(found)
-    if getattr(found, "inputs", None):  # input images by path: their pixels' hashes
+    record["models"] = saved_models(found.models)
+    if found.inputs:  # input images by path: their pixels' hashes
         record["inputs"] = {path: m.identity for path, m in found.inputs.items()}
     return yaml.safe_dump(record, sort_keys=False, allow_unicode=True)
 
 
-def refresh_records(recipe: recipes.Recipe, found: dict[str, Model], manifest: Manifest) -> int:
+def refresh_records(recipe: recipes.Recipe, found: Resolved, manifest: Manifest) -> int:
     """Bring finished jobs' recorded params (template, values, prompt-file columns, model
     references) up to what the recipe now gives; pixels and ids are unchanged."""
     if not recipe.has_context() and not manifest.has_context():
@@ -403,11 +399,11 @@ def draw_recipe_grids(recipe: recipes.Recipe,
     """The contact sheets a recipe asks for, from every finished image that matches; a sheet
     that cannot be drawn is reported, never fatal."""
     sheets, errors = [], []
-    for index, spec in enumerate(recipe.grids):
+    for index, spec in enumerate(recipe["grids"]):
         try:
             sheets += grid.draw(folder.root, folder.root / "grids", spec.x, spec.y,
                                 catalog.Where.parse(spec.where),
-                                prefix=f"grid{index + 1}" if len(recipe.grids) > 1 else "grid")
+                                prefix=f"grid{index + 1}" if len(recipe["grids"]) > 1 else "grid")
         except (grid.GridError, catalog.CatalogError) as e:
             errors.append(str(e))
     return sheets, errors
@@ -441,12 +437,12 @@ def status(folder: RunFolder, settings: Settings | None) -> dict[str, Any]:
     return report
 
 
-def recorded_recipe(folder: RunFolder, text: str) -> tuple[recipes.Recipe, dict[str, Model]]:
+def recorded_recipe(folder: RunFolder, text: str) -> tuple[recipes.Recipe, Resolved]:
     """The recipe and models a run recorded, read back from the record alone: its composed
     fields, the folder its prompt files were read from, and its models by identity (a record
     made by an older farm has no models: they are resolved again)."""
     record = yaml.safe_load(text)
-    fields = {k: v for k, v in record.items() if k in recipes.DEFAULTS}
+    fields = {k: v for k, v in record.items() if k in DEFAULTS}
     base = Path(record.get("base") or Path(record["recipe"]).parent)
     try:
         recipe = recipes.parse(fields, source=str(record.get("name")), base=base)
@@ -455,10 +451,8 @@ def recorded_recipe(folder: RunFolder, text: str) -> tuple[recipes.Recipe, dict[
                        "recipe instead: farm status recipe=NAME") from None
     if "models" not in record:
         return recipe, resolve_models(recipe)
-    found = Resolved({ref: Model(ref=ref, path=m["path"], identity=m["identity"],
-                                 config=m["config"], variant=m.get("variant"))
-                      for ref, m in record["models"].items()})
-    if "inputs" in record:
-        found.inputs = {path: Model(ref=path, path=path, identity=identity)
-                        for path, identity in record["inputs"].items()}
-    return recipe, found
+    found = {ref: Model(ref=ref, path=m["path"], identity=m["identity"], config=m["config"],
+                        variant=m.get("variant")) for ref, m in record["models"].items()}
+    images = {path: Model(ref=path, path=path, identity=identity)
+              for path, identity in record.get("inputs", {}).items()}
+    return recipe, Resolved(found, images, adapters.Reader(recipe.base))

@@ -18,7 +18,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional, Protocol
 
-from farm.jobs import Batch, Loadout, Result
+from farm.jobs import Batch, Loadout, Result, WorkerSettings
 from farm.manifest import Manifest, ManifestUnwritable
 from farm.outputs import RunFolder
 
@@ -51,6 +51,12 @@ class Runtime:
     # and shape, then faster steps), fused QKV projections in its attention layers
     compile: bool = False
     fuse_qkv: bool = False
+
+
+    def worker(self, root: str | None, name: str, threads: int | None) -> WorkerSettings:
+        """What one worker of this runtime is built with."""
+        return WorkerSettings(root, name, self.device, self.max_pipelines, threads,
+                              self.encode_threads, self.compile, self.fuse_qkv)
 
 
 OUTPUTS = ("auto", "driver", "shared")
@@ -148,6 +154,13 @@ class Work:
 
 
 class Backend(Protocol):
+    """Where batches render: a set of named workers the Dispatcher hands batches to and waits
+    on. `inline` (one Worker in this process) and `ray` (cluster.py) implement it; every method
+    the Dispatcher calls is declared here."""
+
+    # whether a worker can be killed and replaced (an inline worker is this process)
+    replaceable: bool
+
     def ready(self) -> list[str]:
         """Names of the workers that can take batches now."""
 
@@ -165,7 +178,12 @@ class Backend(Protocol):
     def replace(self, worker: str) -> None:
         """A worker is lost: start another in its place, if it can be placed."""
 
-    def close(self) -> None: ...
+    def kill(self, worker: str) -> None:
+        """End a hung worker (alive, but its batch takes far too long); its batches in flight
+        come back from `wait` as WorkerLost. Only called where `replaceable`."""
+
+    def close(self) -> None:
+        """Stop every worker and release what the backend holds."""
 
 
 class Dispatcher:
@@ -342,7 +360,7 @@ class Dispatcher:
     def _deadlines(self) -> dict[str, float]:
         """When each worker's oldest batch in flight counts as hung; a batch of a group not
         measured yet, or one that loads a model no load of which was measured, has none."""
-        if not self.runtime.hang_after or not hasattr(self.backend, "kill"):
+        if not self.runtime.hang_after or not self.backend.replaceable:
             return {}  # (an inline worker is this process: nothing to replace it with)
         oldest: dict[str, Any] = {}
         for handle, (worker, _) in self.in_flight.items():
@@ -495,24 +513,23 @@ class Dispatcher:
 
 class InlineBackend:
     """One Worker in this process; two threads, so that one batch's PNGs are written while the
-    next batch renders (the worker's lock keeps one pipeline call at a time)."""
+    next batch renders (the worker's one compute thread keeps one pipeline call at a time)."""
+
+    replaceable = False
 
     def __init__(self, runtime: Runtime, root: os.PathLike):
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
-        from farm.worker import Device, Worker
+        from farm.worker import Worker
 
         if runtime.device and runtime.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeUnavailable(f"runtime.device: got {runtime.device!r}, but torch sees no "
                                      "CUDA GPU here; leave it unset (a GPU when there is one) or "
                                      "use cpu")
-        device = Device.named(runtime.device) if runtime.device else None
-        self.worker = Worker(None if runtime.outputs == "driver" else root, name="inline",
-                             device=device, encode_threads=runtime.encode_threads,
-                             max_pipelines=runtime.max_pipelines, threads=runtime.threads,
-                             compile=runtime.compile, fuse_qkv=runtime.fuse_qkv)
+        self.worker = Worker.built(runtime.worker(
+            None if runtime.outputs == "driver" else str(root), "inline", runtime.threads))
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-inline")
 
     def ready(self) -> list[str]:
@@ -532,6 +549,9 @@ class InlineBackend:
 
     def replace(self, worker: str) -> None:
         raise RuntimeError("the inline worker cannot be replaced")
+
+    def kill(self, worker: str) -> None:
+        raise RuntimeError("the inline worker cannot be killed: it is this process")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from weakref import WeakKeyDictionary
 
 from farm import adapters, encode, inputs, libraries, models, outputs, render
-from farm.jobs import Batch, Job, Loadout, Model, Result
+from farm.jobs import Batch, Job, Loadout, Model, Result, WorkerSettings
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,23 @@ TILE_ABOVE = 2048 * 2048
 SLICE_ABOVE = 16 * 1024 * 1024
 
 
+@dataclass
+class SpeedUps:
+    """What a loaded checkpoint's pipeline runs with beyond its weights, for the provenance."""
+
+    compiled: bool = False  # its UNet is torch.compile'd
+    fused: bool = False  # its UNet's attention runs fused QKV projections (until a LoRA)
+
+
 class Worker:
+    """A render worker: keeps pipelines loaded (least recently used out), renders batches, writes
+    each image's files (or sends them back) and returns one small Result per job.
+
+    Loads what a batch's Loadout names, applies its LoRAs, and renders it through render.py's
+    stages. All torch work runs on one compute thread; images are encoded by a small pool.
+    Tests and the inline runtime call it directly; a Ray actor (cluster.py) is a thin shell.
+    """
+
     def __init__(self, run_root: str | Path | None, name: str = "worker-0",
                  device: Device | None = None, max_pipelines: int = 2,
                  threads: int | None = None, encode_threads: int | None = None,
@@ -72,6 +88,10 @@ class Worker:
         self._vaes: OrderedDict[str, object] = OrderedDict()
         self._refiners: OrderedDict[str, object] = OrderedDict()
         self._img2img: WeakKeyDictionary = WeakKeyDictionary()  # pipeline -> its img2img twin
+        # a pipeline with another VAE swapped in -> the checkpoint's pipeline whose UNet and
+        # text encoders (and so LoRAs) it shares; a checkpoint's pipeline -> its speed-ups
+        self._base_of: WeakKeyDictionary = WeakKeyDictionary()
+        self._speedups: WeakKeyDictionary = WeakKeyDictionary()
         self._scheduler_configs: dict[str, dict] = {}
         self._loaded: list[tuple[str, float]] = []  # (model, seconds) loaded since last batch
         self._adapters: WeakKeyDictionary = WeakKeyDictionary()  # base pipeline -> its LoRAs
@@ -85,6 +105,15 @@ class Worker:
             encode_threads = 1 if self.device.name == "cpu" else max(1, (os.cpu_count() or 2) - 1)
         self._encoders = ThreadPoolExecutor(encode_threads, thread_name_prefix="farm-encode") \
             if encode_threads > 1 else None
+
+    @staticmethod
+    def built(settings: WorkerSettings) -> Worker:
+        """A worker as a runtime describes it."""
+        return Worker(settings.root, name=settings.name,
+                      device=Device.named(settings.device) if settings.device else None,
+                      max_pipelines=settings.max_pipelines, threads=settings.threads,
+                      encode_threads=settings.encode_threads, compile=settings.compile,
+                      fuse_qkv=settings.fuse_qkv)
 
     def dtype(self, requested: str):
         """The torch dtype for a job's `dtype` field ("auto": the device's own)."""
@@ -128,7 +157,7 @@ class Worker:
             return model
         spec = model.ref if not here or model.identity.startswith("hub:") else model.path if \
             not model.config else f"{model.path}{models.CONFIG_MARK}{model.config}"
-        found = replace(models.resolve(spec, field, model.variant), ref=model.ref)
+        found = replace(models.resolve(spec, field, variant=model.variant), ref=model.ref)
         if found.identity != model.identity:
             raise models.ModelError(field, model.ref, f"on {self.name} it is {found.identity[:16]}"
                                     f"..., not {model.identity[:16]}... as planned (its files "
@@ -149,20 +178,24 @@ class Worker:
         swapped = self._cached(self._vaes, loadout.vae, "vae", torch_dtype, models.load_vae)
         pipe = type(base)(**{**base.components, "vae": swapped})
         pipe.set_progress_bar_config(disable=True)
-        # whose UNet and text encoders (and so LoRAs) it shares
-        object.__setattr__(pipe, "_farm_base", base)
+        self._base_of[pipe] = base
         return pipe
+
+    def _base(self, pipe):
+        """The checkpoint's own pipeline of a (maybe VAE-swapped) pipeline."""
+        return self._base_of.get(pipe, pipe)
 
     def _load_checkpoint(self, checkpoint: Model, device: str, dtype):
         """A checkpoint's pipeline with the runtime's opt-in speed-ups."""
         pipe = models.load_pipeline(checkpoint, device, dtype)
         unet = getattr(pipe, "unet", None)
+        speedups = self._speedups[pipe] = SpeedUps()
         if self.fuse_qkv and unet is not None and hasattr(pipe, "fuse_qkv_projections"):
             pipe.fuse_qkv_projections(unet=True, vae=False)
-            object.__setattr__(pipe, "_farm_fused", True)
+            speedups.fused = True
         if self.compile and unet is not None:
             unet.compile(backend=COMPILE_BACKEND)  # in place: LoRAs still reach its layers
-            object.__setattr__(pipe, "_farm_compiled", True)
+            speedups.compiled = True
         return pipe
 
     def img2img(self, pipe):
@@ -196,33 +229,33 @@ class Worker:
 
     def _refiner(self, loadout: Loadout, dtype: str, pipe):
         """The loadout's refiner as loaded (the checkpoint's own VAE, or the base's)."""
-        base = getattr(pipe, "_farm_base", pipe)
+        base = self._base(pipe)
         return self._cached(self._refiners, loadout.refiner, "refiner", self.dtype(dtype),
                             lambda model, device, torch_dtype: models.load_refiner(
                                 model, device, torch_dtype,
                                 self.local(loadout.checkpoint, "checkpoint"), base))
 
-    def init_image(self, job: Job, batch: Batch):
-        """A job's input image: sent with the batch, or read where it is; checked to be the
-        pixels planned."""
-        data = dict(batch.inputs).get(job.init.identity)
+    def input_image(self, image: Model, batch: Batch):
+        """An input image of a job (any image field): sent with the batch, or read where it
+        is; checked to be the pixels planned."""
+        data = dict(batch.inputs).get(image.identity)
         if data is None:
             try:
-                data = inputs.read(job.init.path)
+                data = inputs.read(image.path)
             except (OSError, KeyError) as e:
-                raise inputs.InputError(job.init.path, f"cannot be read on {self.name} ({e}); "
-                                        "a worker on another node gets its inputs with the "
+                raise inputs.InputError(image.path, f"cannot be read on {self.name} ({e}); a "
+                                        "worker on another node gets its inputs with the "
                                         "batch") from None
-        image = inputs.decoded(data, job.init.path)
-        if outputs.pixel_hash(image) != job.init.identity:
-            raise inputs.InputError(job.init.path, "its pixels changed since the plan; render "
+        decoded = inputs.decoded(data, image.path)
+        if outputs.pixel_hash(decoded) != image.identity:
+            raise inputs.InputError(image.path, "its pixels changed since the plan; render "
                                     "again to plan with what is there now")
-        return image
+        return decoded
 
     def with_loras(self, pipe, loras) -> None:
         """The job's LoRAs active on the pipeline's UNet and text encoders, and no others
         (loaded once, kept unfused; see adapters.Adapters)."""
-        base = getattr(pipe, "_farm_base", pipe)
+        base = self._base(pipe)
         for other, loaded in list(self._adapters.items()):  # a group left: its LoRAs go
             if other is not base:
                 loaded.release(other)
@@ -236,9 +269,10 @@ class Worker:
             if not Path(lora.model.path).is_file():
                 raise models.ModelError("loras", lora.model.ref, f"no file at {lora.model.path} "
                                         f"on {self.name}: give every node the same LoRA folder")
-        if loras and getattr(base, "_farm_fused", False):  # LoRAs patch the unfused layers
+        speedups = self._speedups.get(base)
+        if loras and speedups and speedups.fused:  # LoRAs patch the unfused layers
             base.unfuse_qkv_projections(unet=True, vae=False)
-            object.__setattr__(base, "_farm_fused", False)
+            speedups.fused = False
         started = time.perf_counter()
         if state.apply(pipe, loras):
             self._loaded.append(("LoRA " + "+".join(lora.name for lora in loras),
@@ -275,15 +309,14 @@ class Worker:
             self.with_loras(pipe, first.loras)
             config = self._scheduler_configs[first.checkpoint.identity]
             stages = render.Stages(
-                img2img=self.img2img, init=lambda job: self.init_image(job, batch),
+                img2img=self.img2img, init=lambda job: self.input_image(job.init, batch),
                 refiner=lambda: self.refiner(first.loadout, first.dtype, pipe))
             made = self._decoding(pipe, batch)
             if first.checkpoint.variant:  # its weights came from the repository's variant files
                 made["weights_variant"] = first.checkpoint.variant
-            base = getattr(pipe, "_farm_base", pipe)
-            made.update({k: True for k, on in (
-                ("compile", getattr(base, "_farm_compiled", False)),
-                ("fused_qkv", getattr(base, "_farm_fused", False))) if on})
+            speedups = self._speedups.get(self._base(pipe), SpeedUps())
+            made.update({k: True for k, on in (("compile", speedups.compiled),
+                                               ("fused_qkv", speedups.fused)) if on})
             images, scheduler = render.render(pipe, batch, config,
                                               encode.TextEncoding(pipe, self.embedding), stages)
         except Exception as e:  # one bad batch must not end the run: report it per job

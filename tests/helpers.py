@@ -37,3 +37,10 @@ def recipe_folder(tmp_path, monkeypatch, **recipes: str):
         (tmp_path / "recipes" / f"{name}.yaml").write_text(text)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def planned(recipe, models, loadout=None):
+    """The jobs of a recipe with these models (by reference), its input images identified."""
+    from farm import plan
+
+    return plan.jobs(recipe, plan.Resolved.given(recipe, models), loadout)

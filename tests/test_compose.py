@@ -36,7 +36,7 @@ def team(tmp_path, monkeypatch):
 def test_groups_merge_at_the_top_level_in_order(team):
     s = compose(["recipe=foxes"])
     r = s.recipe
-    assert (r.name, r.size, r.clip_skip, r.steps, r.cfg) == ("foxes-64x64", ((64, 64),), (2,),
+    assert (r.name, r["size"], r["clip_skip"], r["steps"], r["cfg"]) == ("foxes-64x64", ((64, 64),), (2,),
                                                              (2,), (5.0,))
     record = yaml.safe_load(s.resolved)
     assert record["choices"] == {"models": "small", "quality": "draft", "runtime": "ray"}
@@ -47,41 +47,41 @@ def test_the_recipe_wins_after_self_and_groups_win_before_it(team):
                                       "steps: 9\n",
                  "recipes/theirs.yaml": "defaults: [_self_, {quality: draft}]\nprompt: a\n"
                                         "steps: 9\n"})
-    assert compose(["recipe=mine"]).recipe.steps == (9,)
-    assert compose(["recipe=theirs"]).recipe.steps == (2,)
+    assert compose(["recipe=mine"]).recipe["steps"] == (9,)
+    assert compose(["recipe=theirs"]).recipe["steps"] == (2,)
 
 
 def test_group_choices_from_the_command_line(team):
     r = compose(["recipe=foxes", "quality=final", "models=wide"]).recipe
-    assert (r.steps, r.size, r.name) == ((6,), ((128, 64),), "foxes-128x64")
+    assert (r["steps"], r["size"], r.name) == ((6,), ((128, 64),), "foxes-128x64")
     r = compose(["recipe=foxes", "+prompts=owls", "steps=3"]).recipe
-    assert r.negative == "blurry" and r.steps == (3,)
+    assert r["negative"] == "blurry" and r["steps"] == (3,)
     # Hydra appends a group added from the command line after _self_: it wins
-    assert r.prompt[0].text == "an owl at {time}"
+    assert r["prompt"][0].text == "an owl at {time}"
 
 
 def test_a_field_named_like_a_group_is_still_a_field(team):
     """`quality` is JPEG quality and a config group: a group option is the group, a number
     the field."""
     s = compose(["recipe=foxes", "format=jpeg", "quality=95"])
-    assert s.recipe.image.quality == 95 and s.recipe.steps == (2,)
-    assert compose(["recipe=foxes", "quality=final"]).recipe.steps == (6,)
+    assert s.recipe.image.quality == 95 and s.recipe["steps"] == (2,)
+    assert compose(["recipe=foxes", "quality=final"]).recipe["steps"] == (6,)
 
 
 def test_a_group_file_may_pull_in_other_groups(team):
     write(team, {"conf/quality/print.yaml": "defaults: [{models: wide}]\nsteps: 7\n",
                  "recipes/poster.yaml": "defaults: [{quality: print}]\nprompt: a\n"})
     r = compose(["recipe=poster"]).recipe
-    assert (r.steps, r.size) == ((7,), ((128, 64),))
+    assert (r["steps"], r["size"]) == ((7,), ((128, 64),))
 
 
 def test_config_dir_comes_first_then_conf_then_farms_own(team, tmp_path_factory):
     other = tmp_path_factory.mktemp("shared")
     write(other, {"quality/draft.yaml": "steps: 11\n"})
-    assert compose(["recipe=foxes"], config_dir=other).recipe.steps == (11,)
-    assert compose(["recipe=foxes"]).recipe.steps == (2,)
+    assert compose(["recipe=foxes"], config_dir=other).recipe["steps"] == (11,)
+    assert compose(["recipe=foxes"]).recipe["steps"] == (2,)
     # farm's own groups are there too, last
-    assert compose(["recipe=foxes", "+prompts=animals"]).recipe.negative == "blurry, lowres, text"
+    assert compose(["recipe=foxes", "+prompts=animals"]).recipe["negative"] == "blurry, lowres, text"
     assert {p.name for p in (examples("conf") / "models").glob("*.yaml")} >= {"sd15.yaml",
                                                                                "sdxl.yaml"}
 

@@ -235,7 +235,7 @@ def test_a_cached_fp16_variant_loads_under_the_same_identity(tiny, tmp_path, mon
     cache, commit = fake_hub_cache(tmp_path, source)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    half = models.resolve("org/tiny-sd", "checkpoint", "fp16")
+    half = models.resolve("org/tiny-sd", "checkpoint", variant="fp16")
     full = models.resolve("org/tiny-sd", "checkpoint")
     assert half.variant == "fp16" and full.variant is None
     assert half.identity == full.identity == f"hub:org/tiny-sd@{commit}"
@@ -254,7 +254,7 @@ def test_a_cached_fp16_variant_loads_under_the_same_identity(tiny, tmp_path, mon
     for weights in source.glob("unet/*.fp16.safetensors"):  # one component lacks the variant
         (cache / f"models--org--tiny-sd/snapshots/{commit}" / weights.relative_to(source)
          ).unlink()
-    assert models.resolve("org/tiny-sd", "checkpoint", "fp16").variant is None
+    assert models.resolve("org/tiny-sd", "checkpoint", variant="fp16").variant is None
 
 
 def test_a_hub_pipeline_fetches_only_what_it_loads():

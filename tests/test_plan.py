@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from tests.helpers import planned
 from farm import plan
 from farm.jobs import Batch, Model, Slot
 from farm.recipe import parse
@@ -18,31 +19,31 @@ def recipe(**fields):
 
 def test_job_count_is_the_product_of_axes():
     r = recipe(checkpoint=["tiny", "other"], steps=[4, 8], size=["64x64", "128x128"])
-    jobs = list(plan.jobs(r, MODELS))
+    jobs = list(planned(r, MODELS))
     assert len(jobs) == r.job_count == 2 * 2 * 2 * 2 * 3
     assert len({job.id for job in jobs}) == len(jobs)
 
 
 def test_negative_defaults_and_per_prompt_overrides():
-    jobs = list(plan.jobs(recipe(), MODELS))
+    jobs = list(planned(recipe(), MODELS))
     assert {(j.prompt, j.negative) for j in jobs} == {("a cat", "blurry"), ("a dog", "ugly")}
 
 
 def test_same_recipe_same_ids_in_the_same_order():
-    first = [j.id for j in plan.jobs(recipe(), MODELS)]
-    again = [j.id for j in plan.jobs(recipe(), MODELS)]
+    first = [j.id for j in planned(recipe(), MODELS)]
+    again = [j.id for j in planned(recipe(), MODELS)]
     assert first == again
 
 
 def test_batch_size_does_not_change_ids():
-    one = {j.id for j in plan.jobs(recipe(batch_size=1), MODELS)}
-    four = {j.id for j in plan.jobs(recipe(batch_size=4), MODELS)}
+    one = {j.id for j in planned(recipe(batch_size=1), MODELS)}
+    four = {j.id for j in planned(recipe(batch_size=4), MODELS)}
     assert one == four
 
 
 def test_model_path_and_spelling_do_not_change_ids():
     moved = {"tiny": dataclasses.replace(CKPT, path="/moved", ref="./tiny")}
-    assert [j.id for j in plan.jobs(recipe(), MODELS)] == [j.id for j in plan.jobs(recipe(), moved)]
+    assert [j.id for j in planned(recipe(), MODELS)] == [j.id for j in planned(recipe(), moved)]
 
 
 @pytest.mark.parametrize("field, value", [
@@ -51,19 +52,19 @@ def test_model_path_and_spelling_do_not_change_ids():
     ("width", 72), ("height", 72),
 ])
 def test_every_pixel_affecting_field_changes_the_id(field, value):
-    job = next(plan.jobs(recipe(), MODELS))
+    job = next(planned(recipe(), MODELS))
     assert dataclasses.replace(job, **{field: value}).id != job.id
 
 
 def test_alias_spellings_give_the_same_ids():
-    a = [j.id for j in plan.jobs(recipe(sampler="Euler a", cfg=7), MODELS)]
-    b = [j.id for j in plan.jobs(recipe(sampler="euler_ancestral", cfg=7.0), MODELS)]
+    a = [j.id for j in planned(recipe(sampler="Euler a", cfg=7), MODELS)]
+    b = [j.id for j in planned(recipe(sampler="euler_ancestral", cfg=7.0), MODELS)]
     assert a == b
 
 
 def test_batches_share_one_pipeline_call_and_respect_the_size():
     r = recipe(steps=[4, 8], batch_size=4)  # 6 jobs per steps value
-    batches = list(plan.batches(((j, None) for j in plan.jobs(r, MODELS)), r.batch_size))
+    batches = list(plan.batches(((j, None) for j in planned(r, MODELS)), r["batch_size"]))
     assert [len(b.jobs) for b in batches] == [4, 2, 4, 2]
     assert all(len(b.shape) == 4 for b in batches)  # every call padded to the batch size
     for batch in batches:
@@ -73,29 +74,29 @@ def test_batches_share_one_pipeline_call_and_respect_the_size():
 
 def test_batches_mix_prompts_and_seeds():
     r = recipe(batch_size=6)
-    (batch,) = list(plan.batches(((j, None) for j in plan.jobs(r, MODELS)), r.batch_size))
+    (batch,) = list(plan.batches(((j, None) for j in planned(r, MODELS)), r["batch_size"]))
     assert {j.prompt for j in batch.jobs} == {"a cat", "a dog"}
     assert {j.seed for j in batch.jobs} == {0, 1, 2}
 
 
 def test_expensive_switches_change_least_often():
     r = recipe(checkpoint=["tiny", "other"], size=["64x64", "128x128"], steps=[4, 8])
-    keys = [j.checkpoint.ref for j in plan.jobs(r, MODELS)]
+    keys = [j.checkpoint.ref for j in planned(r, MODELS)]
     assert keys == ["tiny"] * (len(keys) // 2) + ["other"] * (len(keys) // 2)
 
 
 def test_batches_of_what_is_left_keep_the_plan_order():
     r = recipe(batch_size=4)
-    jobs = list(plan.jobs(r, MODELS))
+    jobs = list(planned(r, MODELS))
     done = {jobs[0].id, jobs[3].id}
-    groups = list(plan.batches(((j, None) for j in plan.jobs(r, MODELS) if j.id not in done), 4))
+    groups = list(plan.batches(((j, None) for j in planned(r, MODELS) if j.id not in done), 4))
     assert [j.id for b in groups for j in b.jobs] == [j.id for j in jobs if j.id not in done]
     assert all(len(b.jobs) <= 4 for b in groups)
 
 
 def test_jobs_rendered_before_go_back_to_their_slots():
     r = recipe(batch_size=4)
-    jobs = list(plan.jobs(r, MODELS))
+    jobs = list(planned(r, MODELS))
     slots = {jobs[1].id: Slot(4, 1), jobs[2].id: Slot(4, 3), jobs[4].id: Slot(4, 1),
              jobs[5].id: Slot(2, 0)}
     batches = list(plan.batches(((j, slots.get(j.id)) for j in jobs), 4))
@@ -109,13 +110,13 @@ def test_jobs_rendered_before_go_back_to_their_slots():
 
 
 def test_a_batch_refuses_jobs_that_cannot_share_a_call():
-    a, b = list(plan.jobs(recipe(steps=[4, 8]), MODELS))[::6][:2]
+    a, b = list(planned(recipe(steps=[4, 8]), MODELS))[::6][:2]
     with pytest.raises(ValueError, match="cannot share"):
         Batch((a, b))
 
 
 def test_planning_streams():
     r = recipe(seeds={"start": 0, "count": 10**9})
-    stream = plan.jobs(r, MODELS)
+    stream = planned(r, MODELS)
     first = [next(stream) for _ in range(3)]
     assert [j.seed for j in first] == [0, 1, 2]

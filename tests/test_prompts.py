@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from farm import plan
+from tests.helpers import planned
 from farm.jobs import Model
 from farm.recipe import RecipeError, parse
 
@@ -68,9 +68,9 @@ def test_random_mode_is_deterministic_per_seed():
 
 
 def test_the_same_job_by_two_routes_has_one_id():
-    templated = next(plan.jobs(recipe(prompt="a {animal}", vars={"animal": ["cat"]}),
+    templated = next(planned(recipe(prompt="a {animal}", vars={"animal": ["cat"]}),
                                {"tiny": CKPT}))
-    plain = next(plan.jobs(recipe(prompt="a cat"), {"tiny": CKPT}))
+    plain = next(planned(recipe(prompt="a cat"), {"tiny": CKPT}))
     assert templated.id == plain.id
     assert templated.to_dict()["template"] == "a {animal}" and "template" not in plain.to_dict()
 
@@ -84,7 +84,7 @@ def test_prompt_files_in_three_formats(tmp_path):
                                       + "\n")
     r = recipe(tmp_path, prompt=[{"file": "a.txt"}, {"file": "b.csv"}, {"file": "c.jsonl"}],
                seeds="0-1", cfg=[7, 8], steps=[10, 20], negative="ugly")
-    jobs = list(plan.jobs(r, {"tiny": CKPT}))
+    jobs = list(planned(r, {"tiny": CKPT}))
     assert len(jobs) == r.job_count
     by_prompt: dict[str, list] = {}
     for job in jobs:
@@ -137,7 +137,7 @@ r = parse({"prompt": "a {a} and a {b}", "vars": {"a": [f"a{i}" for i in range(10
                                                 "b": [f"b{i}" for i in range(1000)]}},
           source="million")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-count = sum(1 for job in plan.jobs(r, {"tiny": Model("tiny", "/nowhere", "a" * 64)}) if job.id)
+count = sum(1 for job in planned(r, {"tiny": Model("tiny", "/nowhere", "a" * 64)}) if job.id)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(r.job_count, count, (after - before) // 1024, "torch" in sys.modules)
 """
@@ -160,7 +160,7 @@ def test_a_million_jobs_plan_in_bounded_memory():
 def test_zip_pairs_axes_instead_of_multiplying():
     r = recipe(prompt=["a cat", "a dog", "an owl"], seeds=[10, 20, 30], steps=[4, 8],
                zip=[["seeds", "prompt"]])
-    jobs = list(plan.jobs(r, {"tiny": CKPT}))
+    jobs = list(planned(r, {"tiny": CKPT}))
     assert len(jobs) == r.job_count == 3 * 2
     assert {(j.prompt, j.seed) for j in jobs} == {("a cat", 10), ("a dog", 20), ("an owl", 30)}
     assert r.combined_axes()[-1] == ("prompt", "seeds")
@@ -169,7 +169,7 @@ def test_zip_pairs_axes_instead_of_multiplying():
 def test_zip_of_outer_axes_keeps_the_cost_order():
     r = recipe(prompt=["a cat", "a dog"], seeds="0-1", steps=[4, 8], cfg=[5, 7],
                size=["64x64", "128x128"], zip=[["cfg", "steps"]])
-    jobs = list(plan.jobs(r, {"tiny": CKPT}))
+    jobs = list(planned(r, {"tiny": CKPT}))
     assert len(jobs) == r.job_count == 2 * 2 * 2 * 2
     assert {(j.steps, j.cfg) for j in jobs} == {(4, 5.0), (8, 7.0)}
     sizes = [j.width for j in jobs]
@@ -192,6 +192,6 @@ def test_zip_errors(zipped, words):
 def test_recipe_key_order_does_not_change_the_plan():
     fields = {"prompt": ["a", "b"], "seeds": "0-1", "steps": [4, 8], "size": ["64x64", "72x72"]}
     shuffled = dict(reversed(list(fields.items())))
-    a = [j.id for j in plan.jobs(recipe(**fields), {"tiny": CKPT})]
-    b = [j.id for j in plan.jobs(recipe(**shuffled), {"tiny": CKPT})]
+    a = [j.id for j in planned(recipe(**fields), {"tiny": CKPT})]
+    b = [j.id for j in planned(recipe(**shuffled), {"tiny": CKPT})]
     assert a == b

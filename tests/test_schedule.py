@@ -17,6 +17,8 @@ B = Model("b", "/nowhere/b", "bb" * 32)
 class FakeBackend:
     """Workers that 'render' at once: they record what they were given and may fail or die."""
 
+    replaceable = False
+
     def __init__(self, workers: list[str], fail: Counter | None = None,
                  die: set[str] | None = None):
         self.workers = list(workers)
@@ -186,6 +188,8 @@ def test_a_resumed_run_does_not_send_two_workers_to_one_small_leftover(tmp_path)
 
 class HangingBackend(FakeBackend):
     """A worker that hangs (alive, never answering) on one job's batch until it is killed."""
+
+    replaceable = True
 
     def __init__(self, workers, hang_on: str):
         super().__init__(workers)

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from farm import inputs, models, outputs, plan, samplers
+from tests.helpers import planned
+from farm import inputs, models, outputs, samplers
 from farm import recipe as recipes
 from farm.jobs import Batch, Hires, Model
 from farm.render import schedule_length
@@ -117,7 +118,7 @@ def project(tmp_path, photos, monkeypatch):
 
 def test_a_plan_multiplies_inputs_and_denoise(project, capsys):
     r = recipes.parse(yaml.safe_load(RECIPE), "variations", project)
-    jobs = list(plan.jobs(r, {"tiny": models.resolve("tiny")}))
+    jobs = list(planned(r, {"tiny": models.resolve("tiny")}))
     assert len(jobs) == r.job_count == 2 * 3 * 2
     assert {job.denoise for job in jobs} == {0.5, 0.9}
     assert {job.resize for job in jobs} == {"crop"}
@@ -133,7 +134,7 @@ def test_zip_pairs_image_i_with_prompt_i(project):
     data = {"prompt": ["a fox", "a lighthouse", "a cat"], "init": "photos", "zip": [["init",
             "prompt"]], "size": "64x64"}
     r = recipes.parse(data, "zipped", project)
-    jobs = list(plan.jobs(r, {"tiny": models.resolve("tiny")}))
+    jobs = list(planned(r, {"tiny": models.resolve("tiny")}))
     assert [(Path(j.init.path).name, j.prompt) for j in jobs] == [
         ("a.png", "a fox"), ("b.png", "a lighthouse"), ("c.png", "a cat")]
 

@@ -1,0 +1,95 @@
+"""The values a job is made of: Model (checkpoints, VAEs, LoRA and embedding files, input
+images), Lora and Hires. Pure Python: the job-field table (fields.py) records and restores
+them, jobs.py builds jobs of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from typing import Any
+
+CONFIG_MARK = "?config="  # "x.safetensors?config=org/name": one weights file and its architecture
+
+
+def display_name(ref: str) -> str:
+    """A model's or LoRA's name as infotext and columns show it: the file or folder name of
+    its reference, without revision, config or extension."""
+    tail = ref.split(CONFIG_MARK)[0].rstrip("/").split("/")[-1].split("@")[0]
+    return tail.removesuffix(".safetensors")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A checkpoint, VAE, LoRA, embedding or input image, resolved: where its files are and
+    what they are."""
+
+    ref: str  # what the recipe said: "tiny", "org/name@rev", "models/x.safetensors"
+    path: str  # its files on this machine; never part of an id (another node may differ)
+    identity: str  # sha256 of the weights (hex), or "hub:<repo>@<commit>" for a pinned hub model
+    config: str | None = None  # single-file weights: the diffusers folder giving the architecture
+    # a hub pipeline's weight files, when not its default ones: "fp16" for half-precision jobs
+    # where the repository has them (the same commit, so the same identity)
+    variant: str | None = None
+
+    @property
+    def short_hash(self) -> str:
+        """AUTOMATIC1111's "Model hash": the first 10 hex digits of the weights' sha256."""
+        return self.identity.split("@")[-1][:10]
+
+    @property
+    def name(self) -> str:
+        """A display name for infotext: the file or folder name without extension."""
+        return display_name(self.ref)
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA applied to a job, at a weight (A1111's `<lora:NAME:WEIGHT>`)."""
+
+    model: Model  # its .safetensors file; identity: sha256 of its tensor data (A1111's hash)
+    weight: float
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def short_hash(self) -> str:
+        """What A1111 and CivitAI show in "Lora hashes": 12 hex digits."""
+        return self.model.identity[:12]
+
+    def record(self) -> dict[str, Any]:
+        return {"ref": self.model.ref, "identity": self.model.identity, "weight": self.weight,
+                "path": self.model.path}
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.weight:g}"
+
+
+@dataclass(frozen=True)
+class Hires:
+    """A second pass (AUTOMATIC1111's hires fix): the first pass renders at this width and
+    height, its result is upscaled to the job's size and denoised again, img2img."""
+
+    width: int  # of the first pass
+    height: int
+    scale: float | None  # as the recipe asked (None: it asked for the final size)
+    upscaler: str  # a name from UPSCALERS
+    steps: int  # steps the second pass takes; 0: as many as the first pass
+    denoise: float  # the second pass's denoising strength
+    sampler: str | None = None  # the second pass's, with its schedule; None: the job's own
+    scheduler: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+
+
+# Upscalers of the hires pass: latent ones interpolate the latents (torch's modes, A1111's
+# names); pixel ones decode, resize with Pillow, and encode again.
+UPSCALERS = {
+    "latent": "Latent", "latent-antialiased": "Latent (antialiased)",
+    "latent-bicubic": "Latent (bicubic)",
+    "latent-bicubic-antialiased": "Latent (bicubic antialiased)",
+    "latent-nearest": "Latent (nearest)", "latent-nearest-exact": "Latent (nearest-exact)",
+    "lanczos": "Lanczos", "nearest": "Nearest", "bicubic": "Bicubic",
+}

@@ -17,8 +17,6 @@ from farm.values import CONFIG_MARK, UPSCALERS
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 64-bit seeds
 MAX_STEPS = 1000
-MAX_CLIP_SKIP = 12
-MAX_CFG = 100
 MAX_SIDE = 8192
 MAX_BATCH = 256
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -88,16 +86,7 @@ def run_name(value: Any) -> str:
     return value
 
 
-steps = whole(1, MAX_STEPS)
-cfg = number(0, MAX_CFG)
-clip_skip = whole(1, MAX_CLIP_SKIP)
 seed = whole(0, MAX_SEED)
-emphasis = choice(EMPHASIS)
-dtype = choice(DTYPES)
-resize = choice(RESIZE)
-batch_size = whole(1, MAX_BATCH)
-quality = whole(1, 100)
-png_compression = whole(0, 9)
 # img2img's and the hires pass's denoising strength: 0 would change nothing
 strength = number(0, 1, "expected a denoising strength above 0, at most 1", above=True)
 # the refiner's share of the schedule: at 0 or 1 one of the two models would not run

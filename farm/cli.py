@@ -245,8 +245,7 @@ def parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("grid", help=text, description=text)
     cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
     cmd.add_argument("--x", metavar="FIELD", help="field across (default: the first that varies of "
-                     "cfg, steps, sampler, scheduler, clip_skip, size, vae, checkpoint, seed, "
-                     "prompt)")
+                     f"{', '.join(n for n in grid.PREFERENCE if not n.endswith('_identity'))})")
     cmd.add_argument("--y", metavar="FIELD", help="field down (default: the next that varies)")
     cmd.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help=where)
     cmd.add_argument("--to", type=Path, metavar="DIR",

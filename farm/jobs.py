@@ -9,9 +9,11 @@ import json
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, ClassVar
 
-from farm.fields import ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD_FIELDS, MISSING, Find
+from farm.fields import (ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD_FIELDS, MISSING,
+                         PLAIN, Find)
 from farm.values import UPSCALERS, Hires, Lora, Model  # noqa: F401 (the values jobs are made of)
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
@@ -104,10 +106,18 @@ class Job:
     @property
     def batch_key(self) -> tuple[tuple[str, Any], ...]:
         """(name, value) of every load and batch field that enters the id: jobs with equal keys
-        can share one pipeline call."""
-        pairs = ((f, self.identity_value(f.name)) for f in IDENTITY_FIELDS)
-        return tuple((f.name, value) for f, value in pairs
-                     if f.id_default is ALWAYS or value != f.id_default)
+        can share one pipeline call. Cached on the job."""
+        cached = self.__dict__.get("_batch_key")
+        if cached is None:
+            found = []
+            for name, identity, default in _BATCH_IDENTITY:
+                value = getattr(self, name)
+                if identity is not None:
+                    value = identity(value)
+                if default is ALWAYS or value != default:
+                    found.append((name, value))
+            cached = self.__dict__["_batch_key"] = tuple(found)
+        return cached
 
     def to_dict(self) -> dict:
         """Everything needed to render this image again (the `farm` PNG chunk, the manifest):
@@ -131,6 +141,17 @@ class Job:
 
 CONTEXT_KEYS = ("template", "values", "fields", "caption")  # how a prompt was made, its caption
 LATER_IMAGE_FIELDS = tuple(f for f in FIELDS if f.role == IMAGE and f.id_default is not ALWAYS)
+def share_batch_key(job: Job, previous: Job) -> None:
+    """Give `job` the batch key of `previous` when their load and batch fields are equal (the
+    plan builds consecutive jobs of the very same objects, so the comparison is cheap):
+    computing the key is most of an id's cost, and a plan has millions of ids."""
+    if _batch_values(job) == _batch_values(previous):
+        job.__dict__["_batch_key"] = previous.batch_key
+
+
+_BATCH_IDENTITY = tuple((f.name, None if f.codec is PLAIN else f.codec.identity, f.id_default)
+                        for f in IDENTITY_FIELDS)  # (the plain identity is the value itself)
+_batch_values = attrgetter(*(f.name for f in IDENTITY_FIELDS))
 
 
 @lru_cache(maxsize=4096)

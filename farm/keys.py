@@ -86,12 +86,14 @@ Apply = Callable[[Draft, Any], None]  # (draft, one value) -> the Job fields it 
 class Key:
     name: str  # as a recipe writes it
     default: Any  # when a recipe leaves it out (Hydra composes on top of these)
-    parse: Parse
     role: str  # load | batch | image | setting (above)
     sets: tuple[str, ...] = ()  # the Job fields its value decides
     apply: Apply | None = None
+    # the check of one value (of a setting, of each value of an axis, of a prompt-file cell);
+    # a key whose values are more than one checked value parses them itself
+    item: Check | None = None
+    parse: Parse | None = None  # default: `item` of one value (a setting) or of each (an axis)
     column: str | None = None  # a prompt-file column of this name sets it for its row
-    item: Check | None = None  # an axis's check of one value (and of that column's cells)
     kind: type = str  # how a CSV cell reads, before the check
     stage: bool = False  # an optional stage: (None,) unless the recipe sets it
     loads: Callable[[Any], str | None] | None = None  # a load axis value's model reference
@@ -100,6 +102,10 @@ class Key:
     # a streamed axis: its values from the recipe's (prompt rows, seeds), never held at once
     each: Callable[[Mapping[str, Any]], Iterable] | None = None
     length: Callable[[Mapping[str, Any]], int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parse is None:
+            object.__setattr__(self, "parse", each(self.item) if self.axis else one(self.item))
 
     @property
     def axis(self) -> bool:
@@ -261,7 +267,8 @@ def _prompts(ctx: Context, name: str, value: Any) -> tuple:
 
 
 def _seeds(ctx: Context, name: str, value: Any) -> tuple[range, ...]:
-    """'A-B' (inclusive), an int, {start, count}, or a list of ints and 'A-B' ranges."""
+    """'A-B' (inclusive), an int, {start, count}, or a list of ints and 'A-B' ranges; every seed
+    checked as a prompt file's seed column is."""
     allowed = (f"expected seeds as 'A-B' (inclusive), an integer, {{start: S, count: N}} or a "
                f"list of those, each from 0 to {checks.MAX_SEED}")
     items = value if isinstance(value, (list, tuple)) else [value]
@@ -269,9 +276,7 @@ def _seeds(ctx: Context, name: str, value: Any) -> tuple[range, ...]:
         ctx.fail(name, value, "an axis needs at least one value")
     ranges = []
     for item in items:
-        if isinstance(item, bool):
-            ctx.fail(name, value, allowed)
-        elif isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             r = range(item, item + 1)
         elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", item):
             a, b = (int(v) for v in item.split("-"))
@@ -286,8 +291,8 @@ def _seeds(ctx: Context, name: str, value: Any) -> tuple[range, ...]:
             r = range(start, start + count)
         else:
             ctx.fail(name, value, allowed)
-        if r.start < 0 or r.stop - 1 > checks.MAX_SEED:
-            ctx.fail(name, value, allowed)
+        for seed in (r.start, r.stop - 1):
+            ctx.checked(checks.seed, name, seed)
         ranges.append(r)
     ordered = sorted(ranges, key=lambda r: r.start)
     for a, b in zip(ordered, ordered[1:]):
@@ -611,55 +616,55 @@ def _shown_images(name: str) -> Callable[[Mapping[str, Any]], str]:
 
 KEYS: tuple[Key, ...] = (
     # settings parsed first: the axes below read them
-    Key("name", None, _name, SETTING),  # the run folder; default: the recipe file's name
-    Key("vars", None, _vars, SETTING),  # template variables: {name: [values] or {file: ...}}
-    Key("negative", "", _negative, SETTING),  # for prompts without their own
-    Key("expand", "combinatorial", _expand, SETTING),  # or {mode: random, count: N, seed: S}
-    Key("dtype", "auto", one(checks.dtype), SETTING, ("dtype",), _set("dtype")),
-    Key("batch_size", 1, one(checks.batch_size), SETTING),  # never changes an image
-    Key("format", "png", one(checks.image_format), SETTING),  # or jpeg, webp (+ .json sidecar)
-    Key("quality", 90, one(checks.quality), SETTING),  # jpeg and webp; webp 100 is lossless
-    Key("png_compression", 6, one(checks.png_compression), SETTING),  # same pixels
-    Key("resize", "stretch", one(checks.resize), SETTING, ("resize",), _apply_resize),
+    Key("name", None, SETTING, parse=_name),  # the run folder; default: the recipe file's name
+    Key("vars", None, SETTING, parse=_vars),  # template variables: {name: [values] or file}
+    Key("negative", "", SETTING, parse=_negative),  # for prompts without their own
+    Key("expand", "combinatorial", SETTING, parse=_expand),  # or {mode: random, count, seed}
+    Key("dtype", "auto", SETTING, ("dtype",), _set("dtype"), checks.choice(checks.DTYPES)),
+    Key("batch_size", 1, SETTING, item=checks.whole(1, checks.MAX_BATCH)),  # same images
+    Key("format", "png", SETTING, item=checks.image_format),  # or jpeg, webp (+ .json sidecar)
+    Key("quality", 90, SETTING, item=checks.whole(1, 100)),  # jpeg, webp; webp 100 lossless
+    Key("png_compression", 6, SETTING, item=checks.whole(0, 9)),  # zlib level; same pixels
+    Key("resize", "stretch", SETTING, ("resize",), _apply_resize, checks.choice(checks.RESIZE)),
     # the axes, in cost order: the plan's loops, outermost (most expensive to switch) first
-    Key("checkpoint", "tiny", each(checks.model_ref), LOAD, ("checkpoint",),
-        _model("checkpoint"), item=checks.model_ref, loads=lambda ref: ref),
-    Key("vae", None, each(checks.optional_model_ref), LOAD, ("vae",), _model("vae"),
-        item=checks.optional_model_ref, loads=lambda ref: ref,
-        show=lambda v: v or "(checkpoint's own)"),
-    Key("refiner", None, _refiner, LOAD, ("refiner", "switch_at"), _apply_refiner, stage=True,
-        loads=lambda value: value and value[0], show=lambda v: f"{v[0]} at {v[1]:g}" if v else "(none)"),
-    Key("loras", [], _lora_sets, BATCH, ("loras",), _apply_loras,
+    Key("checkpoint", "tiny", LOAD, ("checkpoint",), _model("checkpoint"), checks.model_ref,
+        loads=lambda ref: ref),
+    Key("vae", None, LOAD, ("vae",), _model("vae"), checks.optional_model_ref,
+        loads=lambda ref: ref, show=lambda v: v or "(checkpoint's own)"),
+    Key("refiner", None, LOAD, ("refiner", "switch_at"), _apply_refiner, parse=_refiner,
+        stage=True, loads=lambda value: value and value[0],
+        show=lambda v: f"{v[0]} at {v[1]:g}" if v else "(none)"),
+    Key("loras", [], BATCH, ("loras",), _apply_loras, parse=_lora_sets,
         show=lambda s: " + ".join(f"{ref}:{weight:g}" for ref, weight in s) or "(none)"),
-    Key("size", "512x512", each(checks.size), BATCH, ("width", "height"),
-        _set("width", "height"), item=checks.size, show=lambda v: f"{v[0]}x{v[1]}"),
-    Key("hires", None, _hires, BATCH, ("hires", "width", "height"), _apply_hires, stage=True),
-    Key("sampler", "euler", each(checks.sampler), BATCH, ("sampler",), _set("sampler"),
-        item=checks.sampler),
-    Key("scheduler", "automatic", each(checks.schedule), BATCH, ("sampler", "scheduler"),
-        _apply_scheduler, item=checks.schedule),
-    Key("steps", 20, each(checks.steps), BATCH, ("steps",), _set("steps"), column="steps",
-        item=checks.steps, kind=int),
-    Key("cfg", 7.0, each(checks.cfg), BATCH, ("cfg",), _set("cfg"), column="cfg",
-        item=checks.cfg, kind=float),
-    Key("clip_skip", 1, each(checks.clip_skip), BATCH, ("clip_skip",), _set("clip_skip"),
-        column="clip_skip", item=checks.clip_skip, kind=int),
-    Key("emphasis", "a1111", each(checks.emphasis), BATCH, ("emphasis",), _set("emphasis"),
-        item=checks.emphasis),
-    Key("denoise", None, _denoise, BATCH, ("denoise",), _set("denoise"), stage=True,
-        item=checks.strength),
-    Key("init", None, _images, IMAGE, ("init",), _input("init"), stage=True,
+    Key("size", "512x512", BATCH, ("width", "height"), _set("width", "height"), checks.size,
+        show=lambda v: f"{v[0]}x{v[1]}"),
+    Key("hires", None, BATCH, ("hires", "width", "height"), _apply_hires, parse=_hires,
+        stage=True),
+    Key("sampler", "euler", BATCH, ("sampler",), _set("sampler"), checks.sampler),
+    Key("scheduler", "automatic", BATCH, ("sampler", "scheduler"), _apply_scheduler,
+        checks.schedule),
+    Key("steps", 20, BATCH, ("steps",), _set("steps"), checks.whole(1, checks.MAX_STEPS),
+        column="steps", kind=int),
+    Key("cfg", 7.0, BATCH, ("cfg",), _set("cfg"), checks.number(0, 100), column="cfg",
+        kind=float),
+    Key("clip_skip", 1, BATCH, ("clip_skip",), _set("clip_skip"), checks.whole(1, 12),
+        column="clip_skip", kind=int),  # AUTOMATIC1111's: 1 = the text encoder's last layer
+    Key("emphasis", "a1111", BATCH, ("emphasis",), _set("emphasis"),
+        checks.choice(checks.EMPHASIS)),
+    Key("denoise", None, BATCH, ("denoise",), _set("denoise"), checks.strength,
+        parse=_denoise, stage=True),
+    Key("init", None, IMAGE, ("init",), _input("init"), parse=_images, stage=True,
         summary=_shown_images("init")),
-    Key("prompt", None, _prompts, IMAGE, ("prompt", "negative", "emphasis", "embeddings",
-                                          "loras"), _apply_prompt,
-        each=_prompt_rows, length=_prompt_count, summary=_shown_prompt),
-    Key("seeds", 0, _seeds, IMAGE, ("seed",), _set("seed"), column="seed", item=checks.seed,
+    Key("prompt", None, IMAGE, ("prompt", "negative", "emphasis", "embeddings", "loras"),
+        _apply_prompt, parse=_prompts, each=_prompt_rows, length=_prompt_count,
+        summary=_shown_prompt),
+    Key("seeds", 0, IMAGE, ("seed",), _set("seed"), checks.seed, parse=_seeds, column="seed",
         kind=int, each=lambda r: itertools.chain.from_iterable(r["seeds"]),
         length=lambda r: sum(len(s) for s in r["seeds"]), summary=_shown_seeds),
     # settings that read the axes
-    Key("zip", None, _zip, SETTING),  # axes that advance together: [[prompt, seeds], ...]
-    Key("grids", None, _grids, SETTING),  # contact sheets: auto, or [{x: cfg, y: steps}, ...]
-    Key("caption", None, _caption, SETTING),  # the `text` of exports; default: the prompt
+    Key("zip", None, SETTING, parse=_zip),  # axes that advance together: [[prompt, seeds]]
+    Key("grids", None, SETTING, parse=_grids),  # contact sheets: auto, or [{x: cfg, y: steps}]
+    Key("caption", None, SETTING, parse=_caption),  # the `text` of exports; default: the prompt
 )
 
 BY_KEY = {k.name: k for k in KEYS}

@@ -338,6 +338,16 @@ class Manifest:
         for values in cursor:
             yield dict(zip(names, values))
 
+    def rows(self) -> Iterator[dict]:
+        """Every row, whatever its status, in the order the folder numbered them, params
+        decoded; streamed by one cursor."""
+        cursor = self.db.execute("SELECT * FROM jobs ORDER BY seq")
+        names = [c[0] for c in cursor.description]
+        for values in cursor:
+            row = dict(zip(names, values))
+            row["params"] = json.loads(row["params"]) if row["params"] else {}
+            yield row
+
     def first_path(self) -> str | None:
         """The path of the first job this folder numbered (its file type is the folder's)."""
         row = self.db.execute("SELECT path FROM jobs ORDER BY seq LIMIT 1").fetchone()

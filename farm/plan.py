@@ -10,7 +10,7 @@ from typing import Any
 
 from farm import adapters, inputs, prompts
 from farm.fields import FIELDS
-from farm.jobs import Batch, Job, Loadout, Model, Slot
+from farm.jobs import Batch, Job, Loadout, Model, Slot, share_batch_key
 from farm.keys import APPLIED, AXES, BY_KEY, COLUMN_AXES, INPUT_KEYS, LOADED, Draft
 from farm.recipe import Recipe, loaded_refs
 
@@ -53,24 +53,41 @@ def jobs(recipe: Recipe, resolved: Resolved, loadout: Loadout | None = None) -> 
     """
     axes = recipe.combined_axes()
     replaced = {column: recipe.set_by_row(column) for column in COLUMN_AXES}
-    settings = [(k, recipe[k.name]) for k in APPLIED if not k.axis]
+    settings = [recipe[k.name] for k in APPLIED if not k.axis]
     for out in [loadout] if loadout is not None else loadouts(recipe, resolved):
         # a loaded axis takes the values that load this loadout's models
         loaded = {k.name: [v for v in recipe[k.name] if getattr(out, k.sets[0]) == (
             None if k.loads(v) is None else resolved.models[k.loads(v)])] for k in LOADED}
         draft = Draft({}, resolved.models, resolved.inputs, resolved.reader, recipe["negative"])
+        # the fields before each row was applied, and the value it was applied with: a job
+        # applies the rows from the first whose value changed (mostly only the seed's)
+        before: list[dict] = [{}] * len(APPLIED)
+        applied: list = [_UNSET] * len(APPLIED)
+        previous: Job | None = None
         for chosen in _product(recipe, axes, loaded):
             row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides) if row.overrides else {}
             # a prompt-file row that sets a key takes part at one value of that key's axis
             if fixed and any(replaced[c] and chosen[COLUMN_AXES[c]][0] for c in fixed):
                 continue
-            for key in AXES:
-                value = chosen[key.name][1]
-                key.apply(draft, fixed.get(key.column, value) if fixed else value)
-            for key, value in settings:
-                key.apply(draft, value)
+            values = [chosen[k.name][1] for k in AXES] + settings
+            if fixed:
+                values = [fixed.get(k.column, v) for k, v in zip(APPLIED, values)]
+            first = len(AXES) - 1  # (nothing changed: only a repeated job, all the same)
+            for i, value in enumerate(values):
+                if value is not applied[i]:
+                    first = i
+                    break
+            draft.fields = dict(before[first])
+            for i in range(first, len(APPLIED)):
+                if i > first:
+                    before[i] = dict(draft.fields)
+                APPLIED[i].apply(draft, values[i])
+                applied[i] = values[i]
             job = Job(**draft.fields)
+            if previous is not None:
+                share_batch_key(job, previous)
+            previous = job
             if recipe["caption"] is not None:  # recorded with the image, never in its id
                 job = _captioned(job, recipe["caption"], row)
             yield job
@@ -99,6 +116,9 @@ def distinct(stream: Iterable[Job], repeated: frozenset[int]) -> Iterator[Job]:
                 continue
             seen.add(job.id)
         yield job
+
+
+_UNSET = object()  # a row not applied yet
 
 
 def _product(recipe: Recipe, axes: list[tuple[str, ...]],

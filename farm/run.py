@@ -22,8 +22,8 @@ from farm.fields import BY_NAME, VAE
 from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS
 from farm.plan import Resolved
 from farm.compose import BadInput, Settings
-from farm.finished import Finished
-from farm.jobs import Model
+from farm.finished import CHUNK, Finished
+from farm.jobs import Job, Loadout, Model, Slot
 from farm.manifest import Manifest, ManifestDamaged, ManifestUnwritable
 from farm.outputs import RunFolder
 from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
@@ -169,17 +169,69 @@ def count(recipe: recipes.Recipe, folder: RunFolder, found: Resolved) -> Counts:
     return Counts(planned, states["done"], states["failed"], recipe.job_count - planned)
 
 
-def pending_work(recipe: recipes.Recipe, found: Resolved,
-                 finished: Finished) -> list[schedule.Work]:
-    """The pending batches of each loadout, streamed, with their job counts."""
-    work = []
-    for loadout in plan.loadouts(recipe, found):
-        left = sum(1 for _ in finished.pending(plan.jobs(recipe, found, loadout)))
-        if left:
-            stream = plan.batches(finished.pending(plan.jobs(recipe, found, loadout)),
-                                  recipe["batch_size"])
-            work.append(schedule.Work(loadout, stream, left))
-    return work
+KEEP_PENDING = 100_000  # pending jobs a resume keeps from its one pass over the plan (~100 MB)
+
+
+@dataclass
+class Survey:
+    """One pass over the plan against the run folder, before a render: the counts, how many
+    finished jobs' records were brought up to date, and the jobs left to render by loadout,
+    kept when there are at most KEEP_PENDING of them (else streamed again, once)."""
+
+    counts: Counts
+    refreshed: int
+    left: dict[Loadout, int]  # pending jobs per loadout (a job the plan reaches twice included)
+    kept: dict[Loadout, list[tuple[Job, Slot | None]]] | None
+
+    def work(self, recipe: recipes.Recipe, found: Resolved,
+             finished: Finished) -> list[schedule.Work]:
+        """The pending batches of each loadout, with their job counts."""
+        work = []
+        for loadout, left in self.left.items():
+            pending = iter(self.kept[loadout]) if self.kept is not None else \
+                finished.pending(plan.jobs(recipe, found, loadout))
+            work.append(schedule.Work(loadout, plan.batches(pending, recipe["batch_size"]), left))
+        return work
+
+
+def survey(recipe: recipes.Recipe, folder: RunFolder, found: Resolved,
+           manifest: Manifest | None) -> Survey:
+    """Stream the plan once: each job's state in the manifest (done, failed, pending), the
+    finished jobs' recorded prompt context refreshed (the same ids: templates, prompt-file
+    columns and captions may have been edited), and what is left, by loadout."""
+    repeated = plan.repeated_prompts(recipe)
+    refresh = manifest is not None and (recipe.has_context() or manifest.has_context())
+    states: Counter[str] = Counter()
+    left: dict[Loadout, int] = {}
+    kept: dict[Loadout, list] | None = {}
+    ids: set[str] = set()  # of repeated prompts' jobs: only they can be reached twice
+    chunk: list[Job] = []
+    refreshed = 0
+    pending = 0
+    for job, state, row in Finished(folder, manifest).mark(plan.jobs(recipe, found)):
+        if repeated and hash((job.prompt, job.negative)) in repeated:
+            if job.id in ids:  # handed out again all the same, and skipped by Manifest.claim
+                state = "repeat"
+            ids.add(job.id)
+        if state != "repeat":
+            states[state] += 1
+            if refresh:
+                chunk.append(job)
+                if len(chunk) >= CHUNK:
+                    refreshed, chunk = refreshed + manifest.refresh(chunk), []
+        if state != "done":
+            loadout, pending = job.loadout, pending + 1
+            left[loadout] = left.get(loadout, 0) + 1
+            if kept is not None:
+                kept.setdefault(loadout, []).append(
+                    (job, row.slot if row is not None and row.status == "done" else None))
+                if pending > KEEP_PENDING:
+                    kept = None
+    if chunk:
+        refreshed += manifest.refresh(chunk)
+    planned = sum(states.values())
+    counts = Counts(planned, states["done"], states["failed"], recipe.job_count - planned)
+    return Survey(counts, refreshed, left, kept)
 
 
 # 3. the render run ------------------------------------------------------------------------------
@@ -286,15 +338,16 @@ def sole_writer(folder: RunFolder) -> Iterator[None]:
 
 def _render_locked(settings: Settings, found: Resolved) -> Outcome:
     recipe, folder = settings.recipe, settings.folder
-    # 1. how much is done; with everything done, only bring the records up to date
-    counts = count(recipe, folder, found)
-    if counts.pending == 0 and folder.manifest.exists():
-        with Manifest(folder.manifest) as manifest:
-            refreshed = refresh_records(recipe, found, manifest)
-            last = manifest.last_run()
+    # 1. one pass over the plan: how much is done, what is left, finished records brought up
+    #    to date; with everything done, that is all
+    with Manifest(folder.manifest) as manifest:
+        seen = survey(recipe, folder, found, manifest)
+        last = manifest.last_run()
+    counts = seen.counts
+    if counts.pending == 0:
         summary = Summary(planned=counts.planned, skipped=counts.done)
         folder.write_report(report(recipe, summary, last))
-        return Outcome(folder, summary, refreshed=refreshed)
+        return Outcome(folder, summary, refreshed=seen.refreshed)
     # 2. start the workers (fails fast with RuntimeUnavailable; nothing written yet)
     backend = start_backend(settings.runtime, folder, recipe.name)
     interrupted = None
@@ -305,9 +358,8 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
             record = run_record(settings, found)
             run_id = manifest.begin_run(record, counts.planned)
             folder.save_recipe(run_id, record)
-            refreshed = refresh_records(recipe, found, manifest)
-            # 4. the pending batches of each loadout, diffed again now that the folder is ours
-            work = pending_work(recipe, found, Finished(folder, manifest, run_id))
+            # 4. the pending batches of each loadout (the folder was ours since the survey)
+            work = seen.work(recipe, found, Finished(folder, manifest, run_id))
             summary = Summary(planned=counts.planned, skipped=counts.done)
             # 5. render, recording each result as it comes; SIGTERM and Ctrl-C let the batches in
             #    flight finish for runtime.grace seconds and record them
@@ -329,7 +381,7 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
                     pass
     finally:
         backend.close()
-    return Outcome(folder, summary, refreshed=refreshed, interrupted=interrupted)
+    return Outcome(folder, summary, refreshed=seen.refreshed, interrupted=interrupted)
 
 
 def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[str, Any]:
@@ -383,15 +435,6 @@ def run_record(settings: Settings, found: Resolved) -> str:
     if found.inputs:  # input images by path: their pixels' hashes
         record["inputs"] = {path: m.identity for path, m in found.inputs.items()}
     return yaml.safe_dump(record, sort_keys=False, allow_unicode=True)
-
-
-def refresh_records(recipe: recipes.Recipe, found: Resolved, manifest: Manifest) -> int:
-    """Bring finished jobs' recorded params (template, values, prompt-file columns, model
-    references) up to what the recipe now gives; pixels and ids are unchanged."""
-    if not recipe.has_context() and not manifest.has_context():
-        return 0
-    jobs = plan.distinct(plan.jobs(recipe, found), plan.repeated_prompts(recipe))
-    return manifest.refresh(jobs)
 
 
 def draw_recipe_grids(recipe: recipes.Recipe,

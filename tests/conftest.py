@@ -16,16 +16,6 @@ from farm.jobs import Model
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-SLOW = {"test_a_million_jobs_plan_in_bounded_memory", "test_the_readme_demo_command",
-        "test_a_second_writer_the_lock_misses_is_refused"}
-
-
-def pytest_collection_modifyitems(items):
-    """Slow: whatever needs the Ray cluster, spawns processes or plans a million jobs; so
-    `pytest -m "not slow"` is the quick loop, and plain `pytest` still runs everything."""
-    for item in items:
-        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.name in SLOW:
-            item.add_marker(pytest.mark.slow)
 
 
 def _tree() -> set[str]:
@@ -102,11 +92,10 @@ batch_size: 4
 def finished_run(tmp_path_factory, farm_cache) -> Path:
     """A finished run folder shared by the export and grid tests (which must not change it):
     a template (values) and a prompt file with an extra column (fields), 2 cfgs, 2 seeds."""
-    from tests.helpers import run_farm
+    from tests.helpers import run_inline
 
     root = tmp_path_factory.mktemp("finished")
     (root / "rows.csv").write_text("prompt,mood\nan owl in the rain,calm\n")
     (root / "sheet.yaml").write_text(FINISHED)
-    assert run_farm("render", f"recipe={root / 'sheet.yaml'}", "runtime=inline",
-                    f"outputs={root / 'outputs'}") == 0
+    assert run_inline("render", f"recipe={root / 'sheet.yaml'}", f"outputs={root / 'outputs'}") == 0
     return root / "outputs" / "sheet"

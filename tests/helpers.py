@@ -1,13 +1,33 @@
-"""Helpers for tests: small jobs, the command line in this process."""
+"""Helpers shared by the tests, defined once: small jobs and recipes, the command line and a
+render in this process, a run folder's manifest rows, a fake hub cache."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
 from farm import cli
-from farm.jobs import Job, Model
+from farm.jobs import Job, Model, Result
+
+# a checkpoint that is planned with but never loaded (its files are nowhere)
+CKPT = Model(ref="tiny", path="/nowhere", identity="a" * 64)
+
+# Ids computed by farm before the field table existed, for jobs with fixed model identities: they
+# must never change (tests/test_fields.py, tests/test_stages.py)
+GOLDEN_CHECKPOINT = Model("tiny", "/nowhere", "0f" * 32)
+GOLDEN_VAE = Model("tiny-vae", "/nowhere", "a1" * 32)
+GOLDEN_IDS = [
+    ({}, "f2b120b7654eaccde860f8e5"),
+    ({"vae": GOLDEN_VAE}, "e96d6c1b0d7cd0114846f7e6"),
+    ({"prompt": "a fox, ünïcode ✓", "negative": "", "seed": 2**64 - 1},
+     "56199007c1051a4c541e0cf5"),
+    ({"sampler": "dpmpp_2m", "scheduler": "karras", "steps": 30, "cfg": 5.5, "width": 768,
+      "height": 512}, "6e8704b9d48768cecd4bba10"),
+    ({"clip_skip": 2, "dtype": "float16"}, "82619f7a10cc74ddcbc8689c"),
+]
 
 
 def make_job(checkpoint: Model, **fields) -> Job:
@@ -18,11 +38,45 @@ def make_job(checkpoint: Model, **fields) -> Job:
     return Job(checkpoint=checkpoint, **values)
 
 
+def result(job: Job, path: str, ok: bool = True) -> Result:
+    """What a worker sends back for a job it rendered (or failed)."""
+    return Result(job_id=job.id, path=path, pixel_hash="f" * 64 if ok else None, seconds=0.5,
+                  batch_size=2, position=0, worker="w", error=None if ok else "boom")
+
+
+def recipe(base: Path | None = None, **fields):
+    """A recipe of these fields (a prompt by default), checked as a recipe file is; prompt
+    files and wildcards are read from `base`."""
+    from farm.recipe import parse
+
+    return parse({"prompt": "a cat", **fields}, source="test", base=base or Path("."))
+
+
+def planned(recipe, models, loadout=None):
+    """The jobs of a recipe with these models (by reference), its input images identified."""
+    from farm import plan
+
+    return plan.jobs(recipe, plan.Resolved.given(recipe, models), loadout)
+
+
+def render(*args: str):
+    """A render in this process, as `farm render ARGS runtime=inline` does it: run.render on the
+    composed settings; its Outcome."""
+    from farm import compose, run
+
+    return run.render(compose.compose([*args, "runtime=inline"]))
+
+
 def run_farm(*args: str) -> int:
     """Run the command line in this process (torch stays imported); return its exit code."""
     with pytest.raises(SystemExit) as exit_info:
         cli.main(list(args))
     return exit_info.value.code
+
+
+def run_inline(*args: str) -> int:
+    """The command line with the in-process runtime, for tests that are not about Ray."""
+    return run_farm(args[0], "runtime=inline", *args[1:])
 
 
 def farm_command() -> list[str]:
@@ -32,15 +86,26 @@ def farm_command() -> list[str]:
 
 def recipe_folder(tmp_path, monkeypatch, **recipes: str):
     """A working directory holding recipes/NAME.yaml for each given text, as a user has."""
-    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes").mkdir(exist_ok=True)
     for name, text in recipes.items():
         (tmp_path / "recipes" / f"{name}.yaml").write_text(text)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def planned(recipe, models, loadout=None):
-    """The jobs of a recipe with these models (by reference), its input images identified."""
-    from farm import plan
+def manifest_rows(folder: Path) -> list[dict]:
+    """A run folder's manifest rows (every status, params decoded), read through Manifest."""
+    from farm.manifest import Manifest
 
-    return plan.jobs(recipe, plan.Resolved.given(recipe, models), loadout)
+    with Manifest(Path(folder) / "manifest.sqlite", readonly=True) as manifest:
+        return list(manifest.rows())
+
+
+def fake_hub_cache(tmp_path, source, repo="org/tiny-sd", commit="0123456789abcdef" * 2 + "0" * 8):
+    """A Hugging Face cache holding one repo, laid out the way huggingface_hub writes it."""
+    cache = tmp_path / "hub"
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(source, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return cache, commit

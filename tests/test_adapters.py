@@ -2,8 +2,6 @@
 and bad input refused before anything renders."""
 
 import hashlib
-import json
-import sqlite3
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from safetensors.torch import save_file
 from farm import adapters, models, outputs, tiny
 from farm.jobs import Batch, Lora
 from farm.worker import Device, Worker
-from tests.helpers import make_job, run_farm
+from tests.helpers import make_job, manifest_rows, run_farm
 
 
 def a1111_hash(path) -> str:
@@ -147,8 +145,7 @@ def styled(tmp_path_factory, farm_cache):
 
 
 def records(folder):
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        return [json.loads(p) for p, in db.execute("SELECT params FROM jobs WHERE status='done'")]
+    return [r["params"] for r in manifest_rows(folder) if r["status"] == "done"]
 
 
 def test_a_lora_sweep_and_prompt_tags_render_every_set(styled, capsys):
@@ -161,9 +158,8 @@ def test_a_lora_sweep_and_prompt_tags_render_every_set(styled, capsys):
     assert ("a fox in snow <lora:ink:0.5>", (("ink", 0.5), ("style", 1.0))) in {
         (p, tuple(sorted(s))) for p, s in sets}
     # the recipe's LoRA sets loop just inside the checkpoint: each set's jobs come together
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        in_order = [[x["weight"] for x in json.loads(p)["loras"] if "style" in x["ref"]]
-                    for p, in db.execute("SELECT params FROM jobs ORDER BY seq")]
+    in_order = [[x["weight"] for x in r["params"]["loras"] if "style" in x["ref"]]
+                for r in manifest_rows(folder)]
     runs = [w for i, w in enumerate(in_order) if i == 0 or w != in_order[i - 1]]
     assert runs == [[], [0.5], [1.0]]
     # the infotext: the prompt as written, A1111's hashes of each LoRA
@@ -200,13 +196,9 @@ def test_a_tag_renders_as_the_same_lora_in_the_recipe(styled, tmp_path):
     assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
                     f"outputs={tmp_path / 'out'}") == 0
     ours = {r["seed"]: r for r in records(tmp_path / "out" / "r")}
-    with sqlite3.connect(styled / "out" / "styled" / "manifest.sqlite") as db:
-        theirs = {r["seed"]: h for r, h in ((json.loads(p), h) for p, h in db.execute(
-            "SELECT params, pixel_hash FROM jobs")) if "<lora:ink" in r["prompt"]
-            and len(r["loras"]) == 1}
-    with sqlite3.connect(tmp_path / "out" / "r" / "manifest.sqlite") as db:
-        mine = {json.loads(p)["seed"]: h for p, h in db.execute(
-            "SELECT params, pixel_hash FROM jobs")}
+    theirs = {r["params"]["seed"]: r["pixel_hash"] for r in manifest_rows(styled / "out" / "styled")
+              if "<lora:ink" in r["params"]["prompt"] and len(r["params"]["loras"]) == 1}
+    mine = {r["params"]["seed"]: r["pixel_hash"] for r in manifest_rows(tmp_path / "out" / "r")}
     assert mine == theirs and len(mine) == 2 and ours[0]["loras"][0]["weight"] == 0.5
 
 
@@ -234,8 +226,7 @@ def test_emphasis_enters_the_id_only_where_it_changes_the_prompt(tmp_path, tiny,
     assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
                     f"outputs={tmp_path / 'out'}") == 0
     folder = tmp_path / "out" / "r"
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        rows = [(json.loads(p), h) for p, h in db.execute("SELECT params, pixel_hash FROM jobs")]
+    rows = [(r["params"], r["pixel_hash"]) for r in manifest_rows(folder)]
     # the plain prompt reads the same either way: one job; the weighted one: two, two images
     assert sorted((r["prompt"], r["emphasis"]) for r, _ in rows) == [
         ("a (red:1.5) fox", "a1111"), ("a (red:1.5) fox", "none"), ("a plain fox", "none")]
@@ -269,7 +260,7 @@ def test_bad_loras_and_prompts_exit_2_before_rendering(tmp_path, farm_cache, cap
 def test_a_lora_from_the_hub_cache_resolves_offline(tmp_path, monkeypatch, lora_files):
     from huggingface_hub import constants
 
-    from tests.test_models import fake_hub_cache
+    from tests.helpers import fake_hub_cache
 
     source = tmp_path / "repo"
     source.mkdir()

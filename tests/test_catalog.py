@@ -7,7 +7,7 @@ from farm.catalog import CatalogError, Entry, Where
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
 from tests.helpers import make_job
-from tests.test_manifest import result
+from tests.helpers import result
 
 
 def entry(**params) -> Entry:

@@ -13,8 +13,8 @@ import pytest
 
 from farm import cli, compose, run, schedule
 from farm.finished import Finished
-from farm.manifest import Manifest
-from tests.helpers import farm_command, recipe_folder, run_farm
+from farm.manifest import Manifest, ManifestDamaged
+from tests.helpers import farm_command, manifest_rows, recipe_folder, run_farm
 
 RECIPE = """\
 name: fleet
@@ -25,7 +25,7 @@ size: 64x64
 batch_size: 2
 """
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]  # Ray: the slow loop
 
 
 @pytest.fixture
@@ -44,16 +44,15 @@ def second_checkpoint(tiny, tiny_vae, tmp_path_factory) -> str:
 
 
 def done_hashes(folder: Path) -> dict[str, str]:
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        return dict(db.execute("SELECT id, pixel_hash FROM jobs WHERE status = 'done'"))
+    return {r["id"]: r["pixel_hash"] for r in manifest_rows(folder) if r["status"] == "done"}
 
 
 def done_count(manifest: Path) -> int:
     """Images recorded as done so far (0 while the manifest does not exist yet)."""
     try:
-        with sqlite3.connect(manifest) as db:
-            return db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()[0]
-    except sqlite3.OperationalError:
+        with Manifest(manifest, readonly=True) as reading:
+            return reading.counts()["done"]
+    except (sqlite3.OperationalError, ManifestDamaged):  # not there, or its tables not yet
         return 0
 
 
@@ -162,11 +161,10 @@ def test_a_killed_worker_is_replaced_and_every_job_is_done_once(workdir, capsys)
     assert killed, "the run ended before a worker could be killed"
     assert exit_code == [0]
     folder = workdir / "outputs" / "fleet"
-    with sqlite3.connect(manifest) as db:
-        rows = db.execute("SELECT path, status FROM jobs").fetchall()
+    rows = manifest_rows(folder)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*"))
-    assert len(rows) == 24 and {status for _, status in rows} == {"done"}
-    assert files == sorted(path for path, _ in rows)  # each once, nothing half-written
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"done"}
+    assert files == sorted(r["path"] for r in rows)  # each once, nothing half-written
     assert "Rendered 24 of 24" in capsys.readouterr().out
 
 
@@ -192,7 +190,9 @@ def test_each_checkpoint_is_loaded_once_per_worker(workdir, second_checkpoint):
     settings = compose.compose(["recipe=fleet", f"checkpoint=[tiny,{second_checkpoint}]",
                             "seeds=0-7", "runtime.max_pipelines=1"])
     found = run.resolve_models(settings.recipe)
-    work = run.pending_work(settings.recipe, found, Finished(settings.folder, None))
+    finished = Finished(settings.folder, None)
+    work = run.survey(settings.recipe, settings.folder, found, None).work(settings.recipe, found,
+                                                                          finished)
     backend = run.start_backend(settings.runtime, settings.folder, "affinity")
     try:
         with settings.folder.locked(), Manifest(settings.folder.manifest) as manifest:
@@ -353,10 +353,9 @@ def test_a_resumed_run_loads_each_model_as_few_times_as_it_can(workdir, second_c
             "runtime.max_pipelines=1"]
     assert run_farm("render", *args) == 0
     folder = workdir / "outputs" / "fleet"
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        rows = db.execute("SELECT path, params FROM jobs").fetchall()
-    lost = [path for path, params in rows if json.loads(params)["checkpoint"] == "tiny"][:2] + \
-        [path for path, params in rows if json.loads(params)["checkpoint"] != "tiny"][:10]
+    rows = manifest_rows(folder)
+    lost = [r["path"] for r in rows if r["params"]["checkpoint"] == "tiny"][:2] + \
+        [r["path"] for r in rows if r["params"]["checkpoint"] != "tiny"][:10]
     for path in lost:
         (folder / path).unlink()
     assert run_farm("render", *args) == 0
@@ -383,19 +382,17 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(workdir, runtime):
     assert process.returncode == 143, (process.returncode, err[-2000:])
     assert "Rendered " in out and "terminated; what finished is recorded" in err
     assert "Fatal" not in err and "Segmentation" not in err
-    with sqlite3.connect(manifest) as db:
-        queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
-        recorded = db.execute("SELECT ended_at FROM runs ORDER BY id DESC").fetchone()[0]
+    with Manifest(manifest, readonly=True) as reading:
+        queued, recorded = reading.counts()["queued"], reading.last_run()["ended_at"]
     assert recorded is not None  # the run was closed in the manifest
     done = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     folder = workdir / "outputs" / "fleet"
-    with sqlite3.connect(manifest) as db:
-        rows = db.execute("SELECT path, status FROM jobs").fetchall()
+    rows = manifest_rows(folder)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*"))
-    assert len(rows) == 60 and {s for _, s in rows} == {"done"}
-    assert files == sorted(path for path, _ in rows), queued
+    assert len(rows) == 60 and {r["status"] for r in rows} == {"done"}
+    assert files == sorted(r["path"] for r in rows), queued
 
 
 def test_a_hung_worker_is_replaced_and_every_job_is_done_once(workdir, capsys, monkeypatch):
@@ -418,5 +415,4 @@ def test_a_hung_worker_is_replaced_and_every_job_is_done_once(workdir, capsys, m
     assert actors and exit_code == [0]
     out = capsys.readouterr().out
     assert "Rendered 16 of 16" in out and "Replaced 1 hung worker(s)" in out
-    with sqlite3.connect(manifest) as db:
-        assert {s for s, in db.execute("SELECT status FROM jobs")} == {"done"}
+    assert {r["status"] for r in manifest_rows(manifest.parent)} == {"done"}

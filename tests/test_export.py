@@ -1,6 +1,5 @@
 """farm export: imagefolder, webdataset and parquet, read back with the real readers."""
 
-import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -9,15 +8,13 @@ import pytest
 from PIL import Image
 
 from farm import outputs
-from tests.helpers import run_farm
+from tests.helpers import manifest_rows, run_farm
 
 
 def manifest(folder: Path) -> dict[str, dict]:
     """id -> the manifest's view of each finished image."""
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        rows = db.execute("SELECT id, path, pixel_hash, params FROM jobs WHERE status = 'done'")
-        return {i: {"path": p, "pixel_hash": h, **json.loads(params)}
-                for i, p, h, params in rows}
+    return {r["id"]: {"path": r["path"], "pixel_hash": r["pixel_hash"], **r["params"]}
+            for r in manifest_rows(folder) if r["status"] == "done"}
 
 
 def contents(folder: Path) -> dict[str, bytes]:

@@ -1,35 +1,47 @@
-"""The job-field table: every field reaches everything derived from it; ids never change."""
+"""The job-field table and the recipe keys that set its fields: every row reaches everything
+derived from it (plan, Job, id, infotext, manifest, export columns, replay); ids never change."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
-import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
 
-from farm import fields, outputs
-from farm.fields import FIELDS
-from farm.jobs import Job, Model
-from farm.recipe import STAGE_AXES
-from tests.helpers import make_job, run_farm
+from farm import fields, keys, outputs, plan, replay, run, tiny
+from farm.compose import compose
+from farm.fields import BY_NAME, FIELDS
+from farm.jobs import Job
+from tests.helpers import (GOLDEN_CHECKPOINT, GOLDEN_IDS, make_job, manifest_rows,
+                           run_farm, run_inline)
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 
-RECIPE = """\
-name: every
-prompt:
-  - {text: a red fox, negative: blurry}
-  - a lighthouse
-seeds: 3
-steps: [2, 3]
+# Recipes that between them set every axis to a value other than its default (stages that farm
+# does not combine need recipes of their own)
+COMMON = "size: 64x64\nsteps: 2\nseeds: 3\nbatch_size: 2\ndtype: float32\n"
+WALKS = {
+    "every": """\
+checkpoint: tiny
+vae: tiny-vae
+loras: [{ref: ink, weight: 0.5}]
+prompt: [{text: "a (red:1.2) fox with badhands", negative: blurry}, a hare]
+sampler: dpmpp_2m
+scheduler: karras
 cfg: 6.5
-size: 64x64
 clip_skip: 2
-batch_size: 2
-"""
+emphasis: none
+""" + COMMON,
+    "images": "prompt: a hare\ninit: in.png\ndenoise: 0.5\nresize: crop\n" + COMMON,
+    "hires": "prompt: a hare\nhires: {scale: 1.5, steps: 2, denoise: 0.5}\n" + COMMON,
+    "refiner": "checkpoint: tiny-xl\nprompt: a hare\n"
+               "refiner: {checkpoint: tiny-xl-refiner, switch_at: 0.7}\n" + COMMON,
+}
 
 
 def test_the_job_and_the_table_name_the_same_fields():
@@ -39,66 +51,76 @@ def test_the_job_and_the_table_name_the_same_fields():
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory, farm_cache):
-    root = tmp_path_factory.mktemp("every")
-    (root / "every.yaml").write_text(RECIPE)
-    assert run_farm("render", f"recipe={root / 'every.yaml'}", "runtime=inline",
-                    f"outputs={root / 'out'}") == 0
+def walked(tmp_path_factory, farm_cache):
+    """Each walk recipe rendered (in this process, through run.render)."""
+    root = tmp_path_factory.mktemp("walks")
+    tiny.write_lora("tiny", root / "loras" / "ink.safetensors", "kohya", seed=5)
+    (root / "embeddings").mkdir()
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
+              str(root / "embeddings" / "badhands.safetensors"))
+    noise = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "in.png")
+    for name, text in WALKS.items():
+        (root / f"{name}.yaml").write_text(text)
+        settings = compose([f"recipe={root / name}.yaml", "runtime=inline",
+                            f"outputs={root / 'out'}"])
+        assert run.render(settings).ok, name
     return root
 
 
-def test_every_field_reaches_plan_metadata_manifest_replay_and_exports(rendered, capsys, tiny):
-    folder = rendered / "out" / "every"
-    # 1. farm plan shows each field's axis
+@pytest.mark.parametrize("name", WALKS)
+def test_every_row_walks_from_recipe_to_replay(walked, name, capsys, tmp_path):
+    settings = compose([f"recipe={walked / name}.yaml", "runtime=inline",
+                        f"outputs={walked / 'out'}"])
+    recipe, folder = settings.recipe, walked / "out" / name
+    used = [k for k in keys.AXES if recipe.uses(k.name)]
+    # 1. farm plan shows each axis the recipe uses
     capsys.readouterr()
-    assert run_farm("plan", f"recipe={rendered / 'every.yaml'}", "runtime=inline",
-                    f"outputs={rendered / 'out'}") == 0
+    assert run_inline("plan", f"recipe={walked / name}.yaml", f"outputs={walked / 'out'}") == 0
     shown = capsys.readouterr().out
-    for f in FIELDS:  # embeddings: prompt words; stages: shown when used (tests/test_stages)
-        assert f.axis is None or f.axis in STAGE_AXES or f"  {f.axis} " in shown, f.name
-    # 2. the PNG's farm JSON and 3. the manifest hold every field; 4. replay reads them back
-    image = next(folder.glob("images/*/*.png"))
+    for key in used:
+        assert f"  {key.name} " in shown, key.name
+    # 2. the plan's Jobs are the rendered ones: the same ids, every field recorded alike in
+    #    the image's `farm` JSON and in the manifest, and read back into the same Job
+    planned = {job.id: job for job in plan.jobs(recipe, run.resolve_models(recipe))}
+    rows = {r["id"]: r for r in manifest_rows(folder)}
+    assert set(rows) == set(planned) and len(rows) == recipe.job_count
+    image = folder / next(iter(rows.values()))["path"]
     infotext, meta = outputs.read_metadata(image)
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        (params,), = db.execute("SELECT params FROM jobs WHERE path = ?",
-                                (image.relative_to(folder).as_posix(),))
-    params = json.loads(params)
-    job = Job.from_dict(meta, lambda name, ref, identity: tiny)
-    assert job.id == meta["id"] == params["id"]
-    for f in FIELDS:
-        assert f.name in meta and f.name in params, f.name
-        if f.model:
-            assert f"{f.name}_identity" in meta
-        if f.infotext and getattr(job, f.name) not in (None, "", ()):
-            # A1111 writes Emphasis only for a prompt it would read otherwise (test_prompts.py)
-            assert f.infotext in infotext or f.name in ("height", "prompt", "emphasis"), f.name
-    # 5. the export columns
+    job = planned[meta["id"]]
+    record = job.to_dict()
+    assert replay.job_from(meta, str(image)).id == job.id  # its models found again
+    for key in used:
+        for name_ in key.sets:
+            f = BY_NAME[name_]
+            assert meta[name_] == record[name_] == rows[job.id]["params"][name_], name_
+            # 3. its A1111 infotext keys, where it writes any for this job
+            for label in f.infotext(job):
+                assert f"{label}: " in infotext, (key.name, label)
+    # 4. the export columns
     import pyarrow.parquet as pq
 
-    assert run_farm("export", str(folder), "--format", "parquet", "--to",
-                    str(rendered / "parquet")) == 0
-    names = pq.read_schema(rendered / "parquet" / "manifest-00000-of-00001.parquet").names
-    for f in FIELDS:
-        assert f.name in names, f.name
+    assert run_farm("export", str(folder), "--format", "parquet", "--to", str(tmp_path)) == 0
+    columns = pq.read_schema(tmp_path / "manifest-00000-of-00001.parquet").names
+    for key in used:
+        assert set(key.sets) <= set(columns), key.name
+    # 5. replay renders the image again, the same pixels
+    again, same = replay.replay(image, tmp_path / "again")
+    assert same and again.exists()
 
 
-# Ids computed by farm before the field table existed, for jobs with fixed model identities.
-CHECKPOINT = Model("tiny", "/nowhere", "0f" * 32)
-VAE = Model("tiny-vae", "/nowhere", "a1" * 32)
-BEFORE = [
-    ({}, "f2b120b7654eaccde860f8e5"),
-    ({"vae": VAE}, "e96d6c1b0d7cd0114846f7e6"),
-    ({"prompt": "a fox, ünïcode ✓", "negative": "", "seed": 2**64 - 1},
-     "56199007c1051a4c541e0cf5"),
-    ({"sampler": "dpmpp_2m", "scheduler": "karras", "steps": 30, "cfg": 5.5, "width": 768,
-      "height": 512}, "6e8704b9d48768cecd4bba10"),
-    ({"clip_skip": 2, "dtype": "float16"}, "82619f7a10cc74ddcbc8689c"),
-]
+def test_the_walks_cover_every_axis_and_every_job_field():
+    covered = set()
+    for text in WALKS.values():
+        covered |= {k for k in keys.BY_KEY if f"\n{k}:" in f"\n{text}"}
+    assert {k.name for k in keys.AXES} - {"seeds", "prompt"} <= covered
+    assert set().union(*(keys.BY_KEY[k].sets for k in covered | {"seeds", "prompt", "dtype",
+                                                                   "resize"})) == set(BY_NAME)
 
 
-@pytest.mark.parametrize("changes, expected", BEFORE)
+@pytest.mark.parametrize("changes, expected", GOLDEN_IDS)
 def test_ids_are_the_ones_farm_gave_before(changes, expected):
-    job = make_job(CHECKPOINT, **{"negative": "blurry", "seed": 1, "steps": 4, **changes})
+    job = make_job(GOLDEN_CHECKPOINT, **{"negative": "blurry", "seed": 1, "steps": 4, **changes})
     assert job.id == expected
 
 
@@ -109,8 +131,8 @@ def test_a_run_folder_made_before_resumes_with_nothing_rendered(tmp_path, capsys
     (tmp_path / "outputs").mkdir()
     shutil.copytree(tmp_path / "legacy" / "run", tmp_path / "outputs" / "legacy")
     before = {p.name: p.read_bytes() for p in (tmp_path / "outputs").rglob("*.png")}
-    assert run_farm("render", f"recipe={tmp_path / 'legacy' / 'legacy.yaml'}", "runtime=inline",
-                    f"outputs={tmp_path / 'outputs'}") == 0
+    assert run_inline("render", f"recipe={tmp_path / 'legacy' / 'legacy.yaml'}",
+                      f"outputs={tmp_path / 'outputs'}") == 0
     out = capsys.readouterr().out
     assert "all 12 images are already done" in out
     after = {p.name: p.read_bytes() for p in (tmp_path / "outputs").rglob("*.png")}

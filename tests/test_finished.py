@@ -7,7 +7,7 @@ from farm.finished import Finished
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
 from tests.helpers import make_job
-from tests.test_manifest import CKPT, result
+from tests.helpers import CKPT, result
 
 
 @pytest.mark.parametrize("whole", [0, 1000])

@@ -1,14 +1,6 @@
-from farm.jobs import Model, Result
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
-from tests.helpers import make_job
-
-CKPT = Model(ref="tiny", path="/nowhere", identity="a" * 64)
-
-
-def result(job, path, ok=True):
-    return Result(job_id=job.id, path=path, pixel_hash="f" * 64 if ok else None, seconds=0.5,
-                  batch_size=2, position=0, worker="w", error=None if ok else "boom")
+from tests.helpers import CKPT, make_job, result
 
 
 def test_claim_fixes_paths_once_and_record_marks_done(tmp_path):

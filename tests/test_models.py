@@ -5,6 +5,7 @@ import pytest
 
 from farm import models
 from farm.models import ModelError
+from tests.helpers import fake_hub_cache
 
 
 def test_tiny_resolves_to_its_folder_and_content_hash(tiny):
@@ -45,16 +46,6 @@ def test_a_folder_that_is_not_a_diffusers_model_is_refused(tmp_path):
 def test_a_checkpoint_folder_can_serve_as_vae(tiny):
     vae = models.resolve(tiny.path, "vae")
     assert vae.identity == tiny.identity
-
-
-def fake_hub_cache(tmp_path, source, repo="org/tiny-sd", commit="0123456789abcdef" * 2 + "0" * 8):
-    """A Hugging Face cache holding one repo, laid out the way huggingface_hub writes it."""
-    cache = tmp_path / "hub"
-    repo_dir = cache / f"models--{repo.replace('/', '--')}"
-    shutil.copytree(source, repo_dir / "snapshots" / commit)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    return cache, commit
 
 
 def test_hub_ids_load_offline_from_the_local_cache(tiny, tmp_path, monkeypatch):

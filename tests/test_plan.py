@@ -5,16 +5,17 @@ import pytest
 from tests.helpers import planned
 from farm import plan
 from farm.jobs import Batch, Model, Slot
-from farm.recipe import parse
+from tests.helpers import CKPT
+from tests.helpers import recipe as one_recipe
 
-CKPT = Model(ref="tiny", path="/nowhere", identity="a" * 64)
 OTHER = Model(ref="other", path="/elsewhere", identity="b" * 64)
 MODELS = {"tiny": CKPT, "other": OTHER}
 
 
 def recipe(**fields):
-    return parse({"prompt": ["a cat", {"text": "a dog", "negative": "ugly"}], "seeds": "0-2",
-                  "negative": "blurry", **fields}, source="test")
+    """Two prompts (one with its own negative) and three seeds, and these fields."""
+    return one_recipe(**{"prompt": ["a cat", {"text": "a dog", "negative": "ugly"}],
+                         "seeds": "0-2", "negative": "blurry", **fields})
 
 
 def test_job_count_is_the_product_of_axes():

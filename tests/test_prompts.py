@@ -5,16 +5,8 @@ import json
 import pytest
 
 from tests.helpers import planned
-from farm.jobs import Model
-from farm.recipe import RecipeError, parse
-
-CKPT = Model(ref="tiny", path="/nowhere", identity="a" * 64)
-
-
-def recipe(tmp_path=None, **fields):
-    from pathlib import Path
-
-    return parse({"seeds": 0, **fields}, source="test", base=tmp_path or Path("."))
+from farm.recipe import RecipeError
+from tests.helpers import CKPT, recipe
 
 
 def rows(r):
@@ -137,12 +129,14 @@ r = parse({"prompt": "a {a} and a {b}", "vars": {"a": [f"a{i}" for i in range(10
                                                 "b": [f"b{i}" for i in range(1000)]}},
           source="million")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-count = sum(1 for job in planned(r, {"tiny": Model("tiny", "/nowhere", "a" * 64)}) if job.id)
+models = {"tiny": Model("tiny", "/nowhere", "a" * 64)}
+count = sum(1 for job in plan.jobs(r, plan.Resolved.given(r, models)) if job.id)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(r.job_count, count, (after - before) // 1024, "torch" in sys.modules)
 """
 
 
+@pytest.mark.slow
 def test_a_million_jobs_plan_in_bounded_memory():
     """Measured in a fresh process: peak resident memory grows by less than 32 MiB while a
     million jobs (with their ids) are planned; a list of them would take about a GiB."""

@@ -3,10 +3,7 @@ import itertools
 import pytest
 
 from farm.recipe import Prompt, RecipeError, parse
-
-
-def recipe(**fields):
-    return parse({"prompt": "a cat", **fields}, source="test")
+from tests.helpers import recipe
 
 
 def test_defaults_and_scalars_become_one_value_axes():

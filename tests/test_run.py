@@ -10,23 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import recipe_folder
+from tests.helpers import manifest_rows as rows
+from tests.helpers import recipe_folder, render
 from tests.helpers import run_farm as run_farm_default
-
-
-def run_farm(*args: str) -> int:
-    """The command line with the in-process runtime: these tests are not about Ray."""
-    return run_farm_default(args[0], "runtime=inline", *args[1:])
-
-
-def rows(folder: Path) -> list[dict]:
-    """The manifest's rows, params decoded."""
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        db.row_factory = sqlite3.Row
-        found = [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY seq")]
-    for row in found:
-        row["params"] = json.loads(row["params"])
-    return found
+from tests.helpers import run_inline as run_farm
 
 
 BASE = "steps: 2\nsize: 64x64\n"
@@ -51,7 +38,7 @@ def test_zip_keeps_every_prompt_file_row_and_its_own_seed(tmp_path, monkeypatch,
     (tmp_path / "rows.csv").write_text("prompt,seed\na cat,5\na dog,\nan owl,7\n")
     assert run_farm("plan", "recipe=r") == 0
     assert "jobs: 3 " in capsys.readouterr().out
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     made = {(r["params"]["prompt"], r["params"]["seed"]) for r in rows(tmp_path / "outputs" / "r")}
     # a row's own seed wins; a row without one takes the seed it is zipped with
     assert made == {("a cat", 5), ("a dog", 11), ("an owl", 7)}
@@ -100,7 +87,7 @@ def test_verify_replay_and_repair_are_bit_exact_at_every_position(tmp_path, monk
     assert "the same pixels as" in capsys.readouterr().out
     for r in made:  # deleted by hand: each comes back with the pixels it had
         (folder / r["path"]).unlink()
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     assert {r["path"]: (r["pixel_hash"], r["position"]) for r in rows(folder)} == \
         {r["path"]: (r["pixel_hash"], r["position"]) for r in made}
 
@@ -110,7 +97,7 @@ def test_verify_replay_and_repair_are_bit_exact_at_every_position(tmp_path, monk
 def test_the_recipe_negative_is_a_template_too(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, 'a {big|small} {red|green} ball']\n"
                   "negative: '{red|green} cast, {{literal}}'\n" + BASE)
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     made = {(r["params"]["prompt"], r["params"]["negative"]) for r in rows(tmp_path / "outputs"
                                                                            / "r")}
     assert made == {("a cat", "red cast, {literal}"), ("a cat", "green cast, {literal}"),
@@ -125,7 +112,7 @@ def test_a_slot_shared_by_prompt_and_negative_takes_one_value(tmp_path, monkeypa
                   "negative: '{red|green} cast'}\n" + BASE)
     assert run_farm("plan", "recipe=r") == 0
     assert "jobs: 4 " in capsys.readouterr().out
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     for r in rows(tmp_path / "outputs" / "r"):
         colour = r["params"]["values"]["{red|green}"]
         assert colour in r["params"]["prompt"] and r["params"]["negative"] == f"{colour} cast"
@@ -156,7 +143,7 @@ def test_a_literal_dollar_survives_and_fields_may_refer_to_fields(tmp_path, monk
                                                                    capsys):
     recipe_folder(tmp_path, monkeypatch, r="name: foxes-${steps}\n"
                   "prompt: 'a $5 fox, costs \\${{price}}, ${size}'\n" + BASE)
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     (row,) = rows(tmp_path / "outputs" / "foxes-2")
     assert row["params"]["prompt"] == "a $5 fox, costs ${price}, 64x64"
 
@@ -236,7 +223,7 @@ def test_bad_prompt_files_are_named(tmp_path, monkeypatch, capsys, name, data, w
 def test_excel_csv_and_spaced_headers_are_read(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: {file: ../p.csv}\nseeds: 0-4\n" + BASE)
     (tmp_path / "p.csv").write_bytes("\ufeffprompt, seed\nun café, 3\n".encode("utf-8"))
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     (row,) = rows(tmp_path / "outputs" / "r")
     assert (row["params"]["prompt"], row["params"]["seed"]) == ("un café", 3)
 
@@ -255,14 +242,14 @@ def test_a_repeated_txt_line_is_rendered_once(tmp_path, monkeypatch, capsys):
 def test_two_grids_on_the_same_axes_keep_both_sheets(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-1\ncfg: [5, 7]\n"
                   "grids: [{x: cfg, y: seed}, {x: cfg, y: seed, where: [seed=0]}]\n" + BASE)
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     sheets = sorted(p.name for p in (tmp_path / "outputs" / "r" / "grids").glob("*.png"))
     assert sheets == ["grid1-cfg-seed.png", "grid2-cfg-seed.png"]
 
 
 def test_images_of_another_dtype_get_their_own_sheet(tmp_path, monkeypatch, capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: a cat\nseeds: 0-1\ncfg: [5, 7]\n" + BASE)
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     assert run_farm("render", "recipe=r", "dtype=float32") == 0
     folder = tmp_path / "outputs" / "r"
     capsys.readouterr()
@@ -480,9 +467,9 @@ def test_images_the_driver_or_a_pool_writes_are_the_images_a_worker_writes(tmp_p
                                                                           capsys):
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-1\nbatch_size: 2\n"
                   "format: webp\n" + BASE)
-    assert run_farm("render", "recipe=r", "outputs=shared") == 0
-    assert run_farm("render", "recipe=r", "runtime.outputs=driver", "outputs=driven") == 0
-    assert run_farm("render", "recipe=r", "runtime.encode_threads=3", "outputs=pooled") == 0
+    assert render("recipe=r", "outputs=shared").ok
+    assert render("recipe=r", "runtime.outputs=driver", "outputs=driven").ok
+    assert render("recipe=r", "runtime.encode_threads=3", "outputs=pooled").ok
     shared = tmp_path / "shared" / "r"
     names = sorted(p.relative_to(shared) for p in shared.glob("images/*/*"))
     assert len(names) == 8
@@ -516,13 +503,14 @@ def test_a_manifest_on_a_full_disk_stops_the_run_cleanly_and_it_resumes(tmp_path
     folder = tmp_path / "outputs" / "r"
     assert not list(folder.rglob("*.partial"))
     monkeypatch.setattr(manifests.Manifest, "__init__", real_init)  # room again
-    assert run_farm("render", "recipe=r") == 0
+    assert render("recipe=r").ok
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("images/*/*.png"))
     made = rows(folder)
     assert len(made) == 40 and {r["status"] for r in made} == {"done"}
     assert files == sorted(r["path"] for r in made)
 
 
+@pytest.mark.slow
 def test_a_second_writer_the_lock_misses_is_refused(tmp_path, monkeypatch, capsys):
     """Two renders on one run folder from machines whose file locks do not see each other
     (some NFS): the second, with the lock made blind here, is refused by the manifest while
@@ -553,12 +541,12 @@ def test_a_second_writer_the_lock_misses_is_refused(tmp_path, monkeypatch, capsy
     assert f"another farm render, on {socket.gethostname()} (pid {first.pid})" in err
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == 143
-    assert run_farm("render", "recipe=r", "runtime=inline") == 0
+    assert render("recipe=r", "runtime=inline").ok
     assert {r["status"] for r in rows(manifest.parent)} == {"done"}
     # a claim left by a writer that stopped answering a while ago does not block
     with sqlite3.connect(manifest) as db:
         db.execute("INSERT INTO writer VALUES (1, 'elsewhere', 1, ?)", (time.time() - 3600,))
-    assert run_farm("render", "recipe=r", "runtime=inline", "seeds=0-40") == 0
+    assert render("recipe=r", "runtime=inline", "seeds=0-40").ok
 
 
 def test_a_call_out_of_gpu_memory_is_split_and_nothing_fails(tmp_path, monkeypatch, capsys):
@@ -567,9 +555,9 @@ def test_a_call_out_of_gpu_memory_is_split_and_nothing_fails(tmp_path, monkeypat
     image records the call size it was rendered in."""
     import torch
 
-    from farm import render
+    from farm import render as rendering
 
-    real, sizes = render.render, []
+    real, sizes = rendering.render, []
 
     def small_gpu(pipe, batch, config, *encoding):
         sizes.append(len(batch.shape))
@@ -577,7 +565,7 @@ def test_a_call_out_of_gpu_memory_is_split_and_nothing_fails(tmp_path, monkeypat
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(pipe, batch, config, *encoding)
 
-    monkeypatch.setattr(render, "render", small_gpu)
+    monkeypatch.setattr(rendering, "render", small_gpu)
     recipe_folder(tmp_path, monkeypatch, r="prompt: [a cat, a dog]\nseeds: 0-4\nbatch_size: 4\n"
                   + BASE)
     assert run_farm("render", "recipe=r") == 0
@@ -588,7 +576,7 @@ def test_a_call_out_of_gpu_memory_is_split_and_nothing_fails(tmp_path, monkeypat
     first_fit = sizes.index(2)
     assert 1 <= sizes.count(4) <= 2 and set(sizes[first_fit:]) == {2}
     # the images are those a batch_size 2 run renders
-    monkeypatch.setattr(render, "render", real)
-    assert run_farm("render", "recipe=r", "batch_size=2", "outputs=two") == 0
+    monkeypatch.setattr(rendering, "render", real)
+    assert render("recipe=r", "batch_size=2", "outputs=two").ok
     two = {r["id"]: r["pixel_hash"] for r in rows(tmp_path / "two" / "r")}
     assert two == {r["id"]: r["pixel_hash"] for r in made}

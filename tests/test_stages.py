@@ -11,13 +11,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import planned
 from farm import inputs, models, outputs, samplers
 from farm import recipe as recipes
 from farm.jobs import Batch, Hires, Model
 from farm.render import schedule_length
 from farm.worker import Device, Worker
-from tests.helpers import make_job, run_farm
+from tests.helpers import GOLDEN_CHECKPOINT, GOLDEN_IDS, make_job, planned, run_farm
 
 
 def noise_image(path: Path, width: int, height: int, seed: int) -> Path:
@@ -404,12 +403,10 @@ def test_a_refiner_recipe_writes_a1111_keys_and_plans_by_switch(tmp_path, capsys
 def test_stage_fields_leave_old_ids_alone_and_enter_the_id_when_set():
     """A text-to-image job keeps the id farm gave it before stages existed (tests/test_fields.py
     holds those ids); each stage field, once set, makes another job."""
-    from tests.test_fields import BEFORE, CHECKPOINT
-
     def job(**fields):
-        return make_job(CHECKPOINT, negative="blurry", seed=1, steps=4, **fields)
+        return make_job(GOLDEN_CHECKPOINT, negative="blurry", seed=1, steps=4, **fields)
 
-    assert job().id == BEFORE[0][1]
+    assert job().id == GOLDEN_IDS[0][1]
     image = Model("in.png", "/nowhere/in.png", "ab" * 32)
     refiner = Model("tiny-xl-refiner", "/nowhere", "cd" * 32)
     staged = [job(init=image, denoise=0.5, resize="crop"),

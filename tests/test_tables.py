@@ -4,14 +4,13 @@ after the run grew; read back with `datasets`, `pyarrow` and `webdataset`."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import yaml
 from PIL import Image
 
 from farm import outputs
-from tests.helpers import recipe_folder, run_farm
+from tests.helpers import manifest_rows, recipe_folder, run_farm
 
 RECIPE = """\
 prompt: 'a {animal} at dusk'
@@ -25,9 +24,8 @@ batch_size: 3
 
 
 def done(folder: Path) -> dict[str, dict]:
-    with sqlite3.connect(folder / "manifest.sqlite") as db:
-        rows = db.execute("SELECT id, pixel_hash, params FROM jobs WHERE status = 'done'")
-        return {i: {"pixel_hash": h, **json.loads(p)} for i, h, p in rows}
+    return {r["id"]: {"pixel_hash": r["pixel_hash"], **r["params"]}
+            for r in manifest_rows(folder) if r["status"] == "done"}
 
 
 def shards(to: Path) -> dict[str, tuple[int, int]]:

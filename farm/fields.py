@@ -31,7 +31,7 @@ CHECKPOINT, VAE, REFINER, INPUT = "checkpoint", "vae", "refiner", "input"
 Find = Callable[..., Model]  # (field, ref, identity[, path]) -> the Model found on this machine
 
 
-# 1. codecs: a value as the id sees it, as the `farm` JSON records it, and back ----------------------
+# 1. codecs: a value as the id sees it, as the `farm` JSON records it, and back --------------------
 
 @dataclass(frozen=True)
 class Codec:
@@ -73,7 +73,7 @@ HIRES = Codec(  # hashable: a batch's jobs are compared by it
     lambda name, r, find: Hires(**r[name]) if r.get(name) else None)
 
 
-# 2. AUTOMATIC1111's infotext: each field writes its own keys ---------------------------------------
+# 2. AUTOMATIC1111's infotext: each field writes its own keys --------------------------------------
 
 def _quoted(items) -> str:
     """A1111's quoting of a value that holds commas: JSON string syntax."""
@@ -126,7 +126,7 @@ def _shown_hires(value: dict | None) -> str:
     return f"{upscale} {value['upscaler']}{steps}, denoise {value['denoise']:g}"
 
 
-# 3. the table ------------------------------------------------------------------------------------
+# 3. the table -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class JobField:

@@ -29,21 +29,26 @@ class Finished:
         noticed (and skipped) by Manifest.claim, as a job the plan reaches twice."""
         self.folder, self.manifest, self.run_id = folder, manifest, run_id
         self._listings: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._shard, self._names = None, frozenset()  # the listing looked at last
         self._rows = manifest.lookup() if manifest and manifest.size() <= WHOLE else None
 
     def mark(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, str, Seen | None]]:
         """Each job with its state (done, failed the last time it was tried, or pending) and
         its manifest row, if it has one."""
-        jobs = iter(jobs)
+        jobs, present, run_id = iter(jobs), self._present, self.run_id
         while chunk := list(islice(jobs, CHUNK)):
             found = (self._rows if self._rows is not None else
                      self.manifest.lookup([job.id for job in chunk]) if self.manifest else {})
             for job in chunk:
                 seen = found.get(job.id)
-                status = "pending" if seen is None else seen.status
-                if status == "done" and (self.run_id is not None and seen.claimed_run == self.run_id
-                                         or not self._present(seen.path)):
-                    status = "pending"
+                if seen is None:
+                    yield job, "pending", None
+                    continue
+                status = seen.status
+                if status == "done":
+                    if run_id is not None and seen.claimed_run == run_id \
+                            or not present(seen.path):
+                        status = "pending"
                 elif status == "queued":
                     status = "pending"
                 yield job, status, seen
@@ -60,8 +65,14 @@ class Finished:
         return all(status == "done" for _, status, _ in self.mark(jobs))
 
     def _present(self, path: str) -> bool:
-        """One directory listing per image folder, not a stat per file."""
+        """One directory listing per image folder, not a stat per file (a plan's jobs mostly
+        come a folder at a time)."""
         shard, _, name = path.rpartition("/")
+        if shard != self._shard:
+            self._shard, self._names = shard, self._listing(shard)
+        return name in self._names
+
+    def _listing(self, shard: str) -> frozenset[str]:
         if shard in self._listings:
             self._listings.move_to_end(shard)
         else:
@@ -73,4 +84,4 @@ class Finished:
             self._listings[shard] = names
             if len(self._listings) > LISTINGS:
                 self._listings.popitem(last=False)
-        return name in self._listings[shard]
+        return self._listings[shard]

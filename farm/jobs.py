@@ -162,10 +162,14 @@ def _settings_digest(batch_key: tuple[tuple[str, Any], ...]):
 
 
 def _check_table() -> None:
-    """The Job's attributes and the field table must name the same fields."""
+    """The Job's attributes and the field table must name the same fields, and the Loadout's
+    the load fields."""
     names = [f.name for f in dataclass_fields(Job) if f.name != "context"]
     if sorted(names) != sorted(BY_NAME):
         raise TypeError(f"Job fields {names} differ from farm/fields.py's {list(BY_NAME)}")
+    loaded = [f.name for f in dataclass_fields(Loadout)]
+    if loaded != [f.name for f in LOAD_FIELDS]:
+        raise TypeError(f"Loadout fields {loaded} differ from the load fields of farm/fields.py")
 
 
 _check_table()

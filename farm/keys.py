@@ -97,6 +97,7 @@ class Key:
     kind: type = str  # how a CSV cell reads, before the check
     stage: bool = False  # an optional stage: (None,) unless the recipe sets it
     loads: Callable[[Any], str | None] | None = None  # a load axis value's model reference
+    loads_from: str | None = None  # where a recipe writes that reference, if not at the key
     show: Callable[[Any], str] | None = None  # one value as `farm plan` lists it
     summary: Callable[[Mapping[str, Any]], str] | None = None  # or the whole axis, in short
     # a streamed axis: its values from the recipe's (prompt rows, seeds), never held at once
@@ -132,7 +133,7 @@ def _shown(value: Any) -> str:
     return "(none)" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-# 1. parses: (context, key, value) -> the checked value ------------------------------------------------
+# 1. parses: (context, key, value) -> the checked value --------------------------------------------
 
 def listed(ctx: Context, name: str, value: Any, item: Callable[[str, Any], Any]) -> tuple:
     """A scalar or a list: either way a non-empty tuple of items, each made by item(where,
@@ -501,7 +502,7 @@ def _caption(ctx: Context, name: str, value: Any) -> str | None:
     return template
 
 
-# 2. applies: one value -> the Job fields it sets ----------------------------------------------------
+# 2. applies: one value -> the Job fields it sets --------------------------------------------------
 
 def _set(*names: str) -> Apply:
     """A value that is the Job field itself (or, for several, a tuple of them)."""
@@ -632,7 +633,7 @@ KEYS: tuple[Key, ...] = (
     Key("vae", None, LOAD, ("vae",), _model("vae"), checks.optional_model_ref,
         loads=lambda ref: ref, show=lambda v: v or "(checkpoint's own)"),
     Key("refiner", None, LOAD, ("refiner", "switch_at"), _apply_refiner, parse=_refiner,
-        stage=True, loads=lambda value: value and value[0],
+        stage=True, loads=lambda value: value and value[0], loads_from="refiner.checkpoint",
         show=lambda v: f"{v[0]} at {v[1]:g}" if v else "(none)"),
     Key("loras", [], BATCH, ("loras",), _apply_loras, parse=_lora_sets,
         show=lambda s: " + ".join(f"{ref}:{weight:g}" for ref, weight in s) or "(none)"),

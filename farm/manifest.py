@@ -105,6 +105,16 @@ UNWRITABLE = ("disk is full", "readonly database", "disk I/O error")
 
 
 class Manifest:
+    """A run folder's SQLite manifest, and all the SQL that reads or writes it.
+
+    One row per job (its id, the file path it was given, its status queued / done / failed,
+    its pixel hash, attempts, error, the batch size and position it was rendered at, and its
+    `params`: the job's `farm` record), one per run (the composed recipe, counts, times), and
+    the writer's claim. The driver is its only writer; readers (status, exports, grids) open
+    it read-only while a render goes on (WAL). Everything it holds can be rebuilt from the
+    images (farm rebuild).
+    """
+
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         try:

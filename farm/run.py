@@ -42,7 +42,7 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
     found: dict[str, Model] = {}
     for key, refs in recipes.loaded_refs(recipe).items():
         source = BY_NAME[BY_KEY[key].sets[0]].source
-        label = "refiner.checkpoint" if key == "refiner" else key
+        label = BY_KEY[key].loads_from or key
         seen: dict[str, str] = {}
         for ref in (r for r in refs if r is not None):
             if ref not in found:

@@ -187,7 +187,15 @@ class Backend(Protocol):
 
 
 class Dispatcher:
-    """Hands batches to workers with model affinity, retries, records, counts."""
+    """The driver's loop: hands batches to workers, records what comes back, retries.
+
+    Each worker takes batches of one loadout for as long as it has work (model affinity: a
+    worker switches only when its group runs out, or when joining a bigger group pays for the
+    load); every batch's jobs are claimed in the manifest (their paths fixed) before it is
+    submitted, and recorded when its results arrive, the files already in place. A failed job
+    is tried again up to runtime.max_attempts; a lost worker's batches go back to the queue; a
+    batch that runs out of memory is split; a hung worker is replaced where the backend can.
+    """
 
     def __init__(self, backend: Backend, work: list[Work], folder: RunFolder,
                  manifest: Manifest, run_id: int, runtime: Runtime, summary: Summary,

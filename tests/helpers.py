@@ -44,6 +44,24 @@ def result(job: Job, path: str, ok: bool = True) -> Result:
                   batch_size=2, position=0, worker="w", error=None if ok else "boom")
 
 
+def rendered_images(worker, jobs, tag: str = "x") -> list:
+    """Render jobs on a Worker as one batch; the decoded images, checked against the pixel
+    hashes the worker reported."""
+    import numpy as np
+    from PIL import Image
+
+    from farm.jobs import Batch
+    from farm.outputs import pixel_hash
+
+    paths = tuple(f"images/00000/{tag}-{i}-{job.id}.png" for i, job in enumerate(jobs))
+    results = worker.render(Batch(tuple(jobs), paths))
+    assert all(r.ok for r in results), [r.error for r in results]
+    images = [np.asarray(Image.open(worker.folder.root / r.path)) for r in results]
+    for r, image in zip(results, images):
+        assert pixel_hash(Image.fromarray(image)) == r.pixel_hash
+    return images
+
+
 def recipe(base: Path | None = None, **fields):
     """A recipe of these fields (a prompt by default), checked as a recipe file is; prompt
     files and wildcards are read from `base`."""

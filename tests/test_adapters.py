@@ -6,13 +6,12 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from farm import adapters, models, outputs, tiny
-from farm.jobs import Batch, Lora
+from farm.jobs import Lora
 from farm.worker import Device, Worker
-from tests.helpers import make_job, manifest_rows, run_farm
+from tests.helpers import make_job, manifest_rows, rendered_images, run_farm
 
 
 def a1111_hash(path) -> str:
@@ -39,9 +38,7 @@ def worker(tmp_path_factory):
 
 
 def pixels(worker, job, tag):
-    result, = worker.render(Batch((job,), (f"images/00000/{tag}.png",)))
-    assert result.ok, result.error
-    return np.asarray(Image.open(worker.folder.absolute(result.path)))
+    return rendered_images(worker, [job], tag)[0]
 
 
 def lora(path, weight=1.0):

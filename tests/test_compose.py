@@ -36,8 +36,8 @@ def team(tmp_path, monkeypatch):
 def test_groups_merge_at_the_top_level_in_order(team):
     s = compose(["recipe=foxes"])
     r = s.recipe
-    assert (r.name, r["size"], r["clip_skip"], r["steps"], r["cfg"]) == ("foxes-64x64", ((64, 64),), (2,),
-                                                             (2,), (5.0,))
+    assert (r.name, r["size"], r["clip_skip"], r["steps"], r["cfg"]) == (
+        "foxes-64x64", ((64, 64),), (2,), (2,), (5.0,))
     record = yaml.safe_load(s.resolved)
     assert record["choices"] == {"models": "small", "quality": "draft", "runtime": "ray"}
 
@@ -81,7 +81,8 @@ def test_config_dir_comes_first_then_conf_then_farms_own(team, tmp_path_factory)
     assert compose(["recipe=foxes"], config_dir=other).recipe["steps"] == (11,)
     assert compose(["recipe=foxes"]).recipe["steps"] == (2,)
     # farm's own groups are there too, last
-    assert compose(["recipe=foxes", "+prompts=animals"]).recipe["negative"] == "blurry, lowres, text"
+    animals = compose(["recipe=foxes", "+prompts=animals"]).recipe
+    assert animals["negative"] == "blurry, lowres, text"
     assert {p.name for p in (examples("conf") / "models").glob("*.yaml")} >= {"sd15.yaml",
                                                                                "sdxl.yaml"}
 

@@ -6,45 +6,46 @@ from tests.helpers import planned
 from farm import plan
 from farm.jobs import Batch, Model, Slot
 from tests.helpers import CKPT
-from tests.helpers import recipe as one_recipe
+from tests.helpers import recipe
 
 OTHER = Model(ref="other", path="/elsewhere", identity="b" * 64)
 MODELS = {"tiny": CKPT, "other": OTHER}
 
 
-def recipe(**fields):
+def two_prompts(**fields):
     """Two prompts (one with its own negative) and three seeds, and these fields."""
-    return one_recipe(**{"prompt": ["a cat", {"text": "a dog", "negative": "ugly"}],
+    return recipe(**{"prompt": ["a cat", {"text": "a dog", "negative": "ugly"}],
                          "seeds": "0-2", "negative": "blurry", **fields})
 
 
 def test_job_count_is_the_product_of_axes():
-    r = recipe(checkpoint=["tiny", "other"], steps=[4, 8], size=["64x64", "128x128"])
+    r = two_prompts(checkpoint=["tiny", "other"], steps=[4, 8], size=["64x64", "128x128"])
     jobs = list(planned(r, MODELS))
     assert len(jobs) == r.job_count == 2 * 2 * 2 * 2 * 3
     assert len({job.id for job in jobs}) == len(jobs)
 
 
 def test_negative_defaults_and_per_prompt_overrides():
-    jobs = list(planned(recipe(), MODELS))
+    jobs = list(planned(two_prompts(), MODELS))
     assert {(j.prompt, j.negative) for j in jobs} == {("a cat", "blurry"), ("a dog", "ugly")}
 
 
 def test_same_recipe_same_ids_in_the_same_order():
-    first = [j.id for j in planned(recipe(), MODELS)]
-    again = [j.id for j in planned(recipe(), MODELS)]
+    first = [j.id for j in planned(two_prompts(), MODELS)]
+    again = [j.id for j in planned(two_prompts(), MODELS)]
     assert first == again
 
 
 def test_batch_size_does_not_change_ids():
-    one = {j.id for j in planned(recipe(batch_size=1), MODELS)}
-    four = {j.id for j in planned(recipe(batch_size=4), MODELS)}
+    one = {j.id for j in planned(two_prompts(batch_size=1), MODELS)}
+    four = {j.id for j in planned(two_prompts(batch_size=4), MODELS)}
     assert one == four
 
 
 def test_model_path_and_spelling_do_not_change_ids():
     moved = {"tiny": dataclasses.replace(CKPT, path="/moved", ref="./tiny")}
-    assert [j.id for j in planned(recipe(), MODELS)] == [j.id for j in planned(recipe(), moved)]
+    ids = [j.id for j in planned(two_prompts(), MODELS)]
+    assert ids == [j.id for j in planned(two_prompts(), moved)]
 
 
 @pytest.mark.parametrize("field, value", [
@@ -53,18 +54,18 @@ def test_model_path_and_spelling_do_not_change_ids():
     ("width", 72), ("height", 72),
 ])
 def test_every_pixel_affecting_field_changes_the_id(field, value):
-    job = next(planned(recipe(), MODELS))
+    job = next(planned(two_prompts(), MODELS))
     assert dataclasses.replace(job, **{field: value}).id != job.id
 
 
 def test_alias_spellings_give_the_same_ids():
-    a = [j.id for j in planned(recipe(sampler="Euler a", cfg=7), MODELS)]
-    b = [j.id for j in planned(recipe(sampler="euler_ancestral", cfg=7.0), MODELS)]
+    a = [j.id for j in planned(two_prompts(sampler="Euler a", cfg=7), MODELS)]
+    b = [j.id for j in planned(two_prompts(sampler="euler_ancestral", cfg=7.0), MODELS)]
     assert a == b
 
 
 def test_batches_share_one_pipeline_call_and_respect_the_size():
-    r = recipe(steps=[4, 8], batch_size=4)  # 6 jobs per steps value
+    r = two_prompts(steps=[4, 8], batch_size=4)  # 6 jobs per steps value
     batches = list(plan.batches(((j, None) for j in planned(r, MODELS)), r["batch_size"]))
     assert [len(b.jobs) for b in batches] == [4, 2, 4, 2]
     assert all(len(b.shape) == 4 for b in batches)  # every call padded to the batch size
@@ -74,20 +75,20 @@ def test_batches_share_one_pipeline_call_and_respect_the_size():
 
 
 def test_batches_mix_prompts_and_seeds():
-    r = recipe(batch_size=6)
+    r = two_prompts(batch_size=6)
     (batch,) = list(plan.batches(((j, None) for j in planned(r, MODELS)), r["batch_size"]))
     assert {j.prompt for j in batch.jobs} == {"a cat", "a dog"}
     assert {j.seed for j in batch.jobs} == {0, 1, 2}
 
 
 def test_expensive_switches_change_least_often():
-    r = recipe(checkpoint=["tiny", "other"], size=["64x64", "128x128"], steps=[4, 8])
+    r = two_prompts(checkpoint=["tiny", "other"], size=["64x64", "128x128"], steps=[4, 8])
     keys = [j.checkpoint.ref for j in planned(r, MODELS)]
     assert keys == ["tiny"] * (len(keys) // 2) + ["other"] * (len(keys) // 2)
 
 
 def test_batches_of_what_is_left_keep_the_plan_order():
-    r = recipe(batch_size=4)
+    r = two_prompts(batch_size=4)
     jobs = list(planned(r, MODELS))
     done = {jobs[0].id, jobs[3].id}
     groups = list(plan.batches(((j, None) for j in planned(r, MODELS) if j.id not in done), 4))
@@ -96,7 +97,7 @@ def test_batches_of_what_is_left_keep_the_plan_order():
 
 
 def test_jobs_rendered_before_go_back_to_their_slots():
-    r = recipe(batch_size=4)
+    r = two_prompts(batch_size=4)
     jobs = list(planned(r, MODELS))
     slots = {jobs[1].id: Slot(4, 1), jobs[2].id: Slot(4, 3), jobs[4].id: Slot(4, 1),
              jobs[5].id: Slot(2, 0)}
@@ -111,13 +112,13 @@ def test_jobs_rendered_before_go_back_to_their_slots():
 
 
 def test_a_batch_refuses_jobs_that_cannot_share_a_call():
-    a, b = list(planned(recipe(steps=[4, 8]), MODELS))[::6][:2]
+    a, b = list(planned(two_prompts(steps=[4, 8]), MODELS))[::6][:2]
     with pytest.raises(ValueError, match="cannot share"):
         Batch((a, b))
 
 
 def test_planning_streams():
-    r = recipe(seeds={"start": 0, "count": 10**9})
+    r = two_prompts(seeds={"start": 0, "count": 10**9})
     stream = planned(r, MODELS)
     first = [next(stream) for _ in range(3)]
     assert [j.seed for j in first] == [0, 1, 2]

@@ -16,7 +16,8 @@ from farm import recipe as recipes
 from farm.jobs import Batch, Hires, Model
 from farm.render import schedule_length
 from farm.worker import Device, Worker
-from tests.helpers import GOLDEN_CHECKPOINT, GOLDEN_IDS, make_job, planned, run_farm
+from tests.helpers import (GOLDEN_CHECKPOINT, GOLDEN_IDS, make_job, planned, rendered_images,
+                           run_farm)
 
 
 def noise_image(path: Path, width: int, height: int, seed: int) -> Path:
@@ -40,13 +41,6 @@ def photos(tmp_path_factory) -> Path:
     noise_image(folder / "deeper" / "c.png", 64, 64, 3)
     noise_image(folder / ".thumbs" / "d.png", 64, 64, 4)
     return folder
-
-
-def render(worker, jobs, tag):
-    paths = tuple(f"images/00000/{tag}-{i}-{job.id}.png" for i, job in enumerate(jobs))
-    results = worker.render(Batch(tuple(jobs), paths))
-    assert all(r.ok for r in results), [r.error for r in results]
-    return [np.asarray(Image.open(worker.folder.root / r.path)) for r in results]
 
 
 # 1. where inputs come from, and what they are --------------------------------------------------
@@ -151,8 +145,8 @@ def test_img2img_is_batch_invariant_for_every_sampler_family(worker, tiny, photo
     found = list(inputs.identify(inputs.listed(str(photos), Path("."))))
     jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}", sampler=sampler, steps=6,
                      init=found[s], denoise=0.6, resize="crop") for s in range(3)]
-    together = render(worker, jobs, f"i2i-{sampler}")
-    alone, = render(worker, [jobs[1]], f"i2i-{sampler}-alone")
+    together = rendered_images(worker, jobs, f"i2i-{sampler}")
+    alone, = rendered_images(worker, [jobs[1]], f"i2i-{sampler}-alone")
     assert np.abs(alone.astype(int) - together[1].astype(int)).max() <= 1
 
 
@@ -166,11 +160,12 @@ def test_each_img2img_and_hires_pass_runs_its_own_sampler(tiny, photos, tmp_path
                                                                        2, 0.5, h, h and "normal"))
              for s, h in (("euler", "ddim"), ("dpmpp_2m", None))]
     busy = Worker(tmp_path / "busy", device=Device("cpu", "float32"))
-    after_others = render(busy, jobs[:1], "e") + render(busy, jobs[1:2], "d") + \
-        render(busy, jobs[2:], "i") + render(busy, hires[:1], "h1") + render(busy, hires[1:], "h2")
+    after_others = [image for group, tag in ((jobs[:1], "e"), (jobs[1:2], "d"), (jobs[2:], "i"),
+                                             (hires[:1], "h1"), (hires[1:], "h2"))
+                    for image in rendered_images(busy, group, tag)]
     for i, job in enumerate(jobs + hires):
         fresh = Worker(tmp_path / f"fresh{i}", device=Device("cpu", "float32"))
-        alone, = render(fresh, [job], f"f{i}")
+        alone, = rendered_images(fresh, [job], f"f{i}")
         assert np.array_equal(alone, after_others[i]), job.sampler
     assert not np.array_equal(after_others[0], after_others[1])
 
@@ -178,8 +173,8 @@ def test_each_img2img_and_hires_pass_runs_its_own_sampler(tiny, photos, tmp_path
 def test_the_input_and_denoise_change_the_image(worker, tiny, photos):
     a, b, _ = inputs.identify(inputs.listed(str(photos), Path(".")))
     base = make_job(tiny, init=a, denoise=0.5, resize="stretch")
-    images = render(worker, [base, make_job(tiny, init=b, denoise=0.5, resize="stretch")],
-                    "change") + render(worker, [make_job(tiny, init=a, denoise=0.9,
+    images = rendered_images(worker, [base, make_job(tiny, init=b, denoise=0.5, resize="stretch")],
+                    "change") + rendered_images(worker, [make_job(tiny, init=a, denoise=0.9,
                                                          resize="stretch")], "change-more")
     assert not np.array_equal(images[0], images[1])
     assert not np.array_equal(images[0], images[2])
@@ -345,7 +340,7 @@ def test_hires_reuses_the_loaded_model_and_its_own_sampler_changes_pixels(worker
     other = make_job(tiny, width=96, height=96, hires=Hires(64, 64, 1.5, "latent", 2, 0.5,
                                                             "dpmpp_2m", "karras"))
     loads = worker.loads[tiny.identity]
-    a, b = render(worker, [plain], "hr-a") + render(worker, [other], "hr-b")
+    a, b = rendered_images(worker, [plain], "hr-a") + rendered_images(worker, [other], "hr-b")
     assert a.shape == (96, 96, 3) and not np.array_equal(a, b) and plain.id != other.id
     pipe = worker.pipeline(plain.loadout)
     assert worker.img2img(pipe).unet is pipe.unet  # no second copy of the model
@@ -355,8 +350,8 @@ def test_hires_reuses_the_loaded_model_and_its_own_sampler_changes_pixels(worker
 def test_hires_is_batch_invariant(worker, tiny):
     jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}", width=96, height=96,
                      hires=Hires(64, 64, 1.5, "lanczos", 2, 0.5)) for s in range(3)]
-    together = render(worker, jobs, "hr-inv")
-    alone, = render(worker, [jobs[2]], "hr-inv-alone")
+    together = rendered_images(worker, jobs, "hr-inv")
+    alone, = rendered_images(worker, [jobs[2]], "hr-inv-alone")
     assert np.abs(alone.astype(int) - together[2].astype(int)).max() <= 1
 
 
@@ -366,12 +361,13 @@ def test_the_refiner_finishes_the_schedule_and_shares_what_it_can(worker):
     base, refiner = models.resolve("tiny-xl"), models.resolve("tiny-xl-refiner")
     jobs = [make_job(base, seed=s, prompt=f"prompt {s}", steps=5, refiner=refiner,
                      switch_at=0.6) for s in range(3)]
-    together = render(worker, jobs, "rf")
-    alone, = render(worker, [jobs[0]], "rf-alone")
+    together = rendered_images(worker, jobs, "rf")
+    alone, = rendered_images(worker, [jobs[0]], "rf-alone")
     assert np.abs(alone.astype(int) - together[0].astype(int)).max() <= 1
-    later, = render(worker, [make_job(base, seed=0, prompt="prompt 0", steps=5,
+    later, = rendered_images(worker, [make_job(base, seed=0, prompt="prompt 0", steps=5,
                                       refiner=refiner, switch_at=0.8)], "rf-later")
-    unrefined, = render(worker, [make_job(base, seed=0, prompt="prompt 0", steps=5)], "rf-no")
+    unrefined, = rendered_images(worker, [make_job(base, seed=0, prompt="prompt 0", steps=5)],
+                                 "rf-no")
     assert not np.array_equal(alone, later) and not np.array_equal(alone, unrefined)
     assert len({jobs[0].id, make_job(base, seed=0, prompt="prompt 0", steps=5).id,
                 make_job(base, seed=0, prompt="prompt 0", steps=5, refiner=refiner,
@@ -433,11 +429,11 @@ def test_an_input_is_read_upright_by_its_exif_orientation(tmp_path):
 def test_sdxl_img2img_and_the_refiner_take_a_recipe_vae(worker, photos, tiny_vae):
     base, refiner = models.resolve("tiny-xl"), models.resolve("tiny-xl-refiner")
     image, = inputs.identify([str(photos / "a.png")])
-    own, swapped = (render(worker, [make_job(base, vae=vae, init=image, denoise=0.6,
+    own, swapped = (rendered_images(worker, [make_job(base, vae=vae, init=image, denoise=0.6,
                                              resize="fill")], f"xl-i2i-{i}")[0]
                     for i, vae in enumerate((None, tiny_vae)))
     assert not np.array_equal(own, swapped)
-    own, swapped = (render(worker, [make_job(base, vae=vae, steps=4, refiner=refiner,
+    own, swapped = (rendered_images(worker, [make_job(base, vae=vae, steps=4, refiner=refiner,
                                              switch_at=0.5)], f"xl-rf-{i}")[0]
                     for i, vae in enumerate((None, tiny_vae)))
     assert not np.array_equal(own, swapped)

@@ -11,23 +11,12 @@ import farm
 from farm import outputs, samplers
 from farm.jobs import Batch, Model, Slot
 from farm.worker import Device, Worker
-from tests.helpers import make_job
+from tests.helpers import make_job, rendered_images
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     return Worker(tmp_path_factory.mktemp("run"), device=Device("cpu", "float32"))
-
-
-def render(worker, jobs, tag="x"):
-    """Render jobs as one batch; return the decoded images."""
-    paths = tuple(f"images/00000/{tag}-{i}-{job.id}.png" for i, job in enumerate(jobs))
-    results = worker.render(Batch(tuple(jobs), paths))
-    assert all(r.ok for r in results), [r.error for r in results]
-    images = [np.asarray(Image.open(worker.folder.root / r.path)) for r in results]
-    for r, image in zip(results, images):
-        assert outputs.pixel_hash(Image.fromarray(image)) == r.pixel_hash
-    return images
 
 
 def test_a_batch_writes_one_png_per_job_with_its_metadata(worker, tiny):
@@ -45,17 +34,17 @@ def test_a_batch_writes_one_png_per_job_with_its_metadata(worker, tiny):
 
 def test_same_job_same_pixels(worker, tiny):
     job = make_job(tiny, seed=5)
-    first, = render(worker, [job], "first")
+    first, = rendered_images(worker, [job], "first")
     fresh = Worker(worker.folder.root, device=Device("cpu", "float32"))
-    again, = render(fresh, [job], "again")
+    again, = rendered_images(fresh, [job], "again")
     assert np.array_equal(first, again)
 
 
 def test_a_batch_of_four_matches_each_image_alone(worker, tiny):
     jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}") for s in range(4)]
-    together = render(worker, jobs, "together")
+    together = rendered_images(worker, jobs, "together")
     for job, image in zip(jobs, together):
-        alone, = render(worker, [job], "alone")
+        alone, = rendered_images(worker, [job], "alone")
         difference = np.abs(alone.astype(int) - image.astype(int))
         assert difference.max() <= 1  # 1/255: float rounding across batch shapes
         assert (difference > 0).mean() < 0.01
@@ -80,7 +69,7 @@ def test_a_job_rendered_again_at_its_slot_is_bit_identical(worker, tiny, size, c
 
 
 def test_seeds_and_prompts_change_pixels(worker, tiny):
-    base, other_seed, other_prompt = render(worker, [
+    base, other_seed, other_prompt = rendered_images(worker, [
         make_job(tiny, seed=1), make_job(tiny, seed=2), make_job(tiny, seed=1, prompt="owl")])
     assert not np.array_equal(base, other_seed)
     assert not np.array_equal(base, other_prompt)
@@ -91,22 +80,22 @@ def test_seeds_and_prompts_change_pixels(worker, tiny):
     ("ddim", "normal"), ("dpmpp_2m", "normal"), ("dpmpp_2m", "karras"),
 ])
 def test_required_samplers_render_without_reloading(worker, tiny, sampler, schedule):
-    image, = render(worker, [make_job(tiny, sampler=sampler, scheduler=schedule)])
+    image, = rendered_images(worker, [make_job(tiny, sampler=sampler, scheduler=schedule)])
     assert image.shape == (64, 64, 3) and image.std() > 0
     assert worker.loads[tiny.identity] == 1  # scheduler swaps never reload the model
 
 
 def test_samplers_and_schedules_give_different_images(worker, tiny):
-    images = render(worker, [make_job(tiny, sampler="euler")]) + \
-        render(worker, [make_job(tiny, sampler="euler", scheduler="karras")]) + \
-        render(worker, [make_job(tiny, sampler="dpmpp_2m")])
+    images = rendered_images(worker, [make_job(tiny, sampler="euler")]) + \
+        rendered_images(worker, [make_job(tiny, sampler="euler", scheduler="karras")]) + \
+        rendered_images(worker, [make_job(tiny, sampler="dpmpp_2m")])
     hashes = {outputs.pixel_hash(Image.fromarray(i)) for i in images}
     assert len(hashes) == 3
 
 
 def test_vae_swap_changes_pixels_and_keeps_the_checkpoint_loaded(worker, tiny, tiny_vae):
-    own, = render(worker, [make_job(tiny)])
-    swapped, = render(worker, [make_job(tiny, vae=tiny_vae)])
+    own, = rendered_images(worker, [make_job(tiny)])
+    swapped, = rendered_images(worker, [make_job(tiny, vae=tiny_vae)])
     assert not np.array_equal(own, swapped)
     assert worker.loads[tiny.identity] == 1 and worker.loads[tiny_vae.identity] == 1
 
@@ -162,15 +151,16 @@ def test_every_sampler_is_batch_invariant(worker, tiny, sampler):
     """A job alone and inside a batch of 3 (other prompts and seeds) gives the same image."""
     jobs = [make_job(tiny, seed=s, prompt=f"prompt {s}", sampler=sampler, steps=6)
             for s in range(3)]
-    together = render(worker, jobs, f"inv-{sampler}")
-    alone, = render(worker, [jobs[1]], f"inv-{sampler}-alone")
+    together = rendered_images(worker, jobs, f"inv-{sampler}")
+    alone, = rendered_images(worker, [jobs[1]], f"inv-{sampler}-alone")
     difference = np.abs(alone.astype(int) - together[1].astype(int))
     assert difference.max() <= 1
 
 
 def test_clip_skip_changes_pixels_and_is_in_the_infotext(worker, tiny):
-    plain, skipped = render(worker, [make_job(tiny)]), render(worker, [make_job(tiny, clip_skip=2)])
-    assert not np.array_equal(plain[0], skipped[0])
+    plain, = rendered_images(worker, [make_job(tiny)])
+    skipped, = rendered_images(worker, [make_job(tiny, clip_skip=2)])
+    assert not np.array_equal(plain, skipped)
     job = make_job(tiny, clip_skip=2)
     result, = worker.render(Batch((job,), ("images/00000/clip.png",)))
     parameters, farm = outputs.read_metadata(worker.folder.root / result.path)
@@ -179,8 +169,8 @@ def test_clip_skip_changes_pixels_and_is_in_the_infotext(worker, tiny):
 
 def test_dtype_is_a_job_field_and_loads_its_own_copy(tiny, tmp_path):
     worker = Worker(tmp_path, device=Device("cpu", "float32"))
-    full = render(worker, [make_job(tiny)])
-    half = render(worker, [make_job(tiny, dtype="bfloat16")])
+    full = rendered_images(worker, [make_job(tiny)])
+    half = rendered_images(worker, [make_job(tiny, dtype="bfloat16")])
     assert not np.array_equal(full[0], half[0])
     assert np.abs(full[0].astype(int) - half[0].astype(int)).mean() < 64  # same picture, roughly
     assert worker.loads[tiny.identity] == 2
@@ -192,10 +182,11 @@ def test_tiny_xl_renders_batch_invariant_and_swaps_its_vae(worker, tiny_vae):
 
     xl = models.resolve("tiny-xl", "checkpoint")
     jobs = [make_job(xl, seed=s, prompt=f"prompt {s}") for s in range(3)]
-    together = render(worker, jobs, "xl")
-    alone, = render(worker, [jobs[2]], "xl-alone")
+    together = rendered_images(worker, jobs, "xl")
+    alone, = rendered_images(worker, [jobs[2]], "xl-alone")
     assert np.abs(alone.astype(int) - together[2].astype(int)).max() <= 1
-    swapped, = render(worker, [make_job(xl, seed=2, prompt="prompt 2", vae=tiny_vae)], "xl-vae")
+    swapped, = rendered_images(worker, [make_job(xl, seed=2, prompt="prompt 2", vae=tiny_vae)],
+                               "xl-vae")
     assert not np.array_equal(swapped, alone)
     assert worker.loads[xl.identity] == 1
 

@@ -9,9 +9,8 @@ from typing import Any
 import yaml
 
 from farm import __version__
-from farm.manifest import Manifest
 from farm.outputs import write_atomic
-from farm.selection import Report, Selection
+from farm.selection import Report, Selection, last_record, public_ref, published
 
 
 def features(schema) -> list[dict[str, Any]]:
@@ -43,8 +42,10 @@ def write(to: Path, selection: Selection, schema, summary: dict[str, Any],
         "task_categories": ["text-to-image"],
         "tags": ["synthetic", "farm"],
     }
-    run = _last_run(selection.run)
-    models = "\n".join(f"- `{ref}` (`{identity}`)" for ref, identity
+    record = last_record(selection.run)
+    run = yaml.safe_dump(published(record), sort_keys=False, allow_unicode=True) \
+        if record else None
+    models = "\n".join(f"- `{public_ref(ref, selection.base)}` (`{identity}`)" for ref, identity
                        in summary["models"].items()) or "- (none recorded)"
     body = f"""# {selection.run.name}
 
@@ -72,9 +73,3 @@ The recipe of the run folder's last run (`runs/run-NNNN.yaml` in the run folder)
 """
     text = "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n" + body
     write_atomic(to / "README.md", text.encode())
-
-
-def _last_run(run: Path) -> str | None:
-    with Manifest(run / "manifest.sqlite", readonly=True) as manifest:
-        last = manifest.last_run()
-    return last["recipe"] if last else None

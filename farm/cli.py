@@ -69,7 +69,7 @@ def command_render(settings: Settings) -> int:
         print(f"{settings.recipe.name}: all {summary.planned} images are already done in "
               f"{folder.root}; nothing to render")
     else:
-        print(describe(summary, folder))
+        print(describe(summary, folder, outcome.interrupted))
     if outcome.interrupted:
         print(f"farm: {'terminated' if outcome.interrupted == 'terminate' else 'interrupted'}; "
               "what finished is recorded; run the same command again to resume",
@@ -86,8 +86,8 @@ def command_render(settings: Settings) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def describe(summary: Summary, folder: RunFolder) -> str:
-    """The one-paragraph summary at the end of a render."""
+def describe(summary: Summary, folder: RunFolder, interrupted: str | None = None) -> str:
+    """The one-paragraph summary at the end of a render (`interrupted`: what stopped it)."""
     text = (f"Rendered {summary.rendered} of {summary.planned} images into {folder.root} in "
             f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s"
             + (f", first image after {summary.first_image_seconds:.1f} s"
@@ -105,6 +105,10 @@ def describe(summary: Summary, folder: RunFolder) -> str:
     if summary.stopped:
         text += (f" The run stopped: {summary.stopped}. What finished is recorded; make room "
                  "(or make the folder writable) and run the same command again to resume.")
+    elif summary.unfinished and interrupted:
+        text += (f" {summary.unfinished} were not rendered: the render was "
+                 f"{'terminated' if interrupted == 'terminate' else 'interrupted'}; run the same "
+                 "command again to resume.")
     elif summary.unfinished:
         text += (f" {summary.unfinished} were not rendered because no worker was left"
                  + (f" ({summary.problem})" if summary.problem else "")
@@ -365,6 +369,7 @@ def command_replay(image: Path, folder: Path, device: str | None,
 
 def main(argv: list[str] | None = None) -> None:
     options = parser().parse_args(argv)
+    run.RECEIVED.terminated = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, run.terminate)  # SIGTERM stops farm as Ctrl-C does
     try:
@@ -399,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
               "command again", file=sys.stderr)
         code = EXIT_FAILED
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, run.Terminated)
+        terminated = run.stopped_by(e) == "terminate"
         print(f"farm: {'terminated' if terminated else 'interrupted'}; run the same command "
               "again to resume", file=sys.stderr)
         code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED

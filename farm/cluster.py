@@ -22,6 +22,7 @@ from typing import Any
 
 from farm import inputs
 from farm.jobs import Batch, Result, WorkerSettings
+from farm.outputs import PROBE_PREFIX
 from farm.schedule import Runtime, RuntimeUnavailable, WorkerLost
 
 
@@ -75,7 +76,7 @@ class RayBackend:
         self.owns_cluster = False
         self.probe: tuple[str, str] | None = None
         if runtime.outputs == "auto":  # a file only the nodes that share the folder can read
-            self.probe = (f".probe-{os.getpid()}", secrets.token_hex(16))
+            self.probe = (f"{PROBE_PREFIX}{os.getpid()}", secrets.token_hex(16))
             Path(root).mkdir(parents=True, exist_ok=True)
             (Path(root) / self.probe[0]).write_text(self.probe[1])
         with interrupts_held():  # Ctrl-C inside ray.init crashes Ray's core worker

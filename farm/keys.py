@@ -580,8 +580,11 @@ def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
 
 def _apply_resize(draft: Draft, mode: str) -> None:
     """How input images are fitted: a field of jobs that have one."""
-    draft.fields["resize"] = mode if any(draft.fields[f.name] is not None
-                                         for f in INPUT_FIELDS) else None
+    fields = draft.fields
+    fields["resize"] = None
+    for f in INPUT_FIELDS:
+        if fields[f.name] is not None:
+            fields["resize"] = mode
 
 
 # 3. the table -------------------------------------------------------------------------------------

@@ -152,12 +152,28 @@ class Manifest:
                 self.db.execute(
                     "INSERT INTO jobs (id, seq, path, status, pixel_hash, params, attempts, "
                     "batch_size, position, scheduler, provenance, updated_at) VALUES (?, ?, ?, "
-                    "'done', ?, ?, 1, ?, ?, ?, ?, ?)",
+                    "'done', ?, ?, ?, ?, ?, ?, ?, ?)",
                     (row["id"], row["seq"], row["path"], row["pixel_hash"], row["params"],
-                     row["batch_size"], row["position"], row["scheduler"], row["provenance"],
-                     now()))
+                     row.get("attempts") or 1, row["batch_size"], row["position"],
+                     row["scheduler"], row["provenance"], now()))
                 count += 1
         return count
+
+    def insert_runs(self, runs: Iterable[dict]) -> None:
+        """Runs as farm rebuild reads them back (the old manifest's, or runs/run-NNNN.yaml)."""
+        with self._writing():
+            for run in runs:
+                self.db.execute(
+                    "INSERT INTO runs (id, started_at, ended_at, recipe, planned, rendered, "
+                    "skipped, failed, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    tuple(run.get(k) for k in ("id", "started_at", "ended_at", "recipe",
+                                               "planned", "rendered", "skipped", "failed",
+                                               "seconds")))
+
+    def runs(self) -> list[dict]:
+        cursor = self.db.execute("SELECT * FROM runs ORDER BY id")
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
 
     def close(self) -> None:
         self.db.close()
@@ -305,11 +321,14 @@ class Manifest:
                         changed += 1
         return changed
 
-    def begin_run(self, recipe_yaml: str, planned: int) -> int:
+    def begin_run(self, recipe_yaml: str, planned: int, after: int = 0) -> int:
+        """Record a run's start; its number follows every run recorded here and `after` (the
+        highest number of the folder's runs/ records), so that no number is used twice."""
         with self._writing():
+            (last,) = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()
             cursor = self.db.execute(
-                "INSERT INTO runs (started_at, recipe, planned) VALUES (?, ?, ?)",
-                (now(), recipe_yaml, planned))
+                "INSERT INTO runs (id, started_at, recipe, planned) VALUES (?, ?, ?, ?)",
+                (max(last, after) + 1, now(), recipe_yaml, planned))
         return int(cursor.lastrowid)
 
     def end_run(self, run_id: int, rendered: int, skipped: int, failed: int,

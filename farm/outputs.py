@@ -101,11 +101,16 @@ class RunFolder:
         return Path(first).suffix if first else None
 
     def remove_partial_files(self) -> int:
-        """Delete files left half-written by a killed run; they were never recorded."""
+        """Delete files left half-written by a killed run (they were never recorded), and the
+        probe files of renders that were killed before they could remove theirs (the caller
+        holds the folder: no other render is starting workers on it)."""
         removed = 0
         for partial in (self.root / "images").glob(f"*/*{PARTIAL_SUFFIX}"):
             partial.unlink(missing_ok=True)
             removed += 1
+        for probe in self.root.glob(f"{PROBE_PREFIX}*"):
+            if probe.name != f"{PROBE_PREFIX}{os.getpid()}":
+                probe.unlink(missing_ok=True)
         return removed
 
     @property
@@ -123,9 +128,21 @@ class RunFolder:
             return None
 
     def save_recipe(self, run_id: int, text: str) -> Path:
+        """runs/run-NNNN.yaml: a run's record, never overwritten."""
         path = self.root / "runs" / f"run-{run_id:04d}.yaml"
+        if path.exists():
+            raise FileExistsError(f"{path} records an earlier run; farm never overwrites it")
         write_atomic(path, text.encode())
         return path
+
+    def recorded_runs(self) -> dict[int, Path]:
+        """The run records of runs/, by run number."""
+        found = {}
+        for path in (self.root / "runs").glob("run-*.yaml"):
+            number = path.stem.removeprefix("run-")
+            if number.isdigit():
+                found[int(number)] = path
+        return dict(sorted(found.items()))
 
 
 def slug(text: str) -> str:
@@ -219,6 +236,9 @@ def write_files(path: Path, files: tuple[tuple[str, bytes], ...]) -> None:
         write_atomic(path.with_suffix(suffix) if suffix else path, data)
 
 
+# a file a Ray render writes into the run folder, that only workers which see the folder read
+# (cluster.py); .probe-PID, removed when the render ends
+PROBE_PREFIX = ".probe-"
 DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # the disk, not the file: stop the run
 
 

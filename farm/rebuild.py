@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,10 @@ class Rebuilt:
     kept: Path | None  # where the old manifest was moved, if there was one
 
 
-def rows(folder: RunFolder, skipped: list[str]) -> Iterator[dict]:
-    """The manifest row of every image in the folder, in file order."""
+def rows(folder: RunFolder, skipped: list[str],
+         attempts: dict[str, int] | None = None) -> Iterator[dict]:
+    """The manifest row of every image in the folder, in file order (with the attempts the old
+    manifest counted, where it could still be read)."""
     seen: set[str] = set()
     for path in sorted((folder.root / "images").glob("*/*")):
         if path.suffix not in (".png", ".jpg", ".webp") or path.name.endswith(PARTIAL_SUFFIX):
@@ -51,11 +54,33 @@ def rows(folder: RunFolder, skipped: list[str]) -> Iterator[dict]:
         scheduler = ({"class": meta["scheduler_class"], "config": meta.get("scheduler_config")}
                      if "scheduler_class" in meta else None)
         yield {"id": meta["id"], "seq": int(number[1]), "path": relative, "pixel_hash": pixels,
+               "attempts": (attempts or {}).get(meta["id"]),
                "params": json.dumps({k: v for k, v in meta.items() if k not in NOT_JOB},
                                     ensure_ascii=False),
                "batch_size": meta.get("batch_size"), "position": meta.get("position"),
                "scheduler": json.dumps(scheduler, default=str) if scheduler else None,
                "provenance": None}
+
+
+def recorded(folder: RunFolder) -> tuple[list[dict], dict[str, int]]:
+    """The runs the folder recorded, and each job's attempts: from the old manifest where it
+    can still be read, else the runs from their records in runs/ (their counts unknown)."""
+    attempts: dict[str, int] = {}
+    if folder.manifest.exists():
+        try:
+            with Manifest(folder.manifest, readonly=True) as old:
+                runs = old.runs()
+                attempts = {row["id"]: row["attempts"] for row in old.rows()}
+            if runs or not folder.recorded_runs():
+                return runs, attempts
+        except Exception:  # a damaged database fails in any of SQLite's ways: use the records
+            attempts = {}
+    runs = []
+    for number, path in folder.recorded_runs().items():
+        started = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        runs.append({"id": number, "started_at": started.isoformat(timespec="seconds"),
+                     "recipe": path.read_text(encoding="utf-8"), "planned": 0})
+    return runs, attempts
 
 
 def rebuild(root: Path) -> Rebuilt:
@@ -70,8 +95,10 @@ def rebuild(root: Path) -> Rebuilt:
                       fresh.with_name(fresh.name + "-shm")):
             stale.unlink(missing_ok=True)
         skipped: list[str] = []
+        runs, attempts = recorded(folder)
         with Manifest(fresh) as manifest:
-            count = manifest.insert_done(rows(folder, skipped))
+            count = manifest.insert_done(rows(folder, skipped, attempts))
+            manifest.insert_runs(runs)
             manifest.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         kept = None
         if folder.manifest.exists():

@@ -256,9 +256,27 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (Slurm, Kubernetes, spot instances, docker stop): stop as on Ctrl-C."""
 
 
+@dataclass
+class Received:
+    """The stopping signal this process received last. What was received decides the exit
+    code, not the exception's type: a signal that lands inside Ray's `ray.wait` comes out of it
+    as a plain KeyboardInterrupt whatever it was."""
+
+    terminated: bool = False
+
+
+RECEIVED = Received()
+
+
 def terminate(number, frame) -> None:
-    """The SIGTERM handler: raise Terminated where the program is."""
+    """The SIGTERM handler: say so, then raise Terminated where the program is."""
+    RECEIVED.terminated = True
     raise Terminated()
+
+
+def stopped_by(error: KeyboardInterrupt) -> str:
+    """"terminate" (SIGTERM) or "interrupt" (Ctrl-C): what stopped the program."""
+    return "terminate" if isinstance(error, Terminated) or RECEIVED.terminated else "interrupt"
 
 
 @contextmanager
@@ -270,6 +288,7 @@ def terminations_as_interrupts() -> Iterator[None]:
         return
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    RECEIVED.terminated = False
     try:
         yield
     finally:
@@ -344,9 +363,10 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
         seen = survey(recipe, folder, found, manifest)
         last = manifest.last_run()
     counts = seen.counts
-    if counts.pending == 0:
+    if counts.pending == 0:  # report.json keeps what the last render that did something did
         summary = Summary(planned=counts.planned, skipped=counts.done)
-        folder.write_report(report(recipe, summary, last))
+        if folder.read_report() is None:
+            folder.write_report(report(recipe, summary, last))
         return Outcome(folder, summary, refreshed=seen.refreshed)
     # 2. start the workers (fails fast with RuntimeUnavailable; nothing written yet)
     backend = start_backend(settings.runtime, folder, recipe.name)
@@ -356,7 +376,8 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
             # 3. begin a run: clear half-written files, record the recipe and its models
             folder.remove_partial_files()
             record = run_record(settings, found)
-            run_id = manifest.begin_run(record, counts.planned)
+            run_id = manifest.begin_run(record, counts.planned,
+                                        max(folder.recorded_runs(), default=0))
             folder.save_recipe(run_id, record)
             # 4. the pending batches of each loadout (the folder was ours since the survey)
             work = seen.work(recipe, found, Finished(folder, manifest, run_id))
@@ -368,7 +389,7 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
                     schedule.run(backend, work, folder, manifest, run_id, settings.runtime,
                                  summary, label=recipe.name)
             except KeyboardInterrupt as e:
-                interrupted = "terminate" if isinstance(e, Terminated) else "interrupt"
+                interrupted = stopped_by(e)
             finally:
                 try:
                     manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,

@@ -9,9 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from farm import catalog
 from farm.catalog import Entry, Where
-from farm.fields import COLUMNS, column_value
+from farm.fields import COLUMNS, FIELDS, column_value
+from farm.keys import INPUT_KEYS, LOADED
+from farm.manifest import Manifest
+from farm.values import CONFIG_MARK
 
 JOB_COLUMNS = tuple(COLUMNS)  # every job field (farm/fields.py), models with their identities
 MAX_SHARD_BYTES = 500 * 2**20  # parquet shards: about what the Hugging Face Hub advises
@@ -58,6 +63,8 @@ class Selection:
     where: Where
     nested: dict[str, tuple[str, ...]]  # "values"/"fields" -> every key any selected row has
     count: int  # rows selected when they were scanned
+    base: Path | None = None  # the folder of the recipe the last run read: paths are shown
+    # relative to it (public)
 
     def entries(self, order: str = "file") -> Iterator[Entry]:
         return catalog.entries(self.run, self.where, order)
@@ -76,12 +83,15 @@ class Selection:
                 else:
                     report.missing += 1
 
-    def columns(self, entry: Entry) -> dict[str, Any]:
+    def columns(self, entry: Entry, public: bool = False) -> dict[str, Any]:
         """A row of the dataset: its caption (`text`), the job's fields, template values and
         prompt-file columns (the same keys on every row, missing ones None), and the pixels'
-        hash."""
+        hash. `public` (a dataset to publish): model files and input images by their paths
+        relative to the recipe's folder, or their names, never this machine's layout."""
         row = {"text": caption(entry), **{name: column_value(entry.params, name)
                                           for name in JOB_COLUMNS}}
+        for f in REFERENCES if public else ():
+            row[f] = public_ref(row[f], self.base)
         for name, keys in self.nested.items():
             given = entry.params.get(name) or {}
             row[name] = {k: _text(given.get(k)) for k in keys}
@@ -100,7 +110,69 @@ def select(run: Path, where: Where) -> Selection:
     for count, entry in enumerate(catalog.entries(run, where), 1):
         for name, keys in nested.items():
             keys.update(entry.params.get(name) or ())
-    return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v}, count)
+    record = last_record(run) or {}
+    base = Path(record["base"]) if record.get("base") else None
+    return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v}, count,
+                     base)
+
+
+REFERENCES = tuple(f.name for f in FIELDS if f.source)  # checkpoints, VAEs, refiners, inputs
+
+
+def last_record(run: Path) -> dict | None:
+    """The record of the run folder's last run (runs/run-NNNN.yaml, as the manifest keeps it)."""
+    with Manifest(run / "manifest.sqlite", readonly=True) as manifest:
+        last = manifest.last_run()
+    return yaml.safe_load(last["recipe"]) if last else None
+
+
+def public_ref(ref: str | None, base: Path | None) -> str | None:
+    """A reference as a published dataset shows it, never the machine's layout: a path in the
+    recipe's folder relative to it, another absolute path by its name; a hub id or a built-in
+    model as it is (a single file's config likewise)."""
+    if not ref:
+        return ref
+    weights, mark, config = ref.partition(CONFIG_MARK)
+    path = Path(weights)
+    if path.is_absolute():
+        weights = path.relative_to(base).as_posix() if base and path.is_relative_to(base) \
+            else path.name
+    return weights + mark + (public_ref(config, base) or "")
+
+
+# recipe keys that hold model references or input paths (a refiner's or a LoRA's in a mapping)
+REFERENCE_KEYS = tuple(k.name for k in (*LOADED, *INPUT_KEYS)) + ("loras",)
+
+
+def _public_paths(value: Any, base: Path | None) -> Any:
+    if isinstance(value, str):
+        return public_ref(value, base)
+    if isinstance(value, list):
+        return [_public_paths(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: _public_paths(v, base) for k, v in value.items()}
+    return value
+
+
+def published(record: dict) -> dict:
+    """A run's record (runs/run-NNNN.yaml) as a dataset card shows it: the recipe's own fields
+    and settings, every path made public; where the files were on this machine left out."""
+    base = Path(record["base"]) if record.get("base") else None
+    shown = {k: v for k, v in record.items() if k not in ("base", "outputs")}
+    if "recipe" in shown:
+        shown["recipe"] = Path(shown["recipe"]).name
+    for key in REFERENCE_KEYS:  # the recipe's references as it wrote them (maybe paths)
+        if key in shown:
+            shown[key] = _public_paths(shown[key], base)
+    if "models" in shown:
+        shown["models"] = {
+            public_ref(ref, base): {k: public_ref(v, base) if k == "config" else v
+                                    for k, v in model.items() if k != "path"}
+            for ref, model in shown["models"].items()}
+    if "inputs" in shown:
+        shown["inputs"] = {public_ref(path, base): identity
+                           for path, identity in shown["inputs"].items()}
+    return shown
 
 
 

@@ -48,7 +48,7 @@ def manifest_row(selection: Selection, entry: Entry, source: Path,
 def hub_row(selection: Selection, entry: Entry, source: Path, options: Options) -> dict[str, Any]:
     """A `hub` row: the image, its caption, the job's columns."""
     return {"image": {"bytes": source.read_bytes(), "path": Path(entry.path).name},
-            **selection.columns(entry)}
+            **selection.columns(entry, public=True)}
 
 
 # 2. the exporters --------------------------------------------------------------------------------

@@ -522,6 +522,7 @@ def test_a_second_writer_the_lock_misses_is_refused(tmp_path, monkeypatch, capsy
     import subprocess
     import time
 
+    from farm.manifest import ManifestDamaged
     from farm.outputs import RunFolder
     from tests.helpers import farm_command
 
@@ -530,9 +531,17 @@ def test_a_second_writer_the_lock_misses_is_refused(tmp_path, monkeypatch, capsy
                              cwd=tmp_path, env={**os.environ, "TQDM_DISABLE": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     manifest = tmp_path / "outputs" / "r" / "manifest.sqlite"
+
+    def first_image_recorded() -> bool:
+        """A done row: never an error while the first render is still making the manifest
+        (the file exists before its tables do)."""
+        try:
+            return any(r["status"] == "done" for r in rows(manifest.parent))
+        except (OSError, ManifestDamaged, sqlite3.DatabaseError):
+            return False
+
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None and not (
-            manifest.exists() and any(r["status"] == "done" for r in rows(manifest.parent))):
+    while time.monotonic() < deadline and first.poll() is None and not first_image_recorded():
         time.sleep(0.1)
     monkeypatch.setattr(RunFolder, "locked", lambda self: contextlib.nullcontext())
     assert first.poll() is None, "the first render ended before the second could start"
@@ -580,3 +589,82 @@ def test_a_call_out_of_gpu_memory_is_split_and_nothing_fails(tmp_path, monkeypat
     assert render("recipe=r", "batch_size=2", "outputs=two").ok
     two = {r["id"]: r["pixel_hash"] for r in rows(tmp_path / "two" / "r")}
     assert two == {r["id"]: r["pixel_hash"] for r in made}
+
+
+# 12. operations: run records, reports, signals, probes ------------------------------------------
+
+def test_after_a_rebuild_runs_are_kept_and_no_run_record_is_overwritten(tmp_path, monkeypatch,
+                                                                          capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a fox\nseeds: 0-1\n" + BASE)
+    assert render("recipe=r").ok
+    folder = tmp_path / "outputs" / "r"
+    first = (folder / "runs" / "run-0001.yaml").read_bytes()
+    for damaged in (b"this is not a database" * 100, None):  # damaged, then deleted
+        if damaged is None:
+            (folder / "manifest.sqlite").unlink()
+        else:
+            (folder / "manifest.sqlite").write_bytes(damaged)
+        assert run_farm_default("rebuild", str(folder)) == 0
+        capsys.readouterr()
+        assert run_farm("status", str(folder)) == 0  # its last run read back from runs/
+        assert "has no recorded run" not in capsys.readouterr().err
+    assert render("recipe=r", "seeds=0-2").ok  # a run after the rebuild: the next number
+    assert (folder / "runs" / "run-0001.yaml").read_bytes() == first
+    assert (folder / "runs" / "run-0002.yaml").is_file()
+
+
+def test_a_rebuild_keeps_the_attempts_a_readable_manifest_counted(tmp_path, monkeypatch):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a fox\nseeds: 0-1\n" + BASE)
+    assert render("recipe=r").ok
+    folder = tmp_path / "outputs" / "r"
+    with sqlite3.connect(folder / "manifest.sqlite") as db:  # a job failed twice, then was done
+        db.execute("UPDATE jobs SET attempts = 3 WHERE seq = 0")
+    assert run_farm_default("rebuild", str(folder)) == 0
+    assert sorted(r["attempts"] for r in rows(folder)) == [1, 3]
+
+
+def test_a_render_with_nothing_to_do_keeps_the_report(tmp_path, monkeypatch, capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a fox\nseeds: 0-1\n" + BASE)
+    assert render("recipe=r").ok
+    report = tmp_path / "outputs" / "r" / "report.json"
+    before = report.read_bytes()
+    assert run_farm("render", "recipe=r") == 0
+    assert "already done" in capsys.readouterr().out
+    assert report.read_bytes() == before
+    assert json.loads(before)["jobs"]["rendered"] == 2
+
+
+def test_sigterm_inside_a_wait_that_loses_its_type_still_exits_143(tmp_path, monkeypatch,
+                                                                    capsys):
+    """Ray's ray.wait turns whatever signal lands in it into a plain KeyboardInterrupt: what
+    was received decides, and the summary says the render was terminated."""
+    import signal
+
+    from farm import run, schedule
+
+    def waits_in_ray(*args, **kwargs):
+        try:
+            run.terminate(signal.SIGTERM, None)  # the handler runs inside the wait
+        except run.Terminated:
+            raise KeyboardInterrupt from None  # and comes out as Ray raises it
+
+    real = schedule.run
+    monkeypatch.setattr(schedule, "run", waits_in_ray)
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a fox\nseeds: 0-3\n" + BASE)
+    assert run_farm("render", "recipe=r") == 143
+    captured = capsys.readouterr()
+    assert "terminated; what finished is recorded" in captured.err
+    assert "no worker was left" not in captured.out
+    monkeypatch.setattr(schedule, "run", real)
+    assert render("recipe=r").ok  # and a Ctrl-C in a later render is a Ctrl-C again
+    monkeypatch.setattr(schedule, "run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run_farm("render", "recipe=r", "seeds=0-5") == 130
+
+
+def test_probe_files_of_killed_renders_are_removed(tmp_path, monkeypatch):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: a fox\nseeds: 0-1\n" + BASE)
+    assert render("recipe=r").ok
+    folder = tmp_path / "outputs" / "r"
+    (folder / ".probe-4194000").write_text("token")  # a driver killed with SIGKILL left it
+    assert render("recipe=r", "seeds=0-2").ok
+    assert not list(folder.glob(".probe-*"))

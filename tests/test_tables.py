@@ -153,3 +153,31 @@ def test_a_sheet_of_a_hub_export_image_is_the_rendered_image(tmp_path, monkeypat
     for row in table:
         image = Image.open(io.BytesIO(row["image"]["bytes"]))
         assert outputs.pixel_hash(image) == expected[row["id"]]["pixel_hash"]
+
+
+def test_a_hub_export_publishes_no_path_of_this_machine(tmp_path, monkeypatch, tiny):
+    """Models and input images given as absolute paths, a recipe found by its path: the card
+    and the rows name them relative to the recipe's folder, or by their names."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    project = tmp_path / "project"
+    (project / "photos").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(project / "photos" / "red.png")
+    shutil.copytree(tiny.path, tmp_path / "elsewhere" / "my-model")
+    (project / "r.yaml").write_text(
+        f"checkpoint: {tmp_path / 'elsewhere' / 'my-model'}\ninit: photos\nprompt: a fox\n"
+        "steps: 2\nsize: 64x64\n")
+    monkeypatch.chdir(tmp_path)
+    assert run_farm("render", f"recipe={project / 'r.yaml'}", "runtime=inline") == 0
+    to = tmp_path / "hub"
+    assert run_farm("export", str(tmp_path / "outputs" / "r"), "--format", "hub", "--to",
+                    str(to)) == 0
+    card = (to / "README.md").read_text()
+    rows = pq.read_table(next((to / "data").glob("*.parquet"))).to_pylist()
+    assert str(tmp_path) not in card and str(Path.home()) not in card
+    assert "my-model" in card and "photos/red.png" in card
+    for row in rows:  # (the image files' own `farm` metadata still holds the paths it was made
+        assert row["init"] == "photos/red.png" and row["checkpoint"] == "my-model"  # with)
+        assert not any(str(tmp_path) in str(v) for k, v in row.items() if k != "image")

@@ -25,7 +25,8 @@ from farm.manifest import Manifest
 
 # what a filter or a grid axis may name, besides values.NAME and fields.NAME: every job column
 # (farm/fields.py) and size (WxH)
-FIELDS = (*COLUMNS, "size")
+# and what exports write beside them: the caption (`text`) and the pixels' hash
+FIELDS = (*COLUMNS, "size", "text", "pixel_hash")
 FREE = ("values", "fields")  # template choices, prompt-file columns: any keys (export structs)
 NESTED = (*FREE, "hires")  # what NAME.KEY may name: those, and a hires pass's members
 # a nested name may hold anything but the operators: values.{red|green}=red
@@ -52,6 +53,10 @@ class Entry:
         """A field's value as filters and grids see it; None when the image has none."""
         if field == "size":
             return f"{self.params['width']}x{self.params['height']}"
+        if field == "text":  # what exports write as the caption
+            return self.params.get("caption") or self.params["prompt"]
+        if field == "pixel_hash":
+            return self.pixel_hash
         head, _, name = field.partition(".")
         if name:
             return (self.params.get(head) or {}).get(name)

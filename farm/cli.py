@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from farm import catalog, export, grid, models, run
+from farm import __version__, catalog, export, grid, models, run
 from farm import recipe as recipes
 from farm.compose import BadInput, Settings, compose
 from farm.export import ExportError
@@ -32,7 +33,7 @@ from farm.keys import AXES
 from farm.manifest import ManifestDamaged, ManifestUnwritable, SecondWriter
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
-from farm.schedule import RuntimeUnavailable, Summary
+from farm.schedule import Runtime, RuntimeUnavailable, Summary
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -123,6 +124,8 @@ def describe(summary: Summary, folder: RunFolder, interrupted: str | None = None
 
 
 def command_status(args: list[str], as_json: bool, config_dir: str | None = None) -> int:
+    if all(a.startswith("outputs=") for a in args):  # no run folder, no recipe: list them
+        return list_run_folders(Path(args[-1].split("=", 1)[1] if args else "outputs"), as_json)
     named = [a for a in args if "=" not in a]
     if named:  # a run folder: counted against the recipe its last run recorded
         fields = [a for a in args if "=" in a and not a.startswith(("runtime", "outputs="))]
@@ -150,6 +153,28 @@ def command_status(args: list[str], as_json: bool, config_dir: str | None = None
     return EXIT_OK
 
 
+def list_run_folders(outputs: Path, as_json: bool) -> int:
+    """`farm status` alone: every run folder under outputs/, one line each."""
+    folders = sorted(p.parent for p in outputs.glob("*/manifest.sqlite"))
+    if not folders:
+        raise BadInput(f"{outputs}/ holds no run folder; give one (farm status outputs/NAME) or "
+                       "a recipe (farm status recipe=NAME)")
+    reports = []
+    for root in folders:
+        try:
+            reports.append(run.status(RunFolder(root), None))
+        except (BadInput, ManifestDamaged) as e:
+            reports.append({"folder": str(root), "error": str(e)})
+    if as_json:
+        print(json.dumps(reports, indent=2))
+        return EXIT_OK
+    for report in reports:
+        print(f"{report['folder']}: {report['error']}" if "error" in report else
+              f"{report['folder']}: {report['done']} done, {report['pending']} pending, "
+              f"{report['failed']} failed, of {report['planned']} planned")
+    return EXIT_OK
+
+
 def describe_report(report: dict) -> str:
     """report.json in a few lines."""
     jobs = report["jobs"]
@@ -172,6 +197,18 @@ def describe_report(report: dict) -> str:
 
 # 2. entry point and the run-folder commands -----------------------------------------------------
 
+EXIT_CODES = ("exit codes: 0 every job done; 1 some jobs failed (listed; the next run retries "
+              "them); 2 bad input, nothing written; 130 interrupted (Ctrl-C), 143 stopped by "
+              "SIGTERM: what finished is recorded, run the same command again to resume")
+
+
+def runtime_settings() -> str:
+    """Every runtime.NAME setting with its default, for --help."""
+    from dataclasses import fields
+
+    return ", ".join(f"runtime.{f.name}={f.default}" for f in fields(Runtime))
+
+
 def parser() -> argparse.ArgumentParser:
     fields = ", ".join(recipes.DEFAULTS)
     top = argparse.ArgumentParser(
@@ -179,11 +216,15 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"Recipe fields (override as field=value): {fields}. Settings: "
                "runtime=inline, runtime.workers=N, outputs=DIR. Config groups (conf/GROUP/"
                "OPTION.yaml): GROUP=OPTION, +GROUP=OPTION.")
+    top.add_argument("--version", action="version", version=f"farm {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     for name, text in (("render", "render what is not done yet"),
                        ("plan", "count jobs, done and pending; render nothing"),
                        ("status", "progress of a run folder")):
-        cmd = sub.add_parser(name, help=text, description=text)
+        epilog = (f"Runtime settings (runtime=ray|inline|OPTION, then runtime.NAME=VALUE): "
+                  f"{runtime_settings()}; outputs=DIR. {EXIT_CODES}."
+                  if name == "render" else None)
+        cmd = sub.add_parser(name, help=text, description=text, epilog=epilog)
         cmd.add_argument("args", nargs="*", metavar="recipe=NAME|field=value|group=option",
                          help="the recipe (name or path) and Hydra-style overrides: fields, "
                          "config group choices (quality=final), +group=option to add one"
@@ -199,7 +240,8 @@ def parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("verify", help=text, description=text)
     cmd.add_argument("target", nargs="+", metavar="RUN_FOLDER | recipe=NAME [field=value ...]",
                      help="a run folder (outputs/NAME), or a recipe and its overrides")
-    cmd.add_argument("--sample", type=int, default=8, help="jobs to render again (default 8)")
+    cmd.add_argument("--sample", type=count_of("--sample"), default=8,
+                     help="jobs to render again (default 8)")
     cmd.add_argument("--all", action="store_true", help="render every finished job again")
     cmd.add_argument("--config-dir", metavar="DIR", help="config groups, with recipe=NAME")
     cmd.add_argument("--model", action="append", default=[], metavar="REF=PLACE",
@@ -367,8 +409,35 @@ def command_replay(image: Path, folder: Path, device: str | None,
     return EXIT_OK
 
 
+def count_of(option: str):
+    """An argparse type: a whole number, 0 or more."""
+    def read(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"{option}: got {text!r}; expected a whole number, "
+                                             "0 or more")
+        return int(text)
+    return read
+
+
+def parsed(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; overrides may come before or after options (`farm plan recipe=zoo
+    --cfg steps=3`), as Hydra users write them."""
+    top = parser()
+    options, extra = top.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-")]
+    if {"-m", "--multirun"} & set(stray):
+        top.error("-m/--multirun: farm renders one run in which a list is an axis, not one run "
+                  "per combination: write steps='[2,4]' (quoted for your shell)")
+    positional = getattr(options, "args", getattr(options, "target", None))
+    if stray or (extra and positional is None):
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        positional += extra
+    return options
+
+
 def main(argv: list[str] | None = None) -> None:
-    options = parser().parse_args(argv)
+    options = parsed(argv)
     run.RECEIVED.terminated = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, run.terminate)  # SIGTERM stops farm as Ctrl-C does
@@ -405,7 +474,11 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_FAILED
     except KeyboardInterrupt as e:
         terminated = run.stopped_by(e) == "terminate"
-        print(f"farm: {'terminated' if terminated else 'interrupted'}; run the same command "
-              "again to resume", file=sys.stderr)
+        resumes = options.command == "render"  # the others write nothing to resume
+        print(f"farm: {'terminated' if terminated else 'interrupted'}"
+              + ("; run the same command again to resume" if resumes else ""), file=sys.stderr)
         code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except BrokenPipeError:  # `farm status --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_OK
     sys.exit(code)

@@ -79,9 +79,9 @@ class RayBackend:
             self.probe = (f"{PROBE_PREFIX}{os.getpid()}", secrets.token_hex(16))
             Path(root).mkdir(parents=True, exist_ok=True)
             (Path(root) / self.probe[0]).write_text(self.probe[1])
-        with interrupts_held():  # Ctrl-C inside ray.init crashes Ray's core worker
-            self.owns_cluster = _connect(runtime.address)  # before anything imports ray
         try:
+            with interrupts_held():  # Ctrl-C or SIGTERM inside ray.init crashes Ray's core worker
+                self.owns_cluster = _connect(runtime.address)  # before anything imports ray
             self.count, self.device, self.options, self.threads = _placement(runtime)
             self.starting_refs: dict[Any, str] = {}
             self.since: dict[Any, float] = {}  # starting ref -> when it was asked for
@@ -230,18 +230,25 @@ class RayBackend:
 
 @contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise it: an interrupt inside
-    ray.init crashes Ray's core worker (a segmentation fault) and leaves its processes behind."""
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then act on the first as its
+    own handler would (farm's SIGTERM handler: exit 143): a signal inside ray.init crashes Ray's
+    core worker (a segmentation fault) and leaves its processes behind."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: caught.append(number))
+                for number in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if caught:
+        handler = previous[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)
         raise KeyboardInterrupt
 
 

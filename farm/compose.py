@@ -16,6 +16,7 @@ recipe's defaults list and the command-line overrides (`field=value`, `group=opt
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tempfile
@@ -36,7 +37,6 @@ RUNTIME = "runtime"  # the group of runtime settings (the others hold recipe fie
 RUNTIMES = ("ray", "inline")  # the runtime group's built-in options
 PRIMARY = "__recipe__"  # the recipe, as the primary config Hydra composes
 DEFAULTS_NODE = "_farm_defaults_"  # every recipe field's default, composed first
-COMMAND_LINE_NODE = "_farm_command_line_"  # fields named like a group in use, composed last
 
 
 class BadInput(Exception):
@@ -114,8 +114,16 @@ def load_recipe_file(path: Path) -> dict[str, Any]:
     data = load_yaml(path, "recipe")
     unknown = sorted(set(data) - set(recipes.DEFAULTS) - {"defaults"})
     if unknown:
-        raise BadInput(f"recipe {path}: {unknown[0]}: unknown field; allowed: defaults, "
-                       f"{', '.join(recipes.DEFAULTS)}")
+        close = difflib.get_close_matches(str(unknown[0]), list(recipes.DEFAULTS), n=1)
+        raise BadInput(f"recipe {path}: {unknown[0]}: unknown field" + (
+            f"; did you mean {close[0]!r}?" if close else "") + f" (allowed: defaults, "
+            f"{', '.join(recipes.DEFAULTS)})")
+    listed = [group for group, _ in _entries(data.get("defaults"), f"recipe {path}")]
+    twice = [group for group in listed if listed.count(group) > 1]
+    if twice:
+        raise BadInput(f"recipe {path}: defaults: the group {twice[0]!r} is listed twice; a "
+                       "recipe chooses one option of a group (a +GROUP=OPTION override adds "
+                       "to what it lists)")
     return data
 
 
@@ -149,6 +157,10 @@ def stage(sources: list[Path], staged: Path) -> Groups:
     files: dict[str, dict[str, Path]] = {}
     for source in sources:
         for path in sorted(source.glob("*/*.yaml")):
+            if path.parent.name in recipes.DEFAULTS or path.parent.name in SETTINGS[1:]:
+                raise BadInput(f"config group folder {path.parent}: {path.parent.name!r} is a "
+                               "recipe field, so name=value could mean either; give the group "
+                               "another name")
             files.setdefault(path.parent.name, {}).setdefault(path.stem, path)
     needs: dict[tuple[str, str], list[tuple[str, str]]] = {}
     allowed = {RUNTIME: [f.name for f in fields(Runtime)]}
@@ -161,10 +173,16 @@ def stage(sources: list[Path], staged: Path) -> Groups:
                 raise BadInput(f"config group file {path}: {unknown[0]}: not a "
                                f"{'runtime setting' if group == RUNTIME else 'recipe field'}; "
                                f"allowed: {', '.join(keys)}")
-            pulled = _entries(data.get("defaults"), f"config group file {path}")
+            given = data.get("defaults")
+            pulled = _entries(given, f"config group file {path}")
             needs[(group, option)] = pulled
-            if pulled:
-                data["defaults"] = [{f"/{g}": o} for g, o in pulled] + ["_self_"]
+            if pulled:  # from the top of conf/; the file's own _self_ where it put it (last, by
+                listed = given if "_self_" in given else [*given, "_self_"]  # Hydra's default)
+                data["defaults"] = [entry if entry == "_self_" else
+                                    {"/" + str(next(iter(entry))).lstrip("/"): next(iter(
+                                        entry.values()))} for entry in listed]
+            if group == RUNTIME:  # every setting there, so runtime=OPTION takes runtime.NAME=...
+                data = {**{f.name: f.default for f in fields(Runtime)}, **data}
             header = "" if group == RUNTIME else "# @package _global_\n"
             target = staged / group / f"{option}.yaml"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -211,31 +229,32 @@ class Overrides:
 
     hydra: list[str]  # what Hydra applies: fields, settings, group choices
     chosen: list[tuple[str, str]]  # (group, option) chosen or added
-    fields: dict[str, Any]  # fields named like a group in use (quality=95 beside quality/)
 
 
 def check_overrides(overrides: list[str], groups: Groups) -> Overrides:
     """Name the field when an override is not one (Hydra's own message suggests '+key'), and
-    the group and its options when a group choice is not one. A name that is both a field and
-    a group (`quality`: JPEG quality, and conf/quality/) is the field when given a number, else
-    the group."""
+    the group and its options when a group choice is not one; refuse Hydra's sweeps (farm
+    renders one run, in which a list is an axis)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
         raise BadInput(f"command line: {e}") from None
-    found = Overrides([], [], {})
+    found = Overrides([], [])
     group_names = sorted({*groups.files, RUNTIME})
     allowed = [*recipes.DEFAULTS, *SETTINGS]
     for text, override in zip(overrides, parsed):
         key, where = override.key_or_group, f"command line: {override.input_line!r}"
         root = key.split(".")[0]
+        if override.is_sweep_override():
+            raise BadInput(f"{where}: a Hydra sweep would make one run per value; farm renders "
+                           f"one run in which a list is an axis: {key}='[...]' (e.g. "
+                           "'steps=[2,4]', quoted for your shell)")
         value = None if override.is_delete() else override.value()
-        if key in recipes.DEFAULTS and key in groups.files and not override.is_add() \
-                and not isinstance(value, str):  # quality=95: the field; quality=final: a group
-            found.fields[key] = value
-            continue
+        if key == RUNTIME and value is None:
+            raise BadInput(f"{where}: a render needs a runtime; options: "
+                           f"{', '.join(groups.options(RUNTIME))}")
         found.hydra.append(text)
         if key in group_names or (override.is_add() and "." not in key):
             if not override.is_delete():
@@ -243,10 +262,12 @@ def check_overrides(overrides: list[str], groups: Groups) -> Overrides:
                 found.chosen.append((key, str(value)))
             continue
         if root not in allowed or override.package is not None:
-            raise BadInput(f"{where}: unknown field {root!r}; allowed: {', '.join(allowed)}; "
-                           f"config groups: {', '.join(group_names)}")
-        if root in recipes.DEFAULTS and "." in key:
-            raise BadInput(f"{where}: {root} has no sub-fields; set it whole, e.g. {root}=...")
+            close = difflib.get_close_matches(root, allowed + group_names, n=1)
+            raise BadInput(f"{where}: unknown field {root!r}" + (
+                f"; did you mean {close[0]!r}?" if close else "") + f" (fields: "
+                f"{', '.join(allowed)}; config groups: {', '.join(group_names)})")
+        if root in SETTINGS[1:] and override.is_delete():
+            raise BadInput(f"{where}: {root} cannot be dropped; set it, e.g. {root}=DIR")
     return found
 
 
@@ -274,7 +295,12 @@ def check_interpolations(config: Any, recipe: str, field: str = "") -> None:
         for index, value in enumerate(config):
             check_interpolations(value, recipe, f"{field}[{index}]")
     elif isinstance(config, str):
-        for inner in _interpolations(config):
+        try:
+            inners = _interpolations(config)
+        except ValueError as e:
+            raise BadInput(f"recipe {recipe}: {field}: got {config!r}; {e} (write \\${{ for a "
+                           "literal ${)") from None
+        for inner in inners:
             allowed = ("a recipe is data: ${...} may only name another recipe field (e.g. "
                        "${size}); write \\${ for a literal ${")
             if ":" in inner or "${" in inner:
@@ -298,6 +324,8 @@ def _interpolations(text: str) -> list[str]:
             depth += {"{": 1, "}": -1}.get(text[end], 0)
             if depth == 0 and text[end] == "}":
                 break
+        else:
+            raise ValueError(f"the ${{ at character {at + 1} is never closed")
         found.append(text[at + 2:end])
         start = end + 1
     return found
@@ -324,6 +352,7 @@ def compose(args: list[str], config_dir: str | Path | None = None) -> Settings:
             overrides.append(quote_inline_config(arg))
     path = find_recipe(recipe_ref)
     data = load_recipe_file(path)
+    check_interpolations({k: v for k, v in data.items() if k != "defaults"}, path.stem)
     with tempfile.TemporaryDirectory(prefix="farm-compose-") as scratch:
         staged = Path(scratch)
         groups = stage(config_dirs(config_dir), staged)
@@ -339,8 +368,6 @@ def compose(args: list[str], config_dir: str | Path | None = None) -> Settings:
             entries.insert(0, {RUNTIME: "ray"})
         if "_self_" not in entries:
             entries.append("_self_")  # Hydra's default: the recipe's own fields win
-        if given_overrides.fields:  # set last, as the command line's fields are
-            entries.append(COMMAND_LINE_NODE)
         primary = {"defaults": [DEFAULTS_NODE, *entries], **data}
         (staged / f"{PRIMARY}.yaml").write_text(yaml.safe_dump(primary, sort_keys=False,
                                                                allow_unicode=True))
@@ -349,16 +376,17 @@ def compose(args: list[str], config_dir: str | Path | None = None) -> Settings:
             store.store(group=RUNTIME, name=name, node=Runtime(kind=name))
         store.store(name=DEFAULTS_NODE, package="_global_", node={
             **recipes.DEFAULTS, "name": path.stem, "outputs": "outputs"})
-        store.store(name=COMMAND_LINE_NODE, package="_global_", node=given_overrides.fields)
         # 3. Hydra composes
         try:
             with initialize_config_dir(config_dir=str(staged.resolve()), version_base=None):
                 cfg = hydra_compose(PRIMARY, overrides=given_overrides.hydra,
                                     return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as e:
-            raise BadInput(f"command line: {e}".strip()) from None
+            said = str(e).strip() or f"{type(e).__name__} while Hydra composed it"
+            raise BadInput(f"command line: {' '.join(overrides)}: recipe {path}: {said}") \
+                from None
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items()
-               if not k.startswith("hydra/") and k not in (DEFAULTS_NODE, COMMAND_LINE_NODE)}
+               if not k.startswith("hydra/") and k != DEFAULTS_NODE}
     composed = OmegaConf.to_container(cfg, resolve=False)
     del composed["hydra"]
     # 4. recipes are data: no resolver runs; then the typed settings

@@ -116,10 +116,10 @@ def _emphasis(job) -> dict[str, Any]:
     return {}
 
 
-def _shown_hires(value: dict | None) -> str:
+def _shown_hires(value: dict | None) -> str | None:
     """A hires pass as its export column reads: `2x latent, 10 steps, denoise 0.5`."""
     if not value:
-        return ""
+        return None
     upscale = f"{value['scale']:g}x" if value.get("scale") else \
         f"from {value['width']}x{value['height']}"
     steps = f", {value['steps']} steps" if value.get("steps") else ""
@@ -141,8 +141,9 @@ class JobField:
     id_default: Any = ALWAYS
     codec: Codec = PLAIN
     source: str | None = None  # a reference: resolved as a CHECKPOINT, VAE, REFINER or INPUT
-    # a value recorded as a list (LoRAs, embeddings) as its export column and filters read it
-    shown: Callable[[Any], str] | None = None
+    # a value recorded as a list (LoRAs, embeddings) as its export column and filters read it;
+    # None where there is none (as every column says "absent")
+    shown: Callable[[Any], str | None] | None = None
 
     @property
     def model(self) -> bool:
@@ -188,12 +189,12 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
         "loras", "Lora hashes", lambda v: _quoted(f"{lora.name}: {lora.short_hash}" for lora in v),
         when=bool), id_default=(), codec=LORAS,
         shown=lambda items: ", ".join(
-            f"{display_name(i['ref'])}:{i['weight']:g}" for i in items or ())),
+            f"{display_name(i['ref'])}:{i['weight']:g}" for i in items) if items else None),
     JobField("emphasis", BATCH, str, "string", _emphasis, id_default="none"),
     JobField("embeddings", BATCH, tuple, "string", _pair(
         "embeddings", "TI hashes", lambda v: _quoted(f"{e.ref}: {e.identity[:12]}" for e in v),
         when=bool), id_default=(), codec=EMBEDDINGS,
-        shown=lambda items: ", ".join(i["name"] for i in items or ())),
+        shown=lambda items: ", ".join(i["name"] for i in items) if items else None),
     # images in: an input image (its identity the hash of its decoded pixels), the strength it
     # is denoised to and how it is fitted to the size; None on text-to-image jobs
     JobField("init", IMAGE, str, "string", _pair("init", "Init image hash",

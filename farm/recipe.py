@@ -7,6 +7,7 @@ ever imported, evaluated or instantiated.
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -115,8 +116,10 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
         raise RecipeError(source, "(top level)", data, "expected a mapping of recipe fields")
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
-        raise RecipeError(source, unknown[0], data[unknown[0]],
-                          f"unknown field; allowed: {', '.join(DEFAULTS)}")
+        close = difflib.get_close_matches(str(unknown[0]), list(DEFAULTS), n=1)
+        raise RecipeError(source, unknown[0], data[unknown[0]], "unknown field" + (
+            f"; did you mean {close[0]!r}?" if close else "") + f" (allowed: "
+            f"{', '.join(DEFAULTS)})")
     given = {**DEFAULTS, **data}
     ctx = Context(str(given["name"] or source), base, given)
     for key in KEYS:  # in table order: settings the axes read come first

@@ -180,4 +180,4 @@ def published(record: dict) -> dict:
 def caption(entry: Entry) -> str:
     """What training scripts read as an image's text: the recipe's caption, else the prompt as
     written."""
-    return entry.params.get("caption") or entry.params["prompt"]
+    return entry.get("text")

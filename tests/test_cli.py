@@ -175,7 +175,7 @@ def test_unknown_field_in_a_recipe_file(workdir, capsys):
     (workdir / "recipes" / "typo.yaml").write_text("prompt: a\nsteps: 4\ncfg_scale: 7\n")
     assert run_farm("render", "recipe=typo") == 2
     err = capsys.readouterr().err
-    assert "cfg_scale: unknown field; allowed: defaults, name," in err and ", checkpoint," in err
+    assert "cfg_scale: unknown field (allowed: defaults, name," in err and ", checkpoint," in err
 
 
 def test_a_recipe_cannot_run_code(workdir, capsys):
@@ -393,3 +393,63 @@ def test_packaged_recipes_are_valid(tmp_path, monkeypatch, capsys, name, jobs):
     monkeypatch.chdir(tmp_path)
     assert run_farm("plan", f"recipe={name}") == 0
     assert f"jobs: {jobs} (" in capsys.readouterr().out
+
+
+# the command line as Hydra and Unix users expect it ---------------------------------------------
+
+def test_options_may_come_between_overrides(workdir, capsys):
+    assert run_farm("plan", "recipe=small", "--cfg", "steps=3") == 0
+    assert "steps: 3" in capsys.readouterr().out
+    assert run_farm("plan", "recipe=small", "-m", "steps=2,4") == 2
+    assert "steps='[2,4]'" in capsys.readouterr().err
+
+
+def test_version_help_and_bad_counts(workdir, capsys):
+    from farm import __version__
+
+    assert run_farm_default("--version") == 0
+    assert f"farm {__version__}" in capsys.readouterr().out
+    assert run_farm_default("render", "--help") == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "runtime.max_attempts=3" in text and "143 stopped by SIGTERM" in text
+    assert run_farm_default("verify", "outputs/small", "--sample", "-1") == 2
+    assert "--sample: got '-1'; expected a whole number, 0 or more" in capsys.readouterr().err
+
+
+def test_status_alone_lists_the_run_folders(workdir, capsys):
+    assert run_farm_default("status") == 2
+    assert "outputs/ holds no run folder" in capsys.readouterr().err
+    assert run_farm("render", "recipe=small") == 0
+    capsys.readouterr()
+    assert run_farm_default("status") == 0
+    assert "outputs/small: 6 done, 0 pending, 0 failed, of 6 planned" in capsys.readouterr().out
+
+
+def test_status_json_into_a_closed_pipe_is_quiet(workdir):
+    assert run_farm("render", "recipe=small") == 0
+    shell = f"{' '.join(farm_command())} status outputs/small --json | head -1"
+    done = subprocess.run(shell, shell=True, cwd=workdir, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.stdout.strip() == "{" and "Traceback" not in done.stderr, done.stderr
+
+
+def test_filters_take_the_caption_and_the_pixel_hash(workdir, capsys, tmp_path):
+    assert run_farm("render", "recipe=small") == 0
+    folder = workdir / "outputs" / "small"
+    first = manifest_rows(folder)[0]
+    assert run_farm_default("export", str(folder), "--format", "imagefolder", "--to",
+                            str(tmp_path / "a"), "--where", f"pixel_hash={first['pixel_hash']}"
+                            ) == 0
+    assert run_farm_default("export", str(folder), "--format", "imagefolder", "--to",
+                            str(tmp_path / "b"), "--where", "text~FOX") == 0
+    assert len(list((tmp_path / "a").rglob("*.png"))) == 1
+    assert len(list((tmp_path / "b").rglob("*.png"))) == 3
+
+
+def test_ctrl_c_in_plan_says_nothing_of_resuming(workdir, capsys, monkeypatch):
+    from farm import run
+
+    monkeypatch.setattr(run, "count", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run_farm("plan", "recipe=small") == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "resume" not in err

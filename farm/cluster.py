@@ -80,6 +80,9 @@ class RayBackend:
             Path(root).mkdir(parents=True, exist_ok=True)
             (Path(root) / self.probe[0]).write_text(self.probe[1])
         try:
+            # a cluster this process has not joined yet is ours to shut down, also when a
+            # signal stops its start half-way
+            self.owns_cluster = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
             with interrupts_held():  # Ctrl-C or SIGTERM inside ray.init crashes Ray's core worker
                 self.owns_cluster = _connect(runtime.address)  # before anything imports ray
             self.count, self.device, self.options, self.threads = _placement(runtime)
@@ -232,7 +235,9 @@ class RayBackend:
 def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then act on the first as its
     own handler would (farm's SIGTERM handler: exit 143): a signal inside ray.init crashes Ray's
-    core worker (a segmentation fault) and leaves its processes behind."""
+    core worker (a segmentation fault) and leaves its processes behind. ray.init also installs
+    a SIGTERM handler that exits at once (code 15, no summary): a SIGTERM that reaches it is
+    held as well, and farm's handler is back in place when the block ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -242,7 +247,11 @@ def interrupts_held() -> Iterator[None]:
                 for number in held}
     try:
         yield
-    finally:
+    except SystemExit as e:  # ray.init installs a SIGTERM handler of its own that exits
+        if e.code != signal.SIGTERM:
+            raise
+        caught.append(signal.SIGTERM)
+    finally:  # (which also puts farm's back in place of Ray's)
         for number, handler in previous.items():
             signal.signal(number, handler)
     if caught:

@@ -16,8 +16,9 @@ from typing import Any
 
 from farm import prompts, samplers
 from farm.jobs import ImageFormat
-from farm.keys import (AXES, BY_KEY, COLUMN_AXES, DEFAULTS, INPUT_KEYS, KEYS, LOADED, STAGES,
-                       Context, GridSpec, HiresSpec, PromptFile, RecipeError)
+from farm.forms import Context, GridSpec, HiresSpec, PromptFile, RecipeError
+from farm.keys import (AXES, BY_KEY, COLUMN_AXES, COLUMNS, DEFAULTS, INPUT_KEYS, KEYS, LOADED,
+                       STAGES)
 
 __all__ = ["DEFAULTS", "GridSpec", "HiresSpec", "Prompt", "PromptFile", "Recipe", "RecipeError",
            "parse"]
@@ -121,7 +122,7 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
             f"; did you mean {close[0]!r}?" if close else "") + f" (allowed: "
             f"{', '.join(DEFAULTS)})")
     given = {**DEFAULTS, **data}
-    ctx = Context(str(given["name"] or source), base, given)
+    ctx = Context(str(given["name"] or source), base, given, COLUMNS)
     for key in KEYS:  # in table order: settings the axes read come first
         value = given[key.name] if key.name != "name" or given["name"] is not None else source
         ctx.parsed[key.name] = key.parse(ctx, key.name, value)

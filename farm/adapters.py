@@ -37,20 +37,32 @@ class AdapterError(models.ModelError):
 
 
 def safetensors_header(path: Path, field: str, ref: str) -> dict[str, Any]:
-    """The tensor names, shapes and dtypes of a .safetensors file, read without loading it."""
+    """The tensor names, shapes and dtypes of a .safetensors file, read without loading it, and
+    checked against the file's size: a damaged file or one cut short is refused here, before
+    anything renders, not job by job."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             if not 0 < size < 100 * 2**20:
                 raise ValueError("no safetensors header")
             header = json.loads(f.read(size))
-    except (OSError, ValueError) as e:
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a table of tensors")
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        ends = [v["data_offsets"][1] for v in tensors.values()]
+        expected = 8 + size + max(ends, default=0)
+        actual = path.stat().st_size
+        if actual < expected:
+            raise ValueError(f"it is cut short: {actual:,} bytes of the {expected:,} its header "
+                             "describes (an interrupted download or copy?)")
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
         raise AdapterError(field, ref, f"not a readable .safetensors file ({e})") from None
-    header.pop("__metadata__", None)
-    return header
+    return tensors
 
 
-def _identified(path: Path, ref: str) -> Model:
+def _identified(path: Path, ref: str, field: str) -> Model:
+    """A LoRA or embedding file, checked to be whole, identified by its tensor data's hash."""
+    safetensors_header(path, field, ref)
     return Model(ref=ref, path=str(path.resolve()),
                  identity=models.file_hash(path, after_header=True))
 
@@ -71,14 +83,17 @@ def find_lora(ref: str, base: Path, field: str = "loras") -> Model:
     else:
         folders = [base / "loras"] + ([Path(os.environ[LORA_DIR_ENV])]
                                       if os.environ.get(LORA_DIR_ENV) else [])
-        looked = [folder / f"{ref}.safetensors" for folder in folders]
+        # each folder, then its subfolders (as AUTOMATIC1111 looks), the first found wins
+        looked = [found for folder in folders for found in
+                  [folder / f"{ref}.safetensors",
+                   *sorted(folder.rglob(f"*/{_glob_quote(ref)}.safetensors"))]]
         pickles = [p for folder in folders for p in folder.glob(f"{_glob_quote(ref)}.*")
                    if p.suffix.lower() in models.PICKLE_SUFFIXES]
         if not any(p.is_file() for p in looked) and pickles:
             _refuse_pickle(pickles[0], field, ref)
     for candidate in looked:
         if candidate.is_file():
-            return _identified(candidate, ref)
+            return _identified(candidate, ref, field)
     match = models.HUB_ID.fullmatch(ref)
     if match:
         return _hub_lora(ref, match["repo"], match["revision"], field, looked)
@@ -108,7 +123,7 @@ def _hub_lora(ref: str, repo: str, revision: str | None, field: str,
     if len(files) != 1:
         raise AdapterError(field, ref, f"the repo holds {len(files)} .safetensors files; "
                            "download the one you mean and give its path")
-    return _identified(files[0], ref)
+    return _identified(files[0], ref, field)
 
 
 # checking that a file fits the checkpoint -------------------------------------------------------
@@ -211,9 +226,10 @@ class Reader:
         folders = [self.base / "embeddings"] + ([Path(os.environ[EMBEDDINGS_DIR_ENV])]
                                                 if os.environ.get(EMBEDDINGS_DIR_ENV) else [])
         for folder in reversed(folders):
-            if folder.is_dir():
-                for file in folder.iterdir():
-                    if file.suffix.lower() in (".safetensors", *models.PICKLE_SUFFIXES):
+            if folder.is_dir():  # subfolders too, as AUTOMATIC1111 looks (sorted: one winner)
+                for file in sorted(folder.rglob("*"), reverse=True):
+                    if file.is_file() and file.suffix.lower() in (".safetensors",
+                                                                  *models.PICKLE_SUFFIXES):
                         found[file.stem.lower()] = file
         return found
 
@@ -257,7 +273,7 @@ class Reader:
         return self._families[checkpoint.identity]
 
     def _read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
-        field = f"prompt {prompt[:60]!r}"
+        field = "prompt"
         try:
             text, tags = emphasis.loras(prompt)
         except emphasis.EmphasisError as e:
@@ -289,7 +305,7 @@ class Reader:
                 file = self.embedding_files[word.lower()]
                 _refuse_pickle(file, field, word)
                 if word.lower() not in used:
-                    model = _identified(file, word.lower())
+                    model = _identified(file, word.lower(), field)
                     if (model.identity, checkpoint.identity) not in self._checked:
                         check_embedding(model, checkpoint, f"embedding {word!r}")
                         self._checked.add((model.identity, checkpoint.identity))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from farm import checks
+
 ROUND, SQUARE = 1.1, 1 / 1.1
 BREAK = "BREAK"
 _TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
@@ -100,9 +102,10 @@ def loras(text: str) -> tuple[str, list[tuple[str, float]]]:
         weight = 1.0
         if len(parts) == 2:
             try:
-                weight = float(parts[1])
+                weight = checks.lora_weight(float(parts[1]))
             except ValueError:
                 raise EmphasisError(f"{match.group(0)!r}: the weight {parts[1]!r} is not a "
-                                    "number") from None
+                                    "number from -10 to 10 (as the recipe's LoRA weights)"
+                                    ) from None
         found.append((name, weight))
     return LORA_TAG.sub("", text), found

@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 from collections import OrderedDict
@@ -144,7 +145,8 @@ def decoded(data: bytes, given: str) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(given, f"cannot be read as an image ({type(e).__name__}: {e})") \
+        said = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(e))
+        raise InputError(given, f"cannot be read as an image ({type(e).__name__}: {said})") \
             from None
 
 

@@ -23,7 +23,7 @@ from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS
 from farm.plan import Resolved
 from farm.compose import BadInput, Settings
 from farm.finished import CHUNK, Finished
-from farm.jobs import Job, Loadout, Model, Slot
+from farm.jobs import Job, Loadout, Lora, Model, Slot
 from farm.manifest import Manifest, ManifestDamaged, ManifestUnwritable
 from farm.outputs import RunFolder
 from farm.schedule import Backend, Runtime, RuntimeUnavailable, Summary
@@ -71,14 +71,15 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
     reader = adapters.Reader(recipe.base)
     for ref in recipe["checkpoint"]:
         checkpoint = found[ref]
-        for i, lora_set in enumerate(recipe["loras"]):
-            for lora, _ in lora_set:
-                reader.lora(lora, checkpoint,
-                            f"loras[{i}]" if len(recipe["loras"]) > 1 else "loras")
+        sets = [tuple(Lora(reader.lora(lora, checkpoint, f"loras[{i}]" if len(recipe["loras"]) > 1
+                                       else "loras"), weight) for lora, weight in lora_set)
+                for i, lora_set in enumerate(recipe["loras"])]
         for row in recipe.prompt_rows():
             negative = recipe["negative"] if row.negative is None else row.negative
             for mode in recipe["emphasis"]:
-                reader.read(row.text, negative, checkpoint, mode)
+                tagged = reader.read(row.text, negative, checkpoint, mode).loras
+                for lora_set in sets if tagged else ():  # the same LoRA twice: refused now
+                    adapters.joined(lora_set, tagged, f"prompt {row.text[:60]!r}")
     return Resolved(found, identified_inputs(recipe), reader)
 
 
@@ -327,8 +328,9 @@ def render(settings: Settings) -> Outcome:
     try:
         with folder.locked(), sole_writer(folder):
             outcome = _render_locked(settings, found)
-    except RuntimeUnavailable:
-        if created is not None:  # nothing was written: leave no empty folders behind
+    except Exception:
+        # a render refused before it made an image leaves no folder it created behind
+        if created is not None and not any((root / "images").glob("*/*")):
             shutil.rmtree(created, ignore_errors=True)
         raise
     # 3. the contact sheets the recipe asks for, from every finished image

@@ -237,7 +237,13 @@ def test_emphasis_enters_the_id_only_where_it_changes_the_prompt(tmp_path, tiny,
 @pytest.mark.parametrize("recipe, expected", [
     ("prompt: a fox <lora:missing:0.5>", "'missing': no such LoRA; looked at"),
     ("prompt: a fox <lora:ink:lots>", "the weight 'lots' is not a number"),
-    ("prompt: a (red fox", "prompt 'a (red fox': 'a (red fox': an unclosed '('"),
+    ("prompt: a fox <lora:ink:nan>", "the weight 'nan' is not a number from -10 to 10"),
+    ("prompt: a fox <lora:ink:inf>", "the weight 'inf' is not a number from -10 to 10"),
+    ("prompt: a fox <lora:ink:1e30>", "the weight '1e30' is not a number from -10 to 10"),
+    ("prompt: a (red fox", "prompt: 'a (red fox': an unclosed '('"),
+    ("prompt: a fox <lora:ink:0.5>\nloras: [ink]", "this LoRA file is in the set twice"),
+    ("prompt: a fox\nloras: [garbage]", "garbage': not a readable .safetensors file"),
+    ("prompt: a fox\nloras: [short]", "it is cut short"),
     ("prompt: a fox\nloras: [{ref: ink, weight: strong}]", "loras[0].weight: got 'strong'"),
     ("prompt: a fox\ncheckpoint: tiny-xl\nloras: [ink]", "made for another base model"),
     ("prompt: a fox\nloras: [old]", "pickle files can run arbitrary code"),
@@ -247,11 +253,32 @@ def test_bad_loras_and_prompts_exit_2_before_rendering(tmp_path, farm_cache, cap
                                                        expected):
     tiny.write_lora("tiny", tmp_path / "loras" / "ink.safetensors", "kohya")
     (tmp_path / "loras" / "old.pt").write_bytes(b"not really a pickle")
+    (tmp_path / "loras" / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    whole = (tmp_path / "loras" / "ink.safetensors").read_bytes()
+    (tmp_path / "loras" / "short.safetensors").write_bytes(whole[:len(whole) // 2])
     (tmp_path / "r.yaml").write_text(recipe + "\nsize: 64x64\nsteps: 2\n")
+    for command in ("plan", "render"):  # what render refuses, plan refuses
+        assert run_farm(command, f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                        f"outputs={tmp_path / 'out'}") == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()  # not even a lock or an empty manifest
+
+
+def test_loras_and_embeddings_are_found_in_subfolders(tmp_path, farm_cache):
+    """As AUTOMATIC1111 looks for them: loras/styles/ink.safetensors is <lora:ink>."""
+    tiny.write_lora("tiny", tmp_path / "loras" / "styles" / "ink.safetensors", "kohya")
+    (tmp_path / "embeddings" / "hands").mkdir(parents=True)
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "embeddings" / "hands" / "badhands.safetensors"))
+    (tmp_path / "r.yaml").write_text("prompt: a fox with badhands <lora:ink:0.5>\n"
+                                     "size: 64x64\nsteps: 2\n")
     assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
-                    f"outputs={tmp_path / 'out'}") == 2
-    assert expected in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+                    f"outputs={tmp_path / 'out'}") == 0
+    done, = records(tmp_path / "out" / "r")
+    assert [lora["path"] for lora in done["loras"]] == [
+        str(tmp_path / "loras" / "styles" / "ink.safetensors")]
+    assert [e["name"] for e in done["embeddings"]] == ["badhands"]
 
 
 def test_a_lora_from_the_hub_cache_resolves_offline(tmp_path, monkeypatch, lora_files):

@@ -278,7 +278,8 @@ def test_bad_stage_input_exits_2_before_anything_is_written(project, capsys, rec
     shutil.copy(project / "photos" / "a.png", project / "twin.png")
     (project / "bad.yaml").write_text(f"name: bad\nprompt: a fox\nsize: 64x64\n{recipe}\n")
     assert run_farm("render", "recipe=bad.yaml", "runtime=inline") == 2
-    assert words in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert words in err and "BytesIO" not in err and "(set)" not in err
     assert not (project / "outputs" / "bad").exists()
 
 

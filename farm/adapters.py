@@ -280,6 +280,12 @@ class Reader:
             raise AdapterError(field, prompt, str(e)) from None
         texts = (text, negative)
         affected, problem = False, None
+        for t in texts if mode == "a1111" else ():
+            used = emphasis.unsupported(t)
+            if used:  # never rendered as literal text without a word
+                raise AdapterError(field, t, f"farm does not render AUTOMATIC1111's {used}; "
+                                   "write it as plain text and set emphasis: none to have the "
+                                   "characters encoded as they are")
         if mode == "a1111":
             try:
                 affected = not all(emphasis.plain(t) for t in texts)

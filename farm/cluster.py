@@ -278,6 +278,9 @@ def _connect(address: str | None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local one. True if we must
     shut it down again (a cluster this process already joined is left alone)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray's C++ failure-signal handler would catch SIGTERM, print a stack dump and abort the
+    # driver instead of letting farm stop as on Ctrl-C (read when ray is imported)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if not address and "ray" not in sys.modules:
         # An embedded cluster serves this process only, and Ray has no authentication: keep it
         # on the loopback interface (Ray's single-machine mode, as on macOS and Windows).

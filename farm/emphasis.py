@@ -30,16 +30,24 @@ class EmphasisError(ValueError):
     """A prompt whose emphasis or tags cannot be read; the message says where and why."""
 
 
+def is_break(piece: str, weight: float) -> bool:
+    """Whether a run is a BREAK (the run (BREAK, -1)); a word weighted -1, `(word:-1)`, is not:
+    it is encoded at weight -1, as AUTOMATIC1111 encodes it."""
+    return weight == -1 and piece == BREAK
+
+
 def parse(text: str) -> list[tuple[str, float]]:
     """The prompt as (text, weight) runs, neighbours of equal weight merged; a BREAK is the
-    run (BREAK, -1). A prompt with no emphasis is [(text, 1.0)]."""
+    run (BREAK, -1) (is_break). A prompt with no emphasis is [(text, 1.0)]. A BREAK inside
+    brackets still breaks (AUTOMATIC1111 weights it with the brackets' text and then encodes
+    the word BREAK instead)."""
     runs: list[list] = []
     open_round: list[int] = []  # where each open bracket's runs start
     open_square: list[int] = []
 
     def scale(start: int, factor: float) -> None:
         for run in runs[start:]:
-            if run[1] != -1:
+            if not is_break(*run):
                 run[1] *= factor
 
     for match in _TOKEN.finditer(text):
@@ -68,17 +76,37 @@ def parse(text: str) -> list[tuple[str, float]]:
                 runs.append([part, 1.0])
     if open_round or open_square:
         where = min(open_round + open_square)
-        shown = "".join(run[0] for run in runs[where:] if run[1] != -1)[:40]
+        shown = "".join(run[0] for run in runs[where:] if not is_break(*run))[:40]
         bracket = "(" if open_round and where in open_round else "["
         raise EmphasisError(f"an unclosed {bracket!r} before {shown!r}: close it, or write "
                             f"\\{bracket} for the literal character")
     merged: list[list] = []
     for run in runs:
-        if merged and merged[-1][1] == run[1] and run[1] != -1:
+        if merged and merged[-1][1] == run[1] and not is_break(*run) \
+                and not is_break(*merged[-1]):
             merged[-1][0] += run[0]
-        elif run[0] or run[1] == -1:
+        elif run[0] or is_break(*run):
             merged.append(run)
     return [(piece, weight) for piece, weight in merged] or [("", 1.0)]
+
+
+_SQUARE_GROUP = re.compile(r"(?<!\\)\[((?:\\.|[^\[\]\\])*)(?<!\\)\]")
+_EDIT = re.compile(r"^(?:[^:]*:){1,2}\s*[+-]?[\d.]+\s*$", re.S)  # [to:when], [from:to:when]
+_AND = re.compile(r"\bAND\b")
+
+
+def unsupported(text: str) -> str | None:
+    """What of AUTOMATIC1111's per-step syntax the text uses, which farm does not render yet:
+    prompt editing `[from:to:when]`, alternation `[a|b]`, composable `AND`; None if nothing."""
+    for match in _SQUARE_GROUP.finditer(text):
+        inside = match.group(1)
+        if "|" in inside:
+            return f"alternation {match.group(0)!r} (a different prompt each step)"
+        if _EDIT.match(inside):
+            return f"prompt editing {match.group(0)!r} (the prompt changes at a step)"
+    if _AND.search(text):
+        return "AND (prompts composed at each step)"
+    return None
 
 
 def plain(text: str) -> bool:

@@ -43,7 +43,7 @@ class Chunk:
 
 def chunks(runs: list[tuple[list[int], float]], comma: int | None,
            words: dict[tuple[int, ...], tuple[str, int]], end: int) -> list[Chunk]:
-    """Tokenized runs (tokens, weight; a BREAK is weight -1) -> chunks, padded with `end`.
+    """Tokenized runs (tokens, weight; a BREAK is weight None) -> chunks, padded with `end`.
     `words` maps an embedding's word (as tokens) to (word, vectors)."""
     done: list[Chunk] = []
     current = Chunk()
@@ -59,7 +59,7 @@ def chunks(runs: list[tuple[list[int], float]], comma: int | None,
 
     longest = sorted(words, key=len, reverse=True)
     for tokens, weight in runs:
-        if weight == -1:
+        if weight is None:
             close()
             continue
         position = 0
@@ -175,7 +175,7 @@ class TextEncoding:
                 if encoder.key in by_key:
                     ids = tuple(tokenizer(word, add_special_tokens=False).input_ids)
                     words[ids] = (word, len(by_key[encoder.key]))
-            tokenized = [([], -1.0) if w == -1 else
+            tokenized = [([], None) if emphasis.is_break(piece, w) else
                          (tokenizer(piece, add_special_tokens=False, truncation=False).input_ids,
                           w) for piece, w in runs]
             comma = tokenizer.get_vocab().get(",</w>")
@@ -210,8 +210,9 @@ class TextEncoding:
         pooled = out[0] if out[0].ndim == 2 else None
         if encoder.xl:
             z = out.hidden_states[-(clip_skip + 1)]
-        elif clip_skip > 1:
-            z = model.final_layer_norm(out.hidden_states[-clip_skip])
+        elif clip_skip > 1:  # transformers 5's flat CLIPTextModel, or 4's .text_model under it
+            norm = getattr(model, "final_layer_norm", None) or model.text_model.final_layer_norm
+            z = norm(out.hidden_states[-clip_skip])
         else:
             z = out[0]
         return z, pooled

@@ -75,6 +75,9 @@ HIRES = Codec(  # hashable: a batch's jobs are compared by it
 
 # 2. AUTOMATIC1111's infotext: each field writes its own keys --------------------------------------
 
+NO_SEPARATORS = str.maketrans("", "", ":,")  # A1111 drops them from names in its hash lists
+
+
 def _quoted(items) -> str:
     """A1111's quoting of a value that holds commas: JSON string syntax."""
     return json.dumps(", ".join(items), ensure_ascii=False)
@@ -186,7 +189,8 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     JobField("dtype", BATCH, str, "string"),
     # added after the first id version: in the id only when not at their defaults
     JobField("loras", BATCH, tuple, "string", _pair(
-        "loras", "Lora hashes", lambda v: _quoted(f"{lora.name}: {lora.short_hash}" for lora in v),
+        "loras", "Lora hashes", lambda v: _quoted(f"{lora.name.translate(NO_SEPARATORS)}: "
+                                                  f"{lora.short_hash}" for lora in v),
         when=bool), id_default=(), codec=LORAS,
         shown=lambda items: ", ".join(
             f"{display_name(i['ref'])}:{i['weight']:g}" for i in items) if items else None),

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from farm import __version__
+from farm import __version__, emphasis
 from farm.fields import FIELDS
 from farm.jobs import ImageFormat, Job
 
@@ -153,9 +153,13 @@ def slug(text: str) -> str:
 
 
 def infotext(job: Job) -> str:
-    """AUTOMATIC1111's `parameters` text, so that other tools read the settings: the prompt, the
-    negative, then the `Key: value` pairs each field writes, in the table's order."""
-    lines = [job.prompt]
+    """AUTOMATIC1111's `parameters` text, so that other tools read the settings: the prompt (with
+    a `<lora:NAME:WEIGHT>` tag for each of the recipe's LoRAs, so that pasting it into
+    AUTOMATIC1111 applies them too), the negative, then the `Key: value` pairs each field
+    writes, in the table's order."""
+    tagged = {name for name, _ in emphasis.loras(job.prompt)[1]}
+    lines = [" ".join([job.prompt, *(f"<lora:{lora.name}:{lora.weight:g}>" for lora in job.loras
+                                     if lora.model.ref not in tagged and ":" not in lora.name)])]
     if job.negative:
         lines.append(f"Negative prompt: {job.negative}")
     pairs: dict[str, Any] = {}

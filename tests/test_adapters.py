@@ -159,12 +159,18 @@ def test_a_lora_sweep_and_prompt_tags_render_every_set(styled, capsys):
                 for r in manifest_rows(folder)]
     runs = [w for i, w in enumerate(in_order) if i == 0 or w != in_order[i - 1]]
     assert runs == [[], [0.5], [1.0]]
-    # the infotext: the prompt as written, A1111's hashes of each LoRA
-    image = next(p for p in folder.glob("images/*/*.png") if "fox" in p.name)
-    text, meta = outputs.read_metadata(image)
+    # the infotext: the prompt as written, a tag for each of the recipe's LoRAs (so that A1111
+    # applies them when it is pasted there), A1111's hashes of each LoRA
+    foxes = {len(meta["loras"]): (text, meta) for text, meta in (
+        outputs.read_metadata(p) for p in folder.glob("images/*/*.png") if "fox" in p.name)}
+    text, meta = foxes[1]  # the prompt's tag alone
     assert text.startswith("a fox in snow <lora:ink:0.5>\n")
     ink = a1111_hash(styled / "loras" / "ink.safetensors")[:12]
     assert f'Lora hashes: "ink: {ink}' in text
+    text, meta = foxes[2]  # and the recipe's LoRA, as a tag in the infotext only
+    assert text.split("\n")[0].replace("<lora:style:1>", "<lora:style:0.5>") == \
+        "a fox in snow <lora:ink:0.5> <lora:style:0.5>"
+    assert meta["prompt"] == "a fox in snow <lora:ink:0.5>"
     # a second render finds everything done
     capsys.readouterr()
     assert run_farm("render", f"recipe={styled / 'styled.yaml'}", "runtime=inline",
@@ -244,6 +250,10 @@ def test_emphasis_enters_the_id_only_where_it_changes_the_prompt(tmp_path, tiny,
     ("prompt: a fox <lora:ink:0.5>\nloras: [ink]", "this LoRA file is in the set twice"),
     ("prompt: a fox\nloras: [garbage]", "garbage': not a readable .safetensors file"),
     ("prompt: a fox\nloras: [short]", "it is cut short"),
+    ("prompt: 'a [cat:dog:0.5]'", "does not render AUTOMATIC1111's prompt editing '[cat:dog:0.5]'"),
+    ("prompt: 'a [cat|dog]'", "does not render AUTOMATIC1111's alternation '[cat|dog]'"),
+    ("prompt: a cat AND a dog", "does not render AUTOMATIC1111's AND"),
+    ("prompt: a cat\nnegative: '[blurry:0.3]'", "prompt editing '[blurry:0.3]'"),
     ("prompt: a fox\nloras: [{ref: ink, weight: strong}]", "loras[0].weight: got 'strong'"),
     ("prompt: a fox\ncheckpoint: tiny-xl\nloras: [ink]", "made for another base model"),
     ("prompt: a fox\nloras: [old]", "pickle files can run arbitrary code"),

@@ -30,6 +30,8 @@ R, S = 1.1, 1 / 1.1
       (", ", 1.0), ("sky", R * R * R)]),
     ("[[x]] y", [("x", S * S), (" y", 1.0)]),
     ("a BREAK b", [("a", 1.0), ("BREAK", -1), ("b", 1.0)]),
+    ("(word:-1) more", [("word", -1.0), (" more", 1.0)]),  # a weight, not a BREAK
+    ("(fox:-1)BREAK b", [("fox", -1.0), ("BREAK", -1), ("b", 1.0)]),
     ("smile :) (x:2)", [("smile :) ", 1.0), ("x", 2.0)]),
 ])
 def test_emphasis_reads_as_a1111(text, expected):
@@ -132,6 +134,30 @@ def test_break_starts_a_new_chunk(sd):
     found = encoded(sd, "a BREAK b")
     expected = torch.cat([last(sd, ids(sd, "a</w>")), last(sd, ids(sd, "b</w>"))], dim=1)
     torch.testing.assert_close(found, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("text, found", [
+    ("a [cat:dog:0.5]", "prompt editing"), ("a [cat:0.5]", "prompt editing"),
+    ("a [cat::10]", "prompt editing"), ("a [cat|dog|owl]", "alternation"),
+    ("a cat AND a dog", "AND"), ("a [blur] (sharp:1.2)", None), (r"a \[cat:0.5\]", None),
+    ("ANDROID", None), ("a [x:y]", None),
+])
+def test_per_step_syntax_is_found_so_it_is_never_rendered_as_text(text, found):
+    used = emphasis.unsupported(text)
+    assert (used is None) if found is None else found in used
+
+
+def test_a_word_weighted_minus_one_is_encoded_not_dropped(sd):
+    """(word:-1) is the word at weight -1 (AUTOMATIC1111 breaks only on the word BREAK at its
+    marker weight): one chunk, the word in it, never a new chunk without it."""
+    from farm import encode
+
+    tokens = [sd.tokenizer.get_vocab()["b</w>"]]
+    chunks = encode.chunks([(tokens, -1.0), ([7], 1.0)], None, {}, 0)
+    assert len(chunks) == 1 and chunks[0].tokens[:len(tokens) + 1] == tokens + [7]
+    assert chunks[0].weights[:len(tokens)] == [-1.0] * len(tokens)
+    assert len(encode.chunks([([5], 1.0), ([], None), ([6], 1.0)], None, {}, 0)) == 2
+    assert not torch.equal(encoded(sd, "a (b:-1)"), encoded(sd, "a"))
 
 
 def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(sd):

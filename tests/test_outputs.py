@@ -145,3 +145,15 @@ def test_only_one_writer_holds_a_run_folder(tmp_path):
             pass
     with folder.locked():
         pass
+
+
+def test_lora_names_lose_separators_in_the_hash_list_and_recipe_loras_become_tags(tiny):
+    """AUTOMATIC1111 drops ':' and ',' from the names of its `Lora hashes` list (its paste
+    handler splits on them); a LoRA the recipe set (no tag in the prompt) is written as a tag."""
+    from farm.jobs import Lora, Model
+
+    odd = Lora(Model("loras/my,lo:ra.safetensors", "/nowhere", "ab" * 32), 0.5)
+    ink = Lora(Model("ink", "/nowhere/ink.safetensors", "cd" * 32), 0.8)
+    text = outputs.infotext(make_job(tiny, loras=(odd, ink), prompt="a fox"))
+    assert 'Lora hashes: "mylora: abababababab, ink: cdcdcdcdcdcd"' in text
+    assert text.startswith("a fox <lora:ink:0.8>\n")  # (a name with ':' cannot be a tag)

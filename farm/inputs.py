@@ -184,13 +184,15 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def _key(path: str) -> str:
-    """What an input's cached hash is filed under: its path, size and modification time."""
+    """What an input's cached hash is filed under: its path, size, modification time, and the
+    time its inode last changed, which no tool sets back (a file replaced by `cp -p` or
+    `rsync -t`, the same size and modification time, is another key)."""
     file, _ = _split(path)
     try:
         stat = file.stat()
     except OSError as e:
         raise InputError(path, f"cannot be read ({e.strerror or e})") from None
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
 
 
 def _pixel_hash(path: str) -> str:
@@ -265,10 +267,15 @@ def find(identity: str, folders: Iterable[Path]) -> Model | None:
             except InputError:
                 continue
             index = _FOLDERS[Path(folder).resolve()] = {}
-            for model in identify(paths):
+            for path in paths:  # one at a time: an unreadable file there is not the one sought
+                try:
+                    model, = identify([path])
+                except InputError:
+                    continue
                 index.setdefault(model.identity, model)
-        if identity in index:
-            return index[identity]
+        found = index.get(identity)
+        if found is not None and Path(_split(found.path)[0]).exists():  # (gone since: not it)
+            return found
     return None
 
 

@@ -80,9 +80,10 @@ def same_input(field: str, path: str, identity: str, found_in: Sequence[Path]) -
         pass
     found = inputs.find(identity, found_in)
     if found is None:
-        looked = ", ".join(map(str, found_in)) or "no other folder (name some with --inputs DIR)"
-        raise ReplayError(f"{field} image {path} (pixels {identity[:16]}...) {there}, and it is "
-                          f"not in {looked}")
+        looked = (f"it is not in {', '.join(map(str, found_in))}" if found_in else
+                  "no other folder was named to look in (--inputs DIR)")
+        raise ReplayError(f"{field} image {path} (pixels {identity[:16]}...) {there}, and "
+                          f"{looked}")
     return found
 
 

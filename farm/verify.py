@@ -17,7 +17,7 @@ from farm import outputs
 from farm.jobs import ImageFormat, Slot
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
-from farm.replay import job_from, stored_format
+from farm.replay import ReplayError, job_from, stored_format
 
 TOLERANCE = 1  # of 255: what other batch shapes change, measured on the CPU
 
@@ -25,7 +25,9 @@ TOLERANCE = 1  # of 255: what other batch shapes change, measured on the CPU
 @dataclass(frozen=True)
 class Finding:
     path: str
-    verdict: str  # identical | within tolerance | different | missing | unreadable | replaced
+    # identical | within tolerance | different | missing | unreadable | replaced |
+    # not rendered again (its input image or a model is gone)
+    verdict: str
     detail: str = ""
 
     @property
@@ -79,7 +81,11 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
                 worker = workers[speedups] = Worker(
                     scratch, name="verify", device=Device.named(device) if device else None,
                     compile=speedups[0], fuse_qkv=speedups[1])
-            job = job_from(json.loads(params), path, moved, found_in)
+            try:
+                job = job_from(json.loads(params), path, moved, found_in)
+            except ReplayError as e:  # an input or model gone: say so, and check the others
+                findings.append(Finding(path, "not rendered again", str(e)))
+                continue
             original = folder.root / path
             fmt = ImageFormat()
             if original.suffix != ".png" and original.is_file():  # lossy: the same quality

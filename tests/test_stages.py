@@ -226,13 +226,23 @@ def test_img2img_run_resumes_verifies_and_replays_from_a_folder_named(project, c
     capsys.readouterr()  # status counts from the run's record: the input hashes it kept
     assert run_farm("status", str(folder)) == 0
     assert "12 done, 0 pending" in capsys.readouterr().out
-    # the inputs moved: replay finds them by their pixels in a folder the user names
+    # the inputs moved: replay finds them by their pixels in a folder the user names (an
+    # unreadable file there is passed over)
     shutil.move(project / "photos", project / "moved")
+    (project / "moved" / "broken.png").write_bytes(b"not a png")
     assert run_farm("replay", str(images[0]), "--to", str(project / "again")) == 2
-    assert "is not there, and it is not in no other folder" in capsys.readouterr().err
+    assert "is not there, and no other folder was named to look in (--inputs DIR)" in \
+        capsys.readouterr().err
     assert run_farm("replay", str(images[0]), "--to", str(project / "again"), "--inputs",
                     str(project / "moved")) == 0
     assert "the same pixels as" in capsys.readouterr().out
+    # verify with one input gone: that image is named, every other is still checked
+    first = next(p for p in (project / "moved").glob("*.png") if p.name != "broken.png")
+    first.unlink()
+    capsys.readouterr()
+    assert run_farm("verify", str(folder), "--all", "--inputs", str(project / "moved")) == 1
+    out = capsys.readouterr().out
+    assert "not rendered again" in out and out.count("identical") == 8, out
 
 
 def test_a_run_feeds_the_next_and_its_exports_name_the_inputs(project, capsys):
@@ -438,3 +448,28 @@ def test_sdxl_img2img_and_the_refiner_take_a_recipe_vae(worker, photos, tiny_vae
                                              switch_at=0.5)], f"xl-rf-{i}")[0]
                     for i, vae in enumerate((None, tiny_vae)))
     assert not np.array_equal(own, swapped)
+
+
+def test_an_input_replaced_with_the_same_size_and_time_is_identified_again(tmp_path, capsys,
+                                                                            monkeypatch):
+    """`cp -p` or `rsync -t` of other pixels over an input: the same byte size and modification
+    time; the cached hash must not be trusted, and the new pixels are a new job."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(5)
+    first, second = (Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+                     for _ in range(2))
+    first.save(tmp_path / "in.png", compress_level=0)
+    stat = (tmp_path / "in.png").stat()
+    (tmp_path / "r.yaml").write_text("prompt: a fox\ninit: in.png\nsize: 64x64\nsteps: 2\n")
+    assert run_farm("render", "recipe=r.yaml", "runtime=inline") == 0
+    second.save(tmp_path / "in.png", compress_level=0)
+    os.utime(tmp_path / "in.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (tmp_path / "in.png").stat().st_size == stat.st_size
+    capsys.readouterr()
+    assert run_farm("render", "recipe=r.yaml", "runtime=inline") == 0
+    assert "Rendered 1 of 1" in capsys.readouterr().out
+    made = {outputs.read_metadata(p)[1]["init_identity"]
+            for p in (tmp_path / "outputs" / "r").glob("images/*/*.png")}
+    assert outputs.pixel_hash(second) in made and len(made) == 2

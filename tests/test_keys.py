@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from farm import keys, plan, run
 from farm.compose import compose
@@ -44,6 +45,9 @@ BOUNDARIES = [
     ("hires.denoise", 0, 0.01), ("hires.denoise", 1.01, 1),
     ("hires.steps", -1, 0),
     ("refiner.switch_at", 0, 0.01), ("refiner.switch_at", 1, 0.99),
+    ("denoise", 0, 0.01), ("denoise", 1.01, 1),
+    ("resize", "cropped", "crop"), ("format", "gif", "jpg"), ("name", "a name", "a-name"),
+    ("checkpoint", "", "tiny"), ("expand", "random", "combinatorial"),
 ]
 
 
@@ -71,9 +75,11 @@ def _yaml(key: str, value) -> str:
                          ids=[f"{k}={r}" for k, r, _ in BOUNDARIES])
 def test_a_value_is_refused_alike_from_a_file_an_override_and_a_prompt_file(
         tmp_path, monkeypatch, key, refused, accepted):
-    base = BASE + ("checkpoint: tiny-xl\n" if key.startswith("refiner") else "")
+    common = BASE + ("init: in.png\n" if key == "denoise" else "")
+    base = common + ("checkpoint: tiny-xl\n" if key.startswith("refiner") else "")
     recipe_folder(tmp_path, monkeypatch, base=base,
-                  refused=BASE + _yaml(key, refused), accepted=BASE + _yaml(key, accepted))
+                  refused=common + _yaml(key, refused), accepted=common + _yaml(key, accepted))
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "recipes" / "in.png")
     from_file = _refusal(["recipe=refused"])
     assert from_file is not None, f"{key}: {refused!r} was taken"
     assert _refusal(["recipe=accepted"]) is None

@@ -10,7 +10,7 @@ import yaml
 
 from farm import __version__
 from farm.outputs import write_atomic
-from farm.selection import Report, Selection, last_record, public_ref, published
+from farm.selection import Report, Selection, public_ref, published
 
 
 def features(schema) -> list[dict[str, Any]]:
@@ -42,9 +42,8 @@ def write(to: Path, selection: Selection, schema, summary: dict[str, Any],
         "task_categories": ["text-to-image"],
         "tags": ["synthetic", "farm"],
     }
-    record = last_record(selection.run)
-    run = yaml.safe_dump(published(record), sort_keys=False, allow_unicode=True) \
-        if record else None
+    run = yaml.safe_dump(published(selection.record), sort_keys=False, allow_unicode=True) \
+        if selection.record else None
     models = "\n".join(f"- `{public_ref(ref, selection.base)}` (`{identity}`)" for ref, identity
                        in summary["models"].items()) or "- (none recorded)"
     body = f"""# {selection.run.name}

@@ -32,7 +32,8 @@ from farm.outputs import RunFolder
 from farm.schedule import Runtime
 
 DEFAULT_RECIPE = "demo"
-SETTINGS = ("runtime", "outputs")  # config keys that are not recipe fields
+OUTPUTS = "outputs"  # where run folders go: a setting, not a recipe field
+SETTINGS = ("runtime", OUTPUTS)  # config keys that are not recipe fields
 RUNTIME = "runtime"  # the group of runtime settings (the others hold recipe fields)
 RUNTIMES = ("ray", "inline")  # the runtime group's built-in options
 PRIMARY = "__recipe__"  # the recipe, as the primary config Hydra composes
@@ -157,7 +158,7 @@ def stage(sources: list[Path], staged: Path) -> Groups:
     files: dict[str, dict[str, Path]] = {}
     for source in sources:
         for path in sorted(source.glob("*/*.yaml")):
-            if path.parent.name in recipes.DEFAULTS or path.parent.name in SETTINGS[1:]:
+            if path.parent.name in recipes.DEFAULTS or path.parent.name == OUTPUTS:
                 raise BadInput(f"config group folder {path.parent}: {path.parent.name!r} is a "
                                "recipe field, so name=value could mean either; give the group "
                                "another name")
@@ -266,7 +267,7 @@ def check_overrides(overrides: list[str], groups: Groups) -> Overrides:
             raise BadInput(f"{where}: unknown field {root!r}" + (
                 f"; did you mean {close[0]!r}?" if close else "") + f" (fields: "
                 f"{', '.join(allowed)}; config groups: {', '.join(group_names)})")
-        if root in SETTINGS[1:] and override.is_delete():
+        if root == OUTPUTS and override.is_delete():
             raise BadInput(f"{where}: {root} cannot be dropped; set it, e.g. {root}=DIR")
     return found
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from farm import adapters, inputs, prompts
+from farm import adapters, prompts
 from farm.fields import FIELDS
 from farm.jobs import Batch, Job, Loadout, Model, Slot, share_batch_key
-from farm.keys import APPLIED, AXES, BY_KEY, COLUMN_AXES, INPUT_KEYS, LOADED, Draft
+from farm.keys import APPLIED, AXES, BY_KEY, COLUMN_AXES, LOADED, Draft
 from farm.recipe import Recipe, loaded_refs
 
 
@@ -24,13 +24,6 @@ class Resolved:
     models: Mapping[str, Model]
     inputs: Mapping[str, Model]
     reader: adapters.Reader
-
-    @staticmethod
-    def given(recipe: Recipe, models: Mapping[str, Model]) -> Resolved:
-        """These models, the recipe's input images identified now, and a fresh reader."""
-        paths = dict.fromkeys(p for k in INPUT_KEYS for p in recipe[k.name] if p is not None)
-        return Resolved(models, {m.path: m for m in inputs.identify(paths)},
-                        adapters.Reader(recipe.base))
 
 
 def loadouts(recipe: Recipe, resolved: Resolved) -> list[Loadout]:
@@ -105,17 +98,6 @@ def repeated_prompts(recipe: Recipe) -> frozenset[int]:
     counts = Counter(hash((row.text, recipe["negative"] if row.negative is None else row.negative))
                      for row in recipe.prompt_rows())
     return frozenset(key for key, n in counts.items() if n > 1)
-
-
-def distinct(stream: Iterable[Job], repeated: frozenset[int]) -> Iterator[Job]:
-    """The jobs of a stream, each once; only the jobs of repeated prompts are remembered."""
-    seen: set[str] = set()
-    for job in stream:
-        if repeated and hash((job.prompt, job.negative)) in repeated:
-            if job.id in seen:
-                continue
-            seen.add(job.id)
-        yield job
 
 
 _UNSET = object()  # a row not applied yet

@@ -17,8 +17,7 @@ from typing import Any
 from farm import prompts, samplers
 from farm.jobs import ImageFormat
 from farm.forms import Context, GridSpec, HiresSpec, PromptFile, RecipeError
-from farm.keys import (AXES, BY_KEY, COLUMN_AXES, COLUMNS, DEFAULTS, INPUT_KEYS, KEYS, LOADED,
-                       STAGES)
+from farm.keys import AXES, BY_KEY, COLUMN_AXES, COLUMNS, DEFAULTS, INPUT_KEYS, KEYS, LOADED
 
 __all__ = ["DEFAULTS", "GridSpec", "HiresSpec", "Prompt", "PromptFile", "Recipe", "RecipeError",
            "parse"]
@@ -189,5 +188,3 @@ def loaded_refs(recipe: Recipe) -> dict[str, tuple[str, ...]]:
     checkpoint's own VAE, no refiner)."""
     return {k.name: tuple(dict.fromkeys(map(k.loads, recipe[k.name]))) for k in LOADED}
 
-
-STAGE_AXES = tuple(k.name for k in STAGES)

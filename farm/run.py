@@ -40,7 +40,8 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
     instead of its full ones where the repository has them."""
     variant = "fp16" if (recipe["dtype"] == "float16" if half is None else half) else None
     found: dict[str, Model] = {}
-    for key, refs in recipes.loaded_refs(recipe).items():
+    loaded = recipes.loaded_refs(recipe)
+    for key, refs in loaded.items():
         source = BY_NAME[BY_KEY[key].sets[0]].source
         label = BY_KEY[key].loads_from or key
         seen: dict[str, str] = {}
@@ -62,7 +63,7 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
                            "render the same images under two ids; list it once")
     for ref in recipe["checkpoint"]:
         check_family(recipe, ref, models.family(found[ref]))
-    for ref in (r for r in recipes.loaded_refs(recipe)["refiner"] if r is not None):
+    for ref in (r for r in loaded["refiner"] if r is not None):
         pipeline = models.family(found[ref]).pipeline
         if pipeline not in SDXL_PIPELINES:
             raise BadInput(f"recipe {recipe.name}: refiner.checkpoint: {ref!r} is a {pipeline}; "
@@ -154,20 +155,14 @@ class Counts:
 def count(recipe: recipes.Recipe, folder: RunFolder, found: Resolved) -> Counts:
     """How many distinct jobs of the plan are done, and how many failed last time they were
     tried."""
-    repeated = plan.repeated_prompts(recipe)
-    if not folder.manifest.exists() and not repeated:
-        return Counts(recipe.job_count, 0, 0)
-    states: Counter[str] = Counter()
+    if not folder.manifest.exists() and not plan.repeated_prompts(recipe):
+        return Counts(recipe.job_count, 0, 0)  # nothing done, nothing reached twice
     manifest = Manifest(folder.manifest, readonly=True) if folder.manifest.exists() else None
     try:
-        stream = plan.distinct(plan.jobs(recipe, found), repeated)
-        for _, state, _ in Finished(folder, manifest).mark(stream):
-            states[state] += 1
+        return survey(recipe, folder, found, manifest, refresh=False, keep=0).counts
     finally:
         if manifest:
             manifest.close()
-    planned = sum(states.values())
-    return Counts(planned, states["done"], states["failed"], recipe.job_count - planned)
 
 
 KEEP_PENDING = 100_000  # pending jobs a resume keeps from its one pass over the plan (~100 MB)
@@ -196,25 +191,28 @@ class Survey:
 
 
 def survey(recipe: recipes.Recipe, folder: RunFolder, found: Resolved,
-           manifest: Manifest | None) -> Survey:
+           manifest: Manifest | None, refresh: bool = True,
+           keep: int = KEEP_PENDING) -> Survey:
     """Stream the plan once: each job's state in the manifest (done, failed, pending), the
     finished jobs' recorded prompt context refreshed (the same ids: templates, prompt-file
-    columns and captions may have been edited), and what is left, by loadout."""
+    columns and captions may have been edited; `refresh` False: left alone), and what is left,
+    by loadout (up to `keep` pending jobs kept)."""
     repeated = plan.repeated_prompts(recipe)
-    refresh = manifest is not None and (recipe.has_context() or manifest.has_context())
+    refresh = refresh and manifest is not None and (recipe.has_context()
+                                                    or manifest.has_context())
     states: Counter[str] = Counter()
     left: dict[Loadout, int] = {}
-    kept: dict[Loadout, list] | None = {}
+    kept: dict[Loadout, list] | None = {} if keep else None
     ids: set[str] = set()  # of repeated prompts' jobs: only they can be reached twice
     chunk: list[Job] = []
     refreshed = 0
     pending = 0
     for job, state, row in Finished(folder, manifest).mark(plan.jobs(recipe, found)):
-        if repeated and hash((job.prompt, job.negative)) in repeated:
-            if job.id in ids:  # handed out again all the same, and skipped by Manifest.claim
-                state = "repeat"
+        repeat = False  # a job the plan reaches again: handed out all the same (if not done),
+        if repeated and hash((job.prompt, job.negative)) in repeated:  # skipped by the claim
+            repeat = job.id in ids
             ids.add(job.id)
-        if state != "repeat":
+        if not repeat:
             states[state] += 1
             if refresh:
                 chunk.append(job)
@@ -226,7 +224,7 @@ def survey(recipe: recipes.Recipe, folder: RunFolder, found: Resolved,
             if kept is not None:
                 kept.setdefault(loadout, []).append(
                     (job, row.slot if row is not None and row.status == "done" else None))
-                if pending > KEEP_PENDING:
+                if pending > keep:
                     kept = None
     if chunk:
         refreshed += manifest.refresh(chunk)

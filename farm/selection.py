@@ -63,8 +63,12 @@ class Selection:
     where: Where
     nested: dict[str, tuple[str, ...]]  # "values"/"fields" -> every key any selected row has
     count: int  # rows selected when they were scanned
-    base: Path | None = None  # the folder of the recipe the last run read: paths are shown
-    # relative to it (public)
+    record: dict | None = None  # the last run's record (runs/run-NNNN.yaml), if it has one
+
+    @property
+    def base(self) -> Path | None:
+        """The folder of the recipe the last run read: public paths are relative to it."""
+        return Path(self.record["base"]) if self.record and self.record.get("base") else None
 
     def entries(self, order: str = "file") -> Iterator[Entry]:
         return catalog.entries(self.run, self.where, order)
@@ -110,10 +114,8 @@ def select(run: Path, where: Where) -> Selection:
     for count, entry in enumerate(catalog.entries(run, where), 1):
         for name, keys in nested.items():
             keys.update(entry.params.get(name) or ())
-    record = last_record(run) or {}
-    base = Path(record["base"]) if record.get("base") else None
     return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v}, count,
-                     base)
+                     last_record(run))
 
 
 REFERENCES = tuple(f.name for f in FIELDS if f.source)  # checkpoints, VAEs, refiners, inputs

@@ -72,9 +72,10 @@ def recipe(base: Path | None = None, **fields):
 
 def planned(recipe, models, loadout=None):
     """The jobs of a recipe with these models (by reference), its input images identified."""
-    from farm import plan
+    from farm import adapters, plan, run
 
-    return plan.jobs(recipe, plan.Resolved.given(recipe, models), loadout)
+    resolved = plan.Resolved(models, run.identified_inputs(recipe), adapters.Reader(recipe.base))
+    return plan.jobs(recipe, resolved, loadout)
 
 
 def render(*args: str):

@@ -16,8 +16,6 @@ BASE = "prompt: [a fox, a hare]\nsize: 64x64\nsteps: 2\n"
 
 
 def test_what_lists_keys_derives_from_the_rows():
-    assert keys.DEFAULTS == {k.name: k.default for k in keys.KEYS}
-    assert [k.name for k in keys.AXES] == [k.name for k in keys.KEYS if k.role != keys.SETTING]
     assert {k.name for k in keys.LOADED} == {"checkpoint", "vae", "refiner"}
     assert {k.name for k in keys.STAGES} == {"refiner", "hires", "denoise", "init"}
     assert keys.COLUMN_AXES == {"steps": "steps", "cfg": "cfg", "clip_skip": "clip_skip",

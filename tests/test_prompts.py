@@ -122,7 +122,7 @@ def test_a_bad_prompt_file_row_is_named(tmp_path):
 
 PLAN_A_MILLION = """
 import resource, sys
-from farm import plan
+from farm import adapters, plan
 from farm.jobs import Model
 from farm.recipe import parse
 r = parse({"prompt": "a {a} and a {b}", "vars": {"a": [f"a{i}" for i in range(1000)],
@@ -130,7 +130,8 @@ r = parse({"prompt": "a {a} and a {b}", "vars": {"a": [f"a{i}" for i in range(10
           source="million")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 models = {"tiny": Model("tiny", "/nowhere", "a" * 64)}
-count = sum(1 for job in plan.jobs(r, plan.Resolved.given(r, models)) if job.id)
+resolved = plan.Resolved(models, {}, adapters.Reader(r.base))
+count = sum(1 for job in plan.jobs(r, resolved) if job.id)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(r.job_count, count, (after - before) // 1024, "torch" in sys.modules)
 """

@@ -668,3 +668,15 @@ def test_probe_files_of_killed_renders_are_removed(tmp_path, monkeypatch):
     (folder / ".probe-4194000").write_text("token")  # a driver killed with SIGKILL left it
     assert render("recipe=r", "seeds=0-2").ok
     assert not list(folder.glob(".probe-*"))
+
+
+def test_a_resume_hands_out_no_finished_job_the_plan_reaches_twice(tmp_path, monkeypatch,
+                                                                   capsys):
+    recipe_folder(tmp_path, monkeypatch, r="prompt: ['a {cat|dog}', a cat]\n" + BASE)
+    assert run_farm("render", "recipe=r") == 0
+    assert "1 jobs were reached twice" in capsys.readouterr().out
+    dog = next(p for p in (tmp_path / "outputs" / "r").glob("images/*/*.png") if "dog" in p.name)
+    dog.unlink()
+    assert run_farm("render", "recipe=r") == 0
+    out = capsys.readouterr().out
+    assert "Rendered 1 of 2" in out and "reached twice" not in out

@@ -1,4 +1,4 @@
-from farm.cli import main
+from farm.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

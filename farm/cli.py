@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -407,6 +408,29 @@ def command_replay(image: Path, folder: Path, device: str | None,
     print(f"{path}: " + ("the same pixels as " if same else "other pixels than ") + str(image)
           + ("" if same else " (other hardware or software versions change the last bits)"))
     return EXIT_OK
+
+
+def entry() -> None:
+    """The `farm` command: main(); after an interrupted render that used Ray, an exit that skips
+    the interpreter's teardown, where Ray's C++ threads, stopped half-way through starting
+    workers, can crash it (a segmentation fault after farm has recorded and said everything)."""
+    try:
+        main()
+        code = EXIT_OK
+    except SystemExit as e:
+        code = e.code
+    except KeyboardInterrupt as e:  # the stop delivered again (a signal that landed inside
+        code = EXIT_TERMINATED if run.stopped_by(e) == "terminate" else EXIT_INTERRUPTED  # Ray)
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and "ray" in sys.modules:
+        for number in (signal.SIGINT, signal.SIGTERM):  # one stop was enough
+            signal.signal(number, signal.SIG_IGN)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+        finally:
+            os._exit(code)
+    sys.exit(code)
 
 
 def count_of(option: str):

@@ -10,12 +10,14 @@ Where a name is looked for, in order:
                $FARM_EMBEDDINGS_DIR/NAME.safetensors
 
 A file's identity is the sha256 of its tensor data (after the safetensors header), the hash
-AUTOMATIC1111 and CivitAI show, so infotext's "Lora hashes" and "TI hashes" match theirs.
+AUTOMATIC1111 and CivitAI show for a LoRA ("Lora hashes"); an embedding's "TI hashes" is the
+whole file's, as A1111 writes it (fields.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections import OrderedDict
@@ -204,6 +206,7 @@ class Reading:
     loras: tuple[Lora, ...]  # from <lora:...> tags
     embeddings: tuple[Model, ...]
     emphasis: str  # "a1111" where A1111's reading changes what CLIP sees, else "none"
+    zero_negative: bool = False  # the negative is empty and the checkpoint zeros it (SDXL)
 
 
 class Reader:
@@ -216,7 +219,7 @@ class Reader:
         self._checked: set[tuple[str, str]] = set()
         self._readings: dict[tuple, Reading] = {}
         self._tokenizers: dict[str, Any] = {}
-        self._families: dict[str, bool] = {}
+        self._families: dict[str, models.Family] = {}
 
     @cached_property
     def embedding_files(self) -> dict[str, Path]:
@@ -259,18 +262,22 @@ class Reader:
             reading = self._readings[key] = self._read(prompt, negative, checkpoint, mode)
         return reading
 
+    def _family(self, checkpoint: Model) -> models.Family:
+        """The checkpoint's family. A checkpoint whose files are not here to say (a record
+        read back elsewhere) counts as the common kind."""
+        if checkpoint.identity not in self._families:
+            try:
+                found = models.family(checkpoint)
+            except (OSError, ValueError):
+                found = models.Family("StableDiffusionPipeline", frozenset())
+            self._families[checkpoint.identity] = found
+        return self._families[checkpoint.identity]
+
     def _clip_pipeline(self, checkpoint: Model) -> bool:
         """Whether farm encodes this checkpoint's prompts itself where A1111 would (SD 1.x/2.x
         and SDXL: CLIP text encoders); other pipelines (SD3, Flux, ...) get the text as it
-        is, and their prompts no emphasis or embeddings. A checkpoint whose files are not
-        here to say (a record read back elsewhere) counts as the common kind."""
-        if checkpoint.identity not in self._families:
-            try:
-                pipeline = models.family(checkpoint).pipeline
-            except (OSError, ValueError):
-                pipeline = "StableDiffusionPipeline"
-            self._families[checkpoint.identity] = pipeline in models.KNOWN_FAMILIES
-        return self._families[checkpoint.identity]
+        is, and their prompts no emphasis or embeddings."""
+        return self._family(checkpoint).pipeline in models.KNOWN_FAMILIES
 
     def _read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
         field = "prompt"
@@ -319,8 +326,26 @@ class Reader:
         long = [t for t in texts if len(t.encode()) > CHUNK_TOKENS]  # else surely one chunk
         if mode == "a1111" and not affected and long and self._clip_pipeline(checkpoint):
             affected = any(self.tokens(t, checkpoint) > CHUNK_TOKENS for t in long)
+        if mode == "a1111" and not affected and used:  # its vectors may fill a second chunk
+            affected = any(self._length(t, used, checkpoint) > CHUNK_TOKENS for t in texts)
         return Reading(tuple(loras[k] for k in sorted(loras)),
-                       tuple(used[k] for k in sorted(used)), "a1111" if affected else "none")
+                       tuple(used[k] for k in sorted(used)), "a1111" if affected else "none",
+                       negative == "" and self._family(checkpoint).zero_negative)
+
+    def _length(self, text: str, used: dict[str, Model], checkpoint: Model) -> int:
+        """The text's length in CLIP places as A1111 counts them: each embedding word takes
+        as many as its file has vectors."""
+        words = self._embedding_words
+        found = words.findall(text) if words else []
+        if not found:
+            return 0
+        length = self.tokens(text, checkpoint)
+        for word in found:
+            shapes = embedding_vectors(safetensors_header(Path(used[word.lower()].path),
+                                                          "prompt", word))
+            vectors = max(math.prod(shape[:-1]) for shape in shapes.values())
+            length += vectors - self.tokens(word, checkpoint)
+        return length
 
     def tokens(self, text: str, checkpoint: Model) -> int:
         """How many CLIP tokens the checkpoint's tokenizer makes of the text."""

@@ -9,8 +9,9 @@
 4. Each token's output is multiplied by its weight, then the whole chunk is scaled back to the
    mean it had before ("Original" emphasis). A1111 takes that mean over the whole batch; farm
    takes it per image, so that an image never depends on what it was rendered with.
-5. The chunks are concatenated. Prompt and negative are padded to the same number of chunks
-   with the encoding of the empty prompt. SDXL: both encoders, concatenated per token (the
+5. The chunks are concatenated. An empty negative on SDXL is zeros (A1111's and diffusers'
+   reading; job.zero_negative). Prompt and negative are padded to the same number of chunks
+   with the encoding of the empty prompt (A1111's "Pad conds"). SDXL: both encoders, concatenated per token (the
    penultimate layer, as diffusers), and the pooled embedding of the second encoder's first
    chunk.
 
@@ -144,6 +145,11 @@ class TextEncoding:
     def __init__(self, pipe, load_embedding: Callable[[Model], dict[str, torch.Tensor]]):
         self.pipe = pipe
         self.encoders = encoders(pipe)
+        # whether this pipeline conditions an empty negative with zeros: an SDXL base does,
+        # its refiner does not (diffusers' configs), so a job's empty negative is zeros in
+        # the base's steps and "" encoded in the refiner's, as diffusers renders them
+        self.zeros_empty = bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt",
+                                                                False))
         self.load_embedding = load_embedding
 
     def job(self, job: Job) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
@@ -155,6 +161,10 @@ class TextEncoding:
         vectors = {e.ref: self.load_embedding(e) for e in job.embeddings}
         cond, pooled = self.text(text, weighted, job.clip_skip, vectors)
         uncond, negative_pooled = self.text(job.negative, weighted, job.clip_skip, vectors)
+        if job.zero_negative and self.zeros_empty:  # as A1111 and diffusers do on SDXL
+            uncond = torch.zeros_like(uncond)
+            negative_pooled = None if negative_pooled is None else \
+                torch.zeros_like(negative_pooled)
         if cond.shape[1] != uncond.shape[1]:  # pad the shorter with empty-prompt chunks
             empty, _ = self.text("", weighted, job.clip_skip, {})
             longest = max(cond.shape[1], uncond.shape[1])

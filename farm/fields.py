@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from farm import emphasis, samplers
@@ -81,6 +82,16 @@ NO_SEPARATORS = str.maketrans("", "", ":,")  # A1111 drops them from names in it
 def _quoted(items) -> str:
     """A1111's quoting of a value that holds commas: JSON string syntax."""
     return json.dumps(", ".join(items), ensure_ascii=False)
+
+
+def _ti_hashes(embeddings) -> str:
+    """A1111's "TI hashes": each embedding's file name (without ':' and ',') and the first 12
+    hex digits of the sha256 of its whole file. Unlike a LoRA's, an embedding's A1111 hash
+    includes the header, so it is not the identity (the tensor data's hash) farm keeps."""
+    from farm.models import file_hash  # models reads this table
+
+    return _quoted(f"{Path(e.path).stem.translate(NO_SEPARATORS)}: "
+                   f"{file_hash(Path(e.path))[:12]}" for e in embeddings)
 
 
 def _plain(text: str) -> bool:
@@ -196,9 +207,11 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
             f"{display_name(i['ref'])}:{i['weight']:g}" for i in items) if items else None),
     JobField("emphasis", BATCH, str, "string", _emphasis, id_default="none"),
     JobField("embeddings", BATCH, tuple, "string", _pair(
-        "embeddings", "TI hashes", lambda v: _quoted(f"{e.ref}: {e.identity[:12]}" for e in v),
-        when=bool), id_default=(), codec=EMBEDDINGS,
+        "embeddings", "TI hashes", _ti_hashes, when=bool), id_default=(), codec=EMBEDDINGS,
         shown=lambda items: ", ".join(i["name"] for i in items) if items else None),
+    # an empty negative as zeros (SDXL): in the id when set, so that images a run folder made
+    # from the encoding of "" (farm before it read the setting) are not taken for these
+    JobField("zero_negative", BATCH, bool, "bool", id_default=False),
     # images in: an input image (its identity the hash of its decoded pixels), the strength it
     # is denoised to and how it is fitted to the size; None on text-to-image jobs
     JobField("init", IMAGE, str, "string", _pair("init", "Init image hash",

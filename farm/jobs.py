@@ -64,6 +64,9 @@ class Job:
     # what the text encoder sees; "none": the prompt is encoded as diffusers encodes it
     emphasis: str = "none"
     embeddings: tuple[Model, ...] = ()  # textual inversions its prompts use, ref = the word
+    # the negative is empty and conditions with zeros (an SDXL checkpoint's own setting, as
+    # A1111 does); False: "" is encoded, as farm did before (those ids and images stay)
+    zero_negative: bool = False
     # images in: the input image (ref: its path; identity: its pixels' hash), its denoising
     # strength (0-1] and how it is fitted to width x height (farm/fields.py's RESIZE)
     init: Model | None = None

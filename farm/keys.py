@@ -226,7 +226,8 @@ def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
     reading = draft.reader.read(row.text, negative, draft.fields["checkpoint"],
                                 draft.fields["emphasis"])
     draft.fields.update(prompt=row.text, negative=negative, emphasis=reading.emphasis,
-                        embeddings=reading.embeddings, context=row.context)
+                        embeddings=reading.embeddings, zero_negative=reading.zero_negative,
+                        context=row.context)
     if reading.loras:
         draft.fields["loras"] = adapters.joined(draft.fields["loras"], reading.loras,
                                                 f"prompt {row.text[:60]!r}")
@@ -313,7 +314,8 @@ KEYS: tuple[Key, ...] = (
         parse=_denoise, stage=True),
     Key("init", None, IMAGE, ("init",), _input("init"), parse=forms.input_images, stage=True,
         summary=_shown_images("init")),
-    Key("prompt", None, IMAGE, ("prompt", "negative", "emphasis", "embeddings", "loras"),
+    Key("prompt", None, IMAGE, ("prompt", "negative", "emphasis", "embeddings", "zero_negative",
+                                "loras"),
         _apply_prompt, parse=forms.prompt_items, each=_prompt_rows, length=_prompt_count,
         summary=_shown_prompt),
     Key("seeds", 0, IMAGE, ("seed",), _set("seed"), checks.seed, parse=forms.seeds, column="seed",

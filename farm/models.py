@@ -245,6 +245,9 @@ class Family:
 
     pipeline: str  # diffusers pipeline class, from model_index.json
     takes: frozenset[str]  # the OPTIONAL_INPUTS its __call__ accepts
+    # an empty negative prompt conditions with zeros, not with the encoding of "" (SDXL's
+    # `force_zeros_for_empty_prompt`, on in SDXL base checkpoints, as A1111 does there)
+    zero_negative: bool = False
 
 
 OPTIONAL_INPUTS = ("negative_prompt", "guidance_scale", "clip_skip")
@@ -256,11 +259,13 @@ KNOWN_FAMILIES = {  # the common ones, so that validating them needs no diffuser
 
 def family(checkpoint: Model) -> Family:
     """The pipeline family of a resolved checkpoint (its folder, or its config's)."""
-    index = Path(checkpoint.config or checkpoint.path) / "model_index.json"
-    name = json.loads(index.read_text()).get("_class_name", "")
-    if name in KNOWN_FAMILIES:
-        return Family(name, KNOWN_FAMILIES[name])
-    return Family(name, frozenset(accepted_inputs(name)))
+    index = json.loads((Path(checkpoint.config or checkpoint.path) / "model_index.json")
+                       .read_text())
+    name = index.get("_class_name", "")
+    zeros = bool(index.get("force_zeros_for_empty_prompt",
+                           name == "StableDiffusionXLPipeline"))  # diffusers' default there
+    takes = KNOWN_FAMILIES[name] if name in KNOWN_FAMILIES else frozenset(accepted_inputs(name))
+    return Family(name, takes, zeros)
 
 
 def accepted_inputs(pipeline: str) -> set[str]:

@@ -159,8 +159,8 @@ def _refined(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators
 def _text_inputs(shape: tuple[Job, ...], takes) -> dict:
     """The prompts as text, for the pipeline to encode (without their <lora:...> tags)."""
     first = shape[0]
-    optional = {
-        "negative_prompt": [job.negative for job in shape],
+    optional = {  # no negative: the pipeline's own zeros (first.zero_negative: its setting)
+        "negative_prompt": None if first.zero_negative else [job.negative for job in shape],
         # AUTOMATIC1111 counts 1 as "no skip"; diffusers counts the layers skipped
         "clip_skip": first.clip_skip - 1 if first.clip_skip > 1 else None,
     }

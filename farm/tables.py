@@ -203,7 +203,7 @@ def schema_of(selection: Selection, first: str | None = None, images: bool = Fal
     if images and image_first:
         types["image"] = image
     types["text"] = text
-    types.update({name: getattr(pa, kind)() for name, kind in COLUMNS.items()})
+    types.update({name: pa.type_for_alias(kind) for name, kind in COLUMNS.items()})
     for name, keys in selection.nested.items():
         types[name] = pa.struct([(k, text) for k in keys])
     types["pixel_hash"] = text

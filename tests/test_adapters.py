@@ -209,18 +209,43 @@ def test_an_embedding_word_uses_its_file(tmp_path, tiny, capsys):
     (tmp_path / "embeddings").mkdir()
     generator = torch.Generator().manual_seed(0)
     save_file({"emb_params": torch.randn(2, 32, generator=generator)},
-              str(tmp_path / "embeddings" / "badhands.safetensors"))
+              str(tmp_path / "embeddings" / "BadHands.safetensors"))
     (tmp_path / "r.yaml").write_text("prompt: [a fox with badhands, a fox with bad hands]\n"
                                      "size: 64x64\nsteps: 3\n")
     assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
                     f"outputs={tmp_path / 'out'}") == 0
     done = {r["prompt"]: r for r in records(tmp_path / "out" / "r")}
     used = done["a fox with badhands"]["embeddings"]
-    expected = a1111_hash(tmp_path / "embeddings" / "badhands.safetensors")
+    file = tmp_path / "embeddings" / "BadHands.safetensors"
+    expected = a1111_hash(file)
     assert [(e["name"], e["identity"]) for e in used] == [("badhands", expected)]
     assert done["a fox with bad hands"]["embeddings"] == []
     image = next(p for p in (tmp_path / "out" / "r").glob("images/*/*.png") if "badhands" in p.name)
-    assert f'TI hashes: "badhands: {expected[:12]}"' in outputs.read_metadata(image)[0]
+    # A1111's TI hash is the whole file's (a LoRA's skips the header), named as the file is
+    whole = hashlib.sha256(file.read_bytes()).hexdigest()
+    assert whole != expected
+    assert f'TI hashes: "BadHands: {whole[:12]}"' in outputs.read_metadata(image)[0]
+
+
+def test_an_embedding_that_pushes_a_prompt_past_75_tokens_moves_to_a_second_chunk(
+        tmp_path, tiny, capsys):
+    """As A1111 does: 70 tokens and an embedding of 10 vectors make two chunks; the
+    embedding is encoded there, not cut off with the first chunk's end."""
+    prompt = "a " * 70 + "shiny"  # 70 tokens (tiny's tokenizer spells "shiny" in 5), then
+    # the embedding's word, which its 10 vectors replace
+    hashes = []
+    for seed in (0, 1):  # two files of the same name: if their vectors count, images differ
+        folder = tmp_path / str(seed)
+        (folder / "embeddings").mkdir(parents=True)
+        save_file({"emb_params": torch.randn(10, 32, generator=torch.Generator().manual_seed(seed))},
+                  str(folder / "embeddings" / "shiny.safetensors"))
+        (folder / "r.yaml").write_text(f"prompt: {prompt}\nsize: 64x64\nsteps: 3\n")
+        assert run_farm("render", f"recipe={folder / 'r.yaml'}", "runtime=inline",
+                        f"outputs={folder / 'out'}") == 0
+        row, = manifest_rows(folder / "out" / "r")
+        assert row["params"]["emphasis"] == "a1111"  # read in chunks, as A1111 reads it
+        hashes.append(row["pixel_hash"])
+    assert hashes[0] != hashes[1]
 
 
 def test_emphasis_enters_the_id_only_where_it_changes_the_prompt(tmp_path, tiny, capsys):

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 import farm
-from farm import outputs, samplers
-from farm.jobs import Batch, Model, Slot
+from farm import encode, outputs, samplers, tiny
+from farm.jobs import Batch, Job, Model, Slot
 from farm.worker import Device, Worker
-from tests.helpers import make_job, rendered_images
+from tests.helpers import make_job, planned, recipe, rendered_images
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +201,34 @@ def test_each_result_says_what_made_it(worker, tiny):
     assert made == {"device": "cpu", "dtype": "bfloat16", "farm": farm.__version__,
                     "torch": torch.__version__, "diffusers": diffusers.__version__,
                     "transformers": transformers.__version__}
+
+
+def test_an_empty_sdxl_negative_is_zeros_as_diffusers_and_a1111_make_it(worker):
+    """SDXL checkpoints condition an empty negative with zeros (`force_zeros_for_empty_prompt`;
+    A1111 zeros it too): a recipe's default job gives diffusers' own pipeline's pixels, through
+    the plain text route and farm's emphasis encoder alike. A job recorded before (the
+    encoding of "") keeps its own id and still renders as it was made."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from farm import models
+
+    xl = models.resolve("tiny-xl", "checkpoint")
+    plain, weighted = planned(recipe(checkpoint="tiny-xl", prompt=["a fox", "a (fox:1.2)"],
+                                     size="64x64", steps=4, seeds=3), {"tiny-xl": xl})
+    assert plain.zero_negative and weighted.zero_negative and weighted.emphasis == "a1111"
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny.ensure("tiny-xl"))
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe("a fox", num_inference_steps=4, width=64, height=64, guidance_scale=7.0,
+                    generator=[torch.Generator("cpu").manual_seed(3)], output_type="np").images
+    ours, = rendered_images(worker, [plain], "zeros")
+    assert np.abs(ours.astype(int) - (expected[0] * 255).round().astype(int)).max() <= 1
+    cond, uncond, _, negative_pooled = encode.TextEncoding(pipe, encode.load_embedding).job(
+        weighted)
+    assert not uncond.any() and not negative_pooled.any() and cond.any()
+    record = plain.to_dict()  # as a run folder made before recorded it: no such field
+    del record["zero_negative"]
+    old = Job.from_dict(record, lambda *found: xl)
+    assert not old.zero_negative and old.id != plain.id
+    before, = rendered_images(worker, [old], "old")
+    assert not np.array_equal(before, ours)

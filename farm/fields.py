@@ -68,6 +68,12 @@ EMBEDDINGS = Codec(  # ref: the word a prompt uses
                                 for e in items]},
     lambda name, r, find: tuple(find(name, i["name"], i["identity"], i.get("path"))
                                 for i in r.get(name) or ()))
+# `crop` and `fill` fit inputs with A1111's arithmetic (inputs.fit); before, farm rounded the
+# scaled side and centred otherwise, a row or column off for about half of the common size
+# pairs. Their ids name the rule, so that images a run folder fitted the old way are not taken
+# for these; `stretch` always matched and keeps its ids.
+RESIZE = Codec(lambda v: {"crop": "crop/a1111", "fill": "fill/a1111"}.get(v, v),
+               lambda name, v: {name: v}, _plain_restore)
 HIRES = Codec(  # hashable: a batch's jobs are compared by it
     lambda h: None if h is None else tuple(h.record().items()),
     lambda name, h: {name: None if h is None else h.record()},
@@ -220,7 +226,7 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     JobField("denoise", BATCH, float, "float64",
              _pair("denoise", "Denoising strength", lambda v: f"{v:g}"), id_default=None,
              codec=FLOAT),
-    JobField("resize", BATCH, str, "string", id_default=None),
+    JobField("resize", BATCH, str, "string", id_default=None, codec=RESIZE),
     # a second pass (A1111's hires fix): {width, height (of the first pass), scale, upscaler,
     # steps, denoise, sampler, scheduler}; width and height above are the final image's
     JobField("hires", BATCH, dict, "string", _hires, id_default=None, codec=HIRES,

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from farm import outputs, tiny
@@ -135,19 +136,40 @@ def _shard(file: Path) -> tarfile.TarFile:
 # 2. what they are --------------------------------------------------------------------------------
 
 def decoded(data: bytes, given: str) -> Image.Image:
-    """An input's pixels: decoded, turned upright by its EXIF orientation, as RGB."""
+    """An input's pixels: decoded, turned upright by its EXIF orientation, as 8-bit RGB."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise InputError(given, f"{image.width}x{image.height} is larger than farm "
                                  "reads (8192x8192)")
-            return ImageOps.exif_transpose(image).convert("RGB")
+            return _rgb(ImageOps.exif_transpose(image), given)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, InputError):
             raise
         said = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(e))
         raise InputError(given, f"cannot be read as an image ({type(e).__name__}: {said})") \
             from None
+
+
+BACKGROUND = (255, 255, 255)  # under transparent pixels: A1111's img2img_background_color
+
+
+def _rgb(image: Image.Image, given: str) -> Image.Image:
+    """8-bit RGB as AUTOMATIC1111 reads an input: transparency (RGBA, LA, a palette's
+    transparent colour) flattened on white, not the colour stored under it; 16-bit grey
+    scaled to 8 bits (Pillow's RGB conversion clips it, nearly white)."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit PNG or TIFF grey
+        grey = np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+        return Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise InputError(given, "a floating-point image (mode F): farm reads 8- and 16-bit "
+                         "images; save it as an 8- or 16-bit PNG")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", image.size, BACKGROUND)
+        flat.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
 
 
 def identify(paths: Iterable[str]) -> Iterator[Model]:
@@ -183,16 +205,21 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+# How inputs are decoded (_rgb): a new reading (transparency flattened on white, 16-bit grey
+# scaled) files hashes under new keys, so none made the old way is taken for a new one.
+READING = 2
+
+
 def _key(path: str) -> str:
-    """What an input's cached hash is filed under: its path, size, modification time, and the
-    time its inode last changed, which no tool sets back (a file replaced by `cp -p` or
-    `rsync -t`, the same size and modification time, is another key)."""
+    """What an input's cached hash is filed under: how it is read, its path, size,
+    modification time, and the time its inode last changed, which no tool sets back (a file
+    replaced by `cp -p` or `rsync -t`, the same size and modification time, is another key)."""
     file, _ = _split(path)
     try:
         stat = file.stat()
     except OSError as e:
         raise InputError(path, f"cannot be read ({e.strerror or e})") from None
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
+    return f"{READING}|{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
 
 
 def _pixel_hash(path: str) -> str:
@@ -285,35 +312,38 @@ _FOLDERS: dict[Path, dict[str, Model]] = {}  # folder -> its inputs by identity 
 # 3. how they fit ---------------------------------------------------------------------------------
 
 def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
-    """The image at width x height, as AUTOMATIC1111 fits an input: `stretch` resizes it
-    ("Just resize"); `crop` scales it to cover and cuts the overflow evenly ("Crop and
-    resize"); `fill` scales it to fit and fills the bands left by stretching its edge rows or
-    columns ("Resize and fill")."""
+    """The image at width x height, as AUTOMATIC1111 fits an input (Lanczos, its arithmetic):
+
+    - `stretch` ("Just resize"): resized to width x height;
+    - `crop` ("Crop and resize"): scaled to cover, its side along the overflow floored
+      (w * height // h), placed at (width // 2 - w // 2, height // 2 - h // 2), the
+      overflow cut;
+    - `fill` ("Resize and fill"): scaled to fit, placed the same way, each band beside it
+      filled with the image's edge row (or column) stretched; both bands take the first
+      band's size (the second may overhang the canvas, which clips it).
+    """
     if image.size == (width, height):
         return image
     if mode == "stretch":
         return image.resize((width, height), Image.LANCZOS)
-    cover = mode == "crop"
-    scale = (max if cover else min)(width / image.width, height / image.height)
-    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    target, source = width / height, image.width / image.height  # aspect ratios
+    full_width = target > source if mode == "crop" else target < source
+    if full_width:
+        w, h = width, image.height * width // image.width
+    else:
+        w, h = image.width * height // image.height, height
     resized = image.resize((w, h), Image.LANCZOS)
     canvas = Image.new("RGB", (width, height))
-    left, top = (width - w) // 2, (height - h) // 2
+    left, top = width // 2 - w // 2, height // 2 - h // 2
     canvas.paste(resized, (left, top))
-    if cover:
+    if mode == "crop" or target == source:
         return canvas
-    if h < height:  # bands above and below: the first and last rows, stretched
-        if top > 0:
-            canvas.paste(resized.crop((0, 0, w, 1)).resize((w, top)), (left, 0))
-        bottom = height - top - h
-        if bottom > 0:
-            canvas.paste(resized.crop((0, h - 1, w, h)).resize((w, bottom)), (left, top + h))
-    if w < width:  # bands left and right: the first and last columns, stretched
-        if left > 0:
-            canvas.paste(resized.crop((0, 0, 1, h)).resize((left, h)), (0, top))
-        right = width - left - w
-        if right > 0:
-            canvas.paste(resized.crop((w - 1, 0, w, h)).resize((right, h)), (left + w, top))
+    if full_width and top > 0:  # bands above and below, from the edge rows (a 0-high box)
+        canvas.paste(resized.resize((width, top), box=(0, 0, width, 0)), (0, 0))
+        canvas.paste(resized.resize((width, top), box=(0, h, width, h)), (0, top + h))
+    elif not full_width and left > 0:  # bands left and right, from the edge columns
+        canvas.paste(resized.resize((left, height), box=(0, 0, 0, height)), (0, 0))
+        canvas.paste(resized.resize((left, height), box=(w, 0, w, height)), (left + w, 0))
     return canvas
 
 

@@ -88,6 +88,92 @@ def test_each_resize_mode_fits_an_input_as_a1111_does():
     assert tuple(filled[20, 0]) == (0, 0, 255) and tuple(filled[20, 39]) == (255, 0, 0)
 
 
+def a1111_resized(image, width, height, mode):
+    """AUTOMATIC1111's images.resize_image for "Crop and resize" (1) and "Resize and fill" (2)
+    with no upscaler, written out from its source as the reference."""
+    ratio, src_ratio = width / height, image.width / image.height
+    if mode == "crop":
+        src_w = width if ratio > src_ratio else image.width * height // image.height
+        src_h = height if ratio <= src_ratio else image.height * width // image.width
+    else:
+        src_w = width if ratio < src_ratio else image.width * height // image.height
+        src_h = height if ratio >= src_ratio else image.height * width // image.width
+    resized = image.resize((src_w, src_h), resample=Image.LANCZOS)
+    res = Image.new("RGB", (width, height))
+    res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if mode == "fill" and ratio < src_ratio:
+        fill = height // 2 - src_h // 2
+        if fill > 0:
+            res.paste(resized.resize((width, fill), box=(0, 0, width, 0)), box=(0, 0))
+            res.paste(resized.resize((width, fill), box=(0, resized.height, width,
+                                                         resized.height)), box=(0, fill + src_h))
+    elif mode == "fill" and ratio > src_ratio:
+        fill = width // 2 - src_w // 2
+        if fill > 0:
+            res.paste(resized.resize((fill, height), box=(0, 0, 0, height)), box=(0, 0))
+            res.paste(resized.resize((fill, height), box=(resized.width, 0, resized.width,
+                                                          height)), box=(fill + src_w, 0))
+    return res
+
+
+@pytest.mark.parametrize("mode", ["crop", "fill"])
+def test_crop_and_fill_give_a1111s_pixels_for_common_size_pairs(mode):
+    """84 pairs of input and render sizes (photo, phone, square and odd aspect ratios): the
+    same pixels as A1111's "Crop and resize" and "Resize and fill", row for row."""
+    sources = [(96, 64), (64, 96), (80, 60), (60, 80), (75, 50), (67, 100), (99, 66),
+               (100, 75), (64, 64), (90, 51), (51, 90), (121, 80)]
+    targets = [(64, 64), (64, 48), (48, 64), (72, 56), (56, 72), (64, 40), (40, 64)]
+    for w, h in sources:
+        image = Image.fromarray(np.random.default_rng(w * h).integers(0, 256, (h, w, 3),
+                                                                      dtype=np.uint8))
+        for width, height in targets:
+            ours = np.asarray(inputs.fit(image, width, height, mode))
+            theirs = np.asarray(a1111_resized(image, width, height, mode))
+            assert np.array_equal(ours, theirs), (mode, (w, h), (width, height))
+
+
+def test_crop_and_fill_jobs_have_new_ids_and_stretch_keeps_its_own():
+    """Crop and fill images made before farm used A1111's arithmetic were fitted otherwise:
+    their jobs' ids changed (the old run folder renders them again); stretch's did not."""
+    image = Model("in.png", "/nowhere/in.png", "ab" * 32)
+    before = {"stretch": "69c007c122d2b02458b03244", "crop": "c8931063731997910af0b9c4",
+              "fill": "7ab64b74a175f688350b8d53"}  # as farm gave them before
+    now = {mode: make_job(GOLDEN_CHECKPOINT, negative="blurry", seed=1, steps=4, init=image,
+                          denoise=0.5, resize=mode) for mode in before}
+    assert now["stretch"].id == before["stretch"]
+    assert now["crop"].id != before["crop"] and now["fill"].id != before["fill"]
+    assert now["crop"].to_dict()["resize"] == "crop"  # recorded as the recipe says it
+
+
+def test_transparent_and_16_bit_inputs_read_as_a1111_reads_them(tmp_path):
+    """Transparency is flattened on white (A1111's img2img background colour), not the colour
+    stored under it; a 16-bit grey image is scaled to 8 bits, not clipped to white."""
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red everywhere, hidden where transparent
+    rgba[:, :4, 3] = 0  # left half fully transparent
+    rgba[:, 4:6, 3] = 128  # then half transparent, then opaque
+    rgba[:, 6:, 3] = 255
+    image = Image.fromarray(rgba, "RGBA")
+    reference = Image.new("RGBA", image.size, "#ffffff")  # A1111's images.flatten
+    reference.paste(image, mask=image)
+    for name, kind in [("rgba.png", image), ("la.png", image.convert("LA")),
+                       ("palette.png", image.quantize(4, dither=Image.Dither.NONE))]:
+        kind.save(tmp_path / name)
+        model, = inputs.identify([str(tmp_path / name)])
+        ours = np.asarray(inputs.decoded((tmp_path / name).read_bytes(), name))
+        assert tuple(ours[0, 0]) == (255, 255, 255), name  # white, not the hidden red
+        assert model.identity == outputs.pixel_hash(Image.fromarray(ours))
+    ours = np.asarray(inputs.decoded((tmp_path / "rgba.png").read_bytes(), "rgba.png"))
+    assert np.array_equal(ours, np.asarray(reference.convert("RGB")))
+    grey = np.full((4, 4), 128 * 257, dtype=np.uint16)
+    grey[0, 0] = 65535
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as stored:
+        assert stored.mode.startswith("I")  # a 16-bit PNG, as Pillow reads it
+    ours = np.asarray(inputs.decoded((tmp_path / "deep.png").read_bytes(), "deep.png"))
+    assert ours[1, 1].tolist() == [128] * 3 and ours[0, 0].tolist() == [255] * 3
+
+
 RECIPE = """\
 name: variations
 prompt: [a fox, a lighthouse]

@@ -92,7 +92,8 @@ strength = number(0, 1, "expected a denoising strength above 0, at most 1", abov
 # the refiner's share of the schedule: at 0 or 1 one of the two models would not run
 switch_at = number(0, 1, "expected the share of the schedule the base model denoises before "
                    "the refiner takes over, above 0 and below 1", above=True, below=True)
-scale = number(1, 8, "expected a scale from 1 to 8")
+scale = number(1, 8, "expected a scale above 1, up to 8 (AUTOMATIC1111 skips a pass at "
+               "scale 1)", above=True)
 hires_steps = whole(0, MAX_STEPS, f"expected a whole number from 0 (as many as the first pass) "
                     f"to {MAX_STEPS}")
 

@@ -74,8 +74,11 @@ EMBEDDINGS = Codec(  # ref: the word a prompt uses
 # for these; `stretch` always matched and keeps its ids.
 RESIZE = Codec(lambda v: {"crop": "crop/a1111", "fill": "fill/a1111"}.get(v, v),
                lambda name, v: {name: v}, _plain_restore)
+# A hires pass runs A1111's schedule and covers a final size of another aspect ratio, as A1111
+# does (render.py); before, farm's schedule was a step longer and such a size stretched. Its
+# ids name the rule, so that images a run folder made the old way are not taken for these.
 HIRES = Codec(  # hashable: a batch's jobs are compared by it
-    lambda h: None if h is None else tuple(h.record().items()),
+    lambda h: None if h is None else (*h.record().items(), ("rule", "a1111")),
     lambda name, h: {name: None if h is None else h.record()},
     lambda name, r, find: Hires(**r[name]) if r.get(name) else None)
 

@@ -298,6 +298,13 @@ def hires_passes(ctx: Context, name: str, value: Any) -> tuple[HiresSpec | None,
     given = {**DEFAULT_HIRES, **value}
     choices = [each(check)(ctx, f"{name}.{member}", given[member]) if member in given
                else (None,) for member, check in HIRES_MEMBERS.items()]
+    for target in choices[1]:  # a final size is larger than the first pass, as a scale is
+        for first in ctx.parsed.get("size") or ():
+            if target is not None and (target == first or (target[0] <= first[0]
+                                                            and target[1] <= first[1])):
+                ctx.fail(f"{name}.size", f"{target[0]}x{target[1]}", "a hires pass makes the "
+                         f"image larger than its first pass ({first[0]}x{first[1]}), as a "
+                         "scale above 1 does (AUTOMATIC1111 skips a pass to the same size)")
     return tuple(HiresSpec(*combination) for combination in itertools.product(*choices))
 
 

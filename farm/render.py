@@ -108,31 +108,51 @@ def _hires(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: 
     low = pipe(num_inference_steps=first.steps, width=hires.width, height=hires.height,
                generator=generators, output_type="latent" if latent else "pil", **text,
                **guidance).images
-    if latent:
+    # 1. upscale to cover the final size (a final size of another aspect ratio overflows it)
+    width, height, cut_x, cut_y = cover(hires.width, hires.height, first.width, first.height)
+    if latent:  # (B, 4, H/8, W/8), interpolated, the overflow cut as A1111 cuts it
         mode, antialias = LATENT_MODES[hires.upscaler]
         upscaled = torch.nn.functional.interpolate(
-            low, size=(first.height // 8, first.width // 8), mode=mode,
+            low, size=(height // 8, width // 8), mode=mode,
             **({"antialias": antialias} if mode in ("bilinear", "bicubic") else {}))
-    else:
-        upscaled = [image.resize((first.width, first.height), PIXEL_MODES[hires.upscaler])
+        upscaled = upscaled[:, :, cut_y // 2:upscaled.shape[2] - (cut_y + 1) // 2,
+                            cut_x // 2:upscaled.shape[3] - (cut_x + 1) // 2]
+    else:  # the same cut, made in pixels before encoding (8 pixels a latent)
+        box = (cut_x // 2 * 8, cut_y // 2 * 8, width - (cut_x + 1) // 2 * 8,
+               height - (cut_y + 1) // 2 * 8)
+        upscaled = [image.resize((width, height), PIXEL_MODES[hires.upscaler]).crop(box)
                     for image in low]
+    # 2. the second pass: A1111's schedule (hires_schedule), fresh noise from each seed
     second = stages.img2img(pipe)  # a fresh scheduler: the first pass's holds its state
     second.scheduler = samplers.make_scheduler(scheduler_config, hires.sampler or first.sampler,
                                                hires.scheduler or first.scheduler)
-    steps = hires.steps or first.steps
+    length, strength = hires_schedule(hires.steps or first.steps, hires.denoise)
     fresh = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
-    return second(image=upscaled, strength=hires.denoise,
-                  num_inference_steps=schedule_length(steps, hires.denoise),
+    return second(image=upscaled, strength=strength, num_inference_steps=length,
                   generator=fresh, output_type="np", **text, **guidance)
 
 
-def schedule_length(steps: int, denoise: float) -> int:
-    """The schedule an img2img pass needs to take exactly `steps` steps at strength
-    `denoise` (diffusers takes int(length * denoise) of them), as A1111's hires pass does."""
-    length = max(steps, int(steps / denoise))
-    while int(length * denoise) < steps:
-        length += 1
-    return length
+def cover(first_width: int, first_height: int, width: int,
+          height: int) -> tuple[int, int, int, int]:
+    """A1111's hires target: the size the first pass is upscaled to (covering width x height,
+    its aspect ratio kept, the other side floored) and the latent columns and rows of
+    overflow it cuts, half (rounded down) before and the rest after."""
+    if first_width * height == first_height * width:
+        return width, height, 0, 0
+    if first_width / first_height < width / height:
+        up_width, up_height = width, width * first_height // first_width
+    else:
+        up_width, up_height = height * first_width // first_height, height
+    return up_width, up_height, (up_width - width) // 8, (up_height - height) // 8
+
+
+def hires_schedule(steps: int, denoise: float) -> tuple[int, float]:
+    """(schedule length, strength) for diffusers' img2img to run A1111's hires pass: a
+    schedule of int(steps / min(denoise, 0.999)) steps of which the last `steps` run.
+    diffusers runs int(length * strength) of a schedule, so the strength asks for `steps`
+    and a half (what it denoises from is the schedule's own sigma there)."""
+    length = int(steps / min(denoise, 0.999))
+    return length, min(1.0, (steps + 0.5) / length)
 
 
 def _refined(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: list,

@@ -14,7 +14,7 @@ from PIL import Image
 from farm import inputs, models, outputs, samplers
 from farm import recipe as recipes
 from farm.jobs import Batch, Hires, Model
-from farm.render import schedule_length
+from farm.render import cover, hires_schedule
 from farm.worker import Device, Worker
 from tests.helpers import (GOLDEN_CHECKPOINT, GOLDEN_IDS, make_job, planned, rendered_images,
                            run_farm)
@@ -360,6 +360,10 @@ def test_a_run_feeds_the_next_and_its_exports_name_the_inputs(project, capsys):
     ("denoise: 0.5", "set init too"),
     ("hires: {upscaler: latent}", "needs a scale (2) or a final size"),
     ("hires: {scale: 2, upscaler: esrgan}", "hires.upscaler: got 'esrgan'; allowed: latent"),
+    ("hires: {scale: 1}", "hires.scale: got 1; expected a scale above 1"),
+    ("hires: {scale: 0.5}", "hires.scale: got 0.5; expected a scale above 1"),
+    ("hires: {size: 64x64}", "hires.size: got '64x64'; a hires pass makes the image larger"),
+    ("hires: {size: 48x32}", "hires.size: got '48x32'; a hires pass makes the image larger"),
     ("hires: {scale: 2}\ninit: photos", "cannot be combined with init images"),
     ("refiner: {checkpoint: tiny-xl-refiner}", "a refiner finishes an SDXL base model"),
     ("checkpoint: tiny-xl\nrefiner: {checkpoint: tiny}", "a refiner is an SDXL checkpoint"),
@@ -381,11 +385,44 @@ def test_bad_stage_input_exits_2_before_anything_is_written(project, capsys, rec
 
 # 3. hires fix ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("steps", [1, 2, 7, 10, 30])
-@pytest.mark.parametrize("denoise", [0.05, 0.3, 0.5, 0.7, 0.75, 1.0])
-def test_a_hires_pass_takes_exactly_its_steps(steps, denoise):
-    length = schedule_length(steps, denoise)
-    assert min(int(length * denoise), length) == steps
+@pytest.mark.parametrize("first, final", [((64, 48), (96, 96)), ((48, 64), (96, 96)),
+                                          ((64, 64), (128, 64)), ((64, 64), (64, 128)),
+                                          ((72, 56), (104, 80)), ((64, 48), (128, 96))])
+def test_a_hires_size_of_another_aspect_is_covered_and_cut_as_a1111_does(first, final):
+    """A1111's hires resize to a width and height: upscale, aspect kept, to cover them (the
+    other side floored), then cut the overflow from the latents: half before, the rest after."""
+    (w, h), (width, height) = first, final
+    if w / h < width / height:
+        up = (width, width * h // w)
+    else:
+        up = (height * w // h, height)
+    ours = cover(w, h, width, height)
+    assert ours == (*up, (up[0] - width) // 8, (up[1] - height) // 8)
+    assert ours[0] // 8 - ours[2] == width // 8 and ours[1] // 8 - ours[3] == height // 8
+
+
+@pytest.fixture(scope="module")
+def img2img_pipe(farm_cache):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from farm import tiny
+    return StableDiffusionImg2ImgPipeline.from_pretrained(tiny.ensure("tiny"))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 10, 20, 30])
+@pytest.mark.parametrize("denoise", [0.05, 0.3, 0.5, 0.7, 0.75, 0.999, 1.0])
+def test_a_hires_pass_runs_a1111s_schedule(img2img_pipe, steps, denoise):
+    """A1111's hires pass (setup_img2img_steps with its steps given): a schedule of
+    int(steps / min(denoise, 0.999)), of which the last `steps` run: 28 and 20 at 20 steps,
+    denoise 0.7. diffusers' img2img, given farm's length and strength, runs exactly those."""
+    length, strength = hires_schedule(steps, denoise)
+    assert length == int(steps / min(denoise, 0.999))
+    pipe = img2img_pipe
+    pipe.scheduler.set_timesteps(length)
+    everything = pipe.scheduler.timesteps.tolist()
+    run, count = pipe.get_timesteps(length, strength, "cpu")
+    # A1111 starts at sigma index length - (steps - 1) - 1 and runs to the end
+    assert count == steps and run.tolist() == everything[length - steps:]
 
 
 HIRES = """\
@@ -450,6 +487,14 @@ def test_hires_is_batch_invariant(worker, tiny):
     together = rendered_images(worker, jobs, "hr-inv")
     alone, = rendered_images(worker, [jobs[2]], "hr-inv-alone")
     assert np.abs(alone.astype(int) - together[2].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
+def test_a_hires_size_of_another_aspect_renders_at_that_size(worker, tiny, upscaler):
+    wide = Hires(64, 48, None, upscaler, 2, 0.5)
+    image, = rendered_images(worker, [make_job(tiny, width=96, height=96, hires=wide)],
+                             f"cover-{upscaler}")
+    assert image.shape == (96, 96, 3)
 
 
 # 4. SDXL refiner -------------------------------------------------------------------------------

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from farm import emphasis, models
+from farm.emphasis import CHUNK_TOKENS
 from farm.jobs import Lora, Model
 
 LORA_DIR_ENV, EMBEDDINGS_DIR_ENV = "FARM_LORA_DIR", "FARM_EMBEDDINGS_DIR"
-CHUNK_TOKENS = 75  # what A1111 encodes at a time: CLIP's 77 less its start and end tokens
 MAX_LORAS_LOADED = 8  # adapters a worker keeps loaded per pipeline; the least recent go
 
 
@@ -207,6 +207,8 @@ class Reading:
     embeddings: tuple[Model, ...]
     emphasis: str  # "a1111" where A1111's reading changes what CLIP sees, else "none"
     zero_negative: bool = False  # the negative is empty and the checkpoint zeros it (SDXL)
+    pad_conds: bool = False  # the a1111 reading pads prompt and negative to one length
+    truncated: bool = False  # emphasis none: a text past 75 tokens is cut there
 
 
 class Reader:
@@ -323,32 +325,34 @@ class Reader:
                         check_embedding(model, checkpoint, f"embedding {word!r}")
                         self._checked.add((model.identity, checkpoint.identity))
                     used[word.lower()] = model
-        long = [t for t in texts if len(t.encode()) > CHUNK_TOKENS]  # else surely one chunk
-        if mode == "a1111" and not affected and long and self._clip_pipeline(checkpoint):
-            affected = any(self.tokens(t, checkpoint) > CHUNK_TOKENS for t in long)
-        if mode == "a1111" and not affected and used:  # its vectors may fill a second chunk
-            affected = any(self._length(t, used, checkpoint) > CHUNK_TOKENS for t in texts)
+        counts = (1, 1)  # chunks of 75 tokens the prompt and the negative fill
+        if self._clip_pipeline(checkpoint):
+            counts = tuple(self._chunk_count(t, mode == "a1111", used, checkpoint)
+                           for t in texts)
+        if mode == "a1111":  # a prompt longer than a chunk (its embeddings' vectors counted)
+            affected = affected or max(counts) > 1
         return Reading(tuple(loras[k] for k in sorted(loras)),
                        tuple(used[k] for k in sorted(used)), "a1111" if affected else "none",
-                       negative == "" and self._family(checkpoint).zero_negative)
+                       negative == "" and self._family(checkpoint).zero_negative,
+                       pad_conds=affected and counts[0] != counts[1],
+                       truncated=mode == "none" and max(counts) > 1)
 
-    def _length(self, text: str, used: dict[str, Model], checkpoint: Model) -> int:
-        """The text's length in CLIP places as A1111 counts them: each embedding word takes
-        as many as its file has vectors."""
+    def _chunk_count(self, text: str, weighted: bool, used: dict[str, Model],
+                     checkpoint: Model) -> int:
+        """How many chunks of 75 tokens A1111 makes of the text (emphasis.chunked), each
+        embedding word taking as many places as its file has vectors."""
         words = self._embedding_words
-        found = words.findall(text) if words else []
-        if not found:
-            return 0
-        length = self.tokens(text, checkpoint)
+        found = {w.lower() for w in words.findall(text)} if words else set()
+        if len(text.encode()) <= CHUNK_TOKENS and not found and emphasis.BREAK not in text:
+            return 1  # a token is at least a byte: surely one chunk, nothing to read
+        vectors = {}
         for word in found:
-            shapes = embedding_vectors(safetensors_header(Path(used[word.lower()].path),
-                                                          "prompt", word))
-            vectors = max(math.prod(shape[:-1]) for shape in shapes.values())
-            length += vectors - self.tokens(word, checkpoint)
-        return length
+            shapes = embedding_vectors(safetensors_header(Path(used[word].path), "prompt", word))
+            vectors[word] = max(math.prod(shape[:-1]) for shape in shapes.values())
+        return len(emphasis.chunked(text, weighted, self._tokenizer(checkpoint), vectors))
 
-    def tokens(self, text: str, checkpoint: Model) -> int:
-        """How many CLIP tokens the checkpoint's tokenizer makes of the text."""
+    def _tokenizer(self, checkpoint: Model):
+        """The checkpoint's (first) CLIP tokenizer, loaded once."""
         tokenizer = self._tokenizers.get(checkpoint.identity)
         if tokenizer is None:
             from transformers import CLIPTokenizer
@@ -359,7 +363,7 @@ class Reader:
             folder = Path(checkpoint.config or checkpoint.path) / "tokenizer"
             tokenizer = self._tokenizers[checkpoint.identity] = CLIPTokenizer.from_pretrained(
                 folder, local_files_only=True)
-        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+        return tokenizer
 
 
 # applying LoRAs on a worker ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ literal text, as there ("smile :)").
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from farm import checks
 
@@ -24,6 +25,7 @@ BREAK = "BREAK"
 _TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 LORA_TAG = re.compile(r"<lora:([^>]*)>")
+CHUNK_TOKENS = 75  # what A1111 encodes at a time: CLIP's 77 less its start and end tokens
 
 
 class EmphasisError(ValueError):
@@ -137,3 +139,83 @@ def loras(text: str) -> tuple[str, list[tuple[str, float]]]:
                                     ) from None
         found.append((name, weight))
     return LORA_TAG.sub("", text), found
+
+
+# chunks of tokens, as A1111 fills them (encode.py encodes them) --------------------------------
+
+COMMA_BACKTRACK = 20  # A1111's "Prompt word wrap length limit"
+
+
+@dataclass
+class Chunk:
+    tokens: list[int] = field(default_factory=list)  # at most CHUNK_TOKENS, without start/end
+    weights: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, str]] = field(default_factory=list)  # (offset, embedding word)
+
+
+def chunks(runs: list[tuple[list[int], float]], comma: int | None,
+           words: dict[tuple[int, ...], tuple[str, int]], end: int) -> list[Chunk]:
+    """Tokenized runs (tokens, weight; a BREAK is weight None) -> chunks, padded with `end`.
+    `words` maps an embedding's word (as tokens) to (word, vectors)."""
+    done: list[Chunk] = []
+    current = Chunk()
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal current, last_comma
+        missing = CHUNK_TOKENS - len(current.tokens)
+        current.tokens += [end] * missing
+        current.weights += [1.0] * missing
+        done.append(current)
+        current, last_comma = Chunk(), -1
+
+    longest = sorted(words, key=len, reverse=True)
+    for tokens, weight in runs:
+        if weight is None:
+            close()
+            continue
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif len(current.tokens) == CHUNK_TOKENS and last_comma != -1 \
+                    and len(current.tokens) - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1  # the words after the comma go on to the next chunk
+                moved = Chunk(current.tokens[cut:], current.weights[cut:],
+                              [(o - cut, w) for o, w in current.fixes if o >= cut])
+                current.tokens, current.weights = current.tokens[:cut], current.weights[:cut]
+                current.fixes = [(o, w) for o, w in current.fixes if o < cut]
+                close()
+                current = moved
+            if len(current.tokens) == CHUNK_TOKENS:
+                close()
+            match = next((k for k in longest if tuple(tokens[position:position + len(k)]) == k),
+                         None)
+            if match is None:
+                current.tokens.append(token)
+                current.weights.append(weight)
+                position += 1
+                continue
+            word, vectors = words[match]
+            if len(current.tokens) + vectors > CHUNK_TOKENS:
+                close()
+            current.fixes.append((len(current.tokens), word))
+            current.tokens += [0] * vectors
+            current.weights += [weight] * vectors
+            position += len(match)
+    if current.tokens or not done:
+        close()
+    return done
+
+
+def chunked(text: str, weighted: bool, tokenizer, vectors: dict[str, int]) -> list[Chunk]:
+    """The text's chunks for one CLIP tokenizer: read with emphasis (`weighted`) or as it
+    is; `vectors`: how many places each embedding word takes."""
+    runs = parse(text) if weighted else [(text, 1.0)]
+    words = {tuple(tokenizer(word, add_special_tokens=False).input_ids): (word, count)
+             for word, count in vectors.items()}
+    tokenized = [([], None) if is_break(piece, weight) else
+                 (tokenizer(piece, add_special_tokens=False, truncation=False).input_ids, weight)
+                 for piece, weight in runs]
+    return chunks(tokenized, tokenizer.get_vocab().get(",</w>"), words, tokenizer.eos_token_id)

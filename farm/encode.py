@@ -23,80 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from farm import emphasis
-from farm.adapters import CHUNK_TOKENS
+from farm.emphasis import CHUNK_TOKENS, Chunk
 from farm.jobs import Job, Model
-
-COMMA_BACKTRACK = 20  # A1111's "Prompt word wrap length limit"
-
-
-@dataclass
-class Chunk:
-    tokens: list[int] = field(default_factory=list)  # at most CHUNK_TOKENS, without start/end
-    weights: list[float] = field(default_factory=list)
-    fixes: list[tuple[int, str]] = field(default_factory=list)  # (offset, embedding word)
-
-
-def chunks(runs: list[tuple[list[int], float]], comma: int | None,
-           words: dict[tuple[int, ...], tuple[str, int]], end: int) -> list[Chunk]:
-    """Tokenized runs (tokens, weight; a BREAK is weight None) -> chunks, padded with `end`.
-    `words` maps an embedding's word (as tokens) to (word, vectors)."""
-    done: list[Chunk] = []
-    current = Chunk()
-    last_comma = -1
-
-    def close() -> None:
-        nonlocal current, last_comma
-        missing = CHUNK_TOKENS - len(current.tokens)
-        current.tokens += [end] * missing
-        current.weights += [1.0] * missing
-        done.append(current)
-        current, last_comma = Chunk(), -1
-
-    longest = sorted(words, key=len, reverse=True)
-    for tokens, weight in runs:
-        if weight is None:
-            close()
-            continue
-        position = 0
-        while position < len(tokens):
-            token = tokens[position]
-            if token == comma:
-                last_comma = len(current.tokens)
-            elif len(current.tokens) == CHUNK_TOKENS and last_comma != -1 \
-                    and len(current.tokens) - last_comma <= COMMA_BACKTRACK:
-                cut = last_comma + 1  # the words after the comma go on to the next chunk
-                moved = Chunk(current.tokens[cut:], current.weights[cut:],
-                              [(o - cut, w) for o, w in current.fixes if o >= cut])
-                current.tokens, current.weights = current.tokens[:cut], current.weights[:cut]
-                current.fixes = [(o, w) for o, w in current.fixes if o < cut]
-                close()
-                current = moved
-            if len(current.tokens) == CHUNK_TOKENS:
-                close()
-            match = next((k for k in longest if tuple(tokens[position:position + len(k)]) == k),
-                         None)
-            if match is None:
-                current.tokens.append(token)
-                current.weights.append(weight)
-                position += 1
-                continue
-            word, vectors = words[match]
-            if len(current.tokens) + vectors > CHUNK_TOKENS:
-                close()
-            current.fixes.append((len(current.tokens), word))
-            current.tokens += [0] * vectors
-            current.weights += [weight] * vectors
-            position += len(match)
-    if current.tokens or not done:
-        close()
-    return done
-
 
 @dataclass(frozen=True)
 class Encoder:
@@ -176,20 +110,11 @@ class TextEncoding:
     def text(self, text: str, weighted: bool, clip_skip: int,
              vectors: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor,
                                                                    torch.Tensor | None]:
-        runs = emphasis.parse(text) if weighted else [(text, 1.0)]
         per_encoder, pooled = [], None
         for encoder in self.encoders:
-            tokenizer = encoder.tokenizer
-            words = {}
-            for word, by_key in vectors.items():
-                if encoder.key in by_key:
-                    ids = tuple(tokenizer(word, add_special_tokens=False).input_ids)
-                    words[ids] = (word, len(by_key[encoder.key]))
-            tokenized = [([], None) if emphasis.is_break(piece, w) else
-                         (tokenizer(piece, add_special_tokens=False, truncation=False).input_ids,
-                          w) for piece, w in runs]
-            comma = tokenizer.get_vocab().get(",</w>")
-            found = chunks(tokenized, comma, words, tokenizer.eos_token_id)
+            found = emphasis.chunked(text, weighted, encoder.tokenizer, {
+                word: len(by_key[encoder.key]) for word, by_key in vectors.items()
+                if encoder.key in by_key})
             if not weighted:  # diffusers' reading: one chunk, cut at 75 tokens
                 found = found[:1]
             outputs = []

@@ -68,6 +68,8 @@ EMBEDDINGS = Codec(  # ref: the word a prompt uses
                                 for e in items]},
     lambda name, r, find: tuple(find(name, i["name"], i["identity"], i.get("path"))
                                 for i in r.get(name) or ()))
+# a value derived from other fields, recorded but never in the id
+DERIVED = Codec(lambda v: False, lambda name, v: {name: bool(v)}, _plain_restore)
 # `crop` and `fill` fit inputs with A1111's arithmetic (inputs.fit); before, farm rounded the
 # scaled side and centred otherwise, a row or column off for about half of the common size
 # pairs. Their ids name the rule, so that images a run folder fitted the old way are not taken
@@ -221,6 +223,14 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     # an empty negative as zeros (SDXL): in the id when set, so that images a run folder made
     # from the encoding of "" (farm before it read the setting) are not taken for these
     JobField("zero_negative", BATCH, bool, "bool", id_default=False),
+    # what the prompt's reading did (derived from it, so never in the id): A1111 writes "Pad
+    # conds" when it padded prompt and negative to one length (its option, always on in farm);
+    # a cut prompt has no A1111 key, so farm names it
+    JobField("pad_conds", IMAGE, bool, "bool", _pair("pad_conds", "Pad conds", when=bool),
+             id_default=False, codec=DERIVED),
+    JobField("truncated", IMAGE, bool, "bool", _pair(
+        "truncated", "Prompt truncated", lambda v: "75 tokens", when=bool), id_default=False,
+        codec=DERIVED),
     # images in: an input image (its identity the hash of its decoded pixels), the strength it
     # is denoised to and how it is fitted to the size; None on text-to-image jobs
     JobField("init", IMAGE, str, "string", _pair("init", "Init image hash",

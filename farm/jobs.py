@@ -67,6 +67,11 @@ class Job:
     # the negative is empty and conditions with zeros (an SDXL checkpoint's own setting, as
     # A1111 does); False: "" is encoded, as farm did before (those ids and images stay)
     zero_negative: bool = False
+    # what the prompt's reading did, for its infotext; read from the prompt, so never in the id:
+    # the a1111 reading padded prompt and negative to one length (A1111's "Pad conds"), or
+    # emphasis none cut a text past 75 tokens
+    pad_conds: bool = False
+    truncated: bool = False
     # images in: the input image (ref: its path; identity: its pixels' hash), its denoising
     # strength (0-1] and how it is fitted to width x height (farm/fields.py's RESIZE)
     init: Model | None = None

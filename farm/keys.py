@@ -227,6 +227,7 @@ def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
                                 draft.fields["emphasis"])
     draft.fields.update(prompt=row.text, negative=negative, emphasis=reading.emphasis,
                         embeddings=reading.embeddings, zero_negative=reading.zero_negative,
+                        pad_conds=reading.pad_conds, truncated=reading.truncated,
                         context=row.context)
     if reading.loras:
         draft.fields["loras"] = adapters.joined(draft.fields["loras"], reading.loras,
@@ -315,7 +316,7 @@ KEYS: tuple[Key, ...] = (
     Key("init", None, IMAGE, ("init",), _input("init"), parse=forms.input_images, stage=True,
         summary=_shown_images("init")),
     Key("prompt", None, IMAGE, ("prompt", "negative", "emphasis", "embeddings", "zero_negative",
-                                "loras"),
+                                "pad_conds", "truncated", "loras"),
         _apply_prompt, parse=forms.prompt_items, each=_prompt_rows, length=_prompt_count,
         summary=_shown_prompt),
     Key("seeds", 0, IMAGE, ("seed",), _set("seed"), checks.seed, parse=forms.seeds, column="seed",

@@ -340,3 +340,30 @@ def test_replay_and_verify_render_a_lora_image_again(styled, tmp_path, monkeypat
     assert run_farm("replay", str(image), "--to", str(tmp_path / "again")) == 0
     assert "the same pixels" in capsys.readouterr().out
     assert run_farm("verify", str(folder), "--sample", "3") == 0
+
+
+def test_infotext_says_where_prompts_were_padded_or_cut(tmp_path, tiny, capsys):
+    """A1111 writes `Pad conds: True` where it padded prompt and negative to one length (farm
+    always does); `emphasis: none` cuts a prompt at 75 tokens, which infotext says. Neither
+    enters the id: both follow from the prompt."""
+    long = "a " * 80  # 80 tokens: two chunks
+    (tmp_path / "r.yaml").write_text(
+        f"prompt: ['{long}', a (red:1.2) fox]\nnegative: blurry\nemphasis: [a1111, none]\n"
+        "size: 64x64\nsteps: 2\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    found = {}
+    for image in (tmp_path / "out" / "r").glob("images/*/*.png"):
+        infotext, meta = outputs.read_metadata(image)
+        found[(meta["prompt"][:3], meta["emphasis"])] = (infotext, meta)
+    infotext, meta = found[("a a", "a1111")]
+    assert "Pad conds: True" in infotext and meta["pad_conds"] and not meta["truncated"]
+    infotext, meta = found[("a a", "none")]
+    assert "Prompt truncated: 75 tokens" in infotext and meta["truncated"]
+    assert "Pad conds" not in infotext
+    for key in [("a (", "a1111"), ("a (", "none")]:
+        infotext, meta = found[key]
+        assert "Pad conds" not in infotext and "truncated" not in infotext
+    padded = found[("a a", "a1111")][1]
+    assert make_job(tiny, prompt=padded["prompt"], pad_conds=True).id == \
+        make_job(tiny, prompt=padded["prompt"]).id

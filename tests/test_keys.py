@@ -39,7 +39,7 @@ BOUNDARIES = [
     ("batch_size", 0, 1), ("batch_size", 257, 256),
     ("quality", 0, 1), ("png_compression", 10, 9),
     ("dtype", "half", "float16"),
-    ("hires.scale", 0.5, 1), ("hires.scale", 8.5, 8),
+    ("hires.scale", 1, 1.05), ("hires.scale", 8.5, 8),
     ("hires.denoise", 0, 0.01), ("hires.denoise", 1.01, 1),
     ("hires.steps", -1, 0),
     ("refiner.switch_at", 0, 0.01), ("refiner.switch_at", 1, 0.99),

@@ -150,7 +150,6 @@ def test_per_step_syntax_is_found_so_it_is_never_rendered_as_text(text, found):
 def test_a_word_weighted_minus_one_is_encoded_not_dropped(sd):
     """(word:-1) is the word at weight -1 (AUTOMATIC1111 breaks only on the word BREAK at its
     marker weight): one chunk, the word in it, never a new chunk without it."""
-
     tokens = [sd.tokenizer.get_vocab()["b</w>"]]
     chunks = emphasis.chunks([(tokens, -1.0), ([7], 1.0)], None, {}, 0)
     assert len(chunks) == 1 and chunks[0].tokens[:len(tokens) + 1] == tokens + [7]

@@ -207,3 +207,15 @@ def test_sdxl_concatenates_both_encoders_and_pools_the_second(farm_cache):
     found, pooled = TextEncoding(pipe, load_embedding).text("a b", True, 1, {})
     torch.testing.assert_close(found, plain, rtol=0, atol=1e-6)
     torch.testing.assert_close(pooled, plain_pooled, rtol=0, atol=1e-6)
+
+
+def test_sdxl_clip_skip_skips_layers_of_both_encoders_as_diffusers_does(farm_cache):
+    """farm's clip_skip N on SDXL is diffusers' clip_skip N - 1 (both text encoders)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny.ensure("tiny-xl"))
+    theirs, _, _, _ = pipe.encode_prompt("a b", negative_prompt="", device="cpu", clip_skip=1)
+    ours, _ = TextEncoding(pipe, load_embedding).text("a b", True, 2, {})
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    plain, _ = TextEncoding(pipe, load_embedding).text("a b", True, 1, {})
+    assert not torch.equal(ours, plain)

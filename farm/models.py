@@ -211,10 +211,24 @@ def hub_patterns(index: dict | None, variant: str | None = None) -> tuple[list[s
     return allow, ignore
 
 
+# Components farm never loads (nor fetches): a checkpoint's safety checker replaces every image
+# it flags with black pixels, silently (AUTOMATIC1111, ComfyUI and InvokeAI run without it too)
+NEVER_LOADED = ("safety_checker",)
+
+
 def _parts(index: dict) -> list[str]:
-    """The components model_index.json names."""
+    """The components model_index.json names that farm loads."""
     return [name for name, spec in index.items() if not name.startswith("_")
-            and isinstance(spec, list) and spec[0] is not None]
+            and isinstance(spec, list) and spec[0] is not None and name not in NEVER_LOADED]
+
+
+def _left_out(checkpoint: Model) -> dict:
+    """from_pretrained's arguments leaving out the components farm never loads."""
+    index = json.loads((Path(checkpoint.config or checkpoint.path) / "model_index.json")
+                       .read_text())
+    if "safety_checker" not in index:
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def _weighted_parts(index: dict) -> list[str]:
@@ -333,10 +347,11 @@ def load_pipeline(checkpoint: Model, device: str, dtype):
     if checkpoint.config:  # one file: the pipeline class its config folder names reads it
         cls = getattr(diffusers, family(checkpoint).pipeline)
         pipe = cls.from_single_file(checkpoint.path, config=checkpoint.config, torch_dtype=dtype,
-                                    local_files_only=True)
+                                    local_files_only=True, **_left_out(checkpoint))
     else:
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
             checkpoint.path, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+            **_left_out(checkpoint),
             **({"variant": checkpoint.variant} if checkpoint.variant else {}))
     pipe.set_progress_bar_config(disable=True)
     for name in ("text_encoder", "text_encoder_2"):

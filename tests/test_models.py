@@ -2,10 +2,11 @@ import re
 import shutil
 
 import pytest
+from PIL import Image
 
 from farm import models
 from farm.models import ModelError
-from tests.helpers import fake_hub_cache
+from tests.helpers import fake_hub_cache, run_farm
 
 
 def test_tiny_resolves_to_its_folder_and_content_hash(tiny):
@@ -256,9 +257,8 @@ def test_a_hub_pipeline_fetches_only_what_it_loads():
         allow, ignore = models.hub_patterns(index)
         return set(filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore))
 
-    assert fetched(SD15_REPO, SD15_INDEX) == {
+    assert fetched(SD15_REPO, SD15_INDEX) == {  # never the safety checker's 1.2 GB
         "model_index.json", "feature_extractor/preprocessor_config.json",
-        "safety_checker/config.json", "safety_checker/model.safetensors",
         "scheduler/scheduler_config.json", "text_encoder/config.json",
         "text_encoder/model.safetensors", "tokenizer/merges.txt",
         "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
@@ -269,3 +269,40 @@ def test_a_hub_pipeline_fetches_only_what_it_loads():
                 "README.md", "extra/other.safetensors"]
     assert fetched(vae_repo, None) == {
         "config.json", "diffusion_pytorch_model.safetensors"}
+
+
+def test_a_checkpoints_safety_checker_never_blacks_out_an_image(tiny, tmp_path):
+    """SD 1.5's repository ships a safety checker, which replaces each image it flags with black
+    pixels. farm renders without it, as A1111, ComfyUI and InvokeAI do: with a tiny checker
+    that flags everything, diffusers' own call gives black images, farm's do not."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=2,
+                 num_hidden_layers=1)
+    torch.manual_seed(0)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(
+        text_config=small, vision_config={**small, "image_size": 32, "patch_size": 8},
+        projection_dim=16))
+    with torch.no_grad():  # every concept's threshold below any similarity: all flagged
+        checker.concept_embeds_weights.fill_(-10.0)
+    base = StableDiffusionPipeline.from_pretrained(tiny.path)
+    components = {**base.components, "safety_checker": checker,
+                  "feature_extractor": CLIPImageProcessor(size=32, crop_size=32)}
+    flagged = StableDiffusionPipeline(**components, requires_safety_checker=True)
+    flagged.save_pretrained(tmp_path / "sd15-like", safe_serialization=True)
+    flagged.set_progress_bar_config(disable=True)
+    theirs = flagged("a fox", num_inference_steps=2, width=64, height=64, output_type="np",
+                     generator=torch.Generator().manual_seed(0))
+    assert theirs.nsfw_content_detected == [True] and not theirs.images.any()
+    (tmp_path / "r.yaml").write_text(f"checkpoint: {tmp_path / 'sd15-like'}\nprompt: a fox\n"
+                                     "size: 64x64\nsteps: 2\nseeds: 0-1\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    images = sorted((tmp_path / "out" / "r").glob("images/*/*.png"))
+    assert len(images) == 2
+    for image in images:
+        assert np.asarray(Image.open(image)).std() > 0  # a picture, not a black square

@@ -298,11 +298,15 @@ def test_a_checkpoints_safety_checker_never_blacks_out_an_image(tiny, tmp_path):
     theirs = flagged("a fox", num_inference_steps=2, width=64, height=64, output_type="np",
                      generator=torch.Generator().manual_seed(0))
     assert theirs.nsfw_content_detected == [True] and not theirs.images.any()
-    (tmp_path / "r.yaml").write_text(f"checkpoint: {tmp_path / 'sd15-like'}\nprompt: a fox\n"
-                                     "size: 64x64\nsteps: 2\nseeds: 0-1\n")
-    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
-                    f"outputs={tmp_path / 'out'}") == 0
-    images = sorted((tmp_path / "out" / "r").glob("images/*/*.png"))
-    assert len(images) == 2
-    for image in images:
-        assert np.asarray(Image.open(image)).std() > 0  # a picture, not a black square
+    common = f"checkpoint: {tmp_path / 'sd15-like'}\nprompt: a fox\nsize: 64x64\nsteps: 2\n"
+    stages = {"r": "seeds: 0-1\n",  # text to image, then hires and img2img from its images
+              "hires": "hires: {scale: 1.5, steps: 1}\n",
+              "again": f"init: {tmp_path / 'out' / 'r' / 'images'}\ndenoise: 0.5\n"}
+    for name, extra in stages.items():
+        (tmp_path / f"{name}.yaml").write_text(common + extra)
+        assert run_farm("render", f"recipe={tmp_path / name}.yaml", "runtime=inline",
+                        f"outputs={tmp_path / 'out'}") == 0
+        images = sorted((tmp_path / "out" / name).glob("images/*/*.png"))
+        assert images, name
+        for image in images:  # a picture, not a black square
+            assert np.asarray(Image.open(image)).std() > 0, name

@@ -21,6 +21,9 @@ MAX_SIDE = 8192
 MAX_BATCH = 256
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 EMPHASIS = ("a1111", "none")
+# how many img2img steps a strength takes: int(steps x d) of the schedule's last (diffusers), or
+# one more, from one sigma earlier (AUTOMATIC1111)
+IMG2IMG_STEPS = ("diffusers", "a1111")
 RESIZE = ("stretch", "crop", "fill")  # A1111's "Just resize", "Crop and resize", "Resize and fill"
 FORMATS = ("png", "jpeg", "webp")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

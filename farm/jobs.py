@@ -77,6 +77,7 @@ class Job:
     init: Model | None = None
     denoise: float | None = None
     resize: str | None = None
+    img2img_steps: str | None = None  # "diffusers" (int(steps x denoise)) or "a1111" (one more)
     hires: Hires | None = None  # a second pass; width and height are then its final size
     refiner: Model | None = None  # an SDXL refiner taking over at switch_at of the schedule
     switch_at: float | None = None

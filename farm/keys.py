@@ -234,13 +234,13 @@ def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
                                                 f"prompt {row.text[:60]!r}")
 
 
-def _apply_resize(draft: Draft, mode: str) -> None:
-    """How input images are fitted: a field of jobs that have one."""
-    fields = draft.fields
-    fields["resize"] = None
-    for f in INPUT_FIELDS:
-        if fields[f.name] is not None:
-            fields["resize"] = mode
+def _for_inputs(name: str) -> Apply:
+    """A setting of jobs that have an input image (how it is fitted, its steps); None on
+    the others."""
+    def apply(draft: Draft, value: str) -> None:
+        fields = draft.fields
+        fields[name] = value if any(fields[f.name] is not None for f in INPUT_FIELDS) else None
+    return apply
 
 
 # 3. the table -------------------------------------------------------------------------------------
@@ -285,7 +285,10 @@ KEYS: tuple[Key, ...] = (
     Key("format", "png", SETTING, item=checks.image_format),  # or jpeg, webp (+ .json sidecar)
     Key("quality", 90, SETTING, item=checks.whole(1, 100)),  # jpeg, webp; webp 100 lossless
     Key("png_compression", 6, SETTING, item=checks.whole(0, 9)),  # zlib level; same pixels
-    Key("resize", "stretch", SETTING, ("resize",), _apply_resize, checks.choice(checks.RESIZE)),
+    Key("resize", "stretch", SETTING, ("resize",), _for_inputs("resize"),
+        checks.choice(checks.RESIZE)),
+    Key("img2img_steps", "diffusers", SETTING, ("img2img_steps",), _for_inputs("img2img_steps"),
+        checks.choice(checks.IMG2IMG_STEPS)),
     # the axes, in cost order: the plan's loops, outermost (most expensive to switch) first
     Key("checkpoint", "tiny", LOAD, ("checkpoint",), _model("checkpoint"), checks.model_ref,
         loads=lambda ref: ref),

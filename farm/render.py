@@ -66,7 +66,7 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
             images = [fitted[job.id] for job in jobs]  # the padding repeats the first
             img2img = stages.img2img(pipe)
             img2img.scheduler = pipe.scheduler  # this batch's fresh one (1.)
-            output = img2img(image=images, strength=first.denoise,
+            output = img2img(image=images, strength=img2img_strength(first),
                              num_inference_steps=first.steps, generator=generators,
                              output_type="np", **text, **guidance)
         elif first.hires is not None:
@@ -130,6 +130,16 @@ def _hires(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: 
     fresh = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     return second(image=upscaled, strength=strength, num_inference_steps=length,
                   generator=fresh, output_type="np", **text, **guidance)
+
+
+def img2img_strength(job: Job) -> float:
+    """The strength that makes diffusers' img2img take the job's steps: diffusers runs the last
+    int(steps x strength) of the schedule. AUTOMATIC1111 runs one more, from one sigma earlier
+    (t_enc = int(min(d, 0.999) x steps), then sigmas[steps - t_enc - 1:]): asked for with
+    `img2img_steps: a1111`, as that count and a half."""
+    if job.img2img_steps != "a1111":
+        return job.denoise
+    return min(1.0, (int(min(job.denoise, 0.999) * job.steps) + 1.5) / job.steps)
 
 
 def cover(first_width: int, first_height: int, width: int,

@@ -37,7 +37,8 @@ cfg: 6.5
 clip_skip: 2
 emphasis: none
 """ + COMMON,
-    "images": "prompt: a hare\ninit: in.png\ndenoise: 0.5\nresize: crop\n" + COMMON,
+    "images": "prompt: a hare\ninit: in.png\ndenoise: 0.5\nresize: crop\nimg2img_steps: a1111\n"
+              + COMMON,
     "hires": "prompt: a hare\nhires: {scale: 1.5, steps: 2, denoise: 0.5}\n" + COMMON,
     "refiner": "checkpoint: tiny-xl\nprompt: a hare\n"
                "refiner: {checkpoint: tiny-xl-refiner, switch_at: 0.7}\n" + COMMON,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tarfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from farm import inputs, models, outputs, samplers
 from farm import recipe as recipes
 from farm.jobs import Batch, Hires, Model
-from farm.render import cover, hires_schedule
+from farm.render import cover, hires_schedule, img2img_strength
 from farm.worker import Device, Worker
 from tests.helpers import (GOLDEN_CHECKPOINT, GOLDEN_IDS, make_job, planned, rendered_images,
                            run_farm)
@@ -384,6 +385,37 @@ def test_bad_stage_input_exits_2_before_anything_is_written(project, capsys, rec
 
 
 # 3. hires fix ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [1, 4, 20, 30, 50, 150])
+@pytest.mark.parametrize("denoise", [0.05, 0.3, 0.5, 0.75, 0.999, 1.0])
+def test_img2img_steps_a1111_runs_a1111s_timesteps(img2img_pipe, steps, denoise):
+    """A1111's img2img: t_enc = int(min(d, 0.999) x steps), sigmas[steps - t_enc - 1:], so
+    t_enc + 1 steps (16 at 20 steps, 0.75); diffusers' own: int(steps x d), the last ones."""
+    image = Model("in.png", "/nowhere/in.png", "ab" * 32)
+    job = make_job(GOLDEN_CHECKPOINT, init=image, denoise=denoise, resize="stretch",
+                   steps=steps, img2img_steps="a1111")
+    pipe = img2img_pipe
+    pipe.scheduler.set_timesteps(steps)
+    everything = pipe.scheduler.timesteps.tolist()
+    t_enc = int(min(denoise, 0.999) * steps)
+    run, count = pipe.get_timesteps(steps, img2img_strength(job), "cpu")
+    assert count == t_enc + 1 and run.tolist() == everything[steps - t_enc - 1:]
+    own = dataclasses.replace(job, img2img_steps="diffusers")
+    run, count = pipe.get_timesteps(steps, img2img_strength(own), "cpu")
+    assert count == min(int(steps * denoise), steps)
+
+
+def test_img2img_steps_enter_the_id_only_when_a1111(project):
+    found = {"tiny": models.resolve("tiny")}
+    default = list(planned(recipes.parse(yaml.safe_load(RECIPE), "v", project), found))
+    theirs = list(planned(recipes.parse(yaml.safe_load(RECIPE + "img2img_steps: a1111\n"),
+                                        "v", project), found))
+    assert {j.img2img_steps for j in default} == {"diffusers"}
+    assert {j.img2img_steps for j in theirs} == {"a1111"}
+    assert not {j.id for j in default} & {j.id for j in theirs}
+    same = [dataclasses.replace(j, img2img_steps=None) for j in default]  # before the key
+    assert [j.id for j in same] == [j.id for j in default]
+
 
 @pytest.mark.parametrize("first, final", [((64, 48), (96, 96)), ((48, 64), (96, 96)),
                                           ((64, 64), (128, 64)), ((64, 64), (64, 128)),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import emphasis, samplers
+from farm.hashes import file_hash
 from farm.values import UPSCALERS, Hires, Lora, Model, display_name
 
 LOAD, BATCH, IMAGE = "load", "batch", "image"
@@ -99,8 +100,6 @@ def _ti_hashes(embeddings) -> str:
     """A1111's "TI hashes": each embedding's file name (without ':' and ',') and the first 12
     hex digits of the sha256 of its whole file. Unlike a LoRA's, an embedding's A1111 hash
     includes the header, so it is not the identity (the tensor data's hash) farm keeps."""
-    from farm.models import file_hash  # models reads this table
-
     return _quoted(f"{Path(e.path).stem.translate(NO_SEPARATORS)}: "
                    f"{file_hash(Path(e.path))[:12]}" for e in embeddings)
 

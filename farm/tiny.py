@@ -11,6 +11,7 @@ diffusers folder. The pictures are noise.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -76,7 +77,14 @@ def _tokenizer():
     """CLIP's tokenizer over the byte vocabulary, built locally."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=MAX_TOKENS)
+    try:
+        return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=MAX_TOKENS)
+    except TypeError:  # transformers 4 reads its vocabulary and merges from files only
+        with tempfile.TemporaryDirectory() as folder:
+            vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+            vocab.write_text(json.dumps(_byte_vocab()), encoding="utf-8")
+            merges.write_text("#version: 0.2\n", encoding="utf-8")
+            return CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_TOKENS)
 
 
 def _text_config():

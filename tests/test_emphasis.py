@@ -72,8 +72,13 @@ def sd(farm_cache):
     folder = tiny.ensure("tiny")
     encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
     with torch.no_grad():
-        encoder.final_layer_norm.bias.copy_(torch.linspace(-0.5, 1.0, 32))
+        final_norm(encoder).bias.copy_(torch.linspace(-0.5, 1.0, 32))
     return SimpleNamespace(tokenizer=_tokenizer(), text_encoder=encoder)
+
+
+def final_norm(encoder):
+    """CLIP's final layer norm: on the model (transformers 5) or its .text_model (4.x)."""
+    return getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
 
 
 def ids(sd, *tokens: str, end: bool = True) -> list[int]:
@@ -89,7 +94,7 @@ def last(sd, token_ids: list[int], clip_skip: int = 1) -> torch.Tensor:
         out = sd.text_encoder(torch.tensor([token_ids]), output_hidden_states=True)
         if clip_skip == 1:
             return out.last_hidden_state
-        return sd.text_encoder.final_layer_norm(out.hidden_states[-clip_skip])
+        return final_norm(sd.text_encoder)(out.hidden_states[-clip_skip])
 
 
 def encoded(sd, text: str, weighted: bool = True, clip_skip: int = 1, vectors=None):

@@ -202,7 +202,6 @@ def test_half_precision_jobs_fetch_the_fp16_variant_only():
     allow, ignore = models.hub_patterns(SD15_INDEX, "fp16")
     assert set(filter_repo_objects(SD15_REPO, allow_patterns=allow, ignore_patterns=ignore)) == {
         "model_index.json", "feature_extractor/preprocessor_config.json",
-        "safety_checker/config.json", "safety_checker/model.fp16.safetensors",
         "scheduler/scheduler_config.json", "text_encoder/config.json",
         "text_encoder/model.fp16.safetensors", "tokenizer/merges.txt",
         "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",

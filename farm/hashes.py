@@ -1,0 +1,38 @@
+"""File hashes, cached: a model's weights are read once, whatever asks (identities, infotext)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from farm import tiny
+
+
+def file_hash(file: Path, after_header: bool = False) -> str:
+    """sha256 of a file, cached by (path, size, mtime) so multi-GB weights are read once.
+    `after_header`: of a .safetensors file's tensor data only, after its JSON header, as
+    AUTOMATIC1111 and CivitAI hash LoRAs and embeddings (metadata edits leave it as it is)."""
+    stat = file.stat()
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}" + ("|data" if after_header else "")
+    cache_file = tiny.cache_dir() / "hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        if after_header:
+            f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    cache[key] = digest.hexdigest()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, delete=False) as tmp:
+        json.dump(cache, tmp)
+    os.replace(tmp.name, cache_file)
+    return cache[key]

@@ -108,8 +108,22 @@ def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
     return found
 
 
+# The pipeline families farm renders and tests (against diffusers' own pipelines). Others (Flux.1
+# and SD3 need flow-matching samplers and their own guidance; LCM its own scheduler) would render
+# with an SD sampler and give wrong images with exit 0: refused until they are tested.
+TESTED_FAMILIES = {"StableDiffusionPipeline": "Stable Diffusion 1.x/2.x",
+                   "StableDiffusionXLPipeline": "SDXL"}
+
+
 def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
-    """Refuse recipe fields that this checkpoint's pipeline does not take."""
+    """Refuse a checkpoint of a family farm does not test, and recipe fields that this
+    checkpoint's pipeline does not take."""
+    if family.pipeline not in TESTED_FAMILIES:
+        tested = ", ".join(f"{name} ({cls})" for cls, name in TESTED_FAMILIES.items())
+        raise BadInput(f"recipe {recipe.name}: checkpoint: {ref!r} is a {family.pipeline}; "
+                       f"farm renders the families it tests: {tested}. Flux.1 and SD3 need "
+                       "flow-matching samplers and guidance of their own, which farm does not "
+                       "have yet")
     for name in (*(k.name for k in INPUT_KEYS), "hires"):
         if recipe.uses(name) and family.pipeline not in STAGED_PIPELINES:
             raise BadInput(f"recipe {recipe.name}: {name}: checkpoint {ref!r} is a "

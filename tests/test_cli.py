@@ -231,27 +231,32 @@ def test_sigkill_mid_render_then_resume_finishes_every_image_once(workdir):
     assert not [p for p in folder.rglob("*") if p.name.endswith(outputs.PARTIAL_SUFFIX)]
 
 
-def lcm_copy(workdir: Path) -> Path:
-    """The tiny model relabelled as a LatentConsistencyModelPipeline (no negative prompt)."""
+def relabelled(workdir: Path, pipeline: str) -> Path:
+    """The tiny model's folder, its model_index.json naming another pipeline class."""
     from farm import tiny
 
-    folder = workdir / "tiny-lcm"
+    folder = workdir / f"tiny-as-{pipeline}"
     import shutil
 
     shutil.copytree(tiny.ensure("tiny"), folder)
     index = json.loads((folder / "model_index.json").read_text())
-    index["_class_name"] = "LatentConsistencyModelPipeline"
+    index["_class_name"] = pipeline
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
 
-def test_a_field_the_pipeline_family_does_not_take_is_refused(workdir, capsys):
-    folder = lcm_copy(workdir)
-    assert run_farm("render", "recipe=small", f"checkpoint={folder}") == 2
-    err = capsys.readouterr().err
-    assert "recipe small: negative: checkpoint" in err
-    assert "is a LatentConsistencyModelPipeline, which takes no negative_prompt" in err
-    assert not (workdir / "outputs").exists()
+@pytest.mark.parametrize("pipeline", ["LatentConsistencyModelPipeline", "FluxPipeline",
+                                      "StableDiffusion3Pipeline"])
+def test_a_pipeline_family_farm_does_not_test_is_refused(workdir, capsys, pipeline):
+    """Rendered with an SD sampler, these would be wrong images with exit 0."""
+    folder = relabelled(workdir, pipeline)
+    for command in ("plan", "render"):
+        assert run_farm(command, "recipe=small", f"checkpoint={folder}") == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint: '{folder}' is a {pipeline}; farm renders the families it " \
+               "tests: Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL " \
+               "(StableDiffusionXLPipeline)" in err
+        assert not (workdir / "outputs").exists()
 
 
 def test_tiny_xl_end_to_end(workdir):

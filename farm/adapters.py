@@ -407,7 +407,9 @@ class Adapters:
                 del self.loaded[old]
             try:
                 with models.without_text_model_view(pipe):
-                    pipe.load_lora_weights(lora.model.path, adapter_name=name)
+                    file = Path(lora.model.path)  # folder and name: diffusers 0.32 offline
+                    pipe.load_lora_weights(str(file.parent), weight_name=file.name,
+                                           adapter_name=name)
             except Exception:  # a half-loaded adapter would block the name for good
                 try:
                     pipe.delete_adapters(name)

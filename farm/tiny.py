@@ -371,6 +371,7 @@ def write_lora(checkpoint: str, path: Path, layout: str = "kohya", seed: int = 1
         for name, layer in module.named_modules():
             if not isinstance(layer, torch.nn.Linear) or not name.endswith(LORA_TARGETS):
                 continue
+            name = name.removeprefix("text_model.")  # transformers 4 nests CLIP's layers there
             down = torch.randn(rank, layer.in_features, generator=generator) * scale
             up = torch.randn(layer.out_features, rank, generator=generator) * scale
             if layout == "peft":

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -125,6 +126,9 @@ def test_ids_are_the_ones_farm_gave_before(changes, expected):
     assert job.id == expected
 
 
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5, reason="the tiny model "
+                    "built by transformers 4 saves other tokenizer files, so has another "
+                    "identity than the one this run folder recorded")
 def test_a_run_folder_made_before_resumes_with_nothing_rendered(tmp_path, capsys):
     """tests/data/legacy was rendered by farm before the field table (12 images, two
     samplers, a template, clip skip 2, batches of 2)."""

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from farm import emphasis, models
+from farm import emphasis, families, models
 from farm.emphasis import CHUNK_TOKENS
 from farm.jobs import Lora, Model
 
@@ -220,7 +220,8 @@ class Reader:
         self._loras: dict[str, Model] = {}
         self._checked: set[tuple[str, str]] = set()
         self._readings: dict[tuple, Reading] = {}
-        self._tokenizers: dict[str, Any] = {}
+        self._tokenizers: dict[Any, Any] = {}
+        self._t5_counts: dict[tuple[str, str], int] = {}
         self._families: dict[str, models.Family] = {}
 
     @cached_property
@@ -247,6 +248,10 @@ class Reader:
                           + r")(?![^\W\d_])", re.I)
 
     def lora(self, ref: str, checkpoint: Model, field: str = "loras") -> Model:
+        rules = families.rules(self.family(checkpoint).pipeline)
+        if rules is not None and not rules.loras:
+            raise AdapterError(field, ref, f"checkpoint {checkpoint.ref!r} is {rules.name}, on "
+                               "which farm does not test LoRAs yet")
         if ref not in self._loras:
             self._loras[ref] = find_lora(ref, self.base, field)
         found = self._loras[ref]
@@ -264,7 +269,7 @@ class Reader:
             reading = self._readings[key] = self._read(prompt, negative, checkpoint, mode)
         return reading
 
-    def _family(self, checkpoint: Model) -> models.Family:
+    def family(self, checkpoint: Model) -> models.Family:
         """The checkpoint's family. A checkpoint whose files are not here to say (a record
         read back elsewhere) counts as the common kind."""
         if checkpoint.identity not in self._families:
@@ -279,7 +284,8 @@ class Reader:
         """Whether farm encodes this checkpoint's prompts itself where A1111 would (SD 1.x/2.x
         and SDXL: CLIP text encoders); other pipelines (SD3, Flux, ...) get the text as it
         is, and their prompts no emphasis or embeddings."""
-        return self._family(checkpoint).pipeline in models.KNOWN_FAMILIES
+        rules = families.rules(self.family(checkpoint).pipeline)
+        return rules is not None and rules.a1111_prompts
 
     def _read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
         field = "prompt"
@@ -333,7 +339,7 @@ class Reader:
             affected = affected or max(counts) > 1
         return Reading(tuple(loras[k] for k in sorted(loras)),
                        tuple(used[k] for k in sorted(used)), "a1111" if affected else "none",
-                       negative == "" and self._family(checkpoint).zero_negative,
+                       negative == "" and self.family(checkpoint).zero_negative,
                        pad_conds=affected and counts[0] != counts[1],
                        truncated=mode == "none" and max(counts) > 1)
 
@@ -350,6 +356,25 @@ class Reader:
             shapes = embedding_vectors(safetensors_header(Path(used[word].path), "prompt", word))
             vectors[word] = max(math.prod(shape[:-1]) for shape in shapes.values())
         return len(emphasis.chunked(text, weighted, self._tokenizer(checkpoint), vectors))
+
+    def t5_tokens(self, text: str, checkpoint: Model) -> int:
+        """How many tokens the checkpoint's T5 tokenizer makes of the text, its end included
+        (what max_sequence_length counts)."""
+        key = (text, checkpoint.identity)
+        if key not in self._t5_counts:
+            tokenizer = self._tokenizers.get(("t5", checkpoint.identity))
+            if tokenizer is None:
+                from transformers import T5TokenizerFast
+                from transformers.utils import logging
+
+                logging.set_verbosity_error()  # a long prompt is no mistake here: it is counted
+                folder = Path(checkpoint.config or checkpoint.path) / "tokenizer_3"
+                tokenizer = self._tokenizers[("t5", checkpoint.identity)] = \
+                    T5TokenizerFast.from_pretrained(folder, local_files_only=True)
+            if len(self._t5_counts) > 100_000:
+                self._t5_counts.clear()
+            self._t5_counts[key] = len(tokenizer(text).input_ids)
+        return self._t5_counts[key]
 
     def _tokenizer(self, checkpoint: Model):
         """The checkpoint's (first) CLIP tokenizer, loaded once."""

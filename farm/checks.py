@@ -135,6 +135,12 @@ def model_ref(value: Any) -> str:
     return value.strip()
 
 
+def t5_tokens(value: Any) -> int | None:
+    """max_sequence_length: unset (the model family's default) or 1 to 512 (T5's longest)."""
+    return None if value is None else whole(1, 512, "expected a number of T5 tokens from 1 "
+                                            "to 512, or null for the model's default")(value)
+
+
 def optional_model_ref(value: Any) -> str | None:
     return None if value is None else model_ref(value)
 

@@ -227,9 +227,9 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     # a cut prompt has no A1111 key, so farm names it
     JobField("pad_conds", IMAGE, bool, "bool", _pair("pad_conds", "Pad conds", when=bool),
              id_default=False, codec=DERIVED),
-    JobField("truncated", IMAGE, bool, "bool", _pair(
-        "truncated", "Prompt truncated", lambda v: "75 tokens", when=bool), id_default=False,
-        codec=DERIVED),
+    JobField("truncated", IMAGE, bool, "bool", lambda job: {
+        "Prompt truncated": f"{job.max_sequence_length or 75} tokens"} if job.truncated else {},
+        id_default=False, codec=DERIVED),
     # images in: an input image (its identity the hash of its decoded pixels), the strength it
     # is denoised to and how it is fitted to the size; None on text-to-image jobs
     JobField("init", IMAGE, str, "string", _pair("init", "Init image hash",
@@ -240,6 +240,8 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
              codec=FLOAT),
     JobField("resize", BATCH, str, "string", id_default=None, codec=RESIZE),
     # diffusers' step count (the first rule, so in the id as None) or A1111's
+    # T5 tokens a prompt takes (SD3); None where the checkpoint has no T5 encoder
+    JobField("max_sequence_length", BATCH, int, "int64", id_default=None),
     JobField("img2img_steps", BATCH, str, "string", id_default=None, codec=Codec(
         lambda v: None if v == "diffusers" else v, lambda name, v: {name: v}, _plain_restore)),
     # a second pass (A1111's hires fix): {width, height (of the first pass), scale, upscaler,

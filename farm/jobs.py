@@ -69,7 +69,7 @@ class Job:
     zero_negative: bool = False
     # what the prompt's reading did, for its infotext; read from the prompt, so never in the id:
     # the a1111 reading padded prompt and negative to one length (A1111's "Pad conds"), or
-    # emphasis none cut a text past 75 tokens
+    # emphasis none cut a text past 75 tokens, or T5 one past max_sequence_length
     pad_conds: bool = False
     truncated: bool = False
     # images in: the input image (ref: its path; identity: its pixels' hash), its denoising
@@ -78,6 +78,7 @@ class Job:
     denoise: float | None = None
     resize: str | None = None
     img2img_steps: str | None = None  # "diffusers" (int(steps x denoise)) or "a1111" (one more)
+    max_sequence_length: int | None = None  # T5 tokens a prompt takes (SD3); None: no T5
     hires: Hires | None = None  # a second pass; width and height are then its final size
     refiner: Model | None = None  # an SDXL refiner taking over at switch_at of the schedule
     switch_at: float | None = None

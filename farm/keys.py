@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from farm import adapters, checks, forms, prompts, samplers
+from farm import adapters, checks, emphasis, families, forms, prompts, samplers
 from farm.checks import Check
 from farm.fields import BY_NAME, INPUT_FIELDS
 from farm.forms import (Context, HiresSpec, Parse, PromptFile, each,
@@ -234,6 +234,19 @@ def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
                                                 f"prompt {row.text[:60]!r}")
 
 
+def _apply_t5(draft: Draft, tokens: int | None) -> None:
+    """T5's prompt length (max_sequence_length): the recipe's, else the family's default;
+    None where the checkpoint has no T5 encoder. A prompt longer than it is cut there, and
+    its job says so (truncated)."""
+    reader, fields = draft.reader, draft.fields
+    rules = families.rules(reader.family(fields["checkpoint"]).pipeline)
+    length = None if rules is None or rules.t5_tokens is None else tokens or rules.t5_tokens
+    fields["max_sequence_length"] = length
+    if length is not None and max(reader.t5_tokens(t, fields["checkpoint"]) for t in (
+            emphasis.loras(fields["prompt"])[0], fields["negative"])) > length:
+        fields["truncated"] = True
+
+
 def _for_inputs(name: str) -> Apply:
     """A setting of jobs that have an input image (how it is fitted, its steps); None on
     the others."""
@@ -289,6 +302,9 @@ KEYS: tuple[Key, ...] = (
         checks.choice(checks.RESIZE)),
     Key("img2img_steps", "diffusers", SETTING, ("img2img_steps",), _for_inputs("img2img_steps"),
         checks.choice(checks.IMG2IMG_STEPS)),
+    # T5 tokens a prompt may take (SD3); null: the family's default (diffusers': 256 for SD3)
+    Key("max_sequence_length", None, SETTING, ("max_sequence_length", "truncated"), _apply_t5,
+        checks.t5_tokens),
     # the axes, in cost order: the plan's loops, outermost (most expensive to switch) first
     Key("checkpoint", "tiny", LOAD, ("checkpoint",), _model("checkpoint"), checks.model_ref,
         loads=lambda ref: ref),

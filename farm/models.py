@@ -268,6 +268,7 @@ OPTIONAL_INPUTS = ("negative_prompt", "guidance_scale", "clip_skip")
 KNOWN_FAMILIES = {  # the common ones, so that validating them needs no diffusers import
     "StableDiffusionPipeline": frozenset(OPTIONAL_INPUTS),
     "StableDiffusionXLPipeline": frozenset(OPTIONAL_INPUTS),
+    "StableDiffusion3Pipeline": frozenset(OPTIONAL_INPUTS),
 }
 
 

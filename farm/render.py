@@ -193,6 +193,7 @@ def _text_inputs(shape: tuple[Job, ...], takes) -> dict:
         "negative_prompt": None if first.zero_negative else [job.negative for job in shape],
         # AUTOMATIC1111 counts 1 as "no skip"; diffusers counts the layers skipped
         "clip_skip": first.clip_skip - 1 if first.clip_skip > 1 else None,
+        "max_sequence_length": first.max_sequence_length,
     }
     return {"prompt": [emphasis.loras(job.prompt)[0] for job in shape],
             **{k: v for k, v in optional.items() if k in takes and v is not None}}

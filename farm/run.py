@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from farm import adapters, catalog, grid, inputs, models, plan, schedule
+from farm import adapters, catalog, families, grid, inputs, models, plan, schedule
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
-from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS
+from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair
 from farm.plan import Resolved
 from farm.compose import BadInput, Settings
 from farm.finished import CHUNK, Finished
@@ -85,7 +85,6 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
 
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
-STAGED_PIPELINES = ("StableDiffusionPipeline", *SDXL_PIPELINES)  # init and hires: SD and SDXL
 
 
 def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
@@ -108,27 +107,38 @@ def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
     return found
 
 
-# The pipeline families farm renders and tests (against diffusers' own pipelines). Others (Flux.1
-# and SD3 need flow-matching samplers and their own guidance; LCM its own scheduler) would render
-# with an SD sampler and give wrong images with exit 0: refused until they are tested.
-TESTED_FAMILIES = {"StableDiffusionPipeline": "Stable Diffusion 1.x/2.x",
-                   "StableDiffusionXLPipeline": "SDXL"}
-
-
 def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
-    """Refuse a checkpoint of a family farm does not test, and recipe fields that this
-    checkpoint's pipeline does not take."""
-    if family.pipeline not in TESTED_FAMILIES:
-        tested = ", ".join(f"{name} ({cls})" for cls, name in TESTED_FAMILIES.items())
+    """Refuse a checkpoint of a family farm does not test (families.py: others, rendered with
+    an SD sampler, would give wrong images with exit 0), what its family does not take, and
+    recipe fields that its pipeline does not take."""
+    rules = families.rules(family.pipeline)
+    if rules is None:
         raise BadInput(f"recipe {recipe.name}: checkpoint: {ref!r} is a {family.pipeline}; "
-                       f"farm renders the families it tests: {tested}. Flux.1 and SD3 need "
-                       "flow-matching samplers and guidance of their own, which farm does not "
-                       "have yet")
+                       f"farm renders the families it tests: {families.tested()}. Flux.1 "
+                       "needs guidance of its own, which farm does not have yet")
+    where = f"recipe {recipe.name}: {{}}: checkpoint {ref!r} is {rules.name}"
+    if rules.flow:
+        for sampler in recipe["sampler"]:
+            for schedule in recipe["scheduler"]:
+                if effective_pair(sampler, schedule) != families.FLOW_SAMPLER:
+                    raise BadInput(where.format("sampler") + f", which farm renders with its "
+                                   "own flow-matching Euler scheduler (and its shift) only: "
+                                   f"sampler euler, scheduler automatic (got {sampler!r} with "
+                                   f"{schedule!r})")
+    for width, height in recipe["size"]:
+        if width % rules.multiple or height % rules.multiple:
+            raise BadInput(where.format("size") + f", which takes sizes in multiples of "
+                           f"{rules.multiple} (got {width}x{height})")
+    if recipe["max_sequence_length"] is not None and rules.t5_tokens is None:
+        raise BadInput(where.format("max_sequence_length") + ", which has no T5 text encoder; "
+                       "leave max_sequence_length unset")
+    if not rules.clip_skip and recipe["clip_skip"] != (DEFAULTS["clip_skip"],):
+        raise BadInput(where.format("clip_skip") + ", on which farm does not test clip skip; "
+                       "leave clip_skip at 1")
     for name in (*(k.name for k in INPUT_KEYS), "hires"):
-        if recipe.uses(name) and family.pipeline not in STAGED_PIPELINES:
-            raise BadInput(f"recipe {recipe.name}: {name}: checkpoint {ref!r} is a "
-                           f"{family.pipeline}; farm renders {name} with Stable Diffusion 1.x/2.x "
-                           "and SDXL checkpoints")
+        if recipe.uses(name) and not rules.stages:
+            raise BadInput(where.format(name) + f"; farm renders {name} with Stable Diffusion "
+                           "1.x/2.x and SDXL checkpoints")
     if recipe.uses("refiner") and family.pipeline != "StableDiffusionXLPipeline":
         raise BadInput(f"recipe {recipe.name}: refiner: checkpoint {ref!r} is a "
                        f"{family.pipeline}; a refiner finishes an SDXL base model's render")

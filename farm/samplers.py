@@ -163,8 +163,12 @@ def options(sampler_name: str, schedule_name: str) -> dict[str, Any]:
 
 
 def make_scheduler(base_config: dict, sampler_name: str, schedule_name: str):
-    """A fresh diffusers scheduler built from a checkpoint's own scheduler config."""
+    """A fresh diffusers scheduler built from a checkpoint's own scheduler config. A
+    flow-matching checkpoint's (SD3) is its own class as it is: the one sampler farm runs
+    there (euler, normal: checked at plan), so its pixels are its diffusers pipeline's."""
     import diffusers
 
+    if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
+        return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
     cls = getattr(diffusers, sampler(sampler_name).scheduler_class)
     return cls.from_config(base_config, **options(sampler_name, schedule_name))

@@ -211,6 +211,77 @@ def build_tiny_xl_refiner(folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+T5_PIECES = ["<pad>", "</s>", "<unk>", "\u2581"] + [chr(c) for c in range(33, 127)]
+
+
+def _t5_tokenizer():
+    """A T5 (Unigram) tokenizer over printable ASCII, each character a piece (with or without
+    the word-start mark), built locally: every prompt tokenizes offline."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers import models as pieces
+    from transformers import T5TokenizerFast
+
+    vocab = T5_PIECES + ["\u2581" + p for p in T5_PIECES[4:]]
+    tokenizer = Tokenizer(pieces.Unigram([(p, 0.0 if i < 3 else -1.0)
+                                          for i, p in enumerate(vocab)], unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
+                                                       prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    with tempfile.TemporaryDirectory() as folder:  # read back as transformers 4 and 5 both can
+        tokenizer.save(str(Path(folder) / "tokenizer.json"))
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>",
+            "unk_token": "<unk>", "extra_ids": 0, "model_max_length": 512}))
+        return T5TokenizerFast.from_pretrained(folder)
+
+
+def _t5_encoder(seed: int):
+    """A two-layer, 32-wide T5 encoder over the tiny T5 vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    return _seeded(seed, lambda: T5EncoderModel(T5Config(
+        vocab_size=2 * len(T5_PIECES) - 4, d_model=32, d_ff=37, d_kv=8, num_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)).eval())
+
+
+def _flow_vae(seed: int):
+    """An 8x VAE with 16 latent channels, shifted and scaled, as SD3's and Flux's are."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(seed, lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+        sample_size=512, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+        use_post_quant_conv=False))
+
+
+def build_tiny_sd3(folder: Path) -> None:
+    """An SD3-shaped pipeline with random weights: an MMDiT transformer over 16-channel
+    latents, two CLIP text encoders with projections and a T5 encoder, and SD3's own
+    flow-matching Euler scheduler (shift 3)."""
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextModelWithProjection
+
+    pipe = StableDiffusion3Pipeline(
+        transformer=_seeded(0, lambda: SD3Transformer2DModel(
+            sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+            attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+            joint_attention_dim=32, pooled_projection_dim=64)),  # the two CLIPs' pooled
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=_flow_vae(0),
+        text_encoder=_seeded(0, lambda: CLIPTextModelWithProjection(_text_config())),
+        tokenizer=_tokenizer(),
+        text_encoder_2=_seeded(1, lambda: CLIPTextModelWithProjection(_text_config())),
+        tokenizer_2=_tokenizer(),
+        text_encoder_3=_t5_encoder(2), tokenizer_3=_t5_tokenizer())
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
 def build_tiny_vae(folder: Path) -> None:
     """A second tiny VAE with other random weights: same latents, other pixels."""
     _tiny_vae(1).save_pretrained(folder, safe_serialization=True)
@@ -313,10 +384,11 @@ def build_random_sdxl(folder: Path, seed: int = 0) -> None:
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-xl-refiner": build_tiny_xl_refiner,
-    "tiny-vae": build_tiny_vae, "random-sd15": build_random_sd15,
+    "tiny-sd3": build_tiny_sd3, "tiny-vae": build_tiny_vae, "random-sd15": build_random_sd15,
     "random-sdxl": build_random_sdxl}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
-                         "tiny-xl-refiner": "checkpoint", "tiny-vae": "vae",
+                         "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
+                         "tiny-vae": "vae",
                          "random-sd15": "checkpoint", "random-sdxl": "checkpoint"}
 
 

@@ -43,6 +43,7 @@ emphasis: none
     "hires": "prompt: a hare\nhires: {scale: 1.5, steps: 2, denoise: 0.5}\n" + COMMON,
     "refiner": "checkpoint: tiny-xl\nprompt: a hare\n"
                "refiner: {checkpoint: tiny-xl-refiner, switch_at: 0.7}\n" + COMMON,
+    "sd3": "checkpoint: tiny-sd3\nprompt: a hare\nmax_sequence_length: 64\n" + COMMON,
 }
 
 

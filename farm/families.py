@@ -1,0 +1,44 @@
+"""The pipeline families farm renders, and what each takes. Pure Python.
+
+A family is the diffusers pipeline class a checkpoint's model_index.json names. farm renders
+the families its tests compare with diffusers' own pipelines; a checkpoint of any other is
+refused at plan (run.check_family), never rendered with samplers that are not its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rules:
+    name: str  # as messages and the README say it
+    # flow matching (SD3, Flux): rendered with the checkpoint's own scheduler, as diffusers'
+    # pipeline is; SD's sampler table would give it an SD noise schedule (wrong images)
+    flow: bool = False
+    multiple: int = 8  # width and height: the VAE's 8, times the transformer's 2x2 patches
+    t5_tokens: int | None = None  # max_sequence_length's default (diffusers'); None: no T5
+    loras: bool = True  # tested with the layouts people share for it
+    # prompts read as AUTOMATIC1111 reads them (emphasis, embeddings, chunks: farm's CLIP
+    # encoder, encode.py); else the text goes to the pipeline as it is
+    a1111_prompts: bool = True
+    clip_skip: bool = True
+    stages: bool = True  # img2img and the hires pass
+
+
+RULES: dict[str, Rules] = {
+    "StableDiffusionPipeline": Rules("Stable Diffusion 1.x/2.x"),
+    "StableDiffusionXLPipeline": Rules("SDXL"),
+    "StableDiffusion3Pipeline": Rules("SD3", flow=True, multiple=16, t5_tokens=256, loras=False,
+                                      a1111_prompts=False, clip_skip=False, stages=False),
+}
+FLOW_SAMPLER = ("euler", "normal")  # a flow family's one sampler: its own, with its own schedule
+
+
+def rules(pipeline: str) -> Rules | None:
+    return RULES.get(pipeline)
+
+
+def tested() -> str:
+    """The families farm renders, as a message lists them."""
+    return ", ".join(f"{r.name} ({cls})" for cls, r in RULES.items())

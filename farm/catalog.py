@@ -14,6 +14,7 @@ Filters (`--where`), repeated as needed; the same field given twice matches eith
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ FIELDS = (*COLUMNS, "size", "text", "pixel_hash")
 FREE = ("values", "fields")  # template choices, prompt-file columns: any keys (export structs)
 NESTED = (*FREE, "hires")  # what NAME.KEY may name: those, and a hires pass's members
 # a nested name may hold anything but the operators: values.{red|green}=red
-CONDITION = re.compile(rf"(?P<field>(?:{'|'.join(NESTED)})\.[^=!~]+?|[A-Za-z_]\w*)\s*"
-                       r"(?P<op>!=|=|~)(?P<value>.*)", re.S)
+CONDITION = re.compile(rf"(?P<field>(?:{'|'.join(NESTED)})\.[^=!~<>]+?|[A-Za-z_]\w*)\s*"
+                       r"(?P<op>!=|>=|<=|=|~|>|<)(?P<value>.*)", re.S)
+COMPARISONS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+NUMERIC = {"int64", "uint64", "float64"}  # the job columns comparisons apply to
 
 
 class CatalogError(ValueError):
@@ -76,11 +79,14 @@ def check_field(field: str, what: str) -> str:
 @dataclass(frozen=True)
 class Condition:
     field: str
-    op: str  # "=", "!=", "~"
+    op: str  # "=", "!=", "~", or a comparison: ">=", "<=", ">", "<"
     value: str
 
     def matches(self, entry: Entry) -> bool:
         actual = entry.get(self.field)
+        if self.op in COMPARISONS:  # numbers only: an image without one does not match
+            number = _number(actual)
+            return number is not None and COMPARISONS[self.op](number, _number(self.value))
         if self.op == "~":
             return actual is not None and self.value.casefold() in str(actual).casefold()
         return _equal(actual, self.value) == (self.op == "=")
@@ -133,17 +139,27 @@ class Where:
         for text in texts:
             found = CONDITION.fullmatch(str(text).strip())
             if not found:
-                raise CatalogError(f"{what}: {text!r}: expected FIELD=VALUE, FIELD!=VALUE or "
-                                   "FIELD~TEXT, e.g. checkpoint=tiny or prompt~fox")
+                raise CatalogError(f"{what}: {text!r}: expected FIELD=VALUE, FIELD!=VALUE, "
+                                   "FIELD~TEXT or a comparison of numbers (FIELD>=N, <=, >, "
+                                   "<), e.g. checkpoint=tiny, prompt~fox or cfg>=5")
             field = check_field(found["field"], f"{what} {text!r}")
-            conditions.append(Condition(field, found["op"], found["value"].strip()))
+            op, value = found["op"], found["value"].strip()
+            if op in COMPARISONS:
+                if _number(value) is None:
+                    raise CatalogError(f"{what} {text!r}: {value!r} is not a number")
+                if "." not in field and COLUMNS.get(field) not in NUMERIC:
+                    numeric = ", ".join(n for n, kind in COLUMNS.items() if kind in NUMERIC)
+                    raise CatalogError(f"{what} {text!r}: {field} is not a number; compare "
+                                       f"numbers: {numeric}, or values./fields. columns")
+            conditions.append(Condition(field, op, value))
         return Where(tuple(conditions))
 
     def matches(self, entry: Entry) -> bool:
         fields: dict[str, bool] = {}
         for c in self.conditions:
-            if c.op == "!=":  # a field's exclusions all hold
-                fields[f"!{c.field}"] = fields.get(f"!{c.field}", True) and c.matches(entry)
+            if c.op == "!=" or c.op in COMPARISONS:  # exclusions and bounds all hold
+                key = f"{c.op}{c.field}"
+                fields[key] = fields.get(key, True) and c.matches(entry)
             else:
                 fields[c.field] = fields.get(c.field, False) or c.matches(entry)
         return all(fields.values())

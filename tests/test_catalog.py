@@ -25,14 +25,22 @@ def entry(**params) -> Entry:
     (["seed=1", "cfg=5"], False),  # two fields: both
     (["values.animal=fox"], True), (["values.animal=cat"], False),
     (["fields.mood=calm"], False),
+    (["cfg>=7"], True), (["cfg>7"], False), (["cfg<7.5"], True), (["cfg<=6.9"], False),
+    (["cfg>=5", "cfg<=7"], True), (["cfg>=5", "cfg<6"], False),  # bounds: all hold
+    (["seed>0", "seed<2"], True), (["seed>=18446744073709551615"], False),
+    (["fields.score>=0.5"], True), (["fields.score<0.5"], False),
+    (["values.n>1"], False),  # text that is no number: no match
 ])
 def test_where_matches_like_a_user_reads_it(where, matches):
-    assert Where.parse(where).matches(entry(values={"animal": "fox"})) == matches
+    assert Where.parse(where).matches(entry(values={"animal": "fox", "n": "many"},
+                                            fields={"score": "0.75"})) == matches
 
 
 @pytest.mark.parametrize("text, problem", [
     ("colour=red", "unknown field 'colour'"), ("seed", "expected FIELD=VALUE"),
     ("values=cat", "unknown field 'values'"),
+    ("cfg>=high", "'high' is not a number"), ("prompt>=5", "prompt is not a number; compare"),
+    ("size<512", "size is not a number"), ("nsfw_score<0.5", "unknown field 'nsfw_score'"),
 ])
 def test_bad_filters_say_what_is_allowed(text, problem):
     with pytest.raises(CatalogError, match=problem):

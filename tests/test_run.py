@@ -267,7 +267,8 @@ def test_where_matches_alternatives_booleans_and_numbers_in_text(tmp_path, monke
     assert run_farm("render", "recipe=r") == 0
     folder = tmp_path / "outputs" / "r"
     for where, count in (("values.{red|green}=red", 1), ("fields.night=false", 1),
-                         ("fields.night=False", 1), ("fields.weight=1", 1)):
+                         ("fields.night=False", 1), ("fields.weight=1", 1),
+                         ("fields.weight>0.5", 1)):
         capsys.readouterr()
         assert run_farm_default("export", str(folder), "--format", "parquet", "--to",
                                 str(tmp_path / where.replace("|", "_")), "--where", where) == 0

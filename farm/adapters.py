@@ -248,7 +248,7 @@ class Reader:
                           + r")(?![^\W\d_])", re.I)
 
     def lora(self, ref: str, checkpoint: Model, field: str = "loras") -> Model:
-        rules = families.rules(self.family(checkpoint).pipeline)
+        rules = families.rules(self.family(checkpoint))
         if rules is not None and not rules.loras:
             raise AdapterError(field, ref, f"checkpoint {checkpoint.ref!r} is {rules.name}, on "
                                "which farm does not test LoRAs yet")
@@ -284,7 +284,7 @@ class Reader:
         """Whether farm encodes this checkpoint's prompts itself where A1111 would (SD 1.x/2.x
         and SDXL: CLIP text encoders); other pipelines (SD3, Flux, ...) get the text as it
         is, and their prompts no emphasis or embeddings."""
-        rules = families.rules(self.family(checkpoint).pipeline)
+        rules = families.rules(self.family(checkpoint))
         return rules is not None and rules.a1111_prompts
 
     def _read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
@@ -368,7 +368,8 @@ class Reader:
                 from transformers.utils import logging
 
                 logging.set_verbosity_error()  # a long prompt is no mistake here: it is counted
-                folder = Path(checkpoint.config or checkpoint.path) / "tokenizer_3"
+                rules = families.rules(self.family(checkpoint))
+                folder = Path(checkpoint.config or checkpoint.path) / rules.t5_folder
                 tokenizer = self._tokenizers[("t5", checkpoint.identity)] = \
                     T5TokenizerFast.from_pretrained(folder, local_files_only=True)
             if len(self._t5_counts) > 100_000:

@@ -59,6 +59,11 @@ def number(low: float, high: float, allowed: str | None = None, above: bool = Fa
     return check
 
 
+def unset_or(check: Check) -> Check:
+    """None (the model's default), or a value `check` takes."""
+    return lambda value: None if value is None else check(value)
+
+
 def choice(allowed: tuple[str, ...]) -> Check:
     def check(value: Any) -> str:
         if value not in allowed:

@@ -3,6 +3,7 @@
 A family is the diffusers pipeline class a checkpoint's model_index.json names. farm renders
 the families its tests compare with diffusers' own pipelines; a checkpoint of any other is
 refused at plan (run.check_family), never rendered with samplers that are not its own.
+Flux.1-dev and -schnell share a pipeline class; schnell's transformer has no guidance input.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ class Rules:
     flow: bool = False
     multiple: int = 8  # width and height: the VAE's 8, times the transformer's 2x2 patches
     t5_tokens: int | None = None  # max_sequence_length's default (diffusers'); None: no T5
+    t5_folder: str = "tokenizer_3"  # where its T5 tokenizer is
+    # cfg when a recipe leaves it unset: classifier-free guidance's scale; on Flux.1, true CFG
+    # (a second, negative pass), off at 1
+    cfg: float = 7.0
+    guidance: float | None = None  # distilled guidance's default (Flux.1-dev); None: none
     loras: bool = True  # tested with the layouts people share for it
     # prompts read as AUTOMATIC1111 reads them (emphasis, embeddings, chunks: farm's CLIP
     # encoder, encode.py); else the text goes to the pipeline as it is
@@ -31,14 +37,24 @@ RULES: dict[str, Rules] = {
     "StableDiffusionXLPipeline": Rules("SDXL"),
     "StableDiffusion3Pipeline": Rules("SD3", flow=True, multiple=16, t5_tokens=256, loras=False,
                                       a1111_prompts=False, clip_skip=False, stages=False),
+    "FluxPipeline": Rules("Flux.1", flow=True, multiple=16, t5_tokens=512,
+                          t5_folder="tokenizer_2", cfg=1.0, guidance=3.5, loras=False,
+                          a1111_prompts=False, clip_skip=False, stages=False),
+    # Flux.1-schnell: the same pipeline, its transformer without the guidance input
+    "FluxPipeline/schnell": Rules("Flux.1-schnell", flow=True, multiple=16, t5_tokens=256,
+                                  t5_folder="tokenizer_2", cfg=1.0, loras=False,
+                                  a1111_prompts=False, clip_skip=False, stages=False),
 }
 FLOW_SAMPLER = ("euler", "normal")  # a flow family's one sampler: its own, with its own schedule
 
 
-def rules(pipeline: str) -> Rules | None:
-    return RULES.get(pipeline)
+def rules(family) -> Rules | None:
+    """The rules of a checkpoint's family (models.Family), or None: not one farm renders."""
+    if family.pipeline == "FluxPipeline" and not family.guidance_embeds:
+        return RULES["FluxPipeline/schnell"]
+    return RULES.get(family.pipeline)
 
 
 def tested() -> str:
     """The families farm renders, as a message lists them."""
-    return ", ".join(f"{r.name} ({cls})" for cls, r in RULES.items())
+    return ", ".join(f"{r.name} ({cls.partition('/')[0]})" for cls, r in RULES.items())

@@ -194,6 +194,9 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
              _pair("scheduler", "Schedule type", lambda v: samplers.schedule(v).a1111)),
     JobField("cfg", BATCH, float, "float64", _pair("cfg", "CFG scale", lambda v: f"{v:g}"),
              codec=FLOAT),
+    # Flux.1-dev's distilled guidance, written as Forge writes it; None on other families
+    JobField("guidance", BATCH, float, "float64", _pair(
+        "guidance", "Distilled CFG Scale", lambda v: f"{v:g}"), id_default=None, codec=FLOAT),
     JobField("seed", IMAGE, int, "uint64", _pair("seed", "Seed")),
     # A1111's Size is the first pass's: a hires pass says its final size or scale apart
     JobField("width", BATCH, int, "int64", lambda job: {"Size": (

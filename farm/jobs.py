@@ -54,7 +54,7 @@ class Job:
     sampler: str  # canonical name from samplers.py
     scheduler: str  # canonical schedule name from samplers.py
     steps: int
-    cfg: float
+    cfg: float  # classifier-free guidance; on Flux.1 true CFG (off at 1)
     width: int
     height: int
     clip_skip: int = 1  # AUTOMATIC1111's: 1 = the text encoder's last layer
@@ -79,6 +79,7 @@ class Job:
     resize: str | None = None
     img2img_steps: str | None = None  # "diffusers" (int(steps x denoise)) or "a1111" (one more)
     max_sequence_length: int | None = None  # T5 tokens a prompt takes (SD3); None: no T5
+    guidance: float | None = None  # Flux.1-dev's distilled guidance; None on other families
     hires: Hires | None = None  # a second pass; width and height are then its final size
     refiner: Model | None = None  # an SDXL refiner taking over at switch_at of the schedule
     switch_at: float | None = None

@@ -234,12 +234,23 @@ def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
                                                 f"prompt {row.text[:60]!r}")
 
 
+def _family_default(name: str) -> Apply:
+    """A value a recipe may leave unset (None): then the checkpoint's family's default
+    (families.py: cfg 7, or 1 on Flux.1; guidance 3.5 on Flux.1-dev, else none)."""
+    def apply(draft: Draft, value: float | None) -> None:
+        if value is None:
+            rules = families.rules(draft.reader.family(draft.fields["checkpoint"]))
+            value = getattr(rules or families.RULES["StableDiffusionPipeline"], name)
+        draft.fields[name] = None if value is None else float(value)
+    return apply
+
+
 def _apply_t5(draft: Draft, tokens: int | None) -> None:
     """T5's prompt length (max_sequence_length): the recipe's, else the family's default;
     None where the checkpoint has no T5 encoder. A prompt longer than it is cut there, and
     its job says so (truncated)."""
     reader, fields = draft.reader, draft.fields
-    rules = families.rules(reader.family(fields["checkpoint"]).pipeline)
+    rules = families.rules(reader.family(fields["checkpoint"]))
     length = None if rules is None or rules.t5_tokens is None else tokens or rules.t5_tokens
     fields["max_sequence_length"] = length
     if length is not None and max(reader.t5_tokens(t, fields["checkpoint"]) for t in (
@@ -324,8 +335,12 @@ KEYS: tuple[Key, ...] = (
         checks.schedule),
     Key("steps", 20, BATCH, ("steps",), _set("steps"), checks.whole(1, checks.MAX_STEPS),
         column="steps", kind=int),
-    Key("cfg", 7.0, BATCH, ("cfg",), _set("cfg"), checks.number(0, 100), column="cfg",
-        kind=float),
+    Key("cfg", None, BATCH, ("cfg",), _family_default("cfg"),
+        checks.unset_or(checks.number(0, 100)), column="cfg", kind=float,
+        show=lambda v: "the model's (7; Flux.1: 1)" if v is None else f"{v:g}"),
+    # Flux.1-dev's distilled guidance (Forge's "Distilled CFG Scale"); null: the model's (3.5)
+    Key("guidance", None, BATCH, ("guidance",), _family_default("guidance"),
+        checks.unset_or(checks.number(0, 100)), show=lambda v: "the model's" if v is None else f"{v:g}"),
     Key("clip_skip", 1, BATCH, ("clip_skip",), _set("clip_skip"), checks.whole(1, 12),
         column="clip_skip", kind=int),  # AUTOMATIC1111's: 1 = the text encoder's last layer
     Key("emphasis", "a1111", BATCH, ("emphasis",), _set("emphasis"),

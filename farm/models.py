@@ -262,6 +262,8 @@ class Family:
     # an empty negative prompt conditions with zeros, not with the encoding of "" (SDXL's
     # `force_zeros_for_empty_prompt`, on in SDXL base checkpoints, as A1111 does there)
     zero_negative: bool = False
+    # its transformer takes a distilled guidance input (Flux.1-dev; schnell's does not)
+    guidance_embeds: bool = False
 
 
 OPTIONAL_INPUTS = ("negative_prompt", "guidance_scale", "clip_skip")
@@ -269,6 +271,7 @@ KNOWN_FAMILIES = {  # the common ones, so that validating them needs no diffuser
     "StableDiffusionPipeline": frozenset(OPTIONAL_INPUTS),
     "StableDiffusionXLPipeline": frozenset(OPTIONAL_INPUTS),
     "StableDiffusion3Pipeline": frozenset(OPTIONAL_INPUTS),
+    "FluxPipeline": frozenset(OPTIONAL_INPUTS) - {"clip_skip"},
 }
 
 
@@ -280,7 +283,10 @@ def family(checkpoint: Model) -> Family:
     zeros = bool(index.get("force_zeros_for_empty_prompt",
                            name == "StableDiffusionXLPipeline"))  # diffusers' default there
     takes = KNOWN_FAMILIES[name] if name in KNOWN_FAMILIES else frozenset(accepted_inputs(name))
-    return Family(name, takes, zeros)
+    transformer = Path(checkpoint.config or checkpoint.path) / "transformer" / "config.json"
+    guidance = transformer.is_file() and bool(json.loads(transformer.read_text()).get(
+        "guidance_embeds", False))
+    return Family(name, takes, zeros, guidance)
 
 
 def accepted_inputs(pipeline: str) -> set[str]:

@@ -54,7 +54,7 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
     else:
         calls = _embedded_calls(batch, encoding or TextEncoding(pipe, encode.load_embedding))
     pixels: dict[int, np.ndarray] = {}
-    guidance = {"guidance_scale": first.cfg} if "guidance_scale" in takes else {}
+    guidance = _guidance(first, takes)
     for slots, jobs, text in calls:
         # 3. noise: one CPU generator per image
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
@@ -130,6 +130,16 @@ def _hires(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: 
     fresh = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     return second(image=upscaled, strength=strength, num_inference_steps=length,
                   generator=fresh, output_type="np", **text, **guidance)
+
+
+def _guidance(job: Job, takes) -> dict:
+    """The guidance inputs: cfg as classifier-free guidance's scale; on Flux.1 (whose
+    `guidance_scale` is the distilled guidance) cfg is `true_cfg_scale` and the distilled
+    guidance the job's own, which schnell has none of."""
+    if "true_cfg_scale" in takes:
+        return {"true_cfg_scale": job.cfg,
+                **({"guidance_scale": job.guidance} if job.guidance is not None else {})}
+    return {"guidance_scale": job.cfg} if "guidance_scale" in takes else {}
 
 
 def img2img_strength(job: Job) -> float:

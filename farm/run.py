@@ -111,11 +111,10 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
     """Refuse a checkpoint of a family farm does not test (families.py: others, rendered with
     an SD sampler, would give wrong images with exit 0), what its family does not take, and
     recipe fields that its pipeline does not take."""
-    rules = families.rules(family.pipeline)
+    rules = families.rules(family)
     if rules is None:
         raise BadInput(f"recipe {recipe.name}: checkpoint: {ref!r} is a {family.pipeline}; "
-                       f"farm renders the families it tests: {families.tested()}. Flux.1 "
-                       "needs guidance of its own, which farm does not have yet")
+                       f"farm renders the families it tests: {families.tested()}")
     where = f"recipe {recipe.name}: {{}}: checkpoint {ref!r} is {rules.name}"
     if rules.flow:
         for sampler in recipe["sampler"]:
@@ -129,6 +128,20 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
         if width % rules.multiple or height % rules.multiple:
             raise BadInput(where.format("size") + f", which takes sizes in multiples of "
                            f"{rules.multiple} (got {width}x{height})")
+    if recipe["guidance"] != (None,) and rules.guidance is None:
+        raise BadInput(where.format("guidance") + ", which takes no distilled guidance (only "
+                       "Flux.1-dev does); leave guidance unset, and use cfg")
+    cfgs = [rules.cfg if cfg is None else cfg for cfg in recipe["cfg"]]
+    if rules.guidance is not None or rules.cfg == 1:  # Flux.1: cfg is true CFG, 1 is off
+        if recipe.uses_negative() and min(cfgs) <= 1:
+            raise BadInput(where.format("negative") + ", whose negative prompt works only "
+                           "with true CFG: set cfg above 1 (about 2 to 4; each step then runs "
+                           "twice), or leave negative empty")
+        if max(cfgs) > 1 and not recipe.uses_negative():
+            raise BadInput(where.format("cfg") + ", on which cfg is true CFG: it needs a "
+                           "negative prompt, and without one changes nothing; leave cfg unset "
+                           + ("(guidance is Flux.1-dev's distilled guidance)"
+                              if rules.guidance is not None else "(1)"))
     if recipe["max_sequence_length"] is not None and rules.t5_tokens is None:
         raise BadInput(where.format("max_sequence_length") + ", which has no T5 text encoder; "
                        "leave max_sequence_length unset")

@@ -282,6 +282,37 @@ def build_tiny_sd3(folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def _build_tiny_flux(folder: Path, distilled: bool) -> None:
+    """A Flux.1-shaped pipeline with random weights: a double- and a single-stream transformer
+    block over 16-channel latents packed 2x2, a CLIP and a T5 text encoder, and Flux's own
+    flow-matching Euler scheduler with dynamic shifting. `distilled`: Flux.1-dev's guidance
+    embedding (a distilled guidance input); without it, Flux.1-schnell's shape."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    pipe = FluxPipeline(
+        transformer=_seeded(0, lambda: FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+            pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=distilled)),
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=3.0 if distilled else 1.0,  # as the published
+            use_dynamic_shifting=distilled,  # dev and schnell configs
+            base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096),
+        vae=_flow_vae(0),
+        text_encoder=_seeded(0, lambda: CLIPTextModel(_text_config())), tokenizer=_tokenizer(),
+        text_encoder_2=_t5_encoder(2), tokenizer_2=_t5_tokenizer())
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def build_tiny_flux(folder: Path) -> None:
+    _build_tiny_flux(folder, distilled=True)
+
+
+def build_tiny_flux_schnell(folder: Path) -> None:
+    _build_tiny_flux(folder, distilled=False)
+
+
 def build_tiny_vae(folder: Path) -> None:
     """A second tiny VAE with other random weights: same latents, other pixels."""
     _tiny_vae(1).save_pretrained(folder, safe_serialization=True)
@@ -384,10 +415,12 @@ def build_random_sdxl(folder: Path, seed: int = 0) -> None:
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-xl-refiner": build_tiny_xl_refiner,
-    "tiny-sd3": build_tiny_sd3, "tiny-vae": build_tiny_vae, "random-sd15": build_random_sd15,
+    "tiny-sd3": build_tiny_sd3, "tiny-flux": build_tiny_flux,
+    "tiny-flux-schnell": build_tiny_flux_schnell, "tiny-vae": build_tiny_vae, "random-sd15": build_random_sd15,
     "random-sdxl": build_random_sdxl}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
+                         "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
                          "tiny-vae": "vae",
                          "random-sd15": "checkpoint", "random-sdxl": "checkpoint"}
 

@@ -122,7 +122,7 @@ def test_plan_counts_and_writes_nothing(workdir, capsys):
     assert run_farm("plan", "recipe=small", "steps=[4,8]") == 0
     out = capsys.readouterr().out
     assert ("jobs: 12 (1 checkpoint x 1 vae x 1 loras x 1 size x 1 sampler x 1 scheduler x "
-            "2 steps x 1 cfg x 1 clip_skip x 1 emphasis x 2 prompt x 3 seeds, outermost first); "
+            "2 steps x 1 cfg x 1 guidance x 1 clip_skip x 1 emphasis x 2 prompt x 3 seeds, outermost first); "
             "done 0, pending 12") in out
     assert "loras             1  (none)" in out
     assert not (workdir / "outputs").exists()
@@ -245,7 +245,7 @@ def relabelled(workdir: Path, pipeline: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("pipeline", ["LatentConsistencyModelPipeline", "FluxPipeline"])
+@pytest.mark.parametrize("pipeline", ["LatentConsistencyModelPipeline", "PixArtSigmaPipeline"])
 def test_a_pipeline_family_farm_does_not_test_is_refused(workdir, capsys, pipeline):
     """Rendered with an SD sampler, these would be wrong images with exit 0."""
     folder = relabelled(workdir, pipeline)
@@ -254,7 +254,8 @@ def test_a_pipeline_family_farm_does_not_test_is_refused(workdir, capsys, pipeli
         err = capsys.readouterr().err
         assert f"checkpoint: '{folder}' is a {pipeline}; farm renders the families it " \
                "tests: Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL " \
-               "(StableDiffusionXLPipeline), SD3 (StableDiffusion3Pipeline)" in err
+               "(StableDiffusionXLPipeline), SD3 (StableDiffusion3Pipeline), Flux.1 " \
+               "(FluxPipeline), Flux.1-schnell (FluxPipeline)" in err
         assert not (workdir / "outputs").exists()
 
 

@@ -117,3 +117,80 @@ def test_the_t5_length_enters_the_id_and_sd_ids_stay(sd3, tiny):
     sd, = planned(recipe(prompt="a fox", checkpoint="tiny"), {"tiny": tiny})
     assert sd.max_sequence_length is None
     assert sd.to_dict()["max_sequence_length"] is None
+
+
+@pytest.fixture(scope="module")
+def diffusers_flux(farm_cache):
+    from diffusers import FluxPipeline
+
+    found = {}
+    for name in ("tiny-flux", "tiny-flux-schnell"):
+        found[name] = FluxPipeline.from_pretrained(tiny.ensure(name))
+        found[name].set_progress_bar_config(disable=True)
+    return found
+
+
+@pytest.mark.parametrize("name, extra, call", [
+    # Flux.1-dev's defaults: distilled guidance 3.5, true CFG off, T5 prompts of 512 tokens
+    ("tiny-flux", {}, dict(guidance_scale=3.5, true_cfg_scale=1.0, max_sequence_length=512)),
+    ("tiny-flux", {"guidance": 2.5, "cfg": 3, "negative": "blurry"},
+     dict(guidance_scale=2.5, true_cfg_scale=3.0, negative_prompt="blurry",
+          max_sequence_length=512)),
+    # schnell: no guidance input, T5 prompts of 256 tokens
+    ("tiny-flux-schnell", {}, dict(true_cfg_scale=1.0, max_sequence_length=256)),
+])
+def test_a_flux_job_is_diffusers_own_pipeline_at_batch_1_and_2(worker, diffusers_flux, name,
+                                                                extra, call):
+    checkpoint = models.resolve(name, "checkpoint")
+    fields = {"checkpoint": name, "size": "64x64", "steps": 4, "seeds": 5, **extra}
+    jobs = list(planned(recipe(prompt=["a fox", "a red fox in the snow"], **fields),
+                        {name: checkpoint}))
+    alone = rendered_images(worker, jobs[:1], f"{name}-alone")[0]
+    together = rendered_images(worker, jobs, f"{name}-together")
+    if "negative_prompt" in call:
+        call = {**call, "negative_prompt": [call["negative_prompt"]]}
+    for i, job in enumerate(jobs):
+        out = diffusers_flux[name]([job.prompt], num_inference_steps=4, width=64, height=64,
+                                   generator=[torch.Generator("cpu").manual_seed(5)],
+                                   output_type="np", **call).images[0]
+        expected = (out * 255).round().astype(int)
+        assert np.abs(together[i].astype(int) - expected).max() <= 1, i  # within 1/255
+        if i == 0:
+            assert np.abs(alone.astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"checkpoint": "tiny", "guidance": 3}, "guidance: checkpoint 'tiny' is Stable Diffusion "
+                                            "1.x/2.x, which takes no distilled guidance"),
+    ({"checkpoint": "tiny-flux-schnell", "guidance": 3}, "is Flux.1-schnell, which takes no "
+                                                         "distilled guidance"),
+    ({"negative": "blurry"}, "negative: checkpoint 'tiny-flux' is Flux.1, whose negative prompt "
+                             "works only with true CFG: set cfg above 1"),
+    ({"cfg": 3.5}, "cfg: checkpoint 'tiny-flux' is Flux.1, on which cfg is true CFG: it needs a "
+                   "negative prompt"),
+    ({"sampler": "dpmpp_2m"}, "is Flux.1, which farm renders with its own flow-matching Euler"),
+    ({"size": "72x56"}, "is Flux.1, which takes sizes in multiples of 16 (got 72x56)"),
+    ({"loras": ["ink"]}, "is Flux.1, on which farm does not test LoRAs yet"),
+])
+def test_what_flux_does_not_take_is_refused_at_plan(tmp_path, capsys, extra, words):
+    import yaml
+
+    tiny.write_lora("tiny", tmp_path / "loras" / "ink.safetensors", "kohya")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "prompt": "a fox", "checkpoint": "tiny-flux", "size": "64x64", "steps": 2, **extra}))
+    assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}", f"outputs={tmp_path / 'out'}") == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_flux_infotext_writes_guidance_as_forge_does_and_ids_keep(tmp_path, capsys, tiny):
+    (tmp_path / "r.yaml").write_text("checkpoint: tiny-flux\nprompt: a fox\nsize: 64x64\n"
+                                     "steps: 2\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    row, = manifest_rows(tmp_path / "out" / "r")
+    infotext, meta = outputs.read_metadata(tmp_path / "out" / "r" / row["path"])
+    assert "CFG scale: 1, Distilled CFG Scale: 3.5" in infotext
+    assert (meta["cfg"], meta["guidance"], meta["max_sequence_length"]) == (1.0, 3.5, 512)
+    sd, = planned(recipe(prompt="a fox", checkpoint="tiny"), {"tiny": tiny})
+    assert (sd.cfg, sd.guidance) == (7.0, None)  # an unset cfg is 7 there, as it always was

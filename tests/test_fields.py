@@ -44,6 +44,7 @@ emphasis: none
     "refiner": "checkpoint: tiny-xl\nprompt: a hare\n"
                "refiner: {checkpoint: tiny-xl-refiner, switch_at: 0.7}\n" + COMMON,
     "sd3": "checkpoint: tiny-sd3\nprompt: a hare\nmax_sequence_length: 64\n" + COMMON,
+    "flux": "checkpoint: tiny-flux\nprompt: a hare\nguidance: 2.5\n" + COMMON,
 }
 
 

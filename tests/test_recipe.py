@@ -13,7 +13,8 @@ def test_defaults_and_scalars_become_one_value_axes():
     assert r["prompt"] == (Prompt("a cat"),)
     assert r["sampler"] == ("euler",) and r["scheduler"] == ("automatic",)
     assert r["clip_skip"] == (1,) and r["dtype"] == "auto"
-    assert r["size"] == ((512, 512),) and r["steps"] == (20,) and r["cfg"] == (7.0,)
+    assert r["size"] == ((512, 512),) and r["steps"] == (20,)
+    assert r["cfg"] == (None,) and r["guidance"] == (None,)  # unset: the model's default
     assert r.job_count == 1
 
 
@@ -23,7 +24,8 @@ def test_lists_multiply_into_the_plan():
     assert r.axis_lengths() == {"checkpoint": 1, "vae": 1, "prompt": 2, "sampler": 2,
                                 "scheduler": 1, "steps": 2, "cfg": 2, "size": 2,
                                 "clip_skip": 1, "seeds": 4, "loras": 1, "emphasis": 1,
-                                "init": 1, "denoise": 1, "hires": 1, "refiner": 1}
+                                "init": 1, "denoise": 1, "hires": 1, "refiner": 1,
+                                "guidance": 1}
     assert r.job_count == 2 * 2 * 2 * 2 * 2 * 4
     assert r["prompt"][1] == Prompt("b", "c")
     assert r["size"][1] == (128, 64)
@@ -98,7 +100,7 @@ def test_a_million_seeds_are_a_range_not_a_list():
     ({"png_compression": 10}, "png_compression", "from 0 to 9"),
     ({"grids": "yes"}, "grids", "expected auto, or a list"),
     ({"grids": [{"x": "colour"}]}, "grids[0]", "unknown field 'colour'"),
-    ({"grids": [{"x": "cfg", "where": "cfg>5"}]}, "grids[0]", "expected FIELD=VALUE"),
+    ({"grids": [{"x": "cfg", "where": "cfg 5"}]}, "grids[0]", "expected FIELD=VALUE"),
 ])
 def test_each_bad_field_gets_one_clear_error(fields, field, words):
     with pytest.raises(RecipeError) as error:

@@ -145,6 +145,9 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
     if recipe["max_sequence_length"] is not None and rules.t5_tokens is None:
         raise BadInput(where.format("max_sequence_length") + ", which has no T5 text encoder; "
                        "leave max_sequence_length unset")
+    if rules.flow and recipe["vae"] != (None,):  # an SD VAE (4 channels) would not fit
+        raise BadInput(where.format("vae") + ", on which farm does not test VAE swaps yet; "
+                       "leave vae unset (the checkpoint's own)")
     if not rules.clip_skip and recipe["clip_skip"] != (DEFAULTS["clip_skip"],):
         raise BadInput(where.format("clip_skip") + ", on which farm does not test clip skip; "
                        "leave clip_skip at 1")
@@ -350,6 +353,12 @@ def render(settings: Settings) -> Outcome:
     schedule.check_runtime(settings.runtime)
     found = resolve_models(recipe, half=recipe["dtype"] == "float16" or (
         recipe["dtype"] == "auto" and (settings.runtime.device or "").startswith("cuda")))
+    if settings.runtime.fuse_qkv:  # a UNet's projections; not tested on a transformer yet
+        for ref in recipe["checkpoint"]:
+            rules = families.rules(models.family(found.models[ref]))
+            if rules.flow:
+                raise BadInput(f"runtime.fuse_qkv: checkpoint {ref!r} is {rules.name}, on "
+                               "which farm does not fuse projections yet; leave it off")
     stored = folder.stored_suffix()
     if stored not in (None, recipe.image.suffix):
         raise BadInput(f"recipe {recipe.name}: format: got {recipe.image.kind!r}, but "

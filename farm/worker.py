@@ -193,8 +193,9 @@ class Worker:
         if self.fuse_qkv and unet is not None and hasattr(pipe, "fuse_qkv_projections"):
             pipe.fuse_qkv_projections(unet=True, vae=False)
             speedups.fused = True
-        if self.compile and unet is not None:
-            unet.compile(backend=COMPILE_BACKEND)  # in place: LoRAs still reach its layers
+        denoiser = unet if unet is not None else getattr(pipe, "transformer", None)  # SD3, Flux
+        if self.compile and denoiser is not None:
+            denoiser.compile(backend=COMPILE_BACKEND)  # in place: LoRAs still reach its layers
             speedups.compiled = True
         return pipe
 

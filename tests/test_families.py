@@ -171,6 +171,8 @@ def test_a_flux_job_is_diffusers_own_pipeline_at_batch_1_and_2(worker, diffusers
     ({"sampler": "dpmpp_2m"}, "is Flux.1, which farm renders with its own flow-matching Euler"),
     ({"size": "72x56"}, "is Flux.1, which takes sizes in multiples of 16 (got 72x56)"),
     ({"loras": ["ink"]}, "is Flux.1, on which farm does not test LoRAs yet"),
+    ({"vae": "tiny-vae"}, "vae: checkpoint 'tiny-flux' is Flux.1, on which farm does not test "
+                          "VAE swaps yet"),
 ])
 def test_what_flux_does_not_take_is_refused_at_plan(tmp_path, capsys, extra, words):
     import yaml

@@ -96,3 +96,23 @@ def test_verify_renders_with_the_speedups_that_made_each_image(tmp_path, monkeyp
     assert run_farm("render", f"recipe={tmp_path / 'fast.yaml'}", "runtime=inline",
                     "runtime.compile=maybe", f"outputs={tmp_path / 'out'}") == 2
     assert "runtime.compile" in capsys.readouterr().err
+
+
+def test_compile_reaches_a_transformer_and_fused_qkv_is_refused_there(tmp_path, eager,
+                                                                      monkeypatch, capsys):
+    """SD3's and Flux's denoiser is a transformer: compiled like a UNet, not silently skipped;
+    fused projections are not tested there, so a run that asks for them is refused."""
+    from farm import models
+
+    flux = models.resolve("tiny-flux", "checkpoint")
+    job = make_job(flux, width=64, height=64, negative="", cfg=1.0, guidance=3.5,
+                   max_sequence_length=512)
+    compiled = Worker(tmp_path / "compiled", device=Device("cpu", "float32"), compile=True)
+    (_, made), = rendered(compiled, [job], "flux")
+    assert made["compile"] is True
+    assert hasattr(compiled.pipeline(job.loadout).transformer, "_compiled_call_impl")
+    (tmp_path / "r.yaml").write_text("checkpoint: tiny-flux\nprompt: a fox\nsize: 64x64\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    "runtime.fuse_qkv=true", f"outputs={tmp_path / 'out'}") == 2
+    assert "runtime.fuse_qkv: checkpoint 'tiny-flux' is Flux.1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

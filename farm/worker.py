@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
-from farm import adapters, encode, inputs, libraries, models, outputs, render
+from farm import adapters, encode, families, inputs, libraries, models, outputs, render
 from farm.jobs import Batch, Job, Loadout, Model, Result, WorkerSettings
 
 
@@ -93,6 +93,7 @@ class Worker:
         self._base_of: WeakKeyDictionary = WeakKeyDictionary()
         self._speedups: WeakKeyDictionary = WeakKeyDictionary()
         self._scheduler_configs: dict[str, dict] = {}
+        self._flows: dict[str, bool] = {}  # checkpoint identity -> a flow-matching family
         self._loaded: list[tuple[str, float]] = []  # (model, seconds) loaded since last batch
         self._adapters: WeakKeyDictionary = WeakKeyDictionary()  # base pipeline -> its LoRAs
         self._embeddings: dict[str, dict] = {}  # embedding identity -> its vectors
@@ -115,11 +116,24 @@ class Worker:
                       encode_threads=settings.encode_threads, compile=settings.compile,
                       fuse_qkv=settings.fuse_qkv)
 
-    def dtype(self, requested: str):
-        """The torch dtype for a job's `dtype` field ("auto": the device's own)."""
+    def dtype(self, requested: str, checkpoint: Model | None = None):
+        """The torch dtype for a job's `dtype` field. "auto": the device's own (float32 on the
+        CPU, float16 on a GPU), except bfloat16 on a GPU for the flow-matching families (SD3,
+        Flux.1), which their makers release and run in bfloat16."""
         import torch
 
-        return getattr(torch, self.device.dtype if requested == "auto" else requested)
+        name = requested
+        if requested == "auto":
+            name = self.device.dtype
+            if name == "float16" and checkpoint is not None and self._flow(checkpoint):
+                name = "bfloat16"
+        return getattr(torch, name)
+
+    def _flow(self, checkpoint: Model) -> bool:
+        if checkpoint.identity not in self._flows:
+            rules = families.rules(models.family(checkpoint))
+            self._flows[checkpoint.identity] = rules is not None and rules.flow
+        return self._flows[checkpoint.identity]
 
     def _cached(self, cache: OrderedDict, model: Model, field: str, dtype, load):
         """Least-recently-used cache of loaded models, at most max_pipelines of each kind; what
@@ -168,8 +182,8 @@ class Worker:
     def pipeline(self, loadout: Loadout, dtype: str = "auto"):
         """The loadout's pipeline: its checkpoint's, with its VAE swapped in when it has one
         (nothing reloaded)."""
-        torch_dtype = self.dtype(dtype)
         checkpoint = loadout.checkpoint
+        torch_dtype = self.dtype(dtype, checkpoint)
         base = self._cached(self._checkpoints, checkpoint, "checkpoint", torch_dtype,
                             self._load_checkpoint)
         self._scheduler_configs.setdefault(checkpoint.identity, dict(base.scheduler.config))
@@ -346,7 +360,8 @@ class Worker:
                 vae.enable_slicing() if sliced else vae.disable_slicing()
         return {k: True for k, on in (("vae_tiling", tiled), ("vae_slicing", sliced)) if on}
 
-    def provenance(self, dtype: str, made: dict | None = None) -> str:
+    def provenance(self, dtype: str, checkpoint: Model | None = None,
+                   made: dict | None = None) -> str:
         """What made an image besides its job: the device, precision and software versions,
         and the speed-ups and decoding that were on (`made`)."""
         import diffusers
@@ -358,7 +373,7 @@ class Worker:
         device = self.device.name
         if device.startswith("cuda"):
             device = torch.cuda.get_device_name(torch.device(device))
-        return json.dumps({"device": device, "dtype": str(self.dtype(dtype)).removeprefix(
+        return json.dumps({"device": device, "dtype": str(self.dtype(dtype, checkpoint)).removeprefix(
             "torch."), "farm": __version__, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             **({"unet_memory_format": "channels_last"} if device != "cpu" else {}),
@@ -368,7 +383,7 @@ class Worker:
                seconds: float, loaded: tuple[tuple[str, float], ...] = (),
                made: dict | None = None) -> list[Result]:
         record = json.dumps(scheduler, default=str) if scheduler else None
-        made_by = self.provenance(batch.first.dtype, made)
+        made_by = self.provenance(batch.first.dtype, batch.first.checkpoint, made)
         def stored(job: Job, path: str, image: render.Rendered, position: int):
             """(files left for the driver, pixel hash, error, why the run must stop)."""
             if isinstance(image, str):

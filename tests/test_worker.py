@@ -232,3 +232,18 @@ def test_an_empty_sdxl_negative_is_zeros_as_diffusers_and_a1111_make_it(worker):
     assert not old.zero_negative and old.id != plain.id
     before, = rendered_images(worker, [old], "old")
     assert not np.array_equal(before, ours)
+
+
+def test_auto_precision_is_bfloat16_on_a_gpu_for_flow_families_only(tiny, tmp_path):
+    """SD3 and Flux.1 run in bfloat16 where "auto" means half precision (a GPU); other
+    families keep float16 there, and the CPU float32 for all."""
+    import torch
+
+    from farm import models
+
+    gpu = Worker(tmp_path / "gpu", device=Device("cuda", "float16"))
+    cpu = Worker(tmp_path / "cpu", device=Device("cpu", "float32"))
+    flux, sd3 = models.resolve("tiny-flux"), models.resolve("tiny-sd3")
+    assert gpu.dtype("auto", flux) == gpu.dtype("auto", sd3) == torch.bfloat16
+    assert gpu.dtype("auto", tiny) == torch.float16 and gpu.dtype("float16", flux) == torch.float16
+    assert cpu.dtype("auto", flux) == torch.float32

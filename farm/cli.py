@@ -49,6 +49,9 @@ def command_plan(settings: Settings) -> int:
     for key in (k for k in AXES if r.uses(k.name)):
         print(f"  {key.name:<11}{lengths[key.name]:>8}  {key.shown(r.values)}")
     print(f"  {'dtype':<11}{1:>8}  {r['dtype']}")
+    print("schedulers that run:")
+    for line in run.schedulers(r, found):
+        print(f"  {line}")
     combined = r.combined_axes()
     for group in (a for a in combined if len(a) > 1):
         print(f"  {'+'.join(group)} zipped: {lengths[group[0]]} together")

@@ -24,6 +24,7 @@ class Rules:
     # (a second, negative pass), off at 1
     cfg: float = 7.0
     guidance: float | None = None  # distilled guidance's default (Flux.1-dev); None: none
+    steps: int = 20  # when a recipe leaves them unset (schnell is distilled for 1 to 4)
     loras: bool = True  # tested with the layouts people share for it
     # prompts read as AUTOMATIC1111 reads them (emphasis, embeddings, chunks: farm's CLIP
     # encoder, encode.py); else the text goes to the pipeline as it is
@@ -42,7 +43,7 @@ RULES: dict[str, Rules] = {
                           a1111_prompts=False, clip_skip=False, stages=False),
     # Flux.1-schnell: the same pipeline, its transformer without the guidance input
     "FluxPipeline/schnell": Rules("Flux.1-schnell", flow=True, multiple=16, t5_tokens=256,
-                                  t5_folder="tokenizer_2", cfg=1.0, loras=False,
+                                  t5_folder="tokenizer_2", cfg=1.0, steps=4, loras=False,
                                   a1111_prompts=False, clip_skip=False, stages=False),
 }
 FLOW_SAMPLER = ("euler", "normal")  # a flow family's one sampler: its own, with its own schedule

@@ -236,12 +236,13 @@ def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
 
 def _family_default(name: str) -> Apply:
     """A value a recipe may leave unset (None): then the checkpoint's family's default
-    (families.py: cfg 7, or 1 on Flux.1; guidance 3.5 on Flux.1-dev, else none)."""
-    def apply(draft: Draft, value: float | None) -> None:
+    (families.py: steps 20, or 4 on Flux.1-schnell; cfg 7, or 1 on Flux.1; guidance 3.5 on
+    Flux.1-dev, else none)."""
+    def apply(draft: Draft, value: Any) -> None:
         if value is None:
             rules = families.rules(draft.reader.family(draft.fields["checkpoint"]))
             value = getattr(rules or families.RULES["StableDiffusionPipeline"], name)
-        draft.fields[name] = None if value is None else float(value)
+        draft.fields[name] = value
     return apply
 
 
@@ -333,8 +334,9 @@ KEYS: tuple[Key, ...] = (
     Key("sampler", "euler", BATCH, ("sampler",), _set("sampler"), checks.sampler),
     Key("scheduler", "automatic", BATCH, ("sampler", "scheduler"), _apply_scheduler,
         checks.schedule),
-    Key("steps", 20, BATCH, ("steps",), _set("steps"), checks.whole(1, checks.MAX_STEPS),
-        column="steps", kind=int),
+    Key("steps", None, BATCH, ("steps",), _family_default("steps"),
+        checks.unset_or(checks.whole(1, checks.MAX_STEPS)), column="steps", kind=int,
+        show=lambda v: "the model's (20; Flux.1-schnell: 4)" if v is None else str(v)),
     Key("cfg", None, BATCH, ("cfg",), _family_default("cfg"),
         checks.unset_or(checks.number(0, 100)), column="cfg", kind=float,
         show=lambda v: "the model's (7; Flux.1: 1)" if v is None else f"{v:g}"),

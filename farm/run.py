@@ -4,6 +4,7 @@ prints."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from farm import adapters, catalog, families, grid, inputs, models, plan, schedule
+from farm import adapters, catalog, families, grid, inputs, models, plan, samplers, schedule
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
 from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair
@@ -190,6 +191,22 @@ class Counts:
     @property
     def pending(self) -> int:
         return self.planned - self.done
+
+
+def schedulers(recipe: recipes.Recipe, found: Resolved) -> list[str]:
+    """Which diffusers scheduler each checkpoint's jobs run with, per sampler and schedule:
+    `CHECKPOINT, SAMPLER + SCHEDULE: CLASS (...)`."""
+    lines = []
+    for ref in recipe["checkpoint"]:
+        checkpoint = found.models[ref]
+        config = json.loads((Path(checkpoint.config or checkpoint.path) / "scheduler" /
+                             "scheduler_config.json").read_text())
+        for sampler in recipe["sampler"]:
+            for spacing in recipe["scheduler"]:
+                pair = effective_pair(sampler, spacing)
+                lines.append(f"{ref}, {' + '.join(pair)}: "
+                             f"{samplers.described(config, *pair)}")
+    return lines
 
 
 def count(recipe: recipes.Recipe, folder: RunFolder, found: Resolved) -> Counts:

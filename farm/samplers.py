@@ -162,6 +162,18 @@ def options(sampler_name: str, schedule_name: str) -> dict[str, Any]:
     return opts
 
 
+def described(base_config: dict, sampler_name: str, schedule_name: str) -> str:
+    """The scheduler make_scheduler builds, as `farm plan` shows it: its class and what it
+    takes besides the checkpoint's own config (a flow-matching one: its shift)."""
+    if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
+        shift = "dynamic shift" if base_config.get("use_dynamic_shifting") else \
+            f"shift {base_config.get('shift', 1.0):g}"
+        return f"{base_config['_class_name']} (the checkpoint's own, {shift})"
+    given = ", ".join(f"{k}={v}" for k, v in options(sampler_name, schedule_name).items() if v)
+    return f"{sampler(sampler_name).scheduler_class} (the checkpoint's config" + (
+        f"; {given})" if given else ")")
+
+
 def make_scheduler(base_config: dict, sampler_name: str, schedule_name: str):
     """A fresh diffusers scheduler built from a checkpoint's own scheduler config. A
     flow-matching checkpoint's (SD3) is its own class as it is: the one sampler farm runs

@@ -103,6 +103,16 @@ def test_ray_gives_the_same_pixels_as_inline(workdir, capsys):
     assert len(inline) == 12 and inline == ray
 
 
+def test_sd3_and_flux_on_ray_give_the_pixels_inline_does(workdir, capsys):
+    threads = "runtime.threads=1"
+    args = ("recipe=fleet", "checkpoint=[tiny-sd3,tiny-flux]", "seeds=0", "size=64x64",
+            threads)
+    assert run_farm("render", *args, "runtime=inline", "outputs=inline") == 0
+    assert run_farm("render", *args, "outputs=ray") == 0
+    inline, ray = done_hashes(workdir / "inline" / "fleet"), done_hashes(workdir / "ray" / "fleet")
+    assert len(inline) == 4 and inline == ray
+
+
 def test_img2img_on_ray_gives_the_pixels_inline_does(workdir, capsys):
     """Input images travel to the actors with their batches (inputs.carried)."""
     from PIL import Image

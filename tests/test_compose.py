@@ -95,7 +95,7 @@ def test_a_group_files_own_self_position_holds(team):
 
 
 def test_dropping_a_group_and_nested_overrides(team):
-    assert compose(["recipe=foxes", "~preset"]).recipe["steps"] == (20,)  # the default again
+    assert compose(["recipe=foxes", "~preset"]).recipe["steps"] == (None,)  # the default again
     write(team, {"recipes/hi.yaml": "prompt: a\nhires: {scale: 2}\nvars: {animal: [cat]}\n",
                  "recipes/xl.yaml": "prompt: a\ncheckpoint: tiny-xl\n"
                                     "refiner: {checkpoint: tiny-xl-refiner}\n"})

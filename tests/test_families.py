@@ -136,8 +136,8 @@ def diffusers_flux(farm_cache):
     ("tiny-flux", {"guidance": 2.5, "cfg": 3, "negative": "blurry"},
      dict(guidance_scale=2.5, true_cfg_scale=3.0, negative_prompt="blurry",
           max_sequence_length=512)),
-    # schnell: no guidance input, T5 prompts of 256 tokens
-    ("tiny-flux-schnell", {}, dict(true_cfg_scale=1.0, max_sequence_length=256)),
+    # schnell: no guidance input, T5 prompts of 256 tokens, 4 steps
+    ("tiny-flux-schnell", {"steps": None}, dict(true_cfg_scale=1.0, max_sequence_length=256)),
 ])
 def test_a_flux_job_is_diffusers_own_pipeline_at_batch_1_and_2(worker, diffusers_flux, name,
                                                                 extra, call):
@@ -145,6 +145,7 @@ def test_a_flux_job_is_diffusers_own_pipeline_at_batch_1_and_2(worker, diffusers
     fields = {"checkpoint": name, "size": "64x64", "steps": 4, "seeds": 5, **extra}
     jobs = list(planned(recipe(prompt=["a fox", "a red fox in the snow"], **fields),
                         {name: checkpoint}))
+    assert {job.steps for job in jobs} == {4}
     alone = rendered_images(worker, jobs[:1], f"{name}-alone")[0]
     together = rendered_images(worker, jobs, f"{name}-together")
     if "negative_prompt" in call:
@@ -195,4 +196,17 @@ def test_flux_infotext_writes_guidance_as_forge_does_and_ids_keep(tmp_path, caps
     assert "CFG scale: 1, Distilled CFG Scale: 3.5" in infotext
     assert (meta["cfg"], meta["guidance"], meta["max_sequence_length"]) == (1.0, 3.5, 512)
     sd, = planned(recipe(prompt="a fox", checkpoint="tiny"), {"tiny": tiny})
-    assert (sd.cfg, sd.guidance) == (7.0, None)  # an unset cfg is 7 there, as it always was
+    # unset cfg and steps are 7 and 20 there, as they always were
+    assert (sd.cfg, sd.guidance, sd.steps) == (7.0, None, 20)
+
+
+def test_plan_says_which_scheduler_each_checkpoint_runs(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("checkpoint: [tiny, tiny-sd3, tiny-flux]\nprompt: a fox\n"
+                                     "size: 64x64\n")
+    assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}", f"outputs={tmp_path / 'out'}") == 0
+    out = capsys.readouterr().out
+    assert "  tiny, euler + normal: EulerDiscreteScheduler (the checkpoint's config)" in out
+    assert "  tiny-sd3, euler + normal: FlowMatchEulerDiscreteScheduler (the checkpoint's own, " \
+           "shift 3)" in out
+    assert "  tiny-flux, euler + normal: FlowMatchEulerDiscreteScheduler (the checkpoint's " \
+           "own, dynamic shift)" in out

@@ -13,7 +13,7 @@ def test_defaults_and_scalars_become_one_value_axes():
     assert r["prompt"] == (Prompt("a cat"),)
     assert r["sampler"] == ("euler",) and r["scheduler"] == ("automatic",)
     assert r["clip_skip"] == (1,) and r["dtype"] == "auto"
-    assert r["size"] == ((512, 512),) and r["steps"] == (20,)
+    assert r["size"] == ((512, 512),) and r["steps"] == (None,)
     assert r["cfg"] == (None,) and r["guidance"] == (None,)  # unset: the model's default
     assert r.job_count == 1
 

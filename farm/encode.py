@@ -11,9 +11,9 @@
    takes it per image, so that an image never depends on what it was rendered with.
 5. The chunks are concatenated. An empty negative on SDXL is zeros (A1111's and diffusers'
    reading; job.zero_negative). Prompt and negative are padded to the same number of chunks
-   with the encoding of the empty prompt (A1111's "Pad conds"). SDXL: both encoders, concatenated per token (the
-   penultimate layer, as diffusers), and the pooled embedding of the second encoder's first
-   chunk.
+   with the encoding of the empty prompt (A1111's "Pad conds"). SDXL: both encoders,
+   concatenated per token (the penultimate layer, as diffusers), and the pooled embedding of
+   the second encoder's first chunk.
 
 `emphasis: none` with an embedding in the prompt goes the same way without weights, in one
 chunk cut at 75 tokens (what diffusers does with text).

@@ -243,7 +243,7 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
              codec=FLOAT),
     JobField("resize", BATCH, str, "string", id_default=None, codec=RESIZE),
     # diffusers' step count (the first rule, so in the id as None) or A1111's
-    # T5 tokens a prompt takes (SD3); None where the checkpoint has no T5 encoder
+    # T5 tokens a prompt takes (SD3, Flux.1); None where the checkpoint has no T5 encoder
     JobField("max_sequence_length", BATCH, int, "int64", id_default=None),
     JobField("img2img_steps", BATCH, str, "string", id_default=None, codec=Codec(
         lambda v: None if v == "diffusers" else v, lambda name, v: {name: v}, _plain_restore)),

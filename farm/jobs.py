@@ -78,7 +78,7 @@ class Job:
     denoise: float | None = None
     resize: str | None = None
     img2img_steps: str | None = None  # "diffusers" (int(steps x denoise)) or "a1111" (one more)
-    max_sequence_length: int | None = None  # T5 tokens a prompt takes (SD3); None: no T5
+    max_sequence_length: int | None = None  # T5 tokens a prompt takes (SD3, Flux); None: no T5
     guidance: float | None = None  # Flux.1-dev's distilled guidance; None on other families
     hires: Hires | None = None  # a second pass; width and height are then its final size
     refiner: Model | None = None  # an SDXL refiner taking over at switch_at of the schedule

@@ -314,7 +314,8 @@ KEYS: tuple[Key, ...] = (
         checks.choice(checks.RESIZE)),
     Key("img2img_steps", "diffusers", SETTING, ("img2img_steps",), _for_inputs("img2img_steps"),
         checks.choice(checks.IMG2IMG_STEPS)),
-    # T5 tokens a prompt may take (SD3); null: the family's default (diffusers': 256 for SD3)
+    # T5 tokens a prompt may take (SD3, Flux.1); null: the family's default (diffusers': 256 for
+    # SD3 and Flux.1-schnell, 512 for Flux.1-dev)
     Key("max_sequence_length", None, SETTING, ("max_sequence_length", "truncated"), _apply_t5,
         checks.t5_tokens),
     # the axes, in cost order: the plan's loops, outermost (most expensive to switch) first
@@ -342,7 +343,8 @@ KEYS: tuple[Key, ...] = (
         show=lambda v: "the model's (7; Flux.1: 1)" if v is None else f"{v:g}"),
     # Flux.1-dev's distilled guidance (Forge's "Distilled CFG Scale"); null: the model's (3.5)
     Key("guidance", None, BATCH, ("guidance",), _family_default("guidance"),
-        checks.unset_or(checks.number(0, 100)), show=lambda v: "the model's" if v is None else f"{v:g}"),
+        checks.unset_or(checks.number(0, 100)),
+        show=lambda v: "the model's" if v is None else f"{v:g}"),
     Key("clip_skip", 1, BATCH, ("clip_skip",), _set("clip_skip"), checks.whole(1, 12),
         column="clip_skip", kind=int),  # AUTOMATIC1111's: 1 = the text encoder's last layer
     Key("emphasis", "a1111", BATCH, ("emphasis",), _set("emphasis"),

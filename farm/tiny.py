@@ -416,7 +416,8 @@ def build_random_sdxl(folder: Path, seed: int = 0) -> None:
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-xl-refiner": build_tiny_xl_refiner,
     "tiny-sd3": build_tiny_sd3, "tiny-flux": build_tiny_flux,
-    "tiny-flux-schnell": build_tiny_flux_schnell, "tiny-vae": build_tiny_vae, "random-sd15": build_random_sd15,
+    "tiny-flux-schnell": build_tiny_flux_schnell, "tiny-vae": build_tiny_vae,
+    "random-sd15": build_random_sd15,
     "random-sdxl": build_random_sdxl}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",

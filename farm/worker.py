@@ -373,9 +373,11 @@ class Worker:
         device = self.device.name
         if device.startswith("cuda"):
             device = torch.cuda.get_device_name(torch.device(device))
-        return json.dumps({"device": device, "dtype": str(self.dtype(dtype, checkpoint)).removeprefix(
-            "torch."), "farm": __version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        precision = str(self.dtype(dtype, checkpoint)).removeprefix("torch.")
+        return json.dumps({
+            "device": device, "dtype": precision, "farm": __version__,
+            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
             **({"unet_memory_format": "channels_last"} if device != "cpu" else {}),
             **(made or {})})
 

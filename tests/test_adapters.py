@@ -237,7 +237,8 @@ def test_an_embedding_that_pushes_a_prompt_past_75_tokens_moves_to_a_second_chun
     for seed in (0, 1):  # two files of the same name: if their vectors count, images differ
         folder = tmp_path / str(seed)
         (folder / "embeddings").mkdir(parents=True)
-        save_file({"emb_params": torch.randn(10, 32, generator=torch.Generator().manual_seed(seed))},
+        vectors = torch.randn(10, 32, generator=torch.Generator().manual_seed(seed))
+        save_file({"emb_params": vectors},
                   str(folder / "embeddings" / "shiny.safetensors"))
         (folder / "r.yaml").write_text(f"prompt: {prompt}\nsize: 64x64\nsteps: 3\n")
         assert run_farm("render", f"recipe={folder / 'r.yaml'}", "runtime=inline",

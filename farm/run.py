@@ -119,12 +119,12 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
     where = f"recipe {recipe.name}: {{}}: checkpoint {ref!r} is {rules.name}"
     if rules.flow:
         for sampler in recipe["sampler"]:
-            for schedule in recipe["scheduler"]:
-                if effective_pair(sampler, schedule) != families.FLOW_SAMPLER:
+            for spacing in recipe["scheduler"]:
+                if effective_pair(sampler, spacing) != families.FLOW_SAMPLER:
                     raise BadInput(where.format("sampler") + f", which farm renders with its "
                                    "own flow-matching Euler scheduler (and its shift) only: "
                                    f"sampler euler, scheduler automatic (got {sampler!r} with "
-                                   f"{schedule!r})")
+                                   f"{spacing!r})")
     for width, height in recipe["size"]:
         if width % rules.multiple or height % rules.multiple:
             raise BadInput(where.format("size") + f", which takes sizes in multiples of "

@@ -359,7 +359,8 @@ class Reader:
 
     def t5_tokens(self, text: str, checkpoint: Model) -> int:
         """How many tokens the checkpoint's T5 tokenizer makes of the text, its end included
-        (what max_sequence_length counts)."""
+        (what max_sequence_length counts); 0 for a checkpoint saved without its T5 encoder
+        (SD3's usual memory saving: the pipeline gives T5's place zeros)."""
         key = (text, checkpoint.identity)
         if key not in self._t5_counts:
             tokenizer = self._tokenizers.get(("t5", checkpoint.identity))
@@ -371,10 +372,11 @@ class Reader:
                 rules = families.rules(self.family(checkpoint))
                 folder = Path(checkpoint.config or checkpoint.path) / rules.t5_folder
                 tokenizer = self._tokenizers[("t5", checkpoint.identity)] = \
-                    T5TokenizerFast.from_pretrained(folder, local_files_only=True)
+                    T5TokenizerFast.from_pretrained(folder, local_files_only=True) \
+                    if folder.is_dir() else None
             if len(self._t5_counts) > 100_000:
                 self._t5_counts.clear()
-            self._t5_counts[key] = len(tokenizer(text).input_ids)
+            self._t5_counts[key] = len(tokenizer(text).input_ids) if tokenizer else 0
         return self._t5_counts[key]
 
     def _tokenizer(self, checkpoint: Model):

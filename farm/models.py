@@ -223,12 +223,16 @@ def _parts(index: dict) -> list[str]:
 
 
 def _left_out(checkpoint: Model) -> dict:
-    """from_pretrained's arguments leaving out the components farm never loads."""
+    """from_pretrained's arguments leaving out the components farm never loads, and those
+    the folder was saved without (an SD3 without its T5 encoder: `[null, null]`), which
+    diffusers wants named."""
     index = json.loads((Path(checkpoint.config or checkpoint.path) / "model_index.json")
                        .read_text())
-    if "safety_checker" not in index:
-        return {}
-    return {"safety_checker": None, "requires_safety_checker": False}
+    found = {name: None for name, spec in index.items() if not name.startswith("_")
+             and isinstance(spec, list) and spec[0] is None}
+    if "safety_checker" in index:
+        found.update(safety_checker=None, requires_safety_checker=False)
+    return found
 
 
 def _weighted_parts(index: dict) -> list[str]:

@@ -210,3 +210,28 @@ def test_plan_says_which_scheduler_each_checkpoint_runs(tmp_path, capsys):
            "shift 3)" in out
     assert "  tiny-flux, euler + normal: FlowMatchEulerDiscreteScheduler (the checkpoint's " \
            "own, dynamic shift)" in out
+
+
+def test_an_sd3_folder_saved_without_t5_renders_as_diffusers_renders_it(tmp_path, worker):
+    """SD3's usual memory saving: no T5 encoder; the pipeline gives its place zeros (of
+    max_sequence_length tokens, so that length still decides the pixels)."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = tmp_path / "sd3-no-t5"
+    shutil.copytree(tiny.ensure("tiny-sd3"), folder)
+    for part in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(folder / part)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    checkpoint = models.resolve(str(folder), "checkpoint")
+    job, = planned(recipe(prompt="a fox", **{**SD3, "checkpoint": str(folder)}),
+                   {str(folder): checkpoint})
+    assert job.max_sequence_length == 256 and not job.truncated
+    ours, = rendered_images(worker, [job], "no-t5")
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    assert np.abs(ours.astype(int) - theirs(pipe, ["a fox"], [0])[0]).max() <= 1

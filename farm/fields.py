@@ -242,9 +242,9 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
              _pair("denoise", "Denoising strength", lambda v: f"{v:g}"), id_default=None,
              codec=FLOAT),
     JobField("resize", BATCH, str, "string", id_default=None, codec=RESIZE),
-    # diffusers' step count (the first rule, so in the id as None) or A1111's
     # T5 tokens a prompt takes (SD3, Flux.1); None where the checkpoint has no T5 encoder
     JobField("max_sequence_length", BATCH, int, "int64", id_default=None),
+    # diffusers' step count (the first rule, so in the id as None) or A1111's
     JobField("img2img_steps", BATCH, str, "string", id_default=None, codec=Codec(
         lambda v: None if v == "diffusers" else v, lambda name, v: {name: v}, _plain_restore)),
     # a second pass (A1111's hires fix): {width, height (of the first pass), scale, upscaler,

@@ -118,8 +118,8 @@ def _hires(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: 
         upscaled = upscaled[:, :, cut_y // 2:upscaled.shape[2] - (cut_y + 1) // 2,
                             cut_x // 2:upscaled.shape[3] - (cut_x + 1) // 2]
     else:  # the same cut, made in pixels before encoding (8 pixels a latent)
-        box = (cut_x // 2 * 8, cut_y // 2 * 8, width - (cut_x + 1) // 2 * 8,
-               height - (cut_y + 1) // 2 * 8)
+        left, top = cut_x // 2 * 8, cut_y // 2 * 8
+        box = (left, top, left + first.width, top + first.height)
         upscaled = [image.resize((width, height), PIXEL_MODES[hires.upscaler]).crop(box)
                     for image in low]
     # 2. the second pass: A1111's schedule (hires_schedule), fresh noise from each seed

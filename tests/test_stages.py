@@ -636,3 +636,13 @@ def test_an_input_replaced_with_the_same_size_and_time_is_identified_again(tmp_p
     made = {outputs.read_metadata(p)[1]["init_identity"]
             for p in (tmp_path / "outputs" / "r").glob("images/*/*.png")}
     assert outputs.pixel_hash(second) in made and len(made) == 2
+
+
+def test_a_cover_that_is_no_multiple_of_8_still_renders_the_final_size(worker, tiny):
+    """72x56 covered to 96x96 overflows to 123x96 (not a multiple of 8): cut to 96x96 all the
+    same, in latents and in pixels."""
+    assert cover(72, 56, 96, 96)[:2] == (123, 96)
+    for upscaler in ("latent", "lanczos"):
+        image, = rendered_images(worker, [make_job(tiny, width=96, height=96, hires=Hires(
+            72, 56, None, upscaler, 2, 0.5))], f"odd-{upscaler}")
+        assert image.shape == (96, 96, 3), upscaler

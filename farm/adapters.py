@@ -146,6 +146,14 @@ def check_lora(lora: Model, checkpoint: Model, field: str = "loras") -> None:
     if not any(re.search(r"lora_(down|A)|lora\.down|lora_unet_|lora_te", k) for k in keys):
         raise AdapterError(field, lora.ref, "has no LoRA weights (keys like lora_unet_..."
                            "lora_down.weight or unet....lora_A.weight): is it a checkpoint?")
+    transformer = _config(checkpoint, "transformer")
+    unet_keys = [k for k in keys if k.startswith("unet.") or (
+        k.startswith("lora_unet_") and not re.search(r"(double|single|joint)_blocks", k))]
+    if transformer is None and any(k.startswith("transformer.") for k in keys):
+        raise AdapterError(field, lora.ref, f"made for a transformer model (SD3, Flux.1), but "
+                           f"checkpoint {checkpoint.ref!r} has a UNet")
+    if transformer is not None:
+        _check_transformer_lora(lora, checkpoint, header, transformer, unet_keys, field)
     unet = _config(checkpoint, "unet") or {}
     width = unet.get("cross_attention_dim")
     width = width[0] if isinstance(width, list) else width
@@ -162,6 +170,27 @@ def check_lora(lora: Model, checkpoint: Model, field: str = "loras") -> None:
     if second and _config(checkpoint, "text_encoder_2") is None:
         raise AdapterError(field, lora.ref, f"made for SDXL (it has weights for a second text "
                            f"encoder), but checkpoint {checkpoint.ref!r} has one text encoder")
+
+
+def _check_transformer_lora(lora: Model, checkpoint: Model, header: dict, transformer: dict,
+                            unet_keys: list[str], field: str) -> None:
+    """A LoRA for an SD3 or Flux.1 checkpoint: diffusers' (PEFT) layout, its attention as wide
+    as the checkpoint's transformer's."""
+    if unet_keys:
+        raise AdapterError(field, lora.ref, f"made for a UNet (Stable Diffusion 1.x/2.x or "
+                           f"SDXL), but checkpoint {checkpoint.ref!r} has a transformer")
+    keys = [k for k in header if k.startswith("transformer.")]
+    if not keys:
+        raise AdapterError(field, lora.ref, "not in diffusers' (PEFT) layout "
+                           "(transformer.<module>.lora_A.weight), the one farm tests for SD3 "
+                           "and Flux.1 (kohya's is not tested yet): convert it with diffusers")
+    inner = transformer.get("num_attention_heads", 0) * transformer.get("attention_head_dim", 0)
+    for key in keys:
+        if re.search(r"attn\.to_q\.lora_A", key) and header[key]["shape"][-1] != inner:
+            raise AdapterError(field, lora.ref, f"made for another model: its attention is "
+                               f"{header[key]['shape'][-1]} wide, checkpoint "
+                               f"{checkpoint.ref!r}'s {inner} (an SD3 LoRA on Flux.1, or the "
+                               "reverse?)")
 
 
 def embedding_vectors(header: dict[str, Any]) -> dict[str, list[int]]:
@@ -248,10 +277,6 @@ class Reader:
                           + r")(?![^\W\d_])", re.I)
 
     def lora(self, ref: str, checkpoint: Model, field: str = "loras") -> Model:
-        rules = families.rules(self.family(checkpoint))
-        if rules is not None and not rules.loras:
-            raise AdapterError(field, ref, f"checkpoint {checkpoint.ref!r} is {rules.name}, on "
-                               "which farm does not test LoRAs yet")
         if ref not in self._loras:
             self._loras[ref] = find_lora(ref, self.base, field)
         found = self._loras[ref]

@@ -25,7 +25,6 @@ class Rules:
     cfg: float = 7.0
     guidance: float | None = None  # distilled guidance's default (Flux.1-dev); None: none
     steps: int = 20  # when a recipe leaves them unset (schnell is distilled for 1 to 4)
-    loras: bool = True  # tested with the layouts people share for it
     # prompts read as AUTOMATIC1111 reads them (emphasis, embeddings, chunks: farm's CLIP
     # encoder, encode.py); else the text goes to the pipeline as it is
     a1111_prompts: bool = True
@@ -36,14 +35,14 @@ class Rules:
 RULES: dict[str, Rules] = {
     "StableDiffusionPipeline": Rules("Stable Diffusion 1.x/2.x"),
     "StableDiffusionXLPipeline": Rules("SDXL"),
-    "StableDiffusion3Pipeline": Rules("SD3", flow=True, multiple=16, t5_tokens=256, loras=False,
+    "StableDiffusion3Pipeline": Rules("SD3", flow=True, multiple=16, t5_tokens=256,
                                       a1111_prompts=False, clip_skip=False, stages=False),
     "FluxPipeline": Rules("Flux.1", flow=True, multiple=16, t5_tokens=512,
-                          t5_folder="tokenizer_2", cfg=1.0, guidance=3.5, loras=False,
+                          t5_folder="tokenizer_2", cfg=1.0, guidance=3.5,
                           a1111_prompts=False, clip_skip=False, stages=False),
     # Flux.1-schnell: the same pipeline, its transformer without the guidance input
     "FluxPipeline/schnell": Rules("Flux.1-schnell", flow=True, multiple=16, t5_tokens=256,
-                                  t5_folder="tokenizer_2", cfg=1.0, steps=4, loras=False,
+                                  t5_folder="tokenizer_2", cfg=1.0, steps=4,
                                   a1111_prompts=False, clip_skip=False, stages=False),
 }
 FLOW_SAMPLER = ("euler", "normal")  # a flow family's one sampler: its own, with its own schedule

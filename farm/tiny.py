@@ -449,11 +449,13 @@ def _sgm(name: str, layers_per_block: int) -> str:
 
 def write_lora(checkpoint: str, path: Path, layout: str = "kohya", seed: int = 1,
                rank: int = 4, scale: float = 0.1, text_encoders: bool = True) -> Path:
-    """A LoRA for built-in checkpoint `checkpoint` (tiny or tiny-xl) with random, non-zero
-    up-weights (so it changes pixels), saved as safetensors in `layout`:
+    """A LoRA for built-in checkpoint `checkpoint` (tiny, tiny-xl; tiny-sd3, tiny-flux: peft
+    only) with random, non-zero up-weights (so it changes pixels), saved as safetensors in
+    `layout`:
         kohya  sd-scripts' keys: lora_unet_.../lora_te_... (lora_te1_/lora_te2_ on SDXL, whose
                UNet keys use the original input_blocks/output_blocks names), with alpha
-        peft   diffusers' own: unet.<module>.lora_A/lora_B, text_encoder(_2).text_model...
+        peft   diffusers' own: unet.<module>.lora_A/lora_B (transformer.<module>... on SD3 and
+               Flux.1), text_encoder(_2).text_model...
     """
     import torch
     from safetensors.torch import save_file
@@ -464,8 +466,15 @@ def write_lora(checkpoint: str, path: Path, layout: str = "kohya", seed: int = 1
     import diffusers
 
     folder = ensure(checkpoint)
-    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-    parts = [("unet", unet)]
+    if (folder / "transformer").is_dir():  # SD3, Flux.1: a transformer, and its CLIP encoder
+        kind = json.loads((folder / "transformer" / "config.json").read_text())["_class_name"]
+        unet = getattr(diffusers, kind).from_pretrained(folder, subfolder="transformer")
+        parts = [("transformer", unet)]
+        if layout != "peft":
+            raise ValueError(f"{checkpoint}: LoRAs in the {layout} layout are not written for it")
+    else:
+        unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+        parts = [("unet", unet)]
     if text_encoders:
         from transformers import CLIPTextModel
 
@@ -481,7 +490,8 @@ def write_lora(checkpoint: str, path: Path, layout: str = "kohya", seed: int = 1
             down = torch.randn(rank, layer.in_features, generator=generator) * scale
             up = torch.randn(layer.out_features, rank, generator=generator) * scale
             if layout == "peft":
-                prefix = f"{part}.{name}" if part == "unet" else f"{part}.text_model.{name}"
+                prefix = f"{part}.{name}" if part in ("unet", "transformer") else \
+                    f"{part}.text_model.{name}"
                 tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = down, up
                 continue
             if part == "unet":

@@ -1,6 +1,7 @@
 """Model families: SD3 rendered as diffusers' own pipeline renders it (its flow-matching
 scheduler, T5 prompts), what a family does not take refused at plan, ids of the others kept."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -66,7 +67,8 @@ def test_an_sd3_job_is_diffusers_own_pipeline_at_batch_1_and_2(sd3, worker, diff
                         "of 16 (got 72x56)"),
     ({"clip_skip": 2}, "on which farm does not test clip skip"),
     ({"hires": {"scale": 2}}, "hires: checkpoint 'tiny-sd3' is SD3; farm renders hires with"),
-    ({"loras": ["ink"]}, "is SD3, on which farm does not test LoRAs yet"),
+    ({"loras": ["ink"]}, "made for a UNet (Stable Diffusion 1.x/2.x or SDXL), but checkpoint "
+                         "'tiny-sd3' has a transformer"),
     ({"checkpoint": "tiny", "max_sequence_length": 77},
      "max_sequence_length: checkpoint 'tiny' is Stable Diffusion 1.x/2.x, which has no T5"),
     ({"max_sequence_length": 513}, "max_sequence_length: got 513; expected a number of T5 "
@@ -171,7 +173,8 @@ def test_a_flux_job_is_diffusers_own_pipeline_at_batch_1_and_2(worker, diffusers
                    "negative prompt"),
     ({"sampler": "dpmpp_2m"}, "is Flux.1, which farm renders with its own flow-matching Euler"),
     ({"size": "72x56"}, "is Flux.1, which takes sizes in multiples of 16 (got 72x56)"),
-    ({"loras": ["ink"]}, "is Flux.1, on which farm does not test LoRAs yet"),
+    ({"loras": ["ink"]}, "made for a UNet (Stable Diffusion 1.x/2.x or SDXL), but checkpoint "
+                         "'tiny-flux' has a transformer"),
     ({"vae": "tiny-vae"}, "vae: checkpoint 'tiny-flux' is Flux.1, on which farm does not test "
                           "VAE swaps yet"),
 ])
@@ -235,3 +238,44 @@ def test_an_sd3_folder_saved_without_t5_renders_as_diffusers_renders_it(tmp_path
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
     assert np.abs(ours.astype(int) - theirs(pipe, ["a fox"], [0])[0]).max() <= 1
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
+def test_a_lora_in_diffusers_layout_on_a_transformer_is_diffusers_own(tmp_path, worker, name):
+    """A PEFT-layout LoRA (transformer.<module>.lora_A/B and the CLIP encoder's) on SD3 and
+    Flux.1: the pixels of diffusers' own pipeline with the LoRA loaded at that weight; weight 0
+    is exactly no LoRA."""
+    from diffusers import DiffusionPipeline
+
+    from farm import adapters
+    from farm.jobs import Lora
+
+    file = tiny.write_lora(name, tmp_path / f"{name}-style.safetensors", "peft")
+    checkpoint = models.resolve(name, "checkpoint")
+    fields = {"checkpoint": name, "size": "64x64", "steps": 3, "seeds": 2}
+    job, = planned(recipe(prompt="a fox", **fields), {name: checkpoint})
+    lora = adapters.find_lora(str(file), tmp_path)
+    styled = dataclasses.replace(job, loras=(Lora(lora, 0.8),))
+    off = dataclasses.replace(job, loras=(Lora(lora, 0.0),))
+    plain, with_lora, zero = rendered_images(worker, [job], f"{name}-plain")[0], \
+        rendered_images(worker, [styled], f"{name}-lora")[0], \
+        rendered_images(worker, [off], f"{name}-zero")[0]
+    assert np.array_equal(plain, zero) and np.abs(plain.astype(int) - with_lora).max() > 1
+    pipe = DiffusionPipeline.from_pretrained(tiny.ensure(name))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="style")
+    pipe.set_adapters(["style"], [0.8])
+    call = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} if name == "tiny-flux" \
+        else {"guidance_scale": job.cfg, "negative_prompt": [""]}
+    out = pipe(["a fox"], num_inference_steps=3, width=64, height=64,
+               generator=[torch.Generator("cpu").manual_seed(2)], output_type="np",
+               max_sequence_length=job.max_sequence_length, **call).images[0]
+    assert np.abs(with_lora.astype(int) - (out * 255).round().astype(int)).max() <= 1
+
+
+def test_a_transformer_lora_on_a_unet_checkpoint_is_refused(tmp_path, capsys):
+    tiny.write_lora("tiny-flux", tmp_path / "loras" / "flux.safetensors", "peft")
+    (tmp_path / "r.yaml").write_text("prompt: a fox\nloras: [flux]\nsize: 64x64\n")
+    assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}", f"outputs={tmp_path / 'o'}") == 2
+    assert "made for a transformer model (SD3, Flux.1), but checkpoint 'tiny' has a UNet" in \
+        capsys.readouterr().err

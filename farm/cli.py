@@ -63,6 +63,12 @@ def command_plan(settings: Settings) -> int:
     print(f"jobs: {counts.planned} ({product}, outermost first{repeats}); done {counts.done}, "
           f"pending {counts.pending} "
           f"(of which {counts.failed} failed before); batch size {r['batch_size']}")
+    cut = run.cut_prompts(r, found)
+    if cut:
+        print(f"note: {len(cut)}{'+' if len(cut) >= 100 else ''} prompt(s) are longer than "
+              f"their text encoder takes and will be cut there (emphasis: none cuts at 75 "
+              f"tokens; T5 at max_sequence_length); their images record it. First: "
+              f"{cut[0][:80]!r}")
     return EXIT_OK
 
 

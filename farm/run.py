@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from farm import adapters, catalog, families, grid, inputs, models, plan, samplers, schedule
+from farm import (adapters, catalog, emphasis, families, grid, inputs, models, plan, samplers,
+                  schedule)
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
 from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair
@@ -207,6 +208,29 @@ def schedulers(recipe: recipes.Recipe, found: Resolved) -> list[str]:
                 lines.append(f"{ref}, {' + '.join(pair)}: "
                              f"{samplers.described(config, *pair)}")
     return lines
+
+
+def cut_prompts(recipe: recipes.Recipe, found: Resolved) -> list[str]:
+    """The recipe's prompts (and negatives) that a text encoder will cut: past 75 tokens under
+    `emphasis: none`, past max_sequence_length T5 tokens. Their images record it (truncated);
+    `farm plan` says so first. At most 100 are reported."""
+    cut: dict[str, None] = {}
+    reader = found.reader
+    for ref in recipe["checkpoint"]:
+        checkpoint = found.models[ref]
+        rules = families.rules(reader.family(checkpoint))
+        length = None if rules is None or rules.t5_tokens is None else \
+            recipe["max_sequence_length"] or rules.t5_tokens
+        for row in recipe.prompt_rows():
+            negative = recipe["negative"] if row.negative is None else row.negative
+            text = emphasis.loras(row.text)[0]
+            if any(reader.read(row.text, negative, checkpoint, mode).truncated
+                   for mode in recipe["emphasis"]) or (length is not None and max(
+                       reader.t5_tokens(t, checkpoint) for t in (text, negative)) > length):
+                cut[row.text] = None
+                if len(cut) >= 100:
+                    return list(cut)
+    return list(cut)
 
 
 def count(recipe: recipes.Recipe, folder: RunFolder, found: Resolved) -> Counts:

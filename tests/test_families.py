@@ -279,3 +279,16 @@ def test_a_transformer_lora_on_a_unet_checkpoint_is_refused(tmp_path, capsys):
     assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}", f"outputs={tmp_path / 'o'}") == 2
     assert "made for a transformer model (SD3, Flux.1), but checkpoint 'tiny' has a UNet" in \
         capsys.readouterr().err
+
+
+def test_plan_says_which_prompts_will_be_cut(tmp_path, capsys):
+    for long, extra in (("a fox " * 20, "checkpoint: tiny-sd3\nmax_sequence_length: 8\n"),
+                        ("a " * 80, "emphasis: none\n")):  # T5 cuts at 8 tokens, CLIP at 75
+        (tmp_path / "r.yaml").write_text(f"prompt: ['{long}', a fox]\nsize: 64x64\n" + extra)
+        assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}",
+                        f"outputs={tmp_path / 'o'}") == 0
+        out = capsys.readouterr().out
+        assert "note: 1 prompt(s) are longer than their text encoder takes and will be cut" in out
+    (tmp_path / "r.yaml").write_text("prompt: a fox\nsize: 64x64\n")
+    assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}", f"outputs={tmp_path / 'o'}") == 0
+    assert "note:" not in capsys.readouterr().out

@@ -121,11 +121,11 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
     if rules.flow:
         for sampler in recipe["sampler"]:
             for spacing in recipe["scheduler"]:
-                if effective_pair(sampler, spacing) != families.FLOW_SAMPLER:
-                    raise BadInput(where.format("sampler") + f", which farm renders with its "
-                                   "own flow-matching Euler scheduler (and its shift) only: "
-                                   f"sampler euler, scheduler automatic (got {sampler!r} with "
-                                   f"{spacing!r})")
+                if effective_pair(sampler, spacing) not in families.FLOW_SAMPLERS:
+                    raise BadInput(where.format("sampler") + f", a flow-matching model, which "
+                                   "farm renders with euler (its own scheduler), dpmpp_2m or "
+                                   "uni_pc_bh2, each with scheduler automatic (its own shift): "
+                                   f"got {sampler!r} with {spacing!r}")
     for width, height in recipe["size"]:
         if width % rules.multiple or height % rules.multiple:
             raise BadInput(where.format("size") + f", which takes sizes in multiples of "

@@ -168,19 +168,32 @@ def described(base_config: dict, sampler_name: str, schedule_name: str) -> str:
     if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
         shift = "dynamic shift" if base_config.get("use_dynamic_shifting") else \
             f"shift {base_config.get('shift', 1.0):g}"
+        if sampler(sampler_name).name != "euler":
+            return f"{sampler(sampler_name).scheduler_class} (on the checkpoint's flow " \
+                   f"sigmas, {shift})"
         return f"{base_config['_class_name']} (the checkpoint's own, {shift})"
     given = ", ".join(f"{k}={v}" for k, v in options(sampler_name, schedule_name).items() if v)
     return f"{sampler(sampler_name).scheduler_class} (the checkpoint's config" + (
         f"; {given})" if given else ")")
 
 
+def flow_options(base_config: dict, sampler_name: str) -> dict[str, Any]:
+    """A solver's options on a flow-matching checkpoint's sigmas: its own shift (or dynamic
+    shift, which the pipeline gives as mu), flow prediction."""
+    return {**dict(sampler(sampler_name).options), "use_flow_sigmas": True,
+            "flow_shift": base_config.get("shift", 1.0), "prediction_type": "flow_prediction"}
+
+
 def make_scheduler(base_config: dict, sampler_name: str, schedule_name: str):
-    """A fresh diffusers scheduler built from a checkpoint's own scheduler config. A
-    flow-matching checkpoint's (SD3) is its own class as it is: the one sampler farm runs
-    there (euler, normal: checked at plan), so its pixels are its diffusers pipeline's."""
+    """A fresh diffusers scheduler built from a checkpoint's own scheduler config. On a
+    flow-matching checkpoint (SD3, Flux.1; the samplers checked at plan) euler is its own
+    scheduler as it is, so that its pixels are its diffusers pipeline's; dpmpp_2m and
+    uni_pc_bh2 run on its flow sigmas (flow_options)."""
     import diffusers
 
-    if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
-        return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
     cls = getattr(diffusers, sampler(sampler_name).scheduler_class)
+    if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
+        if sampler(sampler_name).name == "euler":
+            return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
+        return cls.from_config(base_config, **flow_options(base_config, sampler_name))
     return cls.from_config(base_config, **options(sampler_name, schedule_name))

@@ -59,10 +59,11 @@ def test_an_sd3_job_is_diffusers_own_pipeline_at_batch_1_and_2(sd3, worker, diff
 
 
 @pytest.mark.parametrize("extra, words", [
-    ({"sampler": "dpmpp_2m"}, "sampler: checkpoint 'tiny-sd3' is SD3, which farm renders "
-                              "with its own flow-matching Euler scheduler"),
-    ({"sampler": "Euler a"}, "sampler euler, scheduler automatic (got 'euler_ancestral'"),
-    ({"scheduler": "karras"}, "(got 'euler' with 'karras')"),
+    ({"sampler": "dpmpp_2m_sde"}, "sampler: checkpoint 'tiny-sd3' is SD3, a flow-matching "
+                                  "model, which farm renders with euler (its own scheduler), "
+                                  "dpmpp_2m or uni_pc_bh2"),
+    ({"sampler": "Euler a"}, "got 'euler_ancestral' with 'automatic'"),
+    ({"scheduler": "karras"}, "got 'euler' with 'karras'"),
     ({"size": "72x56"}, "size: checkpoint 'tiny-sd3' is SD3, which takes sizes in multiples "
                         "of 16 (got 72x56)"),
     ({"clip_skip": 2}, "on which farm does not test clip skip"),
@@ -171,7 +172,7 @@ def test_a_flux_job_is_diffusers_own_pipeline_at_batch_1_and_2(worker, diffusers
                              "works only with true CFG: set cfg above 1"),
     ({"cfg": 3.5}, "cfg: checkpoint 'tiny-flux' is Flux.1, on which cfg is true CFG: it needs a "
                    "negative prompt"),
-    ({"sampler": "dpmpp_2m"}, "is Flux.1, which farm renders with its own flow-matching Euler"),
+    ({"sampler": "heun"}, "is Flux.1, a flow-matching model, which farm renders with euler"),
     ({"size": "72x56"}, "is Flux.1, which takes sizes in multiples of 16 (got 72x56)"),
     ({"loras": ["ink"]}, "made for a UNet (Stable Diffusion 1.x/2.x or SDXL), but checkpoint "
                          "'tiny-flux' has a transformer"),
@@ -292,3 +293,48 @@ def test_plan_says_which_prompts_will_be_cut(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text("prompt: a fox\nsize: 64x64\n")
     assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}", f"outputs={tmp_path / 'o'}") == 0
     assert "note:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+@pytest.mark.parametrize("sampler, cls, options", [
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++",
+                                                 "solver_order": 2}),
+    ("uni_pc_bh2", "UniPCMultistepScheduler", {"solver_type": "bh2"}),
+])
+def test_flow_solvers_are_diffusers_own_on_the_flow_sigmas(worker, name, sampler, cls, options):
+    """DPM++ 2M and UniPC on a flow family: diffusers' pipeline with that scheduler built from
+    the checkpoint's config on its flow sigmas (its shift; Flux.1-dev's dynamic shift), alone
+    and in a batch of 2."""
+    import diffusers
+
+    checkpoint = models.resolve(name, "checkpoint")
+    jobs = list(planned(recipe(prompt=["a fox", "a red fox in the snow"], checkpoint=name,
+                               size="64x64", steps=4, seeds=1, sampler=sampler),
+                        {name: checkpoint}))
+    together = rendered_images(worker, jobs, f"{name}-{sampler}")
+    alone, = rendered_images(worker, jobs[1:], f"{name}-{sampler}-alone")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tiny.ensure(name))
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.scheduler.config
+    pipe.scheduler = getattr(diffusers, cls).from_config(
+        config, use_flow_sigmas=True, flow_shift=config.shift, prediction_type="flow_prediction",
+        **options)
+    job = jobs[1]
+    call = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} if name == "tiny-flux" \
+        else {"guidance_scale": job.cfg, "negative_prompt": [""]}
+    out = pipe([job.prompt], num_inference_steps=4, width=64, height=64,
+               generator=[torch.Generator("cpu").manual_seed(1)], output_type="np",
+               max_sequence_length=job.max_sequence_length, **call).images[0]
+    expected = (out * 255).round().astype(int)
+    assert np.abs(alone.astype(int) - expected).max() <= 1
+    assert np.abs(together[1].astype(int) - expected).max() <= 1
+
+
+def test_a_flow_solver_run_verifies(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("checkpoint: tiny-flux\nprompt: [a fox, an owl]\n"
+                                     "sampler: [dpmpp_2m, uni_pc_bh2]\nsize: 64x64\nsteps: 3\n"
+                                     "batch_size: 2\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 0
+    assert run_farm("verify", str(tmp_path / "out" / "r"), "--all") == 0
+    assert "4 fine, 0 not" in capsys.readouterr().out

@@ -45,11 +45,14 @@ RULES: dict[str, Rules] = {
                                   t5_folder="tokenizer_2", cfg=1.0, steps=4,
                                   a1111_prompts=False, clip_skip=False, stages=False),
 }
-# A flow family's samplers, each with its own schedule: Euler is its own scheduler as it is;
-# DPM++ 2M and UniPC run on the same flow-matching sigmas (diffusers' use_flow_sigmas, the
-# checkpoint's shift or, on Flux.1-dev, its dynamic shift). No ancestral or SDE sampler: their
-# step noise would not come from the job's own generator.
-FLOW_SAMPLERS = (("euler", "normal"), ("dpmpp_2m", "normal"), ("uni_pc_bh2", "normal"))
+# A flow family's samplers and schedules: Euler is its own scheduler, on its own sigmas or
+# spaced karras, beta or exponential (its config's flags); DPM++ 2M and UniPC run on the same
+# flow-matching sigmas (diffusers' use_flow_sigmas, the checkpoint's shift or, on Flux.1-dev,
+# its dynamic shift) but not respaced: with those flags diffusers gives them an SD noise schedule
+# (a first sigma of 157, not 1). No ancestral or SDE sampler: their step noise would not come
+# from the job's own generator.
+FLOW_SAMPLERS = (("euler", "normal"), ("euler", "karras"), ("euler", "beta"),
+                 ("euler", "exponential"), ("dpmpp_2m", "normal"), ("uni_pc_bh2", "normal"))
 
 
 def rules(family) -> Rules | None:

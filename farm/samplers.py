@@ -171,7 +171,9 @@ def described(base_config: dict, sampler_name: str, schedule_name: str) -> str:
         if sampler(sampler_name).name != "euler":
             return f"{sampler(sampler_name).scheduler_class} (on the checkpoint's flow " \
                    f"sigmas, {shift})"
-        return f"{base_config['_class_name']} (the checkpoint's own, {shift})"
+        flag = schedule(schedule_name).sigma_flag
+        return f"{base_config['_class_name']} (the checkpoint's own, {shift}" + (
+            f", {flag}=True)" if flag else ")")
     given = ", ".join(f"{k}={v}" for k, v in options(sampler_name, schedule_name).items() if v)
     return f"{sampler(sampler_name).scheduler_class} (the checkpoint's config" + (
         f"; {given})" if given else ")")
@@ -193,7 +195,9 @@ def make_scheduler(base_config: dict, sampler_name: str, schedule_name: str):
 
     cls = getattr(diffusers, sampler(sampler_name).scheduler_class)
     if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
-        if sampler(sampler_name).name == "euler":
-            return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
+        if sampler(sampler_name).name == "euler":  # its own, its sigmas respaced on request
+            flag = schedule(schedule_name).sigma_flag
+            return getattr(diffusers, base_config["_class_name"]).from_config(
+                base_config, **({flag: True} if flag else {}))
         return cls.from_config(base_config, **flow_options(base_config, sampler_name))
     return cls.from_config(base_config, **options(sampler_name, schedule_name))

@@ -60,10 +60,11 @@ def test_an_sd3_job_is_diffusers_own_pipeline_at_batch_1_and_2(sd3, worker, diff
 
 @pytest.mark.parametrize("extra, words", [
     ({"sampler": "dpmpp_2m_sde"}, "sampler: checkpoint 'tiny-sd3' is SD3, a flow-matching "
-                                  "model, which farm renders with euler (its own scheduler), "
-                                  "dpmpp_2m or uni_pc_bh2"),
+                                  "model, which farm renders with euler (its own scheduler; "
+                                  "scheduler automatic, karras, beta or exponential), dpmpp_2m "
+                                  "or uni_pc_bh2"),
     ({"sampler": "Euler a"}, "got 'euler_ancestral' with 'automatic'"),
-    ({"scheduler": "karras"}, "got 'euler' with 'karras'"),
+    ({"sampler": "dpmpp_2m", "scheduler": "karras"}, "got 'dpmpp_2m' with 'karras'"),
     ({"size": "72x56"}, "size: checkpoint 'tiny-sd3' is SD3, which takes sizes in multiples "
                         "of 16 (got 72x56)"),
     ({"clip_skip": 2}, "on which farm does not test clip skip"),
@@ -338,3 +339,29 @@ def test_a_flow_solver_run_verifies(tmp_path, capsys):
                     f"outputs={tmp_path / 'out'}") == 0
     assert run_farm("verify", str(tmp_path / "out" / "r"), "--all") == 0
     assert "4 fine, 0 not" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+@pytest.mark.parametrize("schedule, flag", [("karras", "use_karras_sigmas"),
+                                            ("beta", "use_beta_sigmas"),
+                                            ("exponential", "use_exponential_sigmas")])
+def test_euler_on_a_flow_family_takes_karras_beta_and_exponential_sigmas(worker, name, schedule,
+                                                                         flag):
+    """Its own flow-matching Euler with the schedule's flag: diffusers' pipeline with that
+    scheduler, its sigmas flow matching's (from 1), not SD's (from about 157)."""
+    import diffusers
+
+    checkpoint = models.resolve(name, "checkpoint")
+    job, = planned(recipe(prompt="a fox", checkpoint=name, size="64x64", steps=4, seeds=1,
+                          scheduler=schedule), {name: checkpoint})
+    ours, = rendered_images(worker, [job], f"{name}-{schedule}")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tiny.ensure(name))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **{flag: True})
+    call = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} if name == "tiny-flux" \
+        else {"guidance_scale": job.cfg, "negative_prompt": [""]}
+    out = pipe(["a fox"], num_inference_steps=4, width=64, height=64,
+               generator=[torch.Generator("cpu").manual_seed(1)], output_type="np",
+               max_sequence_length=job.max_sequence_length, **call).images[0]
+    assert np.abs(ours.astype(int) - (out * 255).round().astype(int)).max() <= 1
+    assert float(pipe.scheduler.sigmas.max()) <= 1.0

@@ -43,6 +43,17 @@ def theirs(pipe, prompts: list[str], seeds: list[int]) -> np.ndarray:
     return (out * 255).round().astype(int)
 
 
+def own_image(pipe, job, seed: int) -> np.ndarray:
+    """diffusers' own call for a job on SD3 or Flux.1, as 8-bit pixels: its guidance as the
+    family takes it, one CPU generator."""
+    call = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} \
+        if job.guidance is not None else {"guidance_scale": job.cfg, "negative_prompt": [""]}
+    out = pipe([job.prompt], num_inference_steps=job.steps, width=job.width, height=job.height,
+               generator=[torch.Generator("cpu").manual_seed(seed)], output_type="np",
+               max_sequence_length=job.max_sequence_length, **call).images[0]
+    return (out * 255).round().astype(int)
+
+
 def test_an_sd3_job_is_diffusers_own_pipeline_at_batch_1_and_2(sd3, worker, diffusers_sd3):
     jobs = list(planned(recipe(prompt=["a fox", "a red fox in the snow"], seeds=3, **SD3),
                         {"tiny-sd3": sd3}))
@@ -267,12 +278,7 @@ def test_a_lora_in_diffusers_layout_on_a_transformer_is_diffusers_own(tmp_path, 
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="style")
     pipe.set_adapters(["style"], [0.8])
-    call = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} if name == "tiny-flux" \
-        else {"guidance_scale": job.cfg, "negative_prompt": [""]}
-    out = pipe(["a fox"], num_inference_steps=3, width=64, height=64,
-               generator=[torch.Generator("cpu").manual_seed(2)], output_type="np",
-               max_sequence_length=job.max_sequence_length, **call).images[0]
-    assert np.abs(with_lora.astype(int) - (out * 255).round().astype(int)).max() <= 1
+    assert np.abs(with_lora.astype(int) - own_image(pipe, job, 2)).max() <= 1
 
 
 def test_a_transformer_lora_on_a_unet_checkpoint_is_refused(tmp_path, capsys):
@@ -320,13 +326,7 @@ def test_flow_solvers_are_diffusers_own_on_the_flow_sigmas(worker, name, sampler
     pipe.scheduler = getattr(diffusers, cls).from_config(
         config, use_flow_sigmas=True, flow_shift=config.shift, prediction_type="flow_prediction",
         **options)
-    job = jobs[1]
-    call = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} if name == "tiny-flux" \
-        else {"guidance_scale": job.cfg, "negative_prompt": [""]}
-    out = pipe([job.prompt], num_inference_steps=4, width=64, height=64,
-               generator=[torch.Generator("cpu").manual_seed(1)], output_type="np",
-               max_sequence_length=job.max_sequence_length, **call).images[0]
-    expected = (out * 255).round().astype(int)
+    expected = own_image(pipe, jobs[1], 1)
     assert np.abs(alone.astype(int) - expected).max() <= 1
     assert np.abs(together[1].astype(int) - expected).max() <= 1
 
@@ -358,10 +358,5 @@ def test_euler_on_a_flow_family_takes_karras_beta_and_exponential_sigmas(worker,
     pipe = diffusers.DiffusionPipeline.from_pretrained(tiny.ensure(name))
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **{flag: True})
-    call = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} if name == "tiny-flux" \
-        else {"guidance_scale": job.cfg, "negative_prompt": [""]}
-    out = pipe(["a fox"], num_inference_steps=4, width=64, height=64,
-               generator=[torch.Generator("cpu").manual_seed(1)], output_type="np",
-               max_sequence_length=job.max_sequence_length, **call).images[0]
-    assert np.abs(ours.astype(int) - (out * 255).round().astype(int)).max() <= 1
+    assert np.abs(ours.astype(int) - own_image(pipe, job, 1)).max() <= 1
     assert float(pipe.scheduler.sigmas.max()) <= 1.0

@@ -179,14 +179,17 @@ def _check_transformer_lora(lora: Model, checkpoint: Model, header: dict, transf
     if unet_keys:
         raise AdapterError(field, lora.ref, f"made for a UNet (Stable Diffusion 1.x/2.x or "
                            f"SDXL), but checkpoint {checkpoint.ref!r} has a transformer")
-    keys = [k for k in header if k.startswith("transformer.")]
+    flux = transformer.get("_class_name") == "FluxTransformer2DModel"
+    kohya = [k for k in header if re.match(r"lora_unet_(double|single)_blocks_", k)]
+    keys = [k for k in header if k.startswith("transformer.")] + (kohya if flux else [])
     if not keys:
-        raise AdapterError(field, lora.ref, "not in diffusers' (PEFT) layout "
-                           "(transformer.<module>.lora_A.weight), the one farm tests for SD3 "
-                           "and Flux.1 (kohya's is not tested yet): convert it with diffusers")
+        raise AdapterError(field, lora.ref, "not in a layout farm tests for this model: "
+                           "diffusers' (PEFT) transformer.<module>.lora_A.weight, or on Flux.1 "
+                           "kohya's lora_unet_double_blocks_...")
     inner = transformer.get("num_attention_heads", 0) * transformer.get("attention_head_dim", 0)
     for key in keys:
-        if re.search(r"attn\.to_q\.lora_A", key) and header[key]["shape"][-1] != inner:
+        if re.search(r"attn\.to_q\.lora_A|img_attn_qkv\.lora_down", key) \
+                and header[key]["shape"][-1] != inner:
             raise AdapterError(field, lora.ref, f"made for another model: its attention is "
                                f"{header[key]['shape'][-1]} wide, checkpoint "
                                f"{checkpoint.ref!r}'s {inner} (an SD3 LoRA on Flux.1, or the "

@@ -447,15 +447,46 @@ def _sgm(name: str, layers_per_block: int) -> str:
     return ".".join([head, *parts[4:]])
 
 
+def _write_kohya_flux_lora(config, path: Path, seed: int, rank: int, scale: float) -> Path:
+    """A Flux.1 LoRA as kohya's sd-scripts share them: Black Forest Labs' block names
+    (double_blocks.N.img_attn.qkv, one matrix for q, k and v; single_blocks.N.linear2), with
+    alpha."""
+    import torch
+    from safetensors.torch import save_file
+
+    inner = config.num_attention_heads * config.attention_head_dim
+    mlp = int(inner * 4.0)  # Flux's MLP ratio
+    shapes = {}  # kohya name -> (in, out)
+    for i in range(config.num_layers):
+        for stream in ("img", "txt"):
+            shapes[f"double_blocks_{i}_{stream}_attn_qkv"] = (inner, 3 * inner)
+            shapes[f"double_blocks_{i}_{stream}_attn_proj"] = (inner, inner)
+    for i in range(config.num_single_layers):
+        shapes[f"single_blocks_{i}_linear2"] = (inner + mlp, inner)
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, (width_in, width_out) in shapes.items():
+        key = f"lora_unet_{name}"
+        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, width_in,
+                                                         generator=generator) * scale
+        tensors[f"{key}.lora_up.weight"] = torch.randn(width_out, rank,
+                                                       generator=generator) * scale
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank) / 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
 def write_lora(checkpoint: str, path: Path, layout: str = "kohya", seed: int = 1,
                rank: int = 4, scale: float = 0.1, text_encoders: bool = True) -> Path:
-    """A LoRA for built-in checkpoint `checkpoint` (tiny, tiny-xl; tiny-sd3, tiny-flux: peft
+    """A LoRA for built-in checkpoint `checkpoint` (tiny, tiny-xl, tiny-flux; tiny-sd3: peft
     only) with random, non-zero up-weights (so it changes pixels), saved as safetensors in
     `layout`:
         kohya  sd-scripts' keys: lora_unet_.../lora_te_... (lora_te1_/lora_te2_ on SDXL, whose
                UNet keys use the original input_blocks/output_blocks names), with alpha
         peft   diffusers' own: unet.<module>.lora_A/lora_B (transformer.<module>... on SD3 and
                Flux.1), text_encoder(_2).text_model...
+    On Flux.1 kohya's layout has Black Forest Labs' block names (_write_kohya_flux_lora).
     """
     import torch
     from safetensors.torch import save_file
@@ -470,6 +501,8 @@ def write_lora(checkpoint: str, path: Path, layout: str = "kohya", seed: int = 1
         kind = json.loads((folder / "transformer" / "config.json").read_text())["_class_name"]
         unet = getattr(diffusers, kind).from_pretrained(folder, subfolder="transformer")
         parts = [("transformer", unet)]
+        if layout == "kohya" and kind == "FluxTransformer2DModel":
+            return _write_kohya_flux_lora(unet.config, path, seed, rank, scale)
         if layout != "peft":
             raise ValueError(f"{checkpoint}: LoRAs in the {layout} layout are not written for it")
     else:

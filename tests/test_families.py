@@ -253,17 +253,19 @@ def test_an_sd3_folder_saved_without_t5_renders_as_diffusers_renders_it(tmp_path
     assert np.abs(ours.astype(int) - theirs(pipe, ["a fox"], [0])[0]).max() <= 1
 
 
-@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
-def test_a_lora_in_diffusers_layout_on_a_transformer_is_diffusers_own(tmp_path, worker, name):
-    """A PEFT-layout LoRA (transformer.<module>.lora_A/B and the CLIP encoder's) on SD3 and
-    Flux.1: the pixels of diffusers' own pipeline with the LoRA loaded at that weight; weight 0
-    is exactly no LoRA."""
+@pytest.mark.parametrize("name, layout", [("tiny-flux", "peft"), ("tiny-flux", "kohya"),
+                                          ("tiny-sd3", "peft")])
+def test_a_lora_on_a_transformer_is_diffusers_own(tmp_path, worker, name, layout):
+    """LoRAs on SD3 and Flux.1 as people share them: diffusers' (PEFT) layout
+    (transformer.<module>.lora_A/B and the CLIP encoder's), and on Flux.1 kohya's (Black Forest
+    Labs' block names, q, k and v in one matrix): the pixels of diffusers' own pipeline with the
+    LoRA loaded at that weight; weight 0 is exactly no LoRA."""
     from diffusers import DiffusionPipeline
 
     from farm import adapters
     from farm.jobs import Lora
 
-    file = tiny.write_lora(name, tmp_path / f"{name}-style.safetensors", "peft")
+    file = tiny.write_lora(name, tmp_path / f"{name}-{layout}.safetensors", layout)
     checkpoint = models.resolve(name, "checkpoint")
     fields = {"checkpoint": name, "size": "64x64", "steps": 3, "seeds": 2}
     job, = planned(recipe(prompt="a fox", **fields), {name: checkpoint})

@@ -9,14 +9,18 @@ For each workload, after a warm-up call, times `--batches` calls of:
           and atomic writes included; on a GPU the writes overlap the next batch)
   ray     the same Worker inside one Ray actor, every batch queued at once (skipped with --no-ray
           or where Ray is not installed)
-  compile the inline Worker with runtime.compile (torch.compile of the UNet; its warm-up call,
-          where it compiles, is not timed but printed)
-  fused   the inline Worker with runtime.fuse_qkv (fused QKV projections)
+  compile the inline Worker with runtime.compile (torch.compile of the UNet or transformer; its
+          warm-up call, where it compiles, is not timed but printed)
+  fused   the inline Worker with runtime.fuse_qkv (fused QKV projections; UNets only)
 
-Workloads: random-sd15 at 512x512, 30 steps, cfg 7, batch 8, and random-sdxl at 1024x1024, 30
-steps, batch 2 (built on first use: about 2 GB and 7 GB in the farm cache; float16 on a GPU).
-`--quick`: tiny and tiny-xl at 64x64, 4 steps, batch 2, for the CPU and CI. Prints a table and,
-with --json, writes the figures with the device, date and library versions.
+Workloads: random-sd15 at 512x512, 30 steps, cfg 7, batch 8; random-sdxl at 1024x1024, 30
+steps, batch 2 (float16 on a GPU); random-sd35 (SD 3.5 Large's widths, 4 of its 38 blocks) and
+random-flux (Flux.1-dev's widths, 2 of 19 double and 4 of 38 single blocks; guidance 3.5, no
+negative), each with 2 of T5-XXL's 24 layers, at 1024x1024, 28 steps, batch 2 (bfloat16 on a
+GPU). All are built on first use in the farm cache (about 2, 7, 4.5 and 4 GB). `--quick`: the
+tiny models of each family at 64x64, 4 steps, batch 2, for the CPU and CI. Prints a table and,
+with --json, writes the figures with the device, date and library versions. Every job is
+planned by farm from a recipe, so that each family gets its own defaults.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-WORKLOADS = [("random-sd15", 512, 30, 8), ("random-sdxl", 1024, 30, 2)]
-QUICK = [("tiny", 64, 4, 2), ("tiny-xl", 64, 4, 2)]
+WORKLOADS = [("random-sd15", 512, 30, 8), ("random-sdxl", 1024, 30, 2),
+             ("random-sd35", 1024, 28, 2), ("random-flux", 1024, 28, 2)]
+QUICK = [("tiny", 64, 4, 2), ("tiny-xl", 64, 4, 2), ("tiny-sd3", 64, 4, 2), ("tiny-flux", 64, 4, 2)]
 PROMPT = "a lighthouse on a cliff at dusk, dramatic sky"
 
 
@@ -66,7 +71,8 @@ def main() -> None:
             rate, peak, warmups[model] = inline(model, size, steps, batch, batches,
                                                 compile=True, warmup=True)
             measured["compile"] = rate, peak
-        measured["fused"] = inline(model, size, steps, batch, batches, fuse_qkv=True)
+        if not _jobs(model, size, steps, batch, 0).first.max_sequence_length:  # a UNet's only
+            measured["fused"] = inline(model, size, steps, batch, batches, fuse_qkv=True)
         for mode, (rate, peak) in measured.items():
             if rate is None:
                 continue
@@ -117,16 +123,22 @@ def bare(model: str, size: int, steps: int, batch: int, batches: int):
     from farm import tiny
 
     cuda = torch.cuda.is_available()
+    job = _jobs(model, size, steps, batch, 0).first  # farm's defaults for the family
+    half = torch.bfloat16 if job.max_sequence_length else torch.float16  # as dtype auto
     pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-        tiny.ensure(model), torch_dtype=torch.float16 if cuda else torch.float32,
+        tiny.ensure(model), torch_dtype=half if cuda else torch.float32,
         use_safetensors=True, local_files_only=True).to("cuda" if cuda else "cpu")
     pipe.set_progress_bar_config(disable=True)
+    guidance = {"guidance_scale": job.guidance, "true_cfg_scale": job.cfg} \
+        if job.guidance is not None else {"guidance_scale": job.cfg}
+    texts = {"negative_prompt": [job.negative] * batch} if job.negative else {}
+    if job.max_sequence_length:
+        texts["max_sequence_length"] = job.max_sequence_length
     with tempfile.TemporaryDirectory() as out:
         def call(seed0: int) -> None:
             generators = [torch.Generator("cpu").manual_seed(seed0 + i) for i in range(batch)]
-            images = pipe(prompt=[PROMPT] * batch, negative_prompt=["blurry"] * batch,
-                          num_inference_steps=steps, guidance_scale=7.0, width=size,
-                          height=size, generator=generators).images
+            images = pipe(prompt=[PROMPT] * batch, num_inference_steps=steps, width=size,
+                          height=size, generator=generators, **guidance, **texts).images
             for i, image in enumerate(images):
                 image.save(Path(out) / f"{seed0 + i}.png")
 
@@ -140,12 +152,21 @@ def bare(model: str, size: int, steps: int, batch: int, batches: int):
 
 
 def _jobs(model: str, size: int, steps: int, batch: int, first_seed: int):
-    from farm import models
-    from farm.jobs import Batch, Job
+    """A batch of the model's jobs as farm plans them: the negative "blurry" where the family
+    takes one without true CFG (not on Flux.1, whose defaults are guidance 3.5 and cfg 1)."""
+    from farm import adapters, families, models, plan, run
+    from farm.jobs import Batch
+    from farm.recipe import parse
 
     checkpoint = models.resolve(model)
-    jobs = tuple(Job(checkpoint, None, PROMPT, "blurry", first_seed + i, "euler", "normal",
-                     steps, 7.0, size, size) for i in range(batch))
+    rules = families.rules(models.family(checkpoint))
+    recipe = parse({"checkpoint": model, "prompt": PROMPT, "size": f"{size}x{size}",
+                    "steps": steps, "seeds": {"start": first_seed, "count": batch},
+                    "negative": "" if rules.guidance is not None else "blurry"},
+                   source="bench", base=Path("."))
+    resolved = plan.Resolved({model: checkpoint}, run.identified_inputs(recipe),
+                             adapters.Reader(Path(".")))
+    jobs = tuple(plan.jobs(recipe, resolved))
     return Batch(jobs, tuple(f"images/00000/{job.seed}.png" for job in jobs), pad_to=batch)
 
 

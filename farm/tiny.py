@@ -413,17 +413,90 @@ def build_random_sdxl(folder: Path, seed: int = 0) -> None:
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
 
 
+# SD 3.5 Large's and Flux.1-dev's published transformers and T5-XXL (their configs); the random
+# builds keep their widths but fewer blocks (RANDOM_BLOCKS), to fit a machine's memory
+SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38,
+                  attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
+                  caption_projection_dim=2432, pooled_projection_dim=2048,
+                  pos_embed_max_size=192, qk_norm="rms_norm")
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56])
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+              pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+RANDOM_BLOCKS = {"sd35": {"num_layers": 4}, "flux": {"num_layers": 2, "num_single_layers": 4},
+                 "t5": {"num_layers": 2}}  # of 38; 19 and 38; 24
+
+
+def random_flow_parts(kind: str, full: bool = False) -> dict:
+    """SD 3.5 Large's (`sd35`) or Flux.1-dev's (`flux`) transformer, VAE and text encoders at
+    their published widths, randomly initialised; the transformer and T5 with RANDOM_BLOCKS of
+    their blocks unless `full`."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    def fewer(config: dict, part: str) -> dict:
+        return config if full else {**config, **RANDOM_BLOCKS[part]}
+
+    clip_l = _clip_config(768, 12, 12, 3072, "quick_gelu", 768)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024, use_quant_conv=False,
+        use_post_quant_conv=False, scaling_factor=1.5305 if kind == "sd35" else 0.3611,
+        shift_factor=0.0609 if kind == "sd35" else 0.1159)
+    t5 = T5EncoderModel(T5Config(**fewer(T5_XXL, "t5")))
+    if kind == "flux":
+        return {"transformer": FluxTransformer2DModel(**fewer(FLUX_DEV, "flux")), "vae": vae,
+                "text_encoder": CLIPTextModel(clip_l), "text_encoder_2": t5}
+    return {"transformer": SD3Transformer2DModel(**fewer(SD35_LARGE, "sd35")), "vae": vae,
+            "text_encoder": CLIPTextModelWithProjection(clip_l),
+            "text_encoder_2": CLIPTextModelWithProjection(
+                _clip_config(1280, 32, 20, 5120, "gelu", 1280)),
+            "text_encoder_3": t5}
+
+
+def build_random_sd35(folder: Path, seed: int = 0) -> None:
+    """random-sd35: SD 3.5 Large's shape with 4 of its 38 blocks and 2 of T5-XXL's 24 (2.2B
+    parameters of 13.7B), in bfloat16 (about 4.5 GB)."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    parts = _seeded(seed, lambda: random_flow_parts("sd35"))
+    pipe = StableDiffusion3Pipeline(
+        **parts, tokenizer=_tokenizer(), tokenizer_2=_tokenizer(), tokenizer_3=_t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
+    pipe.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+
+
+def build_random_flux(folder: Path, seed: int = 0) -> None:
+    """random-flux: Flux.1-dev's shape with 2 of its 19 double and 4 of its 38 single blocks
+    and 2 of T5-XXL's 24 (2.0B parameters of 16.9B), in bfloat16 (about 4 GB)."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    parts = _seeded(seed, lambda: random_flow_parts("flux"))
+    pipe = FluxPipeline(
+        **parts, tokenizer=_tokenizer(), tokenizer_2=_t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+            max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096))
+    pipe.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-xl-refiner": build_tiny_xl_refiner,
     "tiny-sd3": build_tiny_sd3, "tiny-flux": build_tiny_flux,
     "tiny-flux-schnell": build_tiny_flux_schnell, "tiny-vae": build_tiny_vae,
-    "random-sd15": build_random_sd15,
-    "random-sdxl": build_random_sdxl}
+    "random-sd15": build_random_sd15, "random-sdxl": build_random_sdxl,
+    "random-sd35": build_random_sd35, "random-flux": build_random_flux}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
                          "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
                          "tiny-vae": "vae",
-                         "random-sd15": "checkpoint", "random-sdxl": "checkpoint"}
+                         "random-sd15": "checkpoint", "random-sdxl": "checkpoint",
+                         "random-sd35": "checkpoint", "random-flux": "checkpoint"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

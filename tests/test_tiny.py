@@ -70,3 +70,25 @@ def test_the_random_real_architectures_have_the_published_sizes():
     assert sd15 == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
     assert sdxl == {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
                     "text_encoder_2": 694_659_840}
+
+
+def test_the_random_flow_architectures_are_the_published_ones_with_fewer_blocks():
+    """random-sd35 and random-flux: SD 3.5 Large's and Flux.1-dev's transformers and T5-XXL,
+    whole (on the meta device) of their published sizes; built with fewer blocks, as wide."""
+    import torch
+
+    from farm import libraries
+
+    libraries.quiet()
+
+    def counts(kind: str, full: bool) -> dict[str, int]:
+        with torch.device("meta"):
+            return {k: sum(p.numel() for p in m.parameters())
+                    for k, m in tiny.random_flow_parts(kind, full).items()}
+
+    sd35, flux = counts("sd35", True), counts("flux", True)
+    assert sd35["transformer"] == 8_056_627_520 and flux["transformer"] == 11_901_408_320
+    assert sd35["text_encoder_3"] == flux["text_encoder_2"] == 4_762_310_656  # T5-XXL's encoder
+    assert sd35["text_encoder_2"] == 694_659_840  # OpenCLIP ViT-bigG, as SDXL's
+    small = counts("flux", False)
+    assert 1e9 < small["transformer"] < 2e9 and small["vae"] == flux["vae"]

@@ -385,6 +385,12 @@ class Reader:
             vectors[word] = max(math.prod(shape[:-1]) for shape in shapes.values())
         return len(emphasis.chunked(text, weighted, self._tokenizer(checkpoint), vectors))
 
+    def has_t5(self, checkpoint: Model) -> bool:
+        """Whether the checkpoint has its T5 tokenizer (SD3 folders may be saved without)."""
+        rules = families.rules(self.family(checkpoint))
+        return rules is not None and rules.t5_tokens is not None and \
+            (Path(checkpoint.config or checkpoint.path) / rules.t5_folder).is_dir()
+
     def t5_tokens(self, text: str, checkpoint: Model) -> int:
         """How many tokens the checkpoint's T5 tokenizer makes of the text, its end included
         (what max_sequence_length counts); 0 for a checkpoint saved without its T5 encoder
@@ -401,7 +407,7 @@ class Reader:
                 folder = Path(checkpoint.config or checkpoint.path) / rules.t5_folder
                 tokenizer = self._tokenizers[("t5", checkpoint.identity)] = \
                     T5TokenizerFast.from_pretrained(folder, local_files_only=True) \
-                    if folder.is_dir() else None
+                    if self.has_t5(checkpoint) else None
             if len(self._t5_counts) > 100_000:
                 self._t5_counts.clear()
             self._t5_counts[key] = len(tokenizer(text).input_ids) if tokenizer else 0

@@ -51,8 +51,10 @@ RULES: dict[str, Rules] = {
 # its dynamic shift) but not respaced: with those flags diffusers gives them an SD noise schedule
 # (a first sigma of 157, not 1). No ancestral or SDE sampler: their step noise would not come
 # from the job's own generator.
-FLOW_SAMPLERS = (("euler", "normal"), ("euler", "karras"), ("euler", "beta"),
-                 ("euler", "exponential"), ("dpmpp_2m", "normal"), ("uni_pc_bh2", "normal"))
+# ComfyUI's "simple" (its default for Flux) is the model's own sigmas here: the same as normal.
+FLOW_SAMPLERS = (("euler", "normal"), ("euler", "simple"), ("euler", "karras"), ("euler", "beta"),
+                 ("euler", "exponential"), ("dpmpp_2m", "normal"), ("dpmpp_2m", "simple"),
+                 ("uni_pc_bh2", "normal"), ("uni_pc_bh2", "simple"))
 
 
 def rules(family) -> Rules | None:

@@ -233,6 +233,9 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     JobField("truncated", IMAGE, bool, "bool", lambda job: {
         "Prompt truncated": f"{job.max_sequence_length or 75} tokens"} if job.truncated else {},
         id_default=False, codec=DERIVED),
+    # an SD3 folder saved without its T5 encoder (the pipeline gives T5's place zeros); derived
+    # from the checkpoint, whose identity already tells it apart
+    JobField("without_t5", BATCH, bool, "bool", id_default=False, codec=DERIVED),
     # images in: an input image (its identity the hash of its decoded pixels), the strength it
     # is denoised to and how it is fitted to the size; None on text-to-image jobs
     JobField("init", IMAGE, str, "string", _pair("init", "Init image hash",

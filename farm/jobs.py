@@ -72,6 +72,7 @@ class Job:
     # emphasis none cut a text past 75 tokens, or T5 one past max_sequence_length
     pad_conds: bool = False
     truncated: bool = False
+    without_t5: bool = False  # its checkpoint was saved without its T5 encoder (zeros there)
     # images in: the input image (ref: its path; identity: its pixels' hash), its denoising
     # strength (0-1] and how it is fitted to width x height (farm/fields.py's RESIZE)
     init: Model | None = None

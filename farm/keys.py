@@ -254,6 +254,7 @@ def _apply_t5(draft: Draft, tokens: int | None) -> None:
     rules = families.rules(reader.family(fields["checkpoint"]))
     length = None if rules is None or rules.t5_tokens is None else tokens or rules.t5_tokens
     fields["max_sequence_length"] = length
+    fields["without_t5"] = length is not None and not reader.has_t5(fields["checkpoint"])
     if length is not None and max(reader.t5_tokens(t, fields["checkpoint"]) for t in (
             emphasis.loras(fields["prompt"])[0], fields["negative"])) > length:
         fields["truncated"] = True
@@ -316,8 +317,8 @@ KEYS: tuple[Key, ...] = (
         checks.choice(checks.IMG2IMG_STEPS)),
     # T5 tokens a prompt may take (SD3, Flux.1); null: the family's default (diffusers': 256 for
     # SD3 and Flux.1-schnell, 512 for Flux.1-dev)
-    Key("max_sequence_length", None, SETTING, ("max_sequence_length", "truncated"), _apply_t5,
-        checks.t5_tokens),
+    Key("max_sequence_length", None, SETTING, ("max_sequence_length", "truncated", "without_t5"),
+        _apply_t5, checks.t5_tokens),
     # the axes, in cost order: the plan's loops, outermost (most expensive to switch) first
     Key("checkpoint", "tiny", LOAD, ("checkpoint",), _model("checkpoint"), checks.model_ref,
         loads=lambda ref: ref),

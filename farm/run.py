@@ -124,9 +124,9 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
                 if effective_pair(sampler, spacing) not in families.FLOW_SAMPLERS:
                     raise BadInput(where.format("sampler") + f", a flow-matching model, which "
                                    "farm renders with euler (its own scheduler; scheduler "
-                                   "automatic, karras, beta or exponential), dpmpp_2m or "
-                                   "uni_pc_bh2 (scheduler automatic: its own shift): got "
-                                   f"{sampler!r} with {spacing!r}")
+                                   "automatic or simple, karras, beta, exponential), dpmpp_2m "
+                                   "or uni_pc_bh2 (scheduler automatic or simple: its own "
+                                   f"shift): got {sampler!r} with {spacing!r}")
     for width, height in recipe["size"]:
         if width % rules.multiple or height % rules.multiple:
             raise BadInput(where.format("size") + f", which takes sizes in multiples of "

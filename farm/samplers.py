@@ -196,7 +196,7 @@ def make_scheduler(base_config: dict, sampler_name: str, schedule_name: str):
     cls = getattr(diffusers, sampler(sampler_name).scheduler_class)
     if str(base_config.get("_class_name", "")).startswith("FlowMatch"):
         if sampler(sampler_name).name == "euler":  # its own, its sigmas respaced on request
-            flag = schedule(schedule_name).sigma_flag
+            flag = schedule(schedule_name).sigma_flag  # (simple, as normal: its own sigmas)
             return getattr(diffusers, base_config["_class_name"]).from_config(
                 base_config, **({flag: True} if flag else {}))
         return cls.from_config(base_config, **flow_options(base_config, sampler_name))

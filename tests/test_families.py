@@ -72,8 +72,8 @@ def test_an_sd3_job_is_diffusers_own_pipeline_at_batch_1_and_2(sd3, worker, diff
 @pytest.mark.parametrize("extra, words", [
     ({"sampler": "dpmpp_2m_sde"}, "sampler: checkpoint 'tiny-sd3' is SD3, a flow-matching "
                                   "model, which farm renders with euler (its own scheduler; "
-                                  "scheduler automatic, karras, beta or exponential), dpmpp_2m "
-                                  "or uni_pc_bh2"),
+                                  "scheduler automatic or simple, karras, beta, exponential), "
+                                  "dpmpp_2m or uni_pc_bh2"),
     ({"sampler": "Euler a"}, "got 'euler_ancestral' with 'automatic'"),
     ({"sampler": "dpmpp_2m", "scheduler": "karras"}, "got 'dpmpp_2m' with 'karras'"),
     ({"size": "72x56"}, "size: checkpoint 'tiny-sd3' is SD3, which takes sizes in multiples "
@@ -129,6 +129,7 @@ def test_the_t5_length_enters_the_id_and_sd_ids_stay(sd3, tiny):
     short, = planned(recipe(prompt="a fox", max_sequence_length=64, **SD3), {"tiny-sd3": sd3})
     default, = planned(recipe(prompt="a fox", **SD3), {"tiny-sd3": sd3})
     assert short.id != default.id and default.max_sequence_length == 256
+    assert not default.without_t5
     sd, = planned(recipe(prompt="a fox", checkpoint="tiny"), {"tiny": tiny})
     assert sd.max_sequence_length is None
     assert sd.to_dict()["max_sequence_length"] is None
@@ -247,6 +248,7 @@ def test_an_sd3_folder_saved_without_t5_renders_as_diffusers_renders_it(tmp_path
     job, = planned(recipe(prompt="a fox", **{**SD3, "checkpoint": str(folder)}),
                    {str(folder): checkpoint})
     assert job.max_sequence_length == 256 and not job.truncated
+    assert job.without_t5 and job.to_dict()["without_t5"] is True  # its record says so
     ours, = rendered_images(worker, [job], "no-t5")
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
@@ -362,3 +364,14 @@ def test_euler_on_a_flow_family_takes_karras_beta_and_exponential_sigmas(worker,
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **{flag: True})
     assert np.abs(ours.astype(int) - own_image(pipe, job, 1)).max() <= 1
     assert float(pipe.scheduler.sigmas.max()) <= 1.0
+
+
+def test_simple_is_the_flow_models_own_sigmas_as_in_comfyui(worker):
+    flux = models.resolve("tiny-flux", "checkpoint")
+    jobs = [job for schedule in ("automatic", "simple") for job in planned(recipe(
+        prompt="a fox", checkpoint="tiny-flux", size="64x64", steps=3, scheduler=schedule),
+        {"tiny-flux": flux})]
+    assert [job.scheduler for job in jobs] == ["normal", "simple"]
+    normal, simple = (rendered_images(worker, [job], f"simple-{i}")[0]
+                      for i, job in enumerate(jobs))
+    assert np.array_equal(normal, simple)

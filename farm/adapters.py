@@ -254,6 +254,7 @@ class Reader:
         self._readings: dict[tuple, Reading] = {}
         self._tokenizers: dict[Any, Any] = {}
         self._t5_counts: dict[tuple[str, str], int] = {}
+        self._t5_present: dict[str, bool] = {}
         self._families: dict[str, models.Family] = {}
 
     @cached_property
@@ -304,7 +305,7 @@ class Reader:
             try:
                 found = models.family(checkpoint)
             except (OSError, ValueError):
-                found = models.Family("StableDiffusionPipeline", frozenset())
+                found = models.Family("StableDiffusionPipeline")
             self._families[checkpoint.identity] = found
         return self._families[checkpoint.identity]
 
@@ -386,10 +387,14 @@ class Reader:
         return len(emphasis.chunked(text, weighted, self._tokenizer(checkpoint), vectors))
 
     def has_t5(self, checkpoint: Model) -> bool:
-        """Whether the checkpoint has its T5 tokenizer (SD3 folders may be saved without)."""
-        rules = families.rules(self.family(checkpoint))
-        return rules is not None and rules.t5_tokens is not None and \
-            (Path(checkpoint.config or checkpoint.path) / rules.t5_folder).is_dir()
+        """Whether the checkpoint has its T5 tokenizer (SD3 folders may be saved without);
+        asked for each job planned, so looked at once per checkpoint."""
+        if checkpoint.identity not in self._t5_present:
+            rules = families.rules(self.family(checkpoint))
+            self._t5_present[checkpoint.identity] = rules is not None and \
+                rules.t5_tokens is not None and \
+                (Path(checkpoint.config or checkpoint.path) / rules.t5_folder).is_dir()
+        return self._t5_present[checkpoint.identity]
 
     def t5_tokens(self, text: str, checkpoint: Model) -> int:
         """How many tokens the checkpoint's T5 tokenizer makes of the text, its end included

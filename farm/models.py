@@ -259,10 +259,9 @@ def has_variant(folder: Path, index: dict, variant: str) -> bool:
 
 @dataclass(frozen=True)
 class Family:
-    """What kind of pipeline a checkpoint is, and which optional inputs its call takes."""
+    """What kind of pipeline a checkpoint is (what farm renders of it: families.py)."""
 
     pipeline: str  # diffusers pipeline class, from model_index.json
-    takes: frozenset[str]  # the OPTIONAL_INPUTS its __call__ accepts
     # an empty negative prompt conditions with zeros, not with the encoding of "" (SDXL's
     # `force_zeros_for_empty_prompt`, on in SDXL base checkpoints, as A1111 does there)
     zero_negative: bool = False
@@ -270,40 +269,18 @@ class Family:
     guidance_embeds: bool = False
 
 
-OPTIONAL_INPUTS = ("negative_prompt", "guidance_scale", "clip_skip")
-KNOWN_FAMILIES = {  # the common ones, so that validating them needs no diffusers import
-    "StableDiffusionPipeline": frozenset(OPTIONAL_INPUTS),
-    "StableDiffusionXLPipeline": frozenset(OPTIONAL_INPUTS),
-    "StableDiffusion3Pipeline": frozenset(OPTIONAL_INPUTS),
-    "FluxPipeline": frozenset(OPTIONAL_INPUTS) - {"clip_skip"},
-}
-
-
 def family(checkpoint: Model) -> Family:
-    """The pipeline family of a resolved checkpoint (its folder, or its config's)."""
+    """The pipeline family of a resolved checkpoint (its folder, or its config's), read from
+    its configs without importing diffusers."""
     index = json.loads((Path(checkpoint.config or checkpoint.path) / "model_index.json")
                        .read_text())
     name = index.get("_class_name", "")
     zeros = bool(index.get("force_zeros_for_empty_prompt",
                            name == "StableDiffusionXLPipeline"))  # diffusers' default there
-    takes = KNOWN_FAMILIES[name] if name in KNOWN_FAMILIES else frozenset(accepted_inputs(name))
     transformer = Path(checkpoint.config or checkpoint.path) / "transformer" / "config.json"
     guidance = transformer.is_file() and bool(json.loads(transformer.read_text()).get(
         "guidance_embeds", False))
-    return Family(name, takes, zeros, guidance)
-
-
-def accepted_inputs(pipeline: str) -> set[str]:
-    """Which OPTIONAL_INPUTS a diffusers pipeline class's __call__ takes."""
-    import inspect
-
-    import diffusers
-
-    cls = getattr(diffusers, pipeline, None)
-    if cls is None:
-        raise ModelError("checkpoint", pipeline, "not a pipeline class this diffusers "
-                         f"({diffusers.__version__}) knows")
-    return set(OPTIONAL_INPUTS) & set(inspect.signature(cls.__call__).parameters)
+    return Family(name, zeros, guidance)
 
 
 def folder_hash(folder: Path) -> str:

@@ -111,8 +111,7 @@ def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
 
 def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> None:
     """Refuse a checkpoint of a family farm does not test (families.py: others, rendered with
-    an SD sampler, would give wrong images with exit 0), what its family does not take, and
-    recipe fields that its pipeline does not take."""
+    an SD sampler, would give wrong images with exit 0), and what its family does not take."""
     rules = families.rules(family)
     if rules is None:
         raise BadInput(f"recipe {recipe.name}: checkpoint: {ref!r} is a {family.pipeline}; "
@@ -161,17 +160,6 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
     if recipe.uses("refiner") and family.pipeline != "StableDiffusionXLPipeline":
         raise BadInput(f"recipe {recipe.name}: refiner: checkpoint {ref!r} is a "
                        f"{family.pipeline}; a refiner finishes an SDXL base model's render")
-    problems = {
-        "negative": ("negative_prompt", recipe.uses_negative(), "leave negative and "
-                     "per-prompt negatives empty"),
-        "cfg": ("guidance_scale", recipe["cfg"] != (DEFAULTS["cfg"],), "leave cfg unset"),
-        "clip_skip": ("clip_skip", recipe["clip_skip"] != (DEFAULTS["clip_skip"],),
-                      "leave clip_skip at 1"),
-    }
-    for name, (needs, used, fix) in problems.items():
-        if used and needs not in family.takes:
-            raise BadInput(f"recipe {recipe.name}: {name}: checkpoint {ref!r} is a "
-                           f"{family.pipeline}, which takes no {needs}; {fix}")
 
 
 def saved_models(found: Mapping[str, Model]) -> dict[str, dict[str, Any]]:

@@ -245,7 +245,8 @@ def relabelled(workdir: Path, pipeline: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("pipeline", ["LatentConsistencyModelPipeline", "PixArtSigmaPipeline"])
+@pytest.mark.parametrize("pipeline", ["LatentConsistencyModelPipeline", "PixArtSigmaPipeline",
+                                      "NoSuchPipeline"])
 def test_a_pipeline_family_farm_does_not_test_is_refused(workdir, capsys, pipeline):
     """Rendered with an SD sampler, these would be wrong images with exit 0."""
     folder = relabelled(workdir, pipeline)

@@ -90,19 +90,12 @@ def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path):
 
 
 def test_families_of_the_built_in_checkpoints(tiny):
-    assert models.family(tiny) == models.Family("StableDiffusionPipeline",
-                                                frozenset(models.OPTIONAL_INPUTS))
+    assert models.family(tiny) == models.Family("StableDiffusionPipeline")
     xl = models.resolve("tiny-xl", "checkpoint")
-    assert models.family(xl).pipeline == "StableDiffusionXLPipeline"
-
-
-def test_families_read_what_a_pipeline_takes():
-    assert models.accepted_inputs("LatentConsistencyModelPipeline") == {
-        "guidance_scale", "clip_skip"}
-    assert models.accepted_inputs("PixArtSigmaPipeline") == {"negative_prompt",
-                                                             "guidance_scale"}
-    with pytest.raises(ModelError, match="not a pipeline class"):
-        models.accepted_inputs("NoSuchPipeline")
+    assert models.family(xl) == models.Family("StableDiffusionXLPipeline", zero_negative=True)
+    flux, schnell = models.resolve("tiny-flux"), models.resolve("tiny-flux-schnell")
+    assert models.family(flux) == models.Family("FluxPipeline", guidance_embeds=True)
+    assert models.family(schnell) == models.Family("FluxPipeline")
 
 
 @pytest.fixture(scope="module")

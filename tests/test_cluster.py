@@ -354,7 +354,7 @@ def test_a_stop_while_the_embedded_cluster_starts_is_handled(workdir, after, sto
     time.sleep(after)
     process.send_signal(getattr(signal, stop))
     out, err = process.communicate(timeout=120)
-    assert process.returncode == code, (process.returncode, err[-2000:])
+    assert process.returncode == code, (process.returncode, err[-2000:], out[-1500:])
     assert "Segmentation fault" not in err and "Fatal Python error" not in err
     assert "SIGTERM received" not in err
     assert f"{said}; " in err and "run the same command again to resume" in err

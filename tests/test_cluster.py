@@ -348,7 +348,10 @@ def test_a_stop_while_the_embedded_cluster_starts_is_handled(workdir, after, sto
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["TQDM_DISABLE"] = "1"
-    process = subprocess.Popen(farm_command() + ["render", "recipe=fleet"], cwd=workdir,
+    # enough images that the render cannot end before the stop (a warm machine renders the
+    # fleet's 12 in under 3 s, and a stop sent after the end finds nothing to stop)
+    process = subprocess.Popen(farm_command() + ["render", "recipe=fleet", "seeds=0-199"],
+                               cwd=workdir,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     time.sleep(after)

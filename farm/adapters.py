@@ -29,6 +29,7 @@ from typing import Any
 from farm import emphasis, families, models
 from farm.emphasis import CHUNK_TOKENS
 from farm.jobs import Lora, Model
+from farm.values import HUB_ID, PICKLE_SUFFIXES
 
 LORA_DIR_ENV, EMBEDDINGS_DIR_ENV = "FARM_LORA_DIR", "FARM_EMBEDDINGS_DIR"
 MAX_LORAS_LOADED = 8  # adapters a worker keeps loaded per pipeline; the least recent go
@@ -70,7 +71,7 @@ def _identified(path: Path, ref: str, field: str) -> Model:
 
 
 def _refuse_pickle(path: Path, field: str, ref: str) -> None:
-    if path.suffix.lower() in models.PICKLE_SUFFIXES:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise AdapterError(field, ref, "pickle files can run arbitrary code when loaded, so "
                            "farm never loads them; convert it to .safetensors first (e.g. "
                            "safetensors.torch.save_file)")
@@ -80,7 +81,7 @@ def find_lora(ref: str, base: Path, field: str = "loras") -> Model:
     """A LoRA reference -> its file and identity (see the module's search order)."""
     path = Path(ref).expanduser()
     _refuse_pickle(path, field, ref)
-    if path.suffix.lower() == ".safetensors" or "/" in ref and not models.HUB_ID.fullmatch(ref):
+    if path.suffix.lower() == ".safetensors" or "/" in ref and not HUB_ID.fullmatch(ref):
         looked = [base / path, path] if not path.is_absolute() else [path]
     else:
         folders = [base / "loras"] + ([Path(os.environ[LORA_DIR_ENV])]
@@ -90,13 +91,13 @@ def find_lora(ref: str, base: Path, field: str = "loras") -> Model:
                   [folder / f"{ref}.safetensors",
                    *sorted(folder.rglob(f"*/{_glob_quote(ref)}.safetensors"))]]
         pickles = [p for folder in folders for p in folder.glob(f"{_glob_quote(ref)}.*")
-                   if p.suffix.lower() in models.PICKLE_SUFFIXES]
+                   if p.suffix.lower() in PICKLE_SUFFIXES]
         if not any(p.is_file() for p in looked) and pickles:
             _refuse_pickle(pickles[0], field, ref)
     for candidate in looked:
         if candidate.is_file():
             return _identified(candidate, ref, field)
-    match = models.HUB_ID.fullmatch(ref)
+    match = HUB_ID.fullmatch(ref)
     if match:
         return _hub_lora(ref, match["repo"], match["revision"], field, looked)
     raise AdapterError(field, ref, "no such LoRA; looked at " + ", ".join(
@@ -268,7 +269,7 @@ class Reader:
             if folder.is_dir():  # subfolders too, as AUTOMATIC1111 looks (sorted: one winner)
                 for file in sorted(folder.rglob("*"), reverse=True):
                     if file.is_file() and file.suffix.lower() in (".safetensors",
-                                                                  *models.PICKLE_SUFFIXES):
+                                                                  *PICKLE_SUFFIXES):
                         found[file.stem.lower()] = file
         return found
 

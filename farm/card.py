@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from farm import __version__
+from farm import __version__, scorers
 from farm.outputs import write_atomic
 from farm.selection import Report, Selection, public_ref, published
 
@@ -46,6 +46,19 @@ def write(to: Path, selection: Selection, schema, summary: dict[str, Any],
         if selection.record else None
     models = "\n".join(f"- `{public_ref(ref, selection.base)}` (`{identity}`)" for ref, identity
                        in summary["models"].items()) or "- (none recorded)"
+    scored = "\n".join(
+        f"- `{u['scorer']}` ({', '.join(scorers.KINDS[u['scorer']].columns)}): "
+        + (f"model `{public_ref(u['model'], selection.base)}`, " if u["model"] else "")
+        + f"scorer identity `{u['identity']}`, {u['images']} images" for u in selection.scorers)
+    scores = f"""
+## Scores
+
+Score columns, made by `farm score` (a score belongs to the image's pixels and the scorer):
+
+{scored}
+""" if selection.scorers else ""
+    duplicates = ("\n`dup_group`: the file number of the first image of the image's group of "
+                  "near-duplicates (`farm dedup`).\n" if selection.grouped else "")
     body = f"""# {selection.run.name}
 
 Images rendered by farm {__version__} (a batch render farm for diffusion models), one row
@@ -61,7 +74,7 @@ models and their content hashes, prompt, negative, seed, sampler, schedule, step
 ## Models
 
 {models}
-
+{scores}{duplicates}
 ## Recipe
 
 The recipe of the run folder's last run (`runs/run-NNNN.yaml` in the run folder):

@@ -8,6 +8,8 @@
     farm export RUN_FOLDER --format F --to DIR         the finished images as a dataset
     farm grid   RUN_FOLDER [--x F] [--y F]             labelled contact sheets
     farm rebuild RUN_FOLDER                            the manifest again, from the images
+    farm score  RUN_FOLDER --with aesthetic,clip,nsfw,phash [runtime=ray ...]   score columns
+    farm dedup  RUN_FOLDER [--max-distance 4]          group near-duplicate images
 
 Exit codes: 0 all jobs done; 1 some jobs failed or the run stopped early; 2 bad input (nothing
 written); 130 Ctrl-C; 143 SIGTERM.
@@ -34,7 +36,8 @@ from farm.keys import AXES
 from farm.manifest import ManifestDamaged, ManifestUnwritable, SecondWriter
 from farm.outputs import FolderBusy, RunFolder
 from farm.replay import ReplayError
-from farm.schedule import Runtime, RuntimeUnavailable, Summary
+from farm.scorers import ScorerError
+from farm.schedule import Runtime, RuntimeUnavailable, Summary, check_runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -160,7 +163,30 @@ def command_status(args: list[str], as_json: bool, config_dir: str | None = None
           f"{report['failed']} failed, of {report['planned']} planned; {state}")
     if report["report"]:
         print(describe_report(report["report"]))
+    if report["scores"]:
+        print(describe_scores(report["scores"]))
     return EXIT_OK
+
+
+def describe_scores(scores: dict) -> str:
+    """The score columns' distribution, a line each."""
+    lines = ["Scores (min / q1 / median / q3 / max):"]
+    for column, found in scores.items():
+        if "median" in found:
+            lines.append(f"  {column:<11} {found['min']:g} / {found['q1']:g} / "
+                         f"{found['median']:g} / {found['q3']:g} / {found['max']:g} "
+                         f"({found['count']} images)")
+    if "nsfw" in scores:
+        lines.append(f"  {'nsfw':<11} {scores['nsfw']['flagged']} of {scores['nsfw']['count']} "
+                     "flagged")
+    if "phash" in scores:
+        lines.append(f"  {'phash':<11} {scores['phash']['count']} images hashed")
+    if "duplicates" in scores:
+        found = scores["duplicates"]
+        lines.append(f"  {'dup_group':<11} {found['groups']} groups of near-duplicates, "
+                     f"{found['beyond_first']} images beyond each group's first "
+                     "(farm export --unique leaves them out)")
+    return "\n".join(lines)
 
 
 def list_run_folders(outputs: Path, as_json: bool) -> int:
@@ -261,6 +287,9 @@ def parser() -> argparse.ArgumentParser:
                      help="a folder to find input images in (by their pixels) where they are "
                      "not where the run read them (repeat for more)")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: a GPU if there is one")
+    cmd.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                     help="render again only images that match (as farm export takes it)")
+    selecting(cmd)
     text = "render one image again from the metadata it carries"
     cmd = sub.add_parser("replay", help=text, description=text)
     cmd.add_argument("image", type=Path, help="a PNG that farm wrote")
@@ -294,6 +323,7 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--link", action="store_true",
                      help="imagefolder: hard-link the images instead of copying them (same "
                      "filesystem; no extra space; then never edit exported images in place)")
+    selecting(cmd)
     text = "rebuild a run folder's manifest from its images (after it was damaged or deleted)"
     cmd = sub.add_parser("rebuild", help=text, description=text)
     cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
@@ -308,7 +338,40 @@ def parser() -> argparse.ArgumentParser:
                      help="folder for the sheets (default: RUN/grids)")
     cmd.add_argument("--cell", type=int, default=512, metavar="PX",
                      help="largest cell side in pixels (default 512)")
+    selecting(cmd)
+    text = "score a run folder's images: columns for filters, exports and status"
+    cmd = sub.add_parser("score", help=text, description=text, epilog=(
+        "Scorers: aesthetic (LAION aesthetic predictor v2, 1-10), clip (cosine of image and "
+        "caption), nsfw (the SD safety checker's flag and score), phash (perceptual hash); each "
+        "as NAME or NAME:REF (a hub id, a folder, a .safetensors file; tiny: built-in random "
+        "weights). Scores belong to pixels and scorer: scoring again does only what is new."))
+    cmd.add_argument("args", nargs="+", metavar="RUN_FOLDER [runtime=ray|inline|runtime.NAME=V]",
+                     help="a run folder (outputs/NAME), and where to score, as farm render "
+                     "takes it (default: ray)")
+    cmd.add_argument("--with", dest="scorers", required=True, metavar="NAME[:REF],...",
+                     help="the scorers, comma-separated, e.g. aesthetic,clip:tiny,phash")
+    text = "group a run folder's near-duplicate images (perceptual hashes)"
+    cmd = sub.add_parser("dedup", help=text, description=text)
+    cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
+    cmd.add_argument("--max-distance", type=count_of("--max-distance"), default=4,
+                     metavar="BITS", help="phash bits two images may differ in and still be "
+                     "one group (default 4; exact duplicates always group)")
     return top
+
+
+def selecting(cmd: argparse.ArgumentParser) -> None:
+    """--top, --per and --unique: which of the images that match --where to keep."""
+    cmd.add_argument("--top", metavar="COLUMN:N|COLUMN:P%", help="keep the N (or P%%) with the "
+                     "highest COLUMN (a score, cfg, steps, seed), e.g. aesthetic:30%%")
+    cmd.add_argument("--per", metavar="FIELD", help="--top per group of this field (e.g. "
+                     "prompt: the best of each prompt)")
+    cmd.add_argument("--unique", action="store_true", help="one image of each group of "
+                     "near-duplicates (the first rendered; after farm dedup)")
+
+
+def where_of(options: argparse.Namespace) -> catalog.Where:
+    return catalog.Where.parse(options.where, top=options.top, per=options.per,
+                               unique=options.unique)
 
 
 def size_in_bytes(text: str) -> int:
@@ -325,7 +388,7 @@ def size_in_bytes(text: str) -> int:
 
 
 def command_export(options: argparse.Namespace) -> int:
-    chosen = export.Options(options.format, catalog.Where.parse(options.where),
+    chosen = export.Options(options.format, where_of(options),
                             options.shard_size, options.with_images, options.link,
                             options.captions, size_in_bytes(options.max_shard_size))
     report = export.export(options.folder, options.to, chosen)
@@ -362,11 +425,52 @@ def command_grid(options: argparse.Namespace) -> int:
     if options.cell < 16:
         raise BadInput(f"--cell: got {options.cell}; expected 16 pixels or more")
     sheets = grid.draw(options.folder, options.to or options.folder / "grids", options.x,
-                       options.y, catalog.Where.parse(options.where), options.cell)
+                       options.y, where_of(options), options.cell)
     for sheet in sheets:
         print(f"{sheet.path}: {len(sheet.columns)} x {max(1, len(sheet.rows))} cells "
               f"({sheet.x}" + (f" by {sheet.y}" if sheet.y else "") + f"), "
               f"{sheet.width}x{sheet.height} px")
+    return EXIT_OK
+
+
+def command_score(options: argparse.Namespace) -> int:
+    from farm import curation
+    from farm.compose import runtime_of
+
+    folders = [a for a in options.args if "=" not in a]
+    if len(folders) != 1:
+        raise BadInput(f"{' '.join(options.args)}: give one run folder (and runtime settings)")
+    folder = Path(folders[0])
+    runtime = runtime_of([a for a in options.args if "=" in a])
+    check_runtime(runtime)
+    done = curation.score(folder, options.scorers.split(","), runtime)
+    names = ", ".join(s.name for s in done.scorers)
+    if not (done.scored or done.failed or done.missing):
+        print(f"{folder}: all {done.already} images are already scored with {names}; nothing "
+              "to score")
+        return EXIT_OK
+    print(f"Scored {done.scored} images of {folder} with {names} in {done.seconds:.1f} s "
+          f"({done.images_per_second:.1f} images/s); {done.already} were already scored"
+          + (f"; {done.missing} are recorded as done but missing (farm render renders them "
+             "again)" if done.missing else "")
+          + (f"; {done.failed} failed: {done.problem} (run the same command again to retry)"
+             if done.failed else "") + ".")
+    return EXIT_FAILED if done.failed else EXIT_OK
+
+
+def command_dedup(folder: Path, distance: int) -> int:
+    from farm import curation
+
+    found = curation.dedup(folder, distance)
+    print(f"{folder}: {found.images} images, {len(found.groups)} groups of near-duplicates "
+          f"(phash within {distance} bits, or the same pixels) holding {found.duplicates} "
+          f"images beyond each group's first; grouped in {found.seconds:.1f} s")
+    for group in found.groups[:20]:
+        print("  " + ", ".join(path for _, path in group))
+    if len(found.groups) > 20:
+        print(f"  ... and {len(found.groups) - 20} more groups (farm export --where dup_group=N)")
+    print("Recorded: exports have a dup_group column; farm export --unique keeps the first "
+          "image of each group.")
     return EXIT_OK
 
 
@@ -392,14 +496,15 @@ def moved_models(given: list[str]) -> dict[str, str]:
 
 
 def command_verify(folder_path: Path, sample: int | None, device: str | None,
-                   moved: dict[str, str], found_in: list[Path] = ()) -> int:
+                   moved: dict[str, str], found_in: list[Path] = (),
+                   where: catalog.Where = catalog.Where()) -> int:
     from farm import verify
 
     folder = RunFolder(folder_path)
     if not folder.manifest.exists():
         raise BadInput(f"{folder_path}: not a run folder (it has no manifest.sqlite)")
     findings = verify.check_files(folder) + verify.rerender(folder, sample, device, moved,
-                                                                 found_in)
+                                                                 found_in, where)
     for f in findings:
         print(f"{f.verdict:<17} {f.path}" + (f"  ({f.detail})" if f.detail else ""))
     bad = [f for f in findings if f.bad]
@@ -480,7 +585,8 @@ def main(argv: list[str] | None = None) -> None:
         elif options.command == "verify":
             code = command_verify(run_folder(options.target, options.config_dir),
                                   None if options.all else options.sample, options.device,
-                                  moved_models(options.model), options.inputs)
+                                  moved_models(options.model), options.inputs,
+                                  where_of(options))
         elif options.command == "replay":
             code = command_replay(options.image, options.to, options.device,
                                   moved_models(options.model), options.inputs)
@@ -490,6 +596,10 @@ def main(argv: list[str] | None = None) -> None:
             code = command_grid(options)
         elif options.command == "rebuild":
             code = command_rebuild(options.folder)
+        elif options.command == "score":
+            code = command_score(options)
+        elif options.command == "dedup":
+            code = command_dedup(options.folder, options.max_distance)
         elif options.command == "plan" and options.cfg:
             print(compose(options.args, options.config_dir).resolved, end="")
             code = EXIT_OK
@@ -498,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
             code = (command_render if options.command == "render" else command_plan)(settings)
     except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
             RuntimeUnavailable, ReplayError, catalog.CatalogError, ExportError,
-            GridError, ManifestDamaged, SecondWriter) as e:
+            GridError, ManifestDamaged, SecondWriter, ScorerError) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except ManifestUnwritable as e:  # a full or read-only disk before rendering began

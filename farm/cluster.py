@@ -23,6 +23,8 @@ from typing import Any
 from farm import inputs
 from farm.jobs import Batch, Result, WorkerSettings
 from farm.outputs import PROBE_PREFIX
+from farm.scorers import Score
+from farm.scorers import Work as ScoreWork
 from farm.schedule import Runtime, RuntimeUnavailable, WorkerLost
 
 
@@ -51,6 +53,9 @@ class RayWorker:
 
     def render(self, batch: Batch) -> list[Result]:
         return self.worker.render(batch)
+
+    def score(self, work: ScoreWork) -> list[list[Score]]:
+        return self.worker.score(work)
 
     def loads(self) -> dict[str, int]:
         return dict(self.worker.loads)
@@ -178,6 +183,9 @@ class RayBackend:
     def submit(self, worker: str, batch: Batch):
         # input images travel with their batch: the worker's node may not see their files
         return self.actors[worker].render.remote(inputs.carried(batch))
+
+    def submit_scores(self, worker: str, work: ScoreWork):
+        return self.actors[worker].score.remote(work)
 
     def wait(self, handles, timeout=None):
         import ray

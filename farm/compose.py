@@ -405,3 +405,27 @@ def compose(args: list[str], config_dir: str | Path | None = None) -> Settings:
                                "runtime": OmegaConf.to_container(OmegaConf.structured(runtime))},
                               sort_keys=False, allow_unicode=True)
     return Settings(recipe=recipe, runtime=runtime, outputs=outputs, resolved=resolved)
+
+
+def runtime_of(args: list[str]) -> Runtime:
+    """The runtime settings of a command that reads a run folder rather than a recipe (farm
+    score): runtime=ray|inline and runtime.NAME=VALUE, as a render takes them."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    kind, settings = "ray", []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if name == RUNTIME and sep:
+            if value not in RUNTIMES:
+                raise BadInput(f"runtime: got {value!r}; allowed: {', '.join(RUNTIMES)}")
+            kind = value
+        elif name.startswith(f"{RUNTIME}.") and sep:
+            settings.append(f"{name.removeprefix(RUNTIME + '.')}={value}")
+        else:
+            raise BadInput(f"{arg!r}: expected runtime=ray|inline or runtime.NAME=VALUE")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Runtime(kind=kind)),
+                                                   OmegaConf.from_dotlist(settings)))
+    except OmegaConfBaseException as e:
+        raise BadInput(f"{' '.join(args)}: {e}".strip()) from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from farm import catalog, checks, inputs, prompts
+from farm import catalog, checks, inputs, prompts, scorers
 from farm.checks import Check, FieldError
 
 DEFAULT_HIRES = {"upscaler": "latent", "steps": 0, "denoise": 0.7, "sampler": None}
@@ -372,3 +372,14 @@ def grids(ctx: Context, name: str, value: Any) -> tuple[GridSpec, ...]:
             ctx.fail(f"{name}[{i}]", item, str(e))
         specs.append(GridSpec(item.get("x"), item.get("y"), tuple(where)))
     return tuple(specs)
+
+
+def scores(ctx: Context, name: str, value: Any) -> tuple[str, ...]:
+    """Scorers that score each image right after it is rendered, on its worker: a list (or a
+    comma-separated text) of NAME or NAME:REF (farm/scorers.py)."""
+    if value is None:
+        return ()
+    try:
+        return scorers.parse(value if isinstance(value, (str, list)) else [value], name)
+    except scorers.ScorerError as e:
+        ctx.fail(name, value, str(e).split(": ", 1)[-1])

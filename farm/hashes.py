@@ -1,4 +1,5 @@
-"""File hashes, cached: a model's weights are read once, whatever asks (identities, infotext)."""
+"""File and folder hashes, cached: a model's weights are read once, whatever asks (identities,
+infotext)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import tempfile
 from pathlib import Path
 
 from farm import tiny
+
+# Files that decide what a model folder computes; configs are hashed without the keys that
+# only say which library version wrote them.
+HASHED_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+VOLATILE_KEYS = ("_diffusers_version", "transformers_version", "_name_or_path")
 
 
 def file_hash(file: Path, after_header: bool = False) -> str:
@@ -36,3 +42,21 @@ def file_hash(file: Path, after_header: bool = False) -> str:
         json.dump(cache, tmp)
     os.replace(tmp.name, cache_file)
     return cache[key]
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over a diffusers folder's weights and configs (relative path + file hash)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in HASHED_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(_config_hash(file) if file.suffix == ".json" else file_hash(file).encode())
+    return digest.hexdigest()
+
+
+def _config_hash(file: Path) -> bytes:
+    config = json.loads(file.read_text())
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest().encode()

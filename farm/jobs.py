@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from farm.fields import (ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD_FIELDS, MISSING,
                          PLAIN, Find)
 from farm.values import UPSCALERS, Hires, Lora, Model  # noqa: F401 (the values jobs are made of)
+from farm.scorers import Score, Scorer
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
 ID_VERSION = 1
@@ -225,6 +226,7 @@ class Batch:
     # the input images' files, by identity, for a worker that cannot read them where they are
     # (another node): (identity, bytes)
     inputs: tuple[tuple[str, bytes], ...] = ()
+    scorers: tuple[Scorer, ...] = ()  # what scores its images once rendered (a recipe's score:)
 
     def __post_init__(self) -> None:
         if not self.jobs:
@@ -300,6 +302,7 @@ class Result:
     # in the order the driver writes them (outputs.write_files)
     files: tuple[tuple[str, bytes], ...] = ()
     oom: bool = False  # its call ran out of memory: the dispatcher tries it in smaller calls
+    scores: tuple[Score, ...] = ()  # its pixels' scores, when the recipe asks (score:)
 
     @property
     def ok(self) -> bool:

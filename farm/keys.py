@@ -365,6 +365,7 @@ KEYS: tuple[Key, ...] = (
     Key("zip", None, SETTING, parse=_zip),  # axes that advance together: [[prompt, seeds]]
     Key("grids", None, SETTING, parse=forms.grids),  # contact sheets: auto, or [{x: cfg, y: steps}]
     Key("caption", None, SETTING, parse=_caption),  # the `text` of exports; default: the prompt
+    Key("score", None, SETTING, parse=forms.scores),  # scorers run on each new image (farm score)
 )
 
 BY_KEY = {k.name: k for k in KEYS}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from farm.jobs import Job, Result, Slot
+from farm.scorers import Score, Scorer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -42,6 +43,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_id      INTEGER,              -- the run that last recorded it
     claimed_run INTEGER,              -- the run that last handed it out
     updated_at  TEXT
+);
+CREATE TABLE IF NOT EXISTS scores (    -- a score belongs to pixels and a scorer, never to a job
+    pixel_hash  TEXT NOT NULL,
+    scorer      TEXT NOT NULL,        -- aesthetic | clip | nsfw | phash (farm/scorers.py)
+    identity    TEXT NOT NULL,        -- the scorer's: its models' hashes, farm's scoring version
+    subject     TEXT NOT NULL,        -- what it read besides the pixels (a caption's hash) or ''
+    value       TEXT NOT NULL,        -- JSON: its columns, e.g. {"aesthetic": 5.61}
+    scored_at   TEXT NOT NULL,
+    PRIMARY KEY (pixel_hash, identity, subject)
+);
+CREATE TABLE IF NOT EXISTS scorers (   -- what each scorer identity was: for dataset cards
+    identity    TEXT PRIMARY KEY,
+    scorer      TEXT NOT NULL,
+    model       TEXT                  -- the reference it was given (hub id, path, tiny)
+);
+CREATE TABLE IF NOT EXISTS duplicates ( -- the last farm dedup: every image it grouped
+    id          TEXT PRIMARY KEY,     -- the job's id
+    dup_group   INTEGER NOT NULL,     -- the file number (seq) of its group's first image
+    distance    INTEGER NOT NULL      -- the --max-distance it was grouped with
 );
 CREATE TABLE IF NOT EXISTS writer (    -- the render writing now: a second one is refused
     id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -294,6 +314,90 @@ class Manifest:
                      r.batch_size, r.position, r.worker, r.scheduler, r.provenance, run_id, now(),
                      attempts.get(r.job_id, 1), r.job_id),
                 )
+                if r.ok and r.scores:
+                    self._store_scores((r.pixel_hash, score) for score in r.scores)
+
+    # scores and near-duplicates (farm score, farm dedup, a recipe's score: key) ---------------
+
+    def _has(self, table: str) -> bool:
+        """Whether a table exists (a folder made before it, opened read-only, lacks it)."""
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                               (table,)).fetchone() is not None
+
+    def add_scorers(self, scorers: Iterable[Scorer]) -> None:
+        with self._writing():
+            for s in scorers:
+                self.db.execute("INSERT OR REPLACE INTO scorers (identity, scorer, model) "
+                                "VALUES (?, ?, ?)", (s.identity, s.name, s.ref))
+
+    def record_scores(self, scores: Iterable[tuple[str, Score]]) -> None:
+        """(pixel hash, Score) pairs; one that exists already is replaced."""
+        with self._writing():
+            self._store_scores(scores)
+
+    def _store_scores(self, scores: Iterable[tuple[str, Score]]) -> None:
+        stamp = now()
+        self.db.executemany(
+            "INSERT OR REPLACE INTO scores (pixel_hash, scorer, identity, subject, value, "
+            "scored_at) VALUES (?, ?, ?, ?, ?, ?)",
+            ((pixel_hash, s.scorer, s.identity, s.subject, s.values, stamp)
+             for pixel_hash, s in scores))
+
+    def scored(self, identity: str) -> set[tuple[str, str]]:
+        """(pixel hash, subject) of everything a scorer identity has scored here."""
+        if not self._has("scores"):
+            return set()
+        return set(self.db.execute("SELECT pixel_hash, subject FROM scores WHERE identity = ?",
+                                   (identity,)))
+
+    def scores_for(self, pixel_hashes: list[str]) -> dict[str, list[tuple[str, str, str]]]:
+        """(scorer, subject, value) of every score of those pixels, oldest first."""
+        found: dict[str, list[tuple[str, str, str]]] = {}
+        if not self._has("scores"):
+            return found
+        for pixel_hash, scorer, subject, value in self.db.execute(
+                "SELECT pixel_hash, scorer, subject, value FROM scores WHERE pixel_hash IN "
+                "(SELECT value FROM json_each(?)) ORDER BY scored_at, rowid",
+                (json.dumps(pixel_hashes),)):
+            found.setdefault(pixel_hash, []).append((scorer, subject, value))
+        return found
+
+    def scorer_names(self) -> set[str]:
+        """The scorers that have scored any image here."""
+        if not self._has("scores"):
+            return set()
+        return {row[0] for row in self.db.execute("SELECT DISTINCT scorer FROM scores")}
+
+    def scorers(self) -> list[dict]:
+        """Each scorer identity used here: its scorer, model and how many images it scored."""
+        if not self._has("scorers"):
+            return []
+        cursor = self.db.execute(
+            "SELECT s.scorer, s.model, s.identity, COUNT(c.pixel_hash) AS images FROM scorers s "
+            "LEFT JOIN scores c ON c.identity = s.identity GROUP BY s.identity "
+            "ORDER BY s.scorer, s.identity")
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    def record_duplicates(self, groups: Mapping[str, int], distance: int) -> None:
+        """Replace the last grouping with this one: job id -> its group's first file number."""
+        with self._writing():
+            self.db.execute("DELETE FROM duplicates")
+            self.db.executemany("INSERT INTO duplicates (id, dup_group, distance) VALUES "
+                                "(?, ?, ?)", ((i, g, distance) for i, g in groups.items()))
+
+    def duplicates_for(self, ids: list[str]) -> dict[str, int]:
+        if not self._has("duplicates"):
+            return {}
+        return dict(self.db.execute(
+            "SELECT id, dup_group FROM duplicates WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),)))
+
+    def grouped(self) -> int:
+        """How many images the last farm dedup grouped (0: never run)."""
+        if not self._has("duplicates"):
+            return 0
+        return self.db.execute("SELECT COUNT(*) FROM duplicates").fetchone()[0]
 
     def has_context(self) -> bool:
         """Whether any recorded job says how its prompt was made (template, file columns) or

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,17 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm import tiny
-from farm.hashes import file_hash
+from farm.hashes import file_hash, folder_hash
 from farm.fields import CHECKPOINT, VAE
-from farm.values import CONFIG_MARK
+from farm.values import CONFIG_MARK, HUB_ID, PICKLE_SUFFIXES
 from farm.jobs import Model
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?")
-# Files that decide what a diffusers folder computes; configs are hashed without the keys that
-# only say which library version wrote them.
-HASHED_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
-VOLATILE_KEYS = ("_diffusers_version", "transformers_version", "_name_or_path")
 
 
 class ModelError(ValueError):
@@ -281,24 +274,6 @@ def family(checkpoint: Model) -> Family:
     guidance = transformer.is_file() and bool(json.loads(transformer.read_text()).get(
         "guidance_embeds", False))
     return Family(name, zeros, guidance)
-
-
-def folder_hash(folder: Path) -> str:
-    """sha256 over a diffusers folder's weights and configs (relative path + file hash)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in HASHED_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    for file in files:
-        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(_config_hash(file) if file.suffix == ".json" else file_hash(file).encode())
-    return digest.hexdigest()
-
-
-def _config_hash(file: Path) -> bytes:
-    config = json.loads(file.read_text())
-    if isinstance(config, dict):
-        config = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest().encode()
 
 
 def load_pipeline(checkpoint: Model, device: str, dtype):

@@ -13,17 +13,20 @@ from farm.fields import FIELDS
 from farm.jobs import Batch, Job, Loadout, Model, Slot, share_batch_key
 from farm.keys import APPLIED, AXES, BY_KEY, COLUMN_AXES, LOADED, Draft
 from farm.recipe import Recipe, loaded_refs
+from farm.scorers import Scorer
 
 
 @dataclass(frozen=True)
 class Resolved:
     """The recipe's references, resolved once (run.resolve_models) and passed to the plan:
     its models by reference, its input images by path (identified by their pixels), and the
-    reader of its prompts, which found and checked their LoRAs and embeddings."""
+    reader of its prompts, which found and checked their LoRAs and embeddings; the scorers
+    that score each new image (its `score:`)."""
 
     models: Mapping[str, Model]
     inputs: Mapping[str, Model]
     reader: adapters.Reader
+    scorers: tuple[Scorer, ...] = ()
 
 
 def loadouts(recipe: Recipe, resolved: Resolved) -> list[Loadout]:

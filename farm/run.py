@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from farm import (adapters, catalog, emphasis, families, grid, inputs, models, plan, samplers,
-                  schedule)
+                  schedule, scorers)
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
 from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair
@@ -83,7 +83,11 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
                 tagged = reader.read(row.text, negative, checkpoint, mode).loras
                 for lora_set in sets if tagged else ():  # the same LoRA twice: refused now
                     adapters.joined(lora_set, tagged, f"prompt {row.text[:60]!r}")
-    return Resolved(found, identified_inputs(recipe), reader)
+    try:
+        scoring = scorers.resolve_all(recipe["score"])
+    except scorers.ScorerError as e:
+        raise BadInput(f"recipe {recipe.name}: {e}") from None
+    return Resolved(found, identified_inputs(recipe), reader, scoring)
 
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
@@ -442,7 +446,7 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
     if counts.pending == 0:  # report.json keeps what the last render that did something did
         summary = Summary(planned=counts.planned, skipped=counts.done)
         if folder.read_report() is None:
-            folder.write_report(report(recipe, summary, last))
+            folder.write_report(report(recipe, summary, last, folder))
         return Outcome(folder, summary, refreshed=seen.refreshed)
     # 2. start the workers (fails fast with RuntimeUnavailable; nothing written yet)
     backend = start_backend(settings.runtime, folder, recipe.name)
@@ -454,6 +458,7 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
             record = run_record(settings, found)
             run_id = manifest.begin_run(record, counts.planned,
                                         max(folder.recorded_runs(), default=0))
+            manifest.add_scorers(found.scorers)
             folder.save_recipe(run_id, record)
             # 4. the pending batches of each loadout (the folder was ours since the survey)
             work = seen.work(recipe, found, Finished(folder, manifest, run_id))
@@ -463,7 +468,7 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
             try:
                 with terminations_as_interrupts():
                     schedule.run(backend, work, folder, manifest, run_id, settings.runtime,
-                                 summary, label=recipe.name)
+                                 summary, label=recipe.name, scorers=found.scorers)
             except KeyboardInterrupt as e:
                 interrupted = stopped_by(e)
             finally:
@@ -473,7 +478,7 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
                 except ManifestUnwritable:  # summary.stopped says so; the next run resumes
                     pass
                 try:
-                    folder.write_report(report(recipe, summary, manifest.last_run()))
+                    folder.write_report(report(recipe, summary, manifest.last_run(), folder))
                 except OSError:  # the same full disk: the summary printed is the report
                     pass
     finally:
@@ -481,9 +486,11 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
     return Outcome(folder, summary, refreshed=seen.refreshed, interrupted=interrupted)
 
 
-def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[str, Any]:
+def report(recipe: recipes.Recipe, summary: Summary, last: dict | None,
+           folder: RunFolder | None = None) -> dict[str, Any]:
     """What a render did, for report.json and `farm status`: counts, failures by error type,
-    speed overall and per worker, time to the first image, model loads, software versions."""
+    speed overall and per worker, time to the first image, model loads, software versions;
+    with the `folder`, the distribution of its scores (curation.distribution)."""
     from importlib.metadata import PackageNotFoundError, version
 
     failures: dict[str, dict[str, Any]] = {}
@@ -521,6 +528,8 @@ def report(recipe: recipes.Recipe, summary: Summary, last: dict | None) -> dict[
         "loads": {model: {"count": len(times), "seconds": round(sum(times), 3)}
                   for model, times in summary.loads.items()},
         "versions": versions,
+        "scores": catalog.distribution(folder.root) if folder is not None
+        and folder.manifest.exists() else None,
     }
 
 
@@ -574,6 +583,7 @@ def status(folder: RunFolder, settings: Settings | None) -> dict[str, Any]:
         report["last_run"] = {k: last[k] for k in ("id", "started_at", "ended_at", "rendered",
                                                    "failed", "seconds")}
     report["report"] = folder.read_report()
+    report["scores"] = catalog.distribution(folder.root) if folder.manifest.exists() else None
     return report
 
 

@@ -21,6 +21,8 @@ from typing import Any, Iterator, Optional, Protocol
 from farm.jobs import Batch, Loadout, Result, WorkerSettings
 from farm.manifest import Manifest, ManifestUnwritable
 from farm.outputs import RunFolder
+from farm.scorers import Scorer
+from farm.scorers import Work as ScoreWork
 
 
 @dataclass
@@ -170,6 +172,10 @@ class Backend(Protocol):
     def submit(self, worker: str, batch: Batch) -> Any:
         """Start rendering a batch on a worker; return a handle."""
 
+    def submit_scores(self, worker: str, work: ScoreWork) -> Any:
+        """Start scoring images on a worker (farm score); `wait` returns its list of Scores
+        per image."""
+
     def wait(self, handles: list[Any], timeout: float | None = None
              ) -> list[tuple[Any, list[Result] | Exception]]:
         """Block until at least one handle (or a starting worker) is done, or `timeout` seconds;
@@ -199,8 +205,9 @@ class Dispatcher:
 
     def __init__(self, backend: Backend, work: list[Work], folder: RunFolder,
                  manifest: Manifest, run_id: int, runtime: Runtime, summary: Summary,
-                 progress: Progress):
+                 progress: Progress, scorers: tuple[Scorer, ...] = ()):
         self.backend, self.work = backend, work
+        self.scorers = scorers  # what scores each new image on its worker (a recipe's score:)
         self.folder, self.manifest, self.run_id = folder, manifest, run_id
         self.runtime, self.summary, self.progress = runtime, summary, progress
         self.in_flight: dict[Any, tuple[str, Batch]] = {}
@@ -292,6 +299,8 @@ class Dispatcher:
                     jobs, paths, slots = map(tuple, zip(*kept))
                     batch = Batch(jobs, paths, pad_to=batch.pad_to, image=self.folder.image,
                                   positions=slots)
+                if self.scorers:
+                    batch = replace(batch, scorers=self.scorers)
                 handle = self.backend.submit(worker, batch)
                 self.in_flight[handle] = (worker, batch)
                 self.order[handle] = len(self.order)
@@ -549,6 +558,9 @@ class InlineBackend:
     def submit(self, worker: str, batch: Batch):
         return self.pool.submit(self.worker.render, batch)
 
+    def submit_scores(self, worker: str, work: ScoreWork):
+        return self.pool.submit(self.worker.score, work)
+
     def wait(self, handles, timeout=None):
         from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -567,13 +579,13 @@ class InlineBackend:
 
 def run(backend: Backend, work: list[Work], folder: RunFolder,
         manifest: Manifest, run_id: int, runtime: Runtime, summary: Summary,
-        label: str) -> Summary:
+        label: str, scorers: tuple[Scorer, ...] = ()) -> Summary:
     """Render all pending work; fill in and return the summary."""
     started = time.perf_counter()
     progress = Progress(sum(w.left for w in work), label)
     try:
         Dispatcher(backend, work, folder, manifest, run_id, runtime, summary,
-                   progress).run()
+                   progress, scorers).run()
     finally:
         progress.close()
         summary.seconds = time.perf_counter() - started

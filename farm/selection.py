@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from farm import catalog
+from farm import catalog, scorers
 from farm.catalog import Entry, Where
 from farm.fields import COLUMNS, FIELDS, column_value
 from farm.keys import INPUT_KEYS, LOADED
@@ -64,6 +64,9 @@ class Selection:
     nested: dict[str, tuple[str, ...]]  # "values"/"fields" -> every key any selected row has
     count: int  # rows selected when they were scanned
     record: dict | None = None  # the last run's record (runs/run-NNNN.yaml), if it has one
+    scores: tuple[str, ...] = ()  # the score columns of the run (its scorers': farm score)
+    scorers: tuple[dict, ...] = ()  # each scorer identity that scored it: scorer, model, images
+    grouped: bool = False  # whether farm dedup grouped it: a dup_group column
 
     @property
     def base(self) -> Path | None:
@@ -100,6 +103,10 @@ class Selection:
             given = entry.params.get(name) or {}
             row[name] = {k: _text(given.get(k)) for k in keys}
         row["pixel_hash"] = entry.pixel_hash
+        for column in self.scores:
+            row[column] = entry.scores.get(column)
+        if self.grouped:
+            row["dup_group"] = entry.dup_group
         return row
 
 
@@ -114,8 +121,12 @@ def select(run: Path, where: Where) -> Selection:
     for count, entry in enumerate(catalog.entries(run, where), 1):
         for name, keys in nested.items():
             keys.update(entry.params.get(name) or ())
+    with Manifest(catalog.manifest_of(run), readonly=True) as manifest:
+        have, used, grouped = manifest.scorer_names(), manifest.scorers(), manifest.grouped()
+    columns = tuple(c for c in scorers.COLUMNS if scorers.BY_COLUMN[c].name in have)
     return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v}, count,
-                     last_record(run))
+                     last_record(run), columns, tuple(u for u in used if u["images"]),
+                     bool(grouped))
 
 
 REFERENCES = tuple(f.name for f in FIELDS if f.source)  # checkpoints, VAEs, refiners, inputs

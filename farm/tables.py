@@ -27,6 +27,7 @@ ROWS_PER_GROUP, BYTES_PER_GROUP = 1000, 64 << 20  # parquet row groups: bounded 
 ROW_BYTES = 1000  # what a row without its image counts towards a shard's size
 
 
+
 # 1. rows -----------------------------------------------------------------------------------------
 
 def manifest_row(selection: Selection, entry: Entry, source: Path,
@@ -207,6 +208,11 @@ def schema_of(selection: Selection, first: str | None = None, images: bool = Fal
     for name, keys in selection.nested.items():
         types[name] = pa.struct([(k, text) for k in keys])
     types["pixel_hash"] = text
+    scored = {"aesthetic": pa.float64(), "clip_score": pa.float64(), "nsfw": pa.bool_(),
+              "nsfw_score": pa.float64(), "phash": text}  # farm/scorers.py's columns
+    types.update({column: scored[column] for column in selection.scores})
+    if selection.grouped:
+        types["dup_group"] = whole
     if manifest:
         types.update({"path": text, "seq": whole, "attempts": whole, "seconds": pa.float64(),
                       "batch_size": whole, "position": whole, "worker": text, "run_id": whole,

@@ -485,18 +485,96 @@ def build_random_flux(folder: Path, seed: int = 0) -> None:
     pipe.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
 
 
+# Scorers (farm/scorers.py) with random weights: a CLIP model, LAION's aesthetic MLP on it, and
+# Stable Diffusion's safety checker, each as small as its architecture allows -----------------
+
+SCORER_IMAGE = 32  # the tiny scorers' input side: images are resized to it
+
+
+def _clip_model(seed: int):
+    from transformers import CLIPConfig, CLIPModel
+
+    vision = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                  num_hidden_layers=2, image_size=SCORER_IMAGE, patch_size=8)
+    config = CLIPConfig(text_config=_text_config().to_dict(), vision_config=vision,
+                        projection_dim=16)
+    return _seeded(seed, lambda: CLIPModel(config))
+
+
+def _image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": SCORER_IMAGE},
+                              crop_size={"height": SCORER_IMAGE, "width": SCORER_IMAGE})
+
+
+def build_tiny_clip(folder: Path) -> None:
+    """A CLIP model (text and vision towers, 16-wide projections) with its tokenizer and image
+    processor, saved as transformers saves one."""
+    _clip_model(seed=20).save_pretrained(folder, safe_serialization=True)
+    _tokenizer().save_pretrained(folder)
+    _image_processor().save_pretrained(folder)
+
+
+def build_tiny_aesthetic(folder: Path) -> None:
+    """LAION's aesthetic predictor shaped small: a CLIP model folder plus the MLP's weights
+    (layers.N, linear layers chaining the 16-wide embedding to one score) in aesthetic.safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    _clip_model(seed=21).save_pretrained(folder, safe_serialization=True)
+    _tokenizer().save_pretrained(folder)
+    _image_processor().save_pretrained(folder)
+    generator = torch.Generator().manual_seed(22)
+    widths = (16, 12, 8, 1)
+    tensors = {}
+    for i, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
+        tensors[f"layers.{2 * i}.weight"] = torch.randn(width_out, width_in,
+                                                        generator=generator) / width_in ** 0.5
+        tensors[f"layers.{2 * i}.bias"] = torch.zeros(width_out)
+    tensors[f"layers.{2 * (len(widths) - 2)}.bias"] += 5.0  # scores around the scale's middle
+    save_file(tensors, str(folder / "aesthetic.safetensors"))
+
+
+def build_tiny_nsfw(folder: Path) -> None:
+    """Stable Diffusion's safety checker on a tiny CLIP vision tower, with random concept
+    embeddings and thresholds where about half of all noise images are flagged."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                 num_hidden_layers=2)
+    config = CLIPConfig(text_config=small, vision_config={
+        **small, "image_size": SCORER_IMAGE, "patch_size": 8}, projection_dim=16)
+    checker = _seeded(23, lambda: StableDiffusionSafetyChecker(config))
+    generator = torch.Generator().manual_seed(24)
+    with torch.no_grad():
+        checker.concept_embeds.copy_(torch.randn(checker.concept_embeds.shape,
+                                                 generator=generator))
+        checker.special_care_embeds.copy_(torch.randn(checker.special_care_embeds.shape,
+                                                      generator=generator))
+        checker.concept_embeds_weights.fill_(0.27)
+        checker.special_care_embeds_weights.fill_(0.5)
+    checker.save_pretrained(folder, safe_serialization=True)
+    _image_processor().save_pretrained(folder)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-xl-refiner": build_tiny_xl_refiner,
     "tiny-sd3": build_tiny_sd3, "tiny-flux": build_tiny_flux,
     "tiny-flux-schnell": build_tiny_flux_schnell, "tiny-vae": build_tiny_vae,
     "random-sd15": build_random_sd15, "random-sdxl": build_random_sdxl,
-    "random-sd35": build_random_sd35, "random-flux": build_random_flux}
+    "random-sd35": build_random_sd35, "random-flux": build_random_flux,
+    "tiny-clip": build_tiny_clip, "tiny-aesthetic": build_tiny_aesthetic,
+    "tiny-nsfw": build_tiny_nsfw}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
                          "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
                          "tiny-vae": "vae",
                          "random-sd15": "checkpoint", "random-sdxl": "checkpoint",
-                         "random-sd35": "checkpoint", "random-flux": "checkpoint"}
+                         "random-sd35": "checkpoint", "random-flux": "checkpoint",
+                         "tiny-clip": "scorer", "tiny-aesthetic": "scorer", "tiny-nsfw": "scorer"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

@@ -4,10 +4,13 @@ them, jobs.py builds jobs of them."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")  # never loaded
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?")
 CONFIG_MARK = "?config="  # "x.safetensors?config=org/name": one weights file and its architecture
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from farm import outputs
+from farm import catalog, outputs
+from farm.catalog import Where
 from farm.jobs import ImageFormat, Slot
 from farm.manifest import Manifest
 from farm.outputs import RunFolder
@@ -60,15 +61,15 @@ def check_files(folder: RunFolder) -> list[Finding]:
 
 def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
              moved: Mapping[str, str] | None = None,
-             found_in: Sequence[Path] = ()) -> list[Finding]:
-    """Render `sample` finished jobs again (all when None) and compare their pixels."""
+             found_in: Sequence[Path] = (), where: Where = Where()) -> list[Finding]:
+    """Render `sample` finished jobs again (all when None) of those `where` selects, and
+    compare their pixels."""
     from farm.worker import Device, Worker
 
-    with Manifest(folder.manifest, readonly=True) as manifest:
-        rows = [(r["path"], r["params"], r["batch_size"], r["position"], r["provenance"])
-                for r in manifest.done()]
+    rows = [(e.path, e.params, e.row["batch_size"], e.row["position"],
+             e.row["provenance"]) for e in catalog.entries(folder.root, where)]
     if sample is not None and sample < len(rows):
-        rows = sorted(random.Random(0).sample(rows, sample))
+        rows = sorted(random.Random(0).sample(rows, sample), key=lambda row: row[0])
     findings = []
     workers: dict[tuple[bool, bool], Worker] = {}
     with tempfile.TemporaryDirectory(prefix="farm-verify-") as scratch:
@@ -82,7 +83,7 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
                     scratch, name="verify", device=Device.named(device) if device else None,
                     compile=speedups[0], fuse_qkv=speedups[1])
             try:
-                job = job_from(json.loads(params), path, moved, found_in)
+                job = job_from(params, path, moved, found_in)
             except ReplayError as e:  # an input or model gone: say so, and check the others
                 findings.append(Finding(path, "not rendered again", str(e)))
                 continue

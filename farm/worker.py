@@ -7,9 +7,11 @@ shell around it.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import os
+import threading
 import time
 import traceback
 from collections import Counter, OrderedDict
@@ -18,8 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
+from PIL import Image
+
 from farm import adapters, encode, families, inputs, libraries, models, outputs, render
 from farm.jobs import Batch, Job, Loadout, Model, Result, WorkerSettings
+from farm.scorers import Score, Work
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class Worker:
         self._adapters: WeakKeyDictionary = WeakKeyDictionary()  # base pipeline -> its LoRAs
         self._embeddings: dict[str, dict] = {}  # embedding identity -> its vectors
         self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"farm-{name}")  # all torch work
+        self._compute_thread = self._compute.submit(threading.get_ident).result()
+        self._scoring = None  # scoring.Scoring, made when a batch first asks for scores
         if threads:  # OpenMP's thread count is per calling thread: set it where torch runs
             self._compute.submit(torch.set_num_threads, threads).result()
         # images encoded and written at once (zlib lets go of the GIL): on a GPU the host's
@@ -344,6 +351,43 @@ class Worker:
         loaded, self._loaded = tuple(self._loaded), []
         return images, scheduler, time.perf_counter() - started, loaded, made
 
+    def score(self, work: Work) -> list[list[Score]]:
+        """Score images (a farm score batch): each scorer's model is loaded once and kept."""
+        images = [Image.open(io.BytesIO(data)) for data in work.images]
+        return self._on_compute(self._scores, work.scorers, images, work.texts)
+
+    def _scores(self, scorers, images, texts) -> list[list[Score]]:
+        from farm.scoring import Scoring
+
+        if self._scoring is None:
+            self._scoring = Scoring(self.device.name)
+        return self._scoring.score(scorers, images, texts)
+
+    def _on_compute(self, call, *args):
+        """Run `call` on the compute thread (directly, when this is it)."""
+        if threading.get_ident() == self._compute_thread:
+            return call(*args)
+        return self._compute.submit(call, *args).result()
+
+    def _scored(self, batch: Batch, images: list[render.Rendered]) -> list[tuple[Score, ...]]:
+        """The scores a recipe's `score:` asks for, of each image that rendered; none when
+        scoring fails (the image stays: farm score fills them in later)."""
+        made = [(i, image) for i, image in enumerate(images) if not isinstance(image, str)]
+        found: list[tuple[Score, ...]] = [() for _ in images]
+        if not batch.scorers or not made:
+            return found
+        texts = [dict(batch.jobs[i].context).get("caption") or batch.jobs[i].prompt
+                 for i, _ in made]
+        try:
+            scores = self._on_compute(self._scores, batch.scorers, [im for _, im in made], texts)
+        except Exception:
+            logging.getLogger(__name__).warning("scoring failed (farm score can score these "
+                                                "images later):\n%s", traceback.format_exc())
+            return found
+        for (i, _), score in zip(made, scores):
+            found[i] = tuple(score)
+        return found
+
     def _decoding(self, pipe, batch: Batch) -> dict:
         """VAE tiling and slicing for this batch's size (TILE_ABOVE, SLICE_ABOVE), on every VAE
         the batch may decode with; what is on, for the provenance."""
@@ -397,6 +441,7 @@ class Worker:
             error, stop = self.folder.write(path, files)
             return (), pixel_hash, error, stop
 
+        scores = self._scored(batch, images)
         items = list(zip(batch.jobs, batch.paths, images, batch.slots))
         done = list(self._encoders.map(lambda item: stored(*item), items)) \
             if self._encoders and len(items) > 1 else [stored(*item) for item in items]
@@ -408,7 +453,8 @@ class Worker:
                                   seconds=seconds / len(batch.jobs),
                                   batch_size=len(batch.shape), position=position,
                                   worker=self.name, error=error, scheduler=record, oom=oom,
-                                  provenance=made_by, loads=() if results else loaded))
+                                  provenance=made_by, loads=() if results else loaded,
+                                  scores=scores[len(results)] if error is None else ()))
         return results
 
 

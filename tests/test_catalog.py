@@ -40,7 +40,7 @@ def test_where_matches_like_a_user_reads_it(where, matches):
     ("colour=red", "unknown field 'colour'"), ("seed", "expected FIELD=VALUE"),
     ("values=cat", "unknown field 'values'"),
     ("cfg>=high", "'high' is not a number"), ("prompt>=5", "prompt is not a number; compare"),
-    ("size<512", "size is not a number"), ("nsfw_score<0.5", "unknown field 'nsfw_score'"),
+    ("size<512", "size is not a number"), ("beauty<0.5", "unknown field 'beauty'"),
 ])
 def test_bad_filters_say_what_is_allowed(text, problem):
     with pytest.raises(CatalogError, match=problem):

@@ -434,3 +434,34 @@ def test_a_hung_worker_is_replaced_and_every_job_is_done_once(workdir, capsys, m
     out = capsys.readouterr().out
     assert "Rendered 16 of 16" in out and "Replaced 1 hung worker(s)" in out
     assert {r["status"] for r in manifest_rows(manifest.parent)} == {"done"}
+
+
+def test_farm_score_on_ray_records_what_inline_scoring_records(workdir, capsys):
+    """Scoring fans out to the Ray workers (each keeps its scorers loaded) and gives the scores
+    the inline runtime gives; a recipe's score: runs on the worker that rendered the image."""
+    threads = "runtime.threads=1"
+    scored = RECIPE + "score: [phash, aesthetic:tiny]\n"
+    (workdir / "recipes" / "fleet.yaml").write_text(scored)
+    assert run_farm("render", "recipe=fleet", threads, "outputs=ray") == 0
+    folder = workdir / "ray" / "fleet"
+    assert run_farm("score", str(folder), "--with", "phash,aesthetic:tiny,clip:tiny",
+                    threads, "runtime.workers=2") == 0
+    assert "Scored 12 images" in capsys.readouterr().out  # clip was new; the others kept
+    copy = workdir / "copy"
+    shutil.copytree(folder, copy)
+    with Manifest(copy / "manifest.sqlite") as manifest:
+        manifest.db.execute("DELETE FROM scores")
+        manifest.db.commit()
+    assert run_farm("score", str(copy), "--with", "phash,aesthetic:tiny,clip:tiny",
+                    "runtime=inline", threads) == 0
+
+    def scores(run_folder):
+        with Manifest(run_folder / "manifest.sqlite", readonly=True) as manifest:
+            return {(h, s): json.loads(v) for h, s, v in manifest.db.execute(
+                "SELECT pixel_hash, scorer, value FROM scores")}
+
+    on_ray, inline = scores(folder), scores(copy)
+    assert on_ray.keys() == inline.keys() and len(on_ray) == 12 * 3
+    for key, value in on_ray.items():
+        assert value == pytest.approx(inline[key], abs=1e-4) if "phash" not in value \
+            else value == inline[key]

@@ -1,17 +1,18 @@
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from farm import models
+from farm import hashes, models
 from farm.models import ModelError
 from tests.helpers import fake_hub_cache, run_farm
 
 
 def test_tiny_resolves_to_its_folder_and_content_hash(tiny):
     assert tiny.ref == "tiny"
-    assert tiny.identity == models.folder_hash(models.Path(tiny.path))
+    assert tiny.identity == hashes.folder_hash(Path(tiny.path))
     assert len(tiny.identity) == 64 and tiny.short_hash == tiny.identity[:10]
 
 

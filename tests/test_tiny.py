@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from farm import models, tiny
+from farm import hashes, models, tiny
 
 
 def weight_hashes(folder: Path) -> dict[str, str]:
@@ -25,7 +25,7 @@ def test_building_twice_gives_identical_weights(tmp_path):
     assert set(a) == {"text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                       "vae/diffusion_pytorch_model.safetensors"}
     assert a == b
-    assert models.folder_hash(tmp_path / "a") == models.folder_hash(tmp_path / "b")
+    assert hashes.folder_hash(tmp_path / "a") == hashes.folder_hash(tmp_path / "b")
 
 
 def test_tiny_vae_differs_from_the_checkpoints_own_vae():

@@ -41,14 +41,19 @@ export.export(Path(sys.argv[1]), Path(sys.argv[2]), export.Options(kind, link=li
 """ + PEAK
 
 
-def build(root: Path, count: int) -> None:
+def started(root: Path) -> tuple[bytes, sqlite3.Connection]:
+    """An 8x8 PNG's bytes, and a new manifest in `root` (bench/gallery.py builds with it too)."""
     from farm.manifest import SCHEMA
 
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), "gray").save(buffer, format="PNG")
-    png = buffer.getvalue()
     db = sqlite3.connect(root / "manifest.sqlite")
     db.executescript(SCHEMA)
+    return buffer.getvalue(), db
+
+
+def build(root: Path, count: int) -> None:
+    png, db = started(root)
     rows = []
     for seq in range(count):
         path = f"images/{seq // 10_000:05d}/{seq:08d}-a-cat-{seq}.png"

@@ -40,6 +40,13 @@ def _is_number(value: Any) -> bool:
         and math.isfinite(value)
 
 
+def flag(value: Any) -> bool:
+    """true or false (YAML's booleans; a command line's `gallery=true` reads as one)."""
+    if not isinstance(value, bool):
+        raise FieldError("expected true or false")
+    return value
+
+
 def whole(low: int, high: int, allowed: str | None = None) -> Check:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

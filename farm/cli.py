@@ -10,6 +10,7 @@
     farm rebuild RUN_FOLDER                            the manifest again, from the images
     farm score  RUN_FOLDER --with aesthetic,clip,nsfw,phash [runtime=ray ...]   score columns
     farm dedup  RUN_FOLDER [--max-distance 4]          group near-duplicate images
+    farm gallery RUN_FOLDER [--to DIR] [--where ...]   a static page to browse the run
 
 Exit codes: 0 all jobs done; 1 some jobs failed or the run stopped early; 2 bad input (nothing
 written); 130 Ctrl-C; 143 SIGTERM.
@@ -31,6 +32,7 @@ from farm import __version__, catalog, export, grid, models, run
 from farm import recipe as recipes
 from farm.compose import BadInput, Settings, compose
 from farm.export import ExportError
+from farm.gallery import GalleryError
 from farm.grid import GridError
 from farm.keys import AXES
 from farm.manifest import ManifestDamaged, ManifestUnwritable, SecondWriter
@@ -97,6 +99,8 @@ def command_render(settings: Settings) -> int:
     if outcome.sheets:
         print(f"Drew {len(outcome.sheets)} contact sheet(s): "
               + ", ".join(str(s.path) for s in outcome.sheets))
+    if outcome.gallery:
+        print(f"Gallery: {outcome.gallery / 'index.html'}")
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
@@ -356,6 +360,13 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--max-distance", type=count_of("--max-distance"), default=4,
                      metavar="BITS", help="phash bits two images may differ in and still be "
                      "one group (default 4; exact duplicates always group)")
+    text = "write a static gallery of a run folder (index.html; opens from disk, offline)"
+    cmd = sub.add_parser("gallery", help=text, description=text)
+    cmd.add_argument("folder", type=Path, help="a run folder (outputs/NAME)")
+    cmd.add_argument("--to", type=Path, metavar="DIR",
+                     help="the gallery's folder (default: RUN/gallery)")
+    cmd.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help=where)
+    selecting(cmd)
     return top
 
 
@@ -456,6 +467,15 @@ def command_score(options: argparse.Namespace) -> int:
           + (f"; {done.failed} failed: {done.problem} (run the same command again to retry)"
              if done.failed else "") + ".")
     return EXIT_FAILED if done.failed else EXIT_OK
+
+
+def command_gallery(options: argparse.Namespace) -> int:
+    from farm import gallery
+
+    made = gallery.build(options.folder, options.to, where_of(options))
+    print(f"Gallery of {made.images} images ({made.thumbs_made} new thumbnails; facets: "
+          f"{', '.join(made.fields) or 'none, nothing varies'}): {made.folder / 'index.html'}")
+    return EXIT_OK
 
 
 def command_dedup(folder: Path, distance: int) -> int:
@@ -600,6 +620,8 @@ def main(argv: list[str] | None = None) -> None:
             code = command_score(options)
         elif options.command == "dedup":
             code = command_dedup(options.folder, options.max_distance)
+        elif options.command == "gallery":
+            code = command_gallery(options)
         elif options.command == "plan" and options.cfg:
             print(compose(options.args, options.config_dir).resolved, end="")
             code = EXIT_OK
@@ -608,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
             code = (command_render if options.command == "render" else command_plan)(settings)
     except (BadInput, recipes.RecipeError, models.ModelError, FolderBusy,
             RuntimeUnavailable, ReplayError, catalog.CatalogError, ExportError,
-            GridError, ManifestDamaged, SecondWriter, ScorerError) as e:
+            GridError, ManifestDamaged, SecondWriter, ScorerError, GalleryError) as e:
         print(f"farm: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except ManifestUnwritable as e:  # a full or read-only disk before rendering began

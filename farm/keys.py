@@ -364,6 +364,7 @@ KEYS: tuple[Key, ...] = (
     # settings that read the axes
     Key("zip", None, SETTING, parse=_zip),  # axes that advance together: [[prompt, seeds]]
     Key("grids", None, SETTING, parse=forms.grids),  # contact sheets: auto, or [{x: cfg, y: steps}]
+    Key("gallery", False, SETTING, item=checks.flag),  # RUN/gallery/ refreshed after each render
     Key("caption", None, SETTING, parse=_caption),  # the `text` of exports; default: the prompt
     Key("score", None, SETTING, parse=forms.scores),  # scorers run on each new image (farm score)
 )

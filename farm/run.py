@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from farm import (adapters, catalog, emphasis, families, grid, inputs, models, plan, samplers,
+from farm import (adapters, catalog, emphasis, families, gallery, grid, inputs, models, plan, samplers,
                   schedule, scorers)
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
@@ -319,6 +319,7 @@ class Outcome:
     grid_errors: list[str] = field(default_factory=list)
     refreshed: int = 0  # finished images whose recorded prompt context was brought up to date
     interrupted: str | None = None  # "interrupt" (Ctrl-C) or "terminate" (SIGTERM): stopped
+    gallery: Path | None = None  # the gallery refreshed after it (a recipe's gallery: true)
 
     @property
     def ok(self) -> bool:
@@ -411,9 +412,11 @@ def render(settings: Settings) -> Outcome:
         if created is not None and not any((root / "images").glob("*/*")):
             shutil.rmtree(created, ignore_errors=True)
         raise
-    # 3. the contact sheets the recipe asks for, from every finished image
+    # 3. the contact sheets and the gallery the recipe asks for, from every finished image
     if not outcome.interrupted:
         outcome.sheets, outcome.grid_errors = draw_recipe_grids(recipe, folder)
+        if recipe["gallery"]:
+            outcome.gallery = gallery.build(folder.root).folder
     return outcome
 
 

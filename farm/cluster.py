@@ -333,11 +333,13 @@ def _placement(runtime: Runtime) -> tuple[int, str, dict, int | None]:
     count = runtime.workers or max(1, len(nodes))
     threads = runtime.threads or max(1, int(min(nodes)) if runtime.workers is None and nodes
                                       else cpus // count)
-    if count * threads > cpus:
+    share = runtime.cpus_per_worker or threads  # a fraction: workers share the cores
+    if count * share > cpus + 1e-9:
         raise RuntimeUnavailable(
-            f"runtime.workers: {count} CPU workers x {threads} threads need {count * threads} "
-            f"CPUs, but the Ray cluster has {cpus}; lower runtime.workers or runtime.threads")
-    return count, device, {"num_cpus": threads, "num_gpus": 0,
+            f"runtime.workers: {count} CPU workers x {share:g} CPUs need {count * share:g} "
+            f"CPUs, but the Ray cluster has {cpus}; lower runtime.workers or runtime.threads "
+            "(or give each a fraction: runtime.cpus_per_worker)")
+    return count, device, {"num_cpus": share, "num_gpus": 0,
                            "scheduling_strategy": "SPREAD"}, threads
 
 

@@ -44,6 +44,9 @@ RULES: dict[str, Rules] = {
     "FluxPipeline/schnell": Rules("Flux.1-schnell", flow=True, multiple=16, t5_tokens=256,
                                   t5_folder="tokenizer_2", cfg=1.0, steps=4,
                                   a1111_prompts=False, clip_skip=False, stages=False),
+    # farm's measuring pipeline (instant.py): noise at once, prompts as plain text
+    "InstantPipeline": Rules("instant (farm's measuring pipeline)", steps=1,
+                             a1111_prompts=False, clip_skip=False, stages=False),
 }
 # A flow family's samplers and schedules: Euler is its own scheduler, on its own sigmas or
 # spaced karras, beta or exponential (its config's flags); DPM++ 2M and UniPC run on the same

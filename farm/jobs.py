@@ -136,8 +136,11 @@ class Job:
         """Everything needed to render this image again (the `farm` PNG chunk, the manifest):
         every field, models as reference and identity, then how the prompt was made."""
         record: dict[str, Any] = {"id": self.id}
-        for f in FIELDS:
-            record.update(f.codec.record(f.name, getattr(self, f.name)))
+        for name, codec in _RECORDED:
+            if codec is PLAIN:  # most fields: the value as it is (no dict made per field)
+                record[name] = getattr(self, name)
+            else:
+                record.update(codec.record(name, getattr(self, name)))
         record.update(self.context)
         return record
 
@@ -153,6 +156,7 @@ class Job:
 
 
 CONTEXT_KEYS = ("template", "values", "fields", "caption")  # how a prompt was made, its caption
+_RECORDED = tuple((f.name, f.codec) for f in FIELDS)  # what to_dict writes, in the table's order
 LATER_IMAGE_FIELDS = tuple(f for f in FIELDS if f.role == IMAGE and f.id_default is not ALWAYS)
 def share_batch_key(job: Job, previous: Job) -> None:
     """Give `job` the batch key of `previous` when their load and batch fields are equal (the

@@ -277,26 +277,35 @@ class Manifest:
         else a new one; None for a job this run has already handed out (a plan can reach the
         same job twice, e.g. two templates that expand to the same prompt)."""
         paths: list[str | None] = []
+        jobs = list(jobs)
+        stamp = now()
         with self._writing():
             (top,) = self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM jobs").fetchone()
+            seen = {row[0]: row[1:] for row in self.db.execute(  # one query for the batch
+                "SELECT id, path, claimed_run FROM jobs WHERE id IN "
+                "(SELECT value FROM json_each(?))", (json.dumps([job.id for job in jobs]),))}
+            fresh, again = [], []
             for job in jobs:
-                found = self.db.execute("SELECT path, claimed_run FROM jobs WHERE id = ?",
-                                        (job.id,)).fetchone()
+                found = seen.get(job.id)
                 if found and found[1] == run_id:
                     paths.append(None)
                 elif found:
-                    self.db.execute("UPDATE jobs SET status = 'queued', claimed_run = ?, "
-                                    "updated_at = ? WHERE id = ?", (run_id, now(), job.id))
+                    again.append((run_id, stamp, job.id))
+                    seen[job.id] = (found[0], run_id)  # the same job twice in one batch: once
                     paths.append(found[0])
                 else:
                     top += 1
                     path = path_for(top, job)
-                    self.db.execute(
-                        "INSERT INTO jobs (id, seq, path, status, params, claimed_run, "
-                        "updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                        (job.id, top, path, json.dumps(job.to_dict(), ensure_ascii=False),
-                         run_id, now()))
+                    fresh.append((job.id, top, path, json.dumps(job.to_dict(),
+                                                                ensure_ascii=False),
+                                  run_id, stamp))
+                    seen[job.id] = (path, run_id)
                     paths.append(path)
+            self.db.executemany("UPDATE jobs SET status = 'queued', claimed_run = ?, "
+                                "updated_at = ? WHERE id = ?", again)
+            self.db.executemany(
+                "INSERT INTO jobs (id, seq, path, status, params, claimed_run, updated_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?)", fresh)
         return paths
 
     def record(self, results: Iterable[Result], run_id: int,
@@ -304,6 +313,7 @@ class Manifest:
         """Store what workers report; called only after their files are in place.
         `attempts` says how many tries each job took in this run (default one)."""
         attempts = attempts or {}
+        stamp = now()
         with self._writing():
             for r in results:
                 self.db.execute(
@@ -311,8 +321,8 @@ class Manifest:
                     "batch_size = ?, position = ?, worker = ?, scheduler = ?, provenance = ?, "
                     "run_id = ?, updated_at = ?, attempts = attempts + ? WHERE id = ?",
                     ("done" if r.ok else "failed", r.pixel_hash, r.error, r.seconds,
-                     r.batch_size, r.position, r.worker, r.scheduler, r.provenance, run_id, now(),
-                     attempts.get(r.job_id, 1), r.job_id),
+                     r.batch_size, r.position, r.worker, r.scheduler, r.provenance, run_id,
+                     stamp, attempts.get(r.job_id, 1), r.job_id),
                 )
                 if r.ok and r.scores:
                     self._store_scores((r.pixel_hash, score) for score in r.scores)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm import tiny
+from farm import instant, tiny
 from farm.hashes import file_hash, folder_hash
 from farm.fields import CHECKPOINT, VAE
 from farm.values import CONFIG_MARK, HUB_ID, PICKLE_SUFFIXES
@@ -280,6 +280,8 @@ def load_pipeline(checkpoint: Model, device: str, dtype):
     """A text-to-image pipeline for a resolved checkpoint, on `device`, without progress bars."""
     import diffusers
 
+    if family(checkpoint).pipeline == instant.PIPELINE:  # farm's measuring pipeline
+        return instant.InstantPipeline()
     if checkpoint.config:  # one file: the pipeline class its config folder names reads it
         cls = getattr(diffusers, family(checkpoint).pipeline)
         pipe = cls.from_single_file(checkpoint.path, config=checkpoint.config, torch_dtype=dtype,

@@ -53,7 +53,9 @@ class Runtime:
     # and shape, then faster steps), fused QKV projections in its attention layers
     compile: bool = False
     fuse_qkv: bool = False
-
+    # Ray CPUs each CPU worker takes; default: its threads. A fraction lets many workers share
+    # the cores: a simulated cluster (checkpoint instant, bench/driver.py) on one machine
+    cpus_per_worker: Optional[float] = None
 
     def worker(self, root: str | None, name: str, threads: int | None) -> WorkerSettings:
         """What one worker of this runtime is built with."""
@@ -77,6 +79,9 @@ def check_runtime(runtime: Runtime) -> None:
         if value is not None and (isinstance(value, bool) or value < low):
             raise RuntimeUnavailable(f"runtime.{name}: got {value!r}; expected a whole number "
                                      f"from {low}")
+    if runtime.cpus_per_worker is not None and not runtime.cpus_per_worker > 0:
+        raise RuntimeUnavailable(f"runtime.cpus_per_worker: got {runtime.cpus_per_worker}; "
+                                 "expected CPUs above 0 (a fraction shares a core)")
     if runtime.hang_after < 0:
         raise RuntimeUnavailable(f"runtime.hang_after: got {runtime.hang_after}; expected a "
                                  "multiple of a batch's usual time, or 0 (never)")

@@ -560,6 +560,15 @@ def build_tiny_nsfw(folder: Path) -> None:
     _image_processor().save_pretrained(folder)
 
 
+def build_instant(folder: Path) -> None:
+    """farm's measuring pipeline (instant.py): a model index naming it, and the byte-level
+    tokenizer, so that prompts are planned as for any checkpoint. No weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _tokenizer().save_pretrained(folder / "tokenizer")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "InstantPipeline", "tokenizer": ["transformers", "CLIPTokenizer"]}))
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny": build_tiny, "tiny-xl": build_tiny_xl, "tiny-xl-refiner": build_tiny_xl_refiner,
     "tiny-sd3": build_tiny_sd3, "tiny-flux": build_tiny_flux,
@@ -567,14 +576,15 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "random-sd15": build_random_sd15, "random-sdxl": build_random_sdxl,
     "random-sd35": build_random_sd35, "random-flux": build_random_flux,
     "tiny-clip": build_tiny_clip, "tiny-aesthetic": build_tiny_aesthetic,
-    "tiny-nsfw": build_tiny_nsfw}
+    "tiny-nsfw": build_tiny_nsfw, "instant": build_instant}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
                          "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
                          "tiny-vae": "vae",
                          "random-sd15": "checkpoint", "random-sdxl": "checkpoint",
                          "random-sd35": "checkpoint", "random-flux": "checkpoint",
-                         "tiny-clip": "scorer", "tiny-aesthetic": "scorer", "tiny-nsfw": "scorer"}
+                         "tiny-clip": "scorer", "tiny-aesthetic": "scorer", "tiny-nsfw": "scorer",
+                         "instant": "checkpoint"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

@@ -222,7 +222,7 @@ def test_each_checkpoint_is_loaded_once_per_worker(workdir, second_checkpoint):
     (["runtime.workers=3"], "runtime.workers: got 3, but each GPU worker needs a GPU and the "
                             "Ray cluster has 2"),
     (["runtime.device=cpu", "runtime.workers=3", "runtime.threads=2"],
-     "3 CPU workers x 2 threads need 6 CPUs, but the Ray cluster has 4"),
+     "3 CPU workers x 2 CPUs need 6 CPUs, but the Ray cluster has 4"),
     (["runtime.device=tpu"], "runtime.device: got 'tpu'; allowed: cpu, cuda"),
 ])
 def test_an_impossible_request_fails_fast_and_writes_nothing(workdir, capsys, args, words):
@@ -465,3 +465,15 @@ def test_farm_score_on_ray_records_what_inline_scoring_records(workdir, capsys):
     for key, value in on_ray.items():
         assert value == pytest.approx(inline[key], abs=1e-4) if "phash" not in value \
             else value == inline[key]
+
+
+def test_a_fraction_of_a_cpu_per_worker_runs_more_workers_than_cores(workdir, capsys):
+    """A simulated cluster: 8 workers on the test cluster's 4 CPUs (half a CPU each), with the
+    instant checkpoint, through the real actors, dispatcher and manifest."""
+    assert run_farm("render", "recipe=fleet", "checkpoint=instant", "steps=1", "seeds=0-63",
+                    "runtime.device=cpu", "runtime.workers=8", "runtime.threads=1",
+                    "runtime.cpus_per_worker=0.5", "outputs=sim") == 0
+    out = capsys.readouterr().out
+    assert "Rendered 128 of 128" in out and "Per worker: cpu-" in out
+    assert run_farm("render", "recipe=fleet", "checkpoint=instant", "runtime.device=cpu",
+                    "runtime.cpus_per_worker=0", "outputs=sim") == 2

@@ -320,3 +320,25 @@ def test_a_checkpoints_safety_checker_never_blacks_out_an_image(tiny, tmp_path):
         assert images, name
         for image in images:  # a picture, not a black square
             assert np.asarray(Image.open(image)).std() > 0, name
+
+
+def test_the_instant_checkpoint_renders_noise_of_each_jobs_size_the_same_every_time(tmp_path):
+    """farm's measuring pipeline: its images cost nothing, have the job's size, differ by seed
+    and are the same for the same job (so resume and verify hold for it too)."""
+    import numpy as np
+
+    for name in ("a", "b"):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text("checkpoint: instant\nprompt: a fox\nseeds: 0-3\nsize: 48x32\n"
+                          "batch_size: 2\n")
+        assert run_farm("render", f"recipe={recipe}", "runtime=inline",
+                        f"outputs={tmp_path / 'out'}") == 0
+    from tests.helpers import manifest_rows
+
+    first, second = (manifest_rows(tmp_path / "out" / n) for n in ("a", "b"))
+    assert [r["pixel_hash"] for r in first] == [r["pixel_hash"] for r in second]
+    assert len({r["pixel_hash"] for r in first}) == 4
+    image = np.asarray(Image.open(tmp_path / "out" / "a" / first[0]["path"]))
+    assert image.shape == (32, 48, 3) and image.std() > 50  # noise
+    assert first[0]["params"]["steps"] == 1  # its family's default
+    assert run_farm("verify", str(tmp_path / "out" / "a"), "--all") == 0

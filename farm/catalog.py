@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import operator
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from collections import Counter
 from itertools import islice
 from pathlib import Path
 from typing import Any

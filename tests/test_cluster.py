@@ -468,10 +468,10 @@ def test_farm_score_on_ray_records_what_inline_scoring_records(workdir, capsys):
 
 
 def test_a_fraction_of_a_cpu_per_worker_runs_more_workers_than_cores(workdir, capsys):
-    """A simulated cluster: 8 workers on the test cluster's 4 CPUs (half a CPU each), with the
+    """A simulated cluster: 5 workers on the test cluster's 4 CPUs (half a CPU each), with the
     instant checkpoint, through the real actors, dispatcher and manifest."""
     assert run_farm("render", "recipe=fleet", "checkpoint=instant", "steps=1", "seeds=0-63",
-                    "runtime.device=cpu", "runtime.workers=8", "runtime.threads=1",
+                    "runtime.device=cpu", "runtime.workers=5", "runtime.threads=1",
                     "runtime.cpus_per_worker=0.5", "outputs=sim") == 0
     out = capsys.readouterr().out
     assert "Rendered 128 of 128" in out and "Per worker: cpu-" in out

@@ -60,6 +60,18 @@ FLOW_SAMPLERS = (("euler", "normal"), ("euler", "simple"), ("euler", "karras"), 
                  ("uni_pc_bh2", "normal"), ("uni_pc_bh2", "simple"))
 
 
+# samplers a family takes only from a diffusers version on: FluxPipeline hands its flow sigmas
+# to DPM++ 2M and UniPC (use_flow_sigmas) from diffusers 0.35; before, every job fails
+NEEDS_DIFFUSERS = {("FluxPipeline", "dpmpp_2m"): (0, 35), ("FluxPipeline", "uni_pc_bh2"): (0, 35)}
+
+
+def diffusers_version() -> tuple[int, ...]:
+    """The installed diffusers' version (read from its metadata: diffusers is not imported)."""
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("diffusers").split(".")[:2] if part.isdigit())
+
+
 def rules(family) -> Rules | None:
     """The rules of a checkpoint's family (models.Family), or None: not one farm renders."""
     if family.pipeline == "FluxPipeline" and not family.guidance_embeds:

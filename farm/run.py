@@ -130,6 +130,13 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
                                    "automatic or simple, karras, beta, exponential), dpmpp_2m "
                                    "or uni_pc_bh2 (scheduler automatic or simple: its own "
                                    f"shift): got {sampler!r} with {spacing!r}")
+                since = families.NEEDS_DIFFUSERS.get(
+                    (family.pipeline, effective_pair(sampler, spacing)[0]))
+                if since and families.diffusers_version() < since:
+                    raise BadInput(where.format("sampler") + f": {sampler!r} needs diffusers "
+                                   f"{'.'.join(map(str, since))} or later on it (installed: "
+                                   f"{'.'.join(map(str, families.diffusers_version()))}); "
+                                   "use euler, or upgrade diffusers")
     for width, height in recipe["size"]:
         if width % rules.multiple or height % rules.multiple:
             raise BadInput(where.format("size") + f", which takes sizes in multiples of "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from farm import models, outputs, tiny
+from farm import families, models, outputs, tiny
 from farm.worker import Device, Worker
 from tests.helpers import manifest_rows, planned, recipe, rendered_images, run_farm
 
@@ -318,6 +318,10 @@ def test_flow_solvers_are_diffusers_own_on_the_flow_sigmas(worker, name, sampler
     and in a batch of 2."""
     import diffusers
 
+    if name == "tiny-flux" and families.diffusers_version() < (0, 35):
+        pytest.skip("FluxPipeline takes these solvers from diffusers 0.35 (refused at plan "
+                    "before: test_flow_solvers_on_an_older_diffusers_are_refused_at_plan)")
+
     checkpoint = models.resolve(name, "checkpoint")
     jobs = list(planned(recipe(prompt=["a fox", "a red fox in the snow"], checkpoint=name,
                                size="64x64", steps=4, seeds=1, sampler=sampler),
@@ -335,6 +339,8 @@ def test_flow_solvers_are_diffusers_own_on_the_flow_sigmas(worker, name, sampler
     assert np.abs(together[1].astype(int) - expected).max() <= 1
 
 
+@pytest.mark.skipif(families.diffusers_version() < (0, 35),
+                    reason="FluxPipeline takes DPM++ 2M and UniPC from diffusers 0.35")
 def test_a_flow_solver_run_verifies(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text("checkpoint: tiny-flux\nprompt: [a fox, an owl]\n"
                                      "sampler: [dpmpp_2m, uni_pc_bh2]\nsize: 64x64\nsteps: 3\n"
@@ -343,6 +349,22 @@ def test_a_flow_solver_run_verifies(tmp_path, capsys):
                     f"outputs={tmp_path / 'out'}") == 0
     assert run_farm("verify", str(tmp_path / "out" / "r"), "--all") == 0
     assert "4 fine, 0 not" in capsys.readouterr().out
+
+
+def test_flow_solvers_on_an_older_diffusers_are_refused_at_plan(tmp_path, capsys, monkeypatch):
+    """Before diffusers 0.35 FluxPipeline gives DPM++ 2M and UniPC sigmas they do not take, and
+    every job would fail: the recipe is refused before anything is written."""
+    monkeypatch.setattr(families, "diffusers_version", lambda: (0, 34))
+    (tmp_path / "r.yaml").write_text("checkpoint: tiny-flux\nprompt: a fox\nsampler: dpmpp_2m\n"
+                                     "size: 64x64\nsteps: 2\n")
+    assert run_farm("render", f"recipe={tmp_path / 'r.yaml'}", "runtime=inline",
+                    f"outputs={tmp_path / 'out'}") == 2
+    assert "'dpmpp_2m' needs diffusers 0.35 or later on it (installed: 0.34)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "r.yaml").write_text("checkpoint: tiny-sd3\nprompt: a fox\nsampler: dpmpp_2m\n"
+                                     "size: 64x64\nsteps: 2\n")  # SD3's pipeline takes them
+    assert run_farm("plan", f"recipe={tmp_path / 'r.yaml'}", f"outputs={tmp_path / 'out'}") == 0
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from farm import emphasis, families, models
+from farm import emphasis, families, hub, models
 from farm.emphasis import CHUNK_TOKENS
 from farm.jobs import Lora, Model
 from farm.values import HUB_ID, PICKLE_SUFFIXES
@@ -111,12 +111,8 @@ def _glob_quote(name: str) -> str:
 
 def _hub_lora(ref: str, repo: str, revision: str | None, field: str,
               looked: list[Path]) -> Model:
-    from huggingface_hub import snapshot_download
-
     try:
-        folder = Path(snapshot_download(
-            repo, revision=revision, allow_patterns=["*.safetensors"],
-            local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")))
+        folder = hub.fetch(repo, revision, ["*.safetensors"])
     except Exception as e:  # offline and not cached, missing, gated: say which
         raise AdapterError(field, ref, "no such LoRA here (looked at " + ", ".join(
             str(p) for p in looked) + "), nor in the Hugging Face cache or hub "

@@ -23,7 +23,7 @@ import operator
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -280,13 +280,12 @@ def _stream(manifest: Manifest, where: Where, order: str) -> Iterator[Entry]:
         found = manifest.scores_for([r["pixel_hash"] for r in chunk]) if scored else {}
         groups = manifest.duplicates_for([r["id"] for r in chunk]) if grouped else {}
         for row in chunk:
-            entry = Entry(seq=row.pop("seq"), id=row.pop("id"), path=row.pop("path"),
-                          pixel_hash=row.pop("pixel_hash"), params=json.loads(row.pop("params")),
-                          row=row)
-            if scored:
-                entry = replace(entry, scores=_columns(found.get(entry.pixel_hash, ()), entry))
-            if grouped:
-                entry = replace(entry, dup_group=groups.get(entry.id))
+            params = json.loads(row.pop("params"))
+            image, pixels = row.pop("id"), row.pop("pixel_hash")
+            scores = _columns(found.get(pixels, ()), params.get("caption") or params["prompt"]) \
+                if scored else {}
+            entry = Entry(seq=row.pop("seq"), id=image, path=row.pop("path"), pixel_hash=pixels,
+                          params=params, row=row, scores=scores, dup_group=groups.get(image))
             if where.matches(entry):
                 yield entry
 
@@ -294,14 +293,14 @@ def _stream(manifest: Manifest, where: Where, order: str) -> Iterator[Entry]:
 CHUNK = 1000  # rows whose scores are read at once
 
 
-def _columns(found, entry: Entry) -> dict[str, Any]:
-    """An image's score columns: the latest score of each scorer, of its caption where the
-    scorer reads one (clip)."""
+def _columns(found, text: str) -> dict[str, Any]:
+    """An image's score columns: the latest score of each scorer, of its caption `text` where
+    the scorer reads one (clip)."""
     caption = None
     columns: dict[str, Any] = {}
     for scorer, subject, value in found:  # oldest first: the latest wins
         if subject:
-            caption = caption or scorers.text_hash(entry.get("text"))
+            caption = caption or scorers.text_hash(text)
             if subject != caption:
                 continue
         columns.update(json.loads(value))

@@ -47,9 +47,11 @@ class Item:
     needs: tuple[Scorer, ...]
 
 
-def score(folder: Path, items: list[str], runtime: Runtime, batch: int = BATCH) -> Scored:
+def score(folder: Path, items: list[str], runtime: Runtime, batch: int = BATCH,
+          report: bool = True) -> Scored:
     """Score every finished image the chosen scorers have not scored yet, recording each batch
-    as it comes back: a killed scoring run resumes where it stopped."""
+    as it comes back: a killed scoring run resumes where it stopped. `report`: bring
+    report.json's scores up to date after."""
     # 1. the scorers and the run folder, checked before any worker starts
     chosen = scorers.resolve_all(items, "--with")
     if not chosen:
@@ -68,7 +70,7 @@ def score(folder: Path, items: list[str], runtime: Runtime, batch: int = BATCH) 
     finally:
         with Manifest(path) as manifest:
             manifest.release_writer()
-    if outcome.scored:
+    if outcome.scored and report:
         refresh_report(folder)
     return outcome
 
@@ -199,7 +201,7 @@ def dedup(folder: Path, max_distance: int = 4) -> Grouped:
         raise catalog.CatalogError(f"--max-distance: got {max_distance}; expected 0 to "
                                    f"{MAX_DISTANCE} bits of the 64 of a perceptual hash")
     path = catalog.manifest_of(folder)
-    score(folder, ["phash"], Runtime(kind="inline"))
+    score(folder, ["phash"], Runtime(kind="inline"), report=False)  # reported once, below
     started = time.perf_counter()
     rows = [(e.seq, e.id, e.path, e.pixel_hash, int(e.scores["phash"], 16))
             for e in catalog.entries(folder) if e.scores.get("phash")]

@@ -25,14 +25,7 @@ class InstantPipeline:
         self.scheduler = EulerDiscreteScheduler()  # configured per batch, as any pipeline's
         self.config = {}
         self.vae = None  # nothing to tile or slice
-        self.components: dict = {}
         self._noise: dict[tuple[int, int], np.ndarray] = {}
-
-    def set_progress_bar_config(self, **_) -> None:
-        pass
-
-    def to(self, *_ , **__) -> InstantPipeline:
-        return self
 
     def __call__(self, prompt: list[str], width: int, height: int, generator: list,
                  num_inference_steps: int = 1, output_type: str = "np",

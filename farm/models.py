@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm import instant, tiny
+from farm import hub, instant, tiny
 from farm.hashes import file_hash, folder_hash
 from farm.fields import CHECKPOINT, VAE
 from farm.values import CONFIG_MARK, HUB_ID, PICKLE_SUFFIXES
@@ -138,14 +138,10 @@ def _resolve_hub(ref: str, repo: str, revision: str | None, field: str,
     """A repo from the local Hugging Face cache (or downloaded when online): only the files its
     pipeline loads (hub_patterns), so that a node never fetches a repository's alternatives;
     in `variant` where every weighted component has it, else the default weights."""
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-
     def fetch(allow: list[str], ignore: list[str] | None = None) -> Path:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow,
-                                      ignore_patterns=ignore, local_files_only=offline))
+        return hub.fetch(repo, revision, allow, ignore)
 
     try:
         folder = fetch(["model_index.json", "config.json"])  # what the repo holds
@@ -165,11 +161,7 @@ def _resolve_hub(ref: str, repo: str, revision: str | None, field: str,
             return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}",
                          variant="fp16")
     except LocalEntryNotFoundError as e:
-        rev = f" --revision {revision}" if revision else ""
-        where = ("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" if offline
-                 else f"not in the local Hugging Face cache, and the hub cannot be reached ({e})")
-        raise ModelError(field, ref, f"{where}; download it first on a machine with network "
-                         f"access: huggingface-cli download {repo}{rev}") from None
+        raise ModelError(field, ref, hub.missing(repo, revision, e)) from None
     except Exception as e:  # missing repos, gated repos, a broken index: say which
         raise ModelError(field, ref, f"could not fetch it from the Hugging Face hub: {e}") from None
     return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}")

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from farm import (adapters, catalog, emphasis, families, gallery, grid, inputs, models, plan, samplers,
-                  schedule, scorers)
+from farm import (adapters, catalog, emphasis, families, gallery, grid, inputs, models, plan,
+                  samplers, schedule, scorers)
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
 from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm import tiny
+from farm import hub, tiny
 from farm.values import HUB_ID, PICKLE_SUFFIXES
 
 VERSION = 1  # of farm's scoring code: part of every identity, so a fix scores again
@@ -41,24 +41,26 @@ class Kind:
     """One kind of scorer (the table below)."""
 
     name: str
-    columns: tuple[str, ...]  # what it writes, as exports name them
-    numeric: tuple[str, ...]  # those that --where compares as numbers and --top ranks
+    # what it writes, as exports name them, with its type (a pyarrow alias): the float64 ones
+    # are what --where compares as numbers and --top ranks
+    columns: dict[str, str]
     default: str | None  # the model it runs when none is named (None: it runs no model)
     tiny: str | None  # the built-in random-weight model `NAME:tiny` runs
     text: bool = False  # whether it reads the image's caption as well as its pixels
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("aesthetic", ("aesthetic",), ("aesthetic",), "ttj/sac-logos-ava1-l14-linearMSE",
+    Kind("aesthetic", {"aesthetic": "float64"}, "ttj/sac-logos-ava1-l14-linearMSE",
          "tiny-aesthetic"),
-    Kind("clip", ("clip_score",), ("clip_score",), "openai/clip-vit-large-patch14", "tiny-clip",
+    Kind("clip", {"clip_score": "float64"}, "openai/clip-vit-large-patch14", "tiny-clip",
          text=True),
-    Kind("nsfw", ("nsfw", "nsfw_score"), ("nsfw_score",), "CompVis/stable-diffusion-safety-checker",
-         "tiny-nsfw"),
-    Kind("phash", ("phash",), (), None, None),
+    Kind("nsfw", {"nsfw": "bool", "nsfw_score": "float64"},
+         "CompVis/stable-diffusion-safety-checker", "tiny-nsfw"),
+    Kind("phash", {"phash": "string"}, None, None),
 )}
-COLUMNS = tuple(c for k in KINDS.values() for c in k.columns)  # every score column
-NUMERIC = tuple(c for k in KINDS.values() for c in k.numeric)
+TYPES = {c: kind for k in KINDS.values() for c, kind in k.columns.items()}  # every column
+COLUMNS = tuple(TYPES)
+NUMERIC = tuple(c for c, kind in TYPES.items() if kind == "float64")
 BY_COLUMN = {c: k for k in KINDS.values() for c in k.columns}
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"  # what LAION's predictor was trained on
 CONVERT = ("convert it to .safetensors first: python -c \"import torch, safetensors.torch as st; "
@@ -199,21 +201,13 @@ def _files(ref: str, where: str) -> Path:
     if not match or ref.startswith(("/", "./", "../", "~")):
         raise ScorerError(f"{where}: no such file or folder, and not a Hugging Face repo id "
                           f"(org/name[@revision])")
-    import os
-
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    try:
-        folder = Path(snapshot_download(
-            match["repo"], revision=match["revision"], local_files_only=offline,
-            allow_patterns=["*.json", "*.txt", "*.safetensors"], ignore_patterns=["*/*"]))
-    except LocalEntryNotFoundError:
-        raise ScorerError(f"{where}: not in the local Hugging Face cache"
-                          + (", and HF_HUB_OFFLINE is set" if offline else "")
-                          + f"; download it first: huggingface-cli download {match['repo']}"
-                          ) from None
+    try:  # its configs and safetensors weights only
+        folder = hub.fetch(match["repo"], match["revision"], ["*.json", "*.txt", "*.safetensors"],
+                           ["*/*"])
+    except LocalEntryNotFoundError as e:
+        raise ScorerError(f"{where}: {hub.missing(match['repo'], match['revision'], e)}") from None
     except Exception as e:
         raise ScorerError(f"{where}: could not fetch it from the Hugging Face hub: {e}") from None
     _check_weights(folder, where)

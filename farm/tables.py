@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from farm import card
+from farm import card, scorers
 from farm.catalog import Entry
 from farm.fields import COLUMNS
 from farm.outputs import PARTIAL_SUFFIX
@@ -208,9 +208,8 @@ def schema_of(selection: Selection, first: str | None = None, images: bool = Fal
     for name, keys in selection.nested.items():
         types[name] = pa.struct([(k, text) for k in keys])
     types["pixel_hash"] = text
-    scored = {"aesthetic": pa.float64(), "clip_score": pa.float64(), "nsfw": pa.bool_(),
-              "nsfw_score": pa.float64(), "phash": text}  # farm/scorers.py's columns
-    types.update({column: scored[column] for column in selection.scores})
+    types.update({column: pa.type_for_alias(scorers.TYPES[column])
+                  for column in selection.scores})
     if selection.grouped:
         types["dup_group"] = whole
     if manifest:

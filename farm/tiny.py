@@ -518,7 +518,8 @@ def build_tiny_clip(folder: Path) -> None:
 
 def build_tiny_aesthetic(folder: Path) -> None:
     """LAION's aesthetic predictor shaped small: a CLIP model folder plus the MLP's weights
-    (layers.N, linear layers chaining the 16-wide embedding to one score) in aesthetic.safetensors."""
+    (layers.N, linear layers chaining the 16-wide embedding to one score) in
+    aesthetic.safetensors."""
     import torch
     from safetensors.torch import save_file
 

@@ -6,8 +6,10 @@ On one worker (this machine's device), with the built-in tiny models, prints the
 seconds per image of, rendered in turn round after round (so that drift hits them alike):
   - tiny: one pass at SIZE (the baseline); a hires pass from SIZE/2 at scale 2, latent and
     lanczos upscalers (first pass STEPS, second pass HIRES_STEPS at denoise 0.5); img2img of
-    a SIZE input at denoise 0.75 (STEPS x 0.75 steps);
-  - tiny-xl: one pass at SIZE (the baseline); the same with tiny-xl-refiner from 0.8.
+    a SIZE input at denoise 0.75 (STEPS x 0.75 steps); one ControlNet unit (tiny-controlnet,
+    canny on a SIZE input);
+  - tiny-xl: one pass at SIZE (the baseline); the same with tiny-xl-refiner from 0.8; one
+    ControlNet unit (tiny-xl-controlnet, canny).
 The tiny models' UNets are mostly convolutions at low width: the ratios, not the seconds, are
 what carries over to real checkpoints (where a step at 4x the pixels costs about 4x).
 """
@@ -25,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from farm import inputs, models
-from farm.jobs import Batch, Hires, Job
+from farm.jobs import Batch, Control, Hires, Job
 from farm.worker import Worker
 
 
@@ -38,6 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="farm-bench-stages-"))
     sd, xl, refiner = (models.resolve(name) for name in ("tiny", "tiny-xl", "tiny-xl-refiner"))
+    net, xl_net = (models.resolve(name, "controlnet")
+                   for name in ("tiny-controlnet", "tiny-xl-controlnet"))
     picture = root / "input.png"
     Image.fromarray(np.random.default_rng(0).integers(
         0, 256, (args.size, args.size, 3), dtype=np.uint8)).save(picture)
@@ -62,6 +66,11 @@ def main() -> None:
         "tiny-xl: one pass (baseline)": job(xl),
         "tiny-xl: refiner from 0.8": job(xl, refiner=refiner, switch_at=0.8),
     }
+    unit = (Control("canny", 100, 200),)
+    cases["tiny: one ControlNet unit, canny"] = job(sd, controlnets=(net,), control=unit,
+                                                    control_images=(init,), resize="stretch")
+    cases["tiny-xl: one ControlNet unit, canny"] = job(xl, controlnets=(xl_net,), control=unit,
+                                                       control_images=(init,), resize="stretch")
     for one in cases.values():  # load every pipeline; warm up
         worker.render(Batch((one,), (f"images/00000/{next(counter)}.png",)))
     times: dict[str, list[float]] = {label: [] for label in cases}

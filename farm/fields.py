@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from farm import emphasis, samplers
-from farm.hashes import file_hash
-from farm.values import UPSCALERS, Hires, Lora, Model, display_name
+from farm.hashes import file_hash, legacy_hash
+from farm.values import PREPROCESSORS, UPSCALERS, Control, Hires, Lora, Model, display_name
 
 LOAD, BATCH, IMAGE = "load", "batch", "image"
 ALWAYS = object()  # id_default of the first fields: they always enter the id
 # where a reference field's value comes from: a model file, or an input image (its identity the
 # hash of its decoded pixels; read by the worker, carried to nodes that cannot see it)
-CHECKPOINT, VAE, REFINER, INPUT = "checkpoint", "vae", "refiner", "input"
+CHECKPOINT, VAE, REFINER, CONTROLNET, INPUT = "checkpoint", "vae", "refiner", "controlnet", "input"
 Find = Callable[..., Model]  # (field, ref, identity[, path]) -> the Model found on this machine
 
 
@@ -69,6 +69,15 @@ EMBEDDINGS = Codec(  # ref: the word a prompt uses
                                 for e in items]},
     lambda name, r, find: tuple(find(name, i["name"], i["identity"], i.get("path"))
                                 for i in r.get(name) or ()))
+# models (ControlNets) or input images (control images), one per ControlNet unit
+MODEL_LIST = Codec(
+    lambda items: tuple(m.identity for m in items),
+    lambda name, items: {name: [{"ref": m.ref, "identity": m.identity} for m in items]},
+    lambda name, r, find: tuple(find(name, i["ref"], i["identity"]) for i in r.get(name) or ()))
+CONTROL = Codec(  # ControlNet units' settings (their models and images are fields of their own)
+    lambda units: tuple(tuple(u.record().items()) for u in units),
+    lambda name, units: {name: [u.record() for u in units]},
+    lambda name, r, find: tuple(Control(**u) for u in r.get(name) or ()))
 # a value derived from other fields, recorded but never in the id
 DERIVED = Codec(lambda v: False, lambda name, v: {name: bool(v)}, _plain_restore)
 # `crop` and `fill` fit inputs with A1111's arithmetic (inputs.fit); before, farm rounded the
@@ -138,6 +147,38 @@ def _emphasis(job) -> dict[str, Any]:
             _plain(t) for t in (emphasis.loras(job.prompt)[0], job.negative)):
         return {"Emphasis": "None"}
     return {}
+
+
+RESIZE_MODES = {"stretch": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
+CONTROL_MODES = {False: "Balanced", True: "ControlNet is more important"}
+
+
+def _controlnet(job) -> dict[str, Any]:
+    """Each unit as sd-webui-controlnet writes it (`ControlNet 0: "Module: canny, Model: NAME
+    [HASH], Weight: 1.0, ..."`), so that its infotext reader sets the units again: the model's
+    name with its legacy hash (the way that extension lists models), the preprocessor run at
+    the image's own size (its "Pixel Perfect")."""
+    found = {}
+    for i, (unit, model) in enumerate(zip(job.control, job.controlnets)):
+        pairs = {"Module": PREPROCESSORS[unit.preprocessor],
+                 "Model": f"{model.name} [{legacy_hash(model)}]",
+                 "Weight": float(unit.weight), "Resize Mode": RESIZE_MODES[job.resize]}
+        if unit.preprocessor == "canny":
+            pairs.update({"Threshold A": float(unit.low), "Threshold B": float(unit.high)})
+        pairs.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end),
+                      "Pixel Perfect": True, "Control Mode": CONTROL_MODES[unit.guess_mode]})
+        found[f"ControlNet {i}"] = json.dumps(", ".join(f"{k}: {v}" for k, v in pairs.items()))
+    return found
+
+
+def _shown_control(units) -> str | None:
+    """ControlNet units as their export column reads: `canny 100/200 x1 0-1; none x0.5 0-0.8`."""
+    if not units:
+        return None
+    return "; ".join(
+        u["preprocessor"] + (f" {u['low']}/{u['high']}" if u.get("low") is not None else "")
+        + f" x{u['weight']:g} {u['start']:g}-{u['end']:g}" + (" guess" if u["guess_mode"] else "")
+        for u in units)
 
 
 def _shown_hires(value: dict | None) -> str | None:
@@ -261,6 +302,16 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     JobField("switch_at", BATCH, float, "float64",
              _pair("switch_at", "Refiner switch at", lambda v: f"{v:g}"), id_default=None,
              codec=FLOAT),
+    # ControlNet units, in one order in all three: the ControlNets (loaded with the
+    # checkpoint), how each steers, and each one's image (its identity: its decoded pixels')
+    JobField("controlnets", LOAD, tuple, "string", id_default=(), codec=MODEL_LIST,
+             source=CONTROLNET, shown=lambda items: ", ".join(
+                 display_name(i["ref"]) for i in items) if items else None),
+    JobField("control", BATCH, tuple, "string", _controlnet, id_default=(), codec=CONTROL,
+             shown=_shown_control),
+    JobField("control_images", IMAGE, tuple, "string", id_default=(), codec=MODEL_LIST,
+             source=INPUT, shown=lambda items: ", ".join(
+                 Path(i["ref"]).name for i in items) if items else None),
 )
 
 
@@ -268,6 +319,15 @@ BY_NAME = {f.name: f for f in FIELDS}
 IDENTITY_FIELDS = tuple(f for f in FIELDS if f.role in (LOAD, BATCH))  # shared by a batch
 LOAD_FIELDS = tuple(f for f in FIELDS if f.role == LOAD)  # the Loadout's members
 INPUT_FIELDS = tuple(f for f in FIELDS if f.source == INPUT)  # input images
+
+
+def input_images(job) -> list[Model]:
+    """Every input image a job reads (its init image, its control images)."""
+    found = []
+    for f in INPUT_FIELDS:
+        value = getattr(job, f.name)
+        found += value if isinstance(value, tuple) else [value] if value is not None else []
+    return found
 
 
 def column_value(record: dict, name: str) -> Any:

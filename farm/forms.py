@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from farm import catalog, checks, inputs, prompts, scorers
 from farm.checks import Check, FieldError
+from farm.values import CANNY_THRESHOLDS, PREPROCESSORS, Control
 
 DEFAULT_HIRES = {"upscaler": "latent", "steps": 0, "denoise": 0.7, "sampler": None}
 DEFAULT_SWITCH = 0.8
@@ -383,3 +384,106 @@ def scores(ctx: Context, name: str, value: Any) -> tuple[str, ...]:
         return scorers.parse(value if isinstance(value, (str, list)) else [value], name)
     except scorers.ScorerError as e:
         ctx.fail(name, value, str(e).split(": ", 1)[-1])
+
+
+CONTROL_UNIT = ("model", "image", "preprocessor", "weight", "start", "end", "guess_mode",
+                "low_threshold", "high_threshold")
+CONTROL_ALLOWED = ("expected a ControlNet unit set, [{model: REF, image: IMAGES, preprocessor: "
+                   "none|canny, weight: 1.0, start: 0.0, end: 1.0, guess_mode: false}, ...] (one "
+                   "unit may be written without the list), or a list of such sets; weight, "
+                   "start and end may be lists to sweep; canny takes low_threshold and "
+                   "high_threshold (100, 200)")
+
+
+def _unit_sets(ctx: Context, name: str, value: Any) -> list[tuple[str, list[dict]]]:
+    """(where, units) of each unit set a `control` value gives."""
+    if isinstance(value, dict):
+        sets = [[value]]
+    elif isinstance(value, list) and value and all(isinstance(s, list) for s in value):
+        sets = value
+    elif isinstance(value, list) and value:
+        sets = [value]
+    else:
+        ctx.fail(name, value, CONTROL_ALLOWED)
+    found = []
+    for i, units in enumerate(sets):
+        where = f"{name}[{i}]" if len(sets) > 1 else name
+        if not units:
+            ctx.fail(where, units, CONTROL_ALLOWED)
+        for j, unit in enumerate(units):
+            if not isinstance(unit, dict) or not set(unit) <= set(CONTROL_UNIT):
+                extra = sorted(set(unit) - set(CONTROL_UNIT)) if isinstance(unit, dict) else []
+                ctx.fail(f"{where}[{j}]" + (f".{extra[0]}" if extra else ""), unit,
+                         CONTROL_ALLOWED)
+            for needed in ("model", "image"):
+                if unit.get(needed) is None:
+                    ctx.fail(f"{where}[{j}].{needed}", None, f"each ControlNet unit needs its "
+                             f"{needed}; " + CONTROL_ALLOWED)
+        found.append((where, units))
+    return found
+
+
+def control_sets(ctx: Context, name: str, value: Any) -> tuple:
+    """The `control` axis: unit sets, each a tuple of (ControlNet reference, Control), one
+    per combination of its units' weight, start and end lists. The units' images are the
+    control.image axis."""
+    if value is None:
+        return (None,)
+    found: list[tuple] = []
+    for where, units in _unit_sets(ctx, name, value):
+        choices = []
+        for j, unit in enumerate(units):
+            at = f"{where}[{j}]" if len(units) > 1 or isinstance(value, list) else where
+            ref = ctx.checked(checks.model_ref, f"{at}.model", unit["model"])
+            kind = ctx.checked(checks.choice(tuple(PREPROCESSORS)), f"{at}.preprocessor",
+                               unit.get("preprocessor", "none"))
+            low, high = None, None
+            if kind == "canny":
+                low = ctx.checked(checks.whole(1, 255), f"{at}.low_threshold",
+                                  unit.get("low_threshold", CANNY_THRESHOLDS[0]))
+                high = ctx.checked(checks.whole(1, 255), f"{at}.high_threshold",
+                                   unit.get("high_threshold", CANNY_THRESHOLDS[1]))
+                if low > high:
+                    ctx.fail(f"{at}.low_threshold", low, f"at most high_threshold ({high})")
+            elif "low_threshold" in unit or "high_threshold" in unit:
+                ctx.fail(f"{at}.preprocessor", kind, "thresholds are canny's; set "
+                         "preprocessor: canny, or leave them out")
+            weights = each(checks.number(0, 2))(ctx, f"{at}.weight", unit.get("weight", 1.0))
+            starts = each(checks.number(0, 1))(ctx, f"{at}.start", unit.get("start", 0.0))
+            ends = each(checks.number(0, 1))(ctx, f"{at}.end", unit.get("end", 1.0))
+            guess = ctx.checked(checks.flag, f"{at}.guess_mode", unit.get("guess_mode", False))
+            options = [(ref, Control(kind, low, high, float(w), float(s), float(e), guess))
+                       for w, s, e in itertools.product(weights, starts, ends) if s < e]
+            if not options:
+                ctx.fail(f"{at}.start", unit.get("start"), "start must be below end (the share "
+                         "of the schedule the unit acts on)")
+            choices.append(options)
+        if len({option[0][1].guess_mode for option in choices}) > 1:
+            ctx.fail(f"{where}", units, "guess_mode is one setting for all units of a set "
+                     "(diffusers runs a MultiControlNet call in one mode)")
+        found += itertools.product(*choices)
+    if len(set(found)) != len(found):
+        ctx.fail(name, value, "a ControlNet unit set is listed twice; each must appear once")
+    return tuple(tuple(units) for units in found)
+
+
+def control_images(ctx: Context, name: str, value: Any) -> tuple:
+    """The control.image axis: a tuple of image paths (one per unit) for every combination
+    of the units' images (files, folders, globs, .tar shards: one job per image). Every set of
+    a control axis takes the same images."""
+    given = ctx.given.get("control")
+    if given is None:
+        return (None,)
+    per_set = []
+    for where, units in _unit_sets(ctx, "control", given):
+        images = []
+        for j, unit in enumerate(units):
+            at = f"{where}[{j}].image" if len(units) > 1 or isinstance(given, list) \
+                else f"{where}.image"
+            images.append(input_images(ctx, at, unit["image"]))
+        per_set.append(images)
+    if any(images != per_set[0] for images in per_set):
+        ctx.fail("control", given, "every unit set of a control axis takes the same images, "
+                 "unit by unit (they are one axis, control.image); sweep models, weights and "
+                 "preprocessors on the same images, or make a second recipe")
+    return tuple(itertools.product(*per_set[0]))

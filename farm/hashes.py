@@ -3,6 +3,7 @@ infotext)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,26 @@ def file_hash(file: Path, after_header: bool = False) -> str:
         json.dump(cache, tmp)
     os.replace(tmp.name, cache_file)
     return cache[key]
+
+
+def legacy_hash(model) -> str:
+    """AUTOMATIC1111's old 8-digit model hash (sha256 of 64 KiB at 1 MiB into the weights file),
+    which sd-webui-controlnet shows beside a ControlNet's name: of the file, or of a diffusers
+    folder's weights file."""
+    path = Path(model.path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        if not found:
+            return model.identity.split("@")[-1][:8]
+        path = found[0]
+    return _legacy(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _legacy(path: str, size: int, mtime: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
 
 
 def folder_hash(folder: Path) -> str:

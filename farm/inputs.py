@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from farm import outputs, tiny
-from farm.fields import INPUT_FIELDS
+from farm.fields import input_images
 from farm.jobs import Batch, Model
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -349,8 +349,8 @@ def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
 
 def carried(batch: Batch) -> Batch:
     """The batch with its input images' files in it, for a worker on another node."""
-    needed = {image.identity: image.path for job in batch.jobs for image in
-              (getattr(job, f.name) for f in INPUT_FIELDS) if image is not None}
+    needed = {image.identity: image.path for job in batch.jobs
+              for image in input_images(job)}
     if not needed or batch.inputs:
         return batch
     files = []

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from farm.fields import (ALWAYS, BY_NAME, FIELDS, IDENTITY_FIELDS, IMAGE, LOAD_FIELDS, MISSING,
                          PLAIN, Find)
-from farm.values import UPSCALERS, Hires, Lora, Model  # noqa: F401 (the values jobs are made of)
+from farm.values import UPSCALERS, Control, Hires, Lora, Model  # noqa: F401 (the values jobs are made of)
 from farm.scorers import Score, Scorer
 
 # Bump only when the meaning of the identity fields changes: it re-keys every run folder.
@@ -31,6 +31,7 @@ class Loadout:
     checkpoint: Model
     vae: Model | None = None  # None: the checkpoint's own VAE
     refiner: Model | None = None  # an SDXL refiner checkpoint
+    controlnets: tuple[Model, ...] = ()  # ControlNets beside the checkpoint's denoiser
 
     @property
     def key(self) -> tuple[str | None, ...]:
@@ -39,7 +40,8 @@ class Loadout:
 
     def __str__(self) -> str:
         return self.checkpoint.ref + (f" + {self.vae.ref}" if self.vae else "") + (
-            f" + refiner {self.refiner.ref}" if self.refiner else "")
+            f" + refiner {self.refiner.ref}" if self.refiner else "") + "".join(
+            f" + controlnet {c.ref}" for c in self.controlnets)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,11 @@ class Job:
     hires: Hires | None = None  # a second pass; width and height are then its final size
     refiner: Model | None = None  # an SDXL refiner taking over at switch_at of the schedule
     switch_at: float | None = None
+    # ControlNet units: each one's ControlNet, how it steers and its image (in unit order);
+    # images that differ are rendered in one call, each with its own
+    controlnets: tuple[Model, ...] = ()
+    control: tuple[Control, ...] = ()
+    control_images: tuple[Model, ...] = ()
     # how the prompt was made (template, chosen values, prompt-file columns): recorded with the
     # image, never part of its identity, so two routes to the same job give the same id
     context: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
@@ -199,6 +206,7 @@ class ImageFormat:
     kind: str = "png"  # png | jpeg | webp
     quality: int = 90  # jpeg and webp, 1-100; webp at 100 is lossless
     png_compression: int = 6  # zlib level 0-9: file size against write time, same pixels
+    detected_maps: bool = False  # each ControlNet unit's detected map saved beside its image
 
     SUFFIXES: ClassVar[dict[str, str]] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 

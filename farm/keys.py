@@ -28,7 +28,7 @@ from farm.checks import Check
 from farm.fields import BY_NAME, INPUT_FIELDS
 from farm.forms import (Context, HiresSpec, Parse, PromptFile, each,
                         one)
-from farm.values import Hires, Lora, Model
+from farm.values import Control, Hires, Lora, Model
 
 LOAD, BATCH, IMAGE, SETTING = "load", "batch", "image", "setting"
 DEFAULT_DENOISE = 0.75  # AUTOMATIC1111's img2img default
@@ -71,6 +71,9 @@ class Key:
     # a streamed axis: its values from the recipe's (prompt rows, seeds), never held at once
     each: Callable[[Mapping[str, Any]], Iterable] | None = None
     length: Callable[[Mapping[str, Any]], int] | None = None
+    # an axis a recipe writes inside another key's value (control.image, in control's units),
+    # whose parse reads it from there: not a recipe field of its own
+    within: str | None = None
 
     def __post_init__(self) -> None:
         if self.parse is None:
@@ -97,6 +100,14 @@ class Key:
         return ", ".join(show(v) for v in recipe[self.name])
 
 
+def loaded(ref: str | tuple[str, ...] | None, models: Mapping[str, Model]) -> Any:
+    """What a load axis value's reference (Key.loads) loads: a model, a tuple of them (a
+    ControlNet unit set's), or nothing (None; an empty tuple for no ControlNets)."""
+    if isinstance(ref, tuple):
+        return tuple(models[r] for r in ref)
+    return None if ref is None else models[ref]
+
+
 def _shown(value: Any) -> str:
     return "(none)" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -104,7 +115,7 @@ def _shown(value: Any) -> str:
 # 1. parses: (context, key, value) -> the checked value --------------------------------------------
 
 def _denoise(ctx: Context, name: str, value: Any) -> tuple[float | None, ...]:
-    images_in = any(ctx.given.get(k.name) is not None for k in INPUT_KEYS)
+    images_in = ctx.given.get("init") is not None  # control images are not denoised
     if value is None:
         return (DEFAULT_DENOISE,) if images_in else (None,)
     if not images_in:
@@ -219,6 +230,15 @@ def _input(name: str) -> Apply:
         name, None if path is None else draft.inputs[path])
 
 
+def _apply_control(draft: Draft, units: tuple[tuple[str, Control], ...] | None) -> None:
+    draft.fields["controlnets"] = tuple(draft.models[ref] for ref, _ in units or ())
+    draft.fields["control"] = tuple(unit for _, unit in units or ())
+
+
+def _apply_control_images(draft: Draft, paths: tuple[str, ...] | None) -> None:
+    draft.fields["control_images"] = tuple(draft.inputs[p] for p in paths or ())
+
+
 def _apply_prompt(draft: Draft, row: prompts.Row) -> None:
     """The prompt and its negative, and what the prompt's <lora:...> tags, embedding words and
     emphasis add (read with the job's checkpoint and emphasis mode, set by earlier rows)."""
@@ -265,7 +285,7 @@ def _for_inputs(name: str) -> Apply:
     the others."""
     def apply(draft: Draft, value: str) -> None:
         fields = draft.fields
-        fields[name] = value if any(fields[f.name] is not None for f in INPUT_FIELDS) else None
+        fields[name] = value if any(fields[f.name] for f in INPUT_FIELDS) else None
     return apply
 
 
@@ -327,6 +347,14 @@ KEYS: tuple[Key, ...] = (
     Key("refiner", None, LOAD, ("refiner", "switch_at"), _apply_refiner, parse=forms.refiners,
         stage=True, loads=lambda value: value and value[0], loads_from="refiner.checkpoint",
         show=lambda v: f"{v[0]} at {v[1]:g}" if v else "(none)"),
+    # ControlNet unit sets: [{model, image, preprocessor, weight, start, end, guess_mode}, ...]
+    # (a list of sets is an axis; weight, start and end lists sweep); their images: control.image
+    Key("control", None, LOAD, ("controlnets", "control"), _apply_control,
+        parse=forms.control_sets, stage=True,
+        loads=lambda units: tuple(ref for ref, _ in units or ()), loads_from="control.model",
+        show=lambda units: " + ".join(f"{ref} {u.preprocessor} x{u.weight:g} "
+                                      f"{u.start:g}-{u.end:g}" for ref, u in units)
+        if units else "(none)"),
     Key("loras", [], BATCH, ("loras",), _apply_loras, parse=forms.lora_sets,
         show=lambda s: " + ".join(f"{ref}:{weight:g}" for ref, weight in s) or "(none)"),
     Key("size", "512x512", BATCH, ("width", "height"), _set("width", "height"), checks.size,
@@ -354,6 +382,9 @@ KEYS: tuple[Key, ...] = (
         parse=_denoise, stage=True),
     Key("init", None, IMAGE, ("init",), _input("init"), parse=forms.input_images, stage=True,
         summary=_shown_images("init")),
+    Key("control.image", None, IMAGE, ("control_images",), _apply_control_images,
+        parse=forms.control_images, stage=True, within="control",
+        summary=_shown_images("control.image")),
     Key("prompt", None, IMAGE, ("prompt", "negative", "emphasis", "embeddings", "zero_negative",
                                 "pad_conds", "truncated", "loras"),
         _apply_prompt, parse=forms.prompt_items, each=_prompt_rows, length=_prompt_count,
@@ -365,12 +396,14 @@ KEYS: tuple[Key, ...] = (
     Key("zip", None, SETTING, parse=_zip),  # axes that advance together: [[prompt, seeds]]
     Key("grids", None, SETTING, parse=forms.grids),  # contact sheets: auto, or [{x: cfg, y: steps}]
     Key("gallery", False, SETTING, item=checks.flag),  # RUN/gallery/ refreshed after each render
+    # each ControlNet unit's detected map saved beside its image (NAME.control0.png, ...)
+    Key("save_detected_map", False, SETTING, item=checks.flag),
     Key("caption", None, SETTING, parse=_caption),  # the `text` of exports; default: the prompt
     Key("score", None, SETTING, parse=forms.scores),  # scorers run on each new image (farm score)
 )
 
 BY_KEY = {k.name: k for k in KEYS}
-DEFAULTS = {k.name: k.default for k in KEYS}
+DEFAULTS = {k.name: k.default for k in KEYS if not k.within}  # the recipe's fields
 AXES = tuple(k for k in KEYS if k.axis)  # in cost order
 LOADED = tuple(k for k in AXES if k.role == LOAD)  # what workers load: these always multiply
 STAGES = tuple(k for k in AXES if k.stage)  # (None,) unless the recipe sets them

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from farm import hub, instant, tiny
 from farm.hashes import file_hash, folder_hash
-from farm.fields import CHECKPOINT, VAE
+from farm.fields import CHECKPOINT, CONTROLNET, VAE
 from farm.values import CONFIG_MARK, HUB_ID, PICKLE_SUFFIXES
 from farm.jobs import Model
 
@@ -39,7 +39,7 @@ def resolve(ref: str, source: str = CHECKPOINT, field: str | None = None, *,
     CHECKPOINT, REFINER (a checkpoint) or VAE (farm/fields.py); `field` names it in errors
     (default: the source). `variant` ("fp16"): a hub pipeline's weights in that variant, where
     it has them all."""
-    role = "vae" if source == VAE else "checkpoint"
+    role = {VAE: "vae", CONTROLNET: "controlnet"}.get(source, "checkpoint")
     field = field or source
     if CONFIG_MARK in ref:
         return _resolve_single_file(ref, field, role)
@@ -88,6 +88,8 @@ def _resolve_local(ref: str, path: Path, field: str, role: str) -> Model:
         raise ModelError(field, ref, f"not a diffusers {role} folder: it has no {marker}")
     if role == "checkpoint":
         check_components(path, field, ref)
+    if role == "controlnet":
+        check_controlnet_folder(path, field, ref)
     return Model(ref=ref, path=str(path.resolve()), identity=folder_hash(path))
 
 
@@ -118,6 +120,61 @@ def check_components(folder: Path, field: str, ref: str) -> None:
                 "safetensors.torch.save_file)" if pickles else ""))
 
 
+CONTROLNET_CLASSES = ("ControlNetModel",)
+
+
+def check_controlnet_folder(folder: Path, field: str, ref: str) -> None:
+    """A diffusers ControlNet folder: its config names a ControlNet, its weights safetensors."""
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as e:
+        raise ModelError(field, ref, f"config.json cannot be read: {e}") from None
+    if kind not in CONTROLNET_CLASSES:
+        raise ModelError(field, ref, f"its config.json is a {kind}, not a ControlNet "
+                         f"({', '.join(CONTROLNET_CLASSES)})")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError(field, ref, "it has no .safetensors weights (farm never loads pickles)")
+
+
+def controlnet_config(controlnet: Model) -> dict:
+    return json.loads((Path(controlnet.config or controlnet.path) / "config.json").read_text())
+
+
+def denoiser_config(checkpoint: Model) -> dict:
+    folder = Path(checkpoint.config or checkpoint.path) / "unet"
+    return json.loads((folder / "config.json").read_text()) if folder.is_dir() else {}
+
+
+def controlnet_fits(controlnet: Model, checkpoint: Model) -> str | None:
+    """Why a ControlNet cannot steer a checkpoint's UNet (None: it can): its text width and its
+    SDXL-ness (added time embeddings) must be the UNet's."""
+    mine, theirs = controlnet_config(controlnet), denoiser_config(checkpoint)
+    if not theirs:
+        return "it has no UNet (farm runs ControlNets on Stable Diffusion 1.x/2.x and SDXL)"
+    kinds = {None: "Stable Diffusion 1.x/2.x", "text_time": "SDXL"}
+    for key, what in (("addition_embed_type", "family"), ("cross_attention_dim", "text width")):
+        if mine.get(key) != theirs.get(key):
+            shown = (kinds.get(mine.get(key), mine.get(key)), kinds.get(theirs.get(key),
+                                                                        theirs.get(key))) \
+                if key == "addition_embed_type" else (mine.get(key), theirs.get(key))
+            return f"a ControlNet for another architecture ({what} {shown[0]}; the " \
+                   f"checkpoint's is {shown[1]})"
+    return None
+
+
+def load_controlnet(controlnet: Model, device: str, dtype):
+    """A ControlNetModel from its folder, or a single .safetensors file with its config."""
+    from diffusers import ControlNetModel
+
+    if controlnet.config:
+        model = ControlNetModel.from_single_file(controlnet.path, config=controlnet.config,
+                                                 torch_dtype=dtype, local_files_only=True)
+    else:
+        model = ControlNetModel.from_pretrained(controlnet.path, torch_dtype=dtype,
+                                                use_safetensors=True, local_files_only=True)
+    return model.to(device)
+
+
 def _resolve_single_file(ref: str, field: str, role: str) -> Model:
     """A single .safetensors file (the checkpoints people share) with its architecture."""
     weights, config_ref = ref.split(CONFIG_MARK, 1)
@@ -126,7 +183,8 @@ def _resolve_single_file(ref: str, field: str, role: str) -> Model:
         raise ModelError(field, ref, "a single-file model must be a .safetensors file")
     if not path.is_file():
         raise ModelError(field, ref, f"no such file (looked at {path.resolve()})")
-    config = resolve(config_ref, VAE if role == "vae" else CHECKPOINT, f"{field}.config")
+    config = resolve(config_ref, {"vae": VAE, "controlnet": CONTROLNET}.get(role, CHECKPOINT),
+                     f"{field}.config")
     digest = file_hash(path)
     # the file's sha256 leads, so that its first 10 digits are AUTOMATIC1111's "Model hash"
     identity = digest + "+" + hashlib.sha256(config.identity.encode()).hexdigest()[:16]

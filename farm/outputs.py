@@ -171,7 +171,8 @@ def infotext(job: Job) -> str:
 
 
 def metadata(job: Job, scheduler: dict | None = None, batch_size: int | None = None,
-             image: ImageFormat = ImageFormat(), position: int = 0) -> dict:
+             image: ImageFormat = ImageFormat(), position: int = 0,
+             control_maps: list[str] | None = None) -> dict:
     """The `farm` JSON: enough to render the same image again, the scheduler that ran, the
     batch size and position it was rendered at (the same call shape gives the same pixels, bit
     for bit), and for a lossy file the format and quality that turned those pixels into the
@@ -185,7 +186,15 @@ def metadata(job: Job, scheduler: dict | None = None, batch_size: int | None = N
         record["scheduler_config"] = scheduler["config"]
     if image.kind != "png":
         record["format"], record["quality"] = image.kind, image.quality
+    if control_maps:  # each ControlNet unit's detected map, by its pixels
+        record["control_maps"] = control_maps
     return record
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def pixel_hash(image: Image.Image) -> str:
@@ -208,15 +217,16 @@ def write_image(image: Image.Image, path: Path, job: Job, fmt: ImageFormat = Ima
 
 def encode_image(image: Image.Image, job: Job, fmt: ImageFormat = ImageFormat(),
                  scheduler: dict | None = None, batch_size: int | None = None,
-                 position: int = 0) -> tuple[tuple[tuple[str, bytes], ...], str]:
+                 position: int = 0, control_maps: list[str] | None = None
+                 ) -> tuple[tuple[tuple[str, bytes], ...], str]:
     """The bytes of an image's files, as (suffix, bytes) in the order they are written, and the
     hash of the pixels the image file decodes to.
 
     png: the `parameters` infotext and the `farm` JSON as text chunks. jpeg and webp: the
     infotext in EXIF UserComment, where AUTOMATIC1111 puts it, and the `farm` JSON in a sidecar
     `.json` written first, so that an image in place always has its sidecar."""
-    record = json.dumps(metadata(job, scheduler, batch_size, fmt, position), ensure_ascii=False,
-                        default=str)
+    record = json.dumps(metadata(job, scheduler, batch_size, fmt, position, control_maps),
+                        ensure_ascii=False, default=str)
     buffer = io.BytesIO()
     if fmt.kind == "png":
         info = PngImagePlugin.PngInfo()

@@ -11,7 +11,7 @@ from typing import Any
 from farm import adapters, prompts
 from farm.fields import FIELDS
 from farm.jobs import Batch, Job, Loadout, Model, Slot, share_batch_key
-from farm.keys import APPLIED, AXES, BY_KEY, COLUMN_AXES, LOADED, Draft
+from farm.keys import APPLIED, AXES, BY_KEY, COLUMN_AXES, LOADED, Draft, loaded
 from farm.recipe import Recipe, loaded_refs
 from farm.scorers import Scorer
 
@@ -33,7 +33,7 @@ def loadouts(recipe: Recipe, resolved: Resolved) -> list[Loadout]:
     """What workers must load for the recipe, in plan order: one for each combination of the
     loaded axes' models (a checkpoint's pipeline, another VAE, a refiner)."""
     refs = loaded_refs(recipe)
-    return [Loadout(**{k.sets[0]: resolved.models[ref] if ref is not None else None
+    return [Loadout(**{k.sets[0]: loaded(ref, resolved.models)
                        for k, ref in zip(LOADED, combination)})
             for combination in itertools.product(*(refs[k.name] for k in LOADED))]
 
@@ -52,15 +52,15 @@ def jobs(recipe: Recipe, resolved: Resolved, loadout: Loadout | None = None) -> 
     settings = [recipe[k.name] for k in APPLIED if not k.axis]
     for out in [loadout] if loadout is not None else loadouts(recipe, resolved):
         # a loaded axis takes the values that load this loadout's models
-        loaded = {k.name: [v for v in recipe[k.name] if getattr(out, k.sets[0]) == (
-            None if k.loads(v) is None else resolved.models[k.loads(v)])] for k in LOADED}
+        chosen_loads = {k.name: [v for v in recipe[k.name] if getattr(out, k.sets[0]) ==
+                                 loaded(k.loads(v), resolved.models)] for k in LOADED}
         draft = Draft({}, resolved.models, resolved.inputs, resolved.reader, recipe["negative"])
         # the fields before each row was applied, and the value it was applied with: a job
         # applies the rows from the first whose value changed (mostly only the seed's)
         before: list[dict] = [{}] * len(APPLIED)
         applied: list = [_UNSET] * len(APPLIED)
         previous: Job | None = None
-        for chosen in _product(recipe, axes, loaded):
+        for chosen in _product(recipe, axes, chosen_loads):
             row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides) if row.overrides else {}
             # a prompt-file row that sets a key takes part at one value of that key's axis

@@ -42,7 +42,8 @@ class Recipe:
 
     @property
     def image(self) -> ImageFormat:
-        return ImageFormat(self["format"], self["quality"], self["png_compression"])
+        return ImageFormat(self["format"], self["quality"], self["png_compression"],
+                           self["save_detected_map"])
 
     def prompt_rows(self) -> Iterator[prompts.Row]:
         """Every prompt of the recipe, templates expanded and files read, one at a time."""
@@ -123,7 +124,8 @@ def parse(data: dict[str, Any], source: str, base: Path = Path(".")) -> Recipe:
     given = {**DEFAULTS, **data}
     ctx = Context(str(given["name"] or source), base, given, COLUMNS)
     for key in KEYS:  # in table order: settings the axes read come first
-        value = given[key.name] if key.name != "name" or given["name"] is not None else source
+        value = given.get(key.name) if key.name != "name" or given["name"] is not None \
+            else source
         ctx.parsed[key.name] = key.parse(ctx, key.name, value)
     recipe = Recipe(ctx.parsed["name"], base, ctx.parsed)
     # 2. what no single key can see

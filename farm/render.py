@@ -28,6 +28,10 @@ class Stages:
     init: Callable[[Job], Image.Image]  # a job's input image, checked against its identity
     refiner: Callable[[], tuple[object, dict, TextEncoding]] | None = None  # (pipeline,
     # its scheduler config, its text encoding)
+    # the ControlNet pipeline sharing a pipeline's components (img2img or not), and a job's
+    # detected maps, one per unit, at its size
+    controlled: Callable[[object, bool], object] | None = None
+    control: Callable[[Job], list[Image.Image]] | None = None
 
 
 def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | None = None,
@@ -60,7 +64,9 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
         # 4. denoise with classifier-free guidance, decode; recipes were checked against the
         #    pipeline's family, so an input it does not take is left at its default
-        if first.init is not None:  # img2img: each image's input, fitted to the size
+        if first.control:  # ControlNet units, each image with its own maps
+            output = _controlled(pipe, jobs, text, guidance, generators, stages)
+        elif first.init is not None:  # img2img: each image's input, fitted to the size
             fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height,
                                          first.resize) for job in {j.id: j for j in jobs}.values()}
             images = [fitted[job.id] for job in jobs]  # the padding repeats the first
@@ -88,6 +94,38 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
         images.append(Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)))
     used = {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)}
     return images, used
+
+
+def _controlled(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: list,
+                stages: Stages):
+    """A ControlNet call (diffusers' ControlNet pipelines, img2img when the jobs have an input
+    image): each image of the call with its own detected maps, one per unit; the units'
+    weights, guidance start and end, and guess mode shared by the call."""
+    first = jobs[0]
+    made = {job.id: stages.control(job) for job in {j.id: j for j in jobs}.values()}
+    maps = [made[job.id] for job in jobs]  # per image, one map per unit
+    units = first.control
+    several = len(units) > 1
+    pick = (lambda values: list(values)) if several else (lambda values: values[0])
+    steering = {
+        "controlnet_conditioning_scale": pick([float(u.weight) for u in units]),
+        "control_guidance_start": pick([float(u.start) for u in units]),
+        "control_guidance_end": pick([float(u.end) for u in units]),
+        "guess_mode": units[0].guess_mode,
+    }
+    images = [list(m) for m in maps] if several else [m[0] for m in maps]
+    controlled = stages.controlled(pipe, first.init is not None)
+    controlled.scheduler = pipe.scheduler  # this batch's fresh one
+    if first.init is not None:
+        fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height, first.resize)
+                  for job in {j.id: j for j in jobs}.values()}
+        return controlled(image=[fitted[job.id] for job in jobs], control_image=images,
+                          strength=img2img_strength(first), num_inference_steps=first.steps,
+                          generator=generators, output_type="np", **steering, **text,
+                          **guidance)
+    return controlled(image=images, num_inference_steps=first.steps, width=first.width,
+                      height=first.height, generator=generators, output_type="np", **steering,
+                      **text, **guidance)
 
 
 LATENT_MODES = {"latent": ("bilinear", False), "latent-antialiased": ("bilinear", True),

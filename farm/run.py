@@ -42,13 +42,15 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
     instead of its full ones where the repository has them."""
     variant = "fp16" if (recipe["dtype"] == "float16" if half is None else half) else None
     found: dict[str, Model] = {}
+    sources: dict[str, str] = {}  # what each reference was resolved as
     loaded = recipes.loaded_refs(recipe)
     for key, refs in loaded.items():
         source = BY_NAME[BY_KEY[key].sets[0]].source
         label = BY_KEY[key].loads_from or key
         seen: dict[str, str] = {}
-        for ref in (r for r in refs if r is not None):
-            if ref not in found:
+        for ref in (r for value in refs for r in (value if isinstance(value, tuple) else (value,))
+                    if r is not None):
+            if sources.setdefault(ref, source) != source or ref not in found:  # (refused)
                 found[ref] = models.resolve(ref, source, label,
                                             variant=None if source == VAE else variant)
             twin = seen.setdefault(found[ref].identity, ref)
@@ -65,6 +67,11 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
                            "render the same images under two ids; list it once")
     for ref in recipe["checkpoint"]:
         check_family(recipe, ref, models.family(found[ref]))
+        for unit in {r for units in loaded["control"] for r in units}:
+            problem = models.controlnet_fits(found[unit], found[ref])
+            if problem:
+                raise BadInput(f"recipe {recipe.name}: control.model: {unit!r} cannot steer "
+                               f"checkpoint {ref!r}: {problem}")
     for ref in (r for r in loaded["refiner"] if r is not None):
         pipeline = models.family(found[ref]).pipeline
         if pipeline not in SDXL_PIPELINES:
@@ -98,7 +105,8 @@ def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
     one, or two files of the same pixels, is refused (their jobs would be the same)."""
     found: dict[str, Model] = {}
     for key in INPUT_KEYS:
-        paths = [p for p in recipe[key.name] if p is not None]
+        paths = [p for value in recipe[key.name]
+                 for p in (value if isinstance(value, tuple) else (value,)) if p is not None]
         seen: dict[str, str] = {}
         try:
             for model in inputs.identify(dict.fromkeys(paths)):

@@ -313,6 +313,37 @@ def build_tiny_flux_schnell(folder: Path) -> None:
     _build_tiny_flux(folder, distilled=False)
 
 
+def _build_tiny_controlnet(folder: Path, base: str, seed: int) -> None:
+    """A ControlNet made from a built-in checkpoint's UNet, as diffusers' from_unet makes one to
+    train. A fresh ControlNet's output convolutions are zeros (it changes nothing until
+    trained): here they get small random weights, so that its image visibly steers."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(ensure(base) / "unet", use_safetensors=True)
+
+    def made():
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+        embedding = net.controlnet_cond_embedding  # keeps the map's scale through its convs
+        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        with torch.no_grad():
+            embedding.conv_out.weight *= 8
+        for conv in [net.controlnet_mid_block, *net.controlnet_down_blocks]:
+            torch.nn.init.normal_(conv.weight, std=0.3)
+        return net
+
+    _seeded(seed, made).save_pretrained(folder, safe_serialization=True)
+
+
+def build_tiny_controlnet(folder: Path) -> None:
+    _build_tiny_controlnet(folder, "tiny", 7)
+
+
+def build_tiny_xl_controlnet(folder: Path) -> None:
+    _build_tiny_controlnet(folder, "tiny-xl", 8)
+
+
 def build_tiny_vae(folder: Path) -> None:
     """A second tiny VAE with other random weights: same latents, other pixels."""
     _tiny_vae(1).save_pretrained(folder, safe_serialization=True)
@@ -577,7 +608,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "random-sd15": build_random_sd15, "random-sdxl": build_random_sdxl,
     "random-sd35": build_random_sd35, "random-flux": build_random_flux,
     "tiny-clip": build_tiny_clip, "tiny-aesthetic": build_tiny_aesthetic,
-    "tiny-nsfw": build_tiny_nsfw, "instant": build_instant}
+    "tiny-nsfw": build_tiny_nsfw, "instant": build_instant,
+    "tiny-controlnet": build_tiny_controlnet, "tiny-xl-controlnet": build_tiny_xl_controlnet}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
                          "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
@@ -585,7 +617,8 @@ ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "random-sd15": "checkpoint", "random-sdxl": "checkpoint",
                          "random-sd35": "checkpoint", "random-flux": "checkpoint",
                          "tiny-clip": "scorer", "tiny-aesthetic": "scorer", "tiny-nsfw": "scorer",
-                         "instant": "checkpoint"}
+                         "instant": "checkpoint", "tiny-controlnet": "controlnet",
+                         "tiny-xl-controlnet": "controlnet"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

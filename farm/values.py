@@ -96,3 +96,31 @@ UPSCALERS = {
     "latent-nearest": "Latent (nearest)", "latent-nearest-exact": "Latent (nearest-exact)",
     "lanczos": "Lanczos", "nearest": "Nearest", "bicubic": "Bicubic",
 }
+
+
+# ControlNet preprocessors: farm's name -> the module name sd-webui-controlnet writes
+PREPROCESSORS = {"none": "none", "canny": "canny"}
+CANNY_THRESHOLDS = (100, 200)  # sd-webui-controlnet's defaults (low, high)
+
+
+@dataclass(frozen=True)
+class Control:
+    """How one ControlNet unit steers a render: its preprocessor and settings, its weight and
+    the share of the schedule it acts on. The ControlNet itself is a load field of the job
+    (`controlnets`), its image an image field (`control_images`), in the same unit order."""
+
+    preprocessor: str  # a name from PREPROCESSORS
+    low: int | None = None  # canny's thresholds (None for `none`)
+    high: int | None = None
+    weight: float = 1.0  # diffusers' controlnet_conditioning_scale
+    start: float = 0.0  # control_guidance_start: the share of the schedule it starts at
+    end: float = 1.0  # control_guidance_end
+    guess_mode: bool = False  # diffusers' guess mode (sd-webui's "ControlNet is more important")
+
+    def record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+
+    @property
+    def settings(self) -> tuple:
+        """What makes its detected map from an image (with the size and fit)."""
+        return (self.preprocessor, self.low, self.high)

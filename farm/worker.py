@@ -22,7 +22,9 @@ from weakref import WeakKeyDictionary
 
 from PIL import Image
 
-from farm import adapters, encode, families, inputs, libraries, models, outputs, render
+from farm import (adapters, encode, families, inputs, libraries, models, outputs,
+                  preprocessors, render)
+from farm.fields import CONTROLNET
 from farm.jobs import Batch, Job, Loadout, Model, Result, WorkerSettings
 from farm.scorers import Score, Work
 
@@ -52,6 +54,8 @@ COMPILE_BACKEND = "inductor"
 # The VAE decodes in tiles above this many pixels per image, and one image at a time above this
 # many per call: a decision made from the job alone (so the same job decodes the same way
 # everywhere), recorded in the image's provenance. Below them nothing changes.
+MAX_CONTROLNETS = 4  # ControlNets (and ControlNet pipelines) kept per pipeline
+MAX_MAPS = 256  # detected maps kept, the least recently used out
 TILE_ABOVE = 2048 * 2048
 SLICE_ABOVE = 16 * 1024 * 1024
 
@@ -92,6 +96,11 @@ class Worker:
         self._checkpoints: OrderedDict[str, object] = OrderedDict()
         self._vaes: OrderedDict[str, object] = OrderedDict()
         self._refiners: OrderedDict[str, object] = OrderedDict()
+        self._controlnets: OrderedDict[str, object] = OrderedDict()
+        # pipeline -> {(ControlNet identities, img2img): its ControlNet pipeline}
+        self._controlled: WeakKeyDictionary = WeakKeyDictionary()
+        # (image identity, preprocessor settings, width, height, fit) -> (map, its pixel hash)
+        self._maps: OrderedDict[tuple, tuple] = OrderedDict()
         self._img2img: WeakKeyDictionary = WeakKeyDictionary()  # pipeline -> its img2img twin
         # a pipeline with another VAE swapped in -> the checkpoint's pipeline whose UNet and
         # text encoders (and so LoRAs) it shares; a checkpoint's pipeline -> its speed-ups
@@ -142,15 +151,17 @@ class Worker:
             self._flows[checkpoint.identity] = rules is not None and rules.flow
         return self._flows[checkpoint.identity]
 
-    def _cached(self, cache: OrderedDict, model: Model, field: str, dtype, load):
-        """Least-recently-used cache of loaded models, at most max_pipelines of each kind; what
-        is loaded is checked to be the model planned first."""
+    def _cached(self, cache: OrderedDict, model: Model, field: str, dtype, load,
+                limit: int | None = None):
+        """Least-recently-used cache of loaded models, at most max_pipelines of each kind (or
+        `limit`); what is loaded is checked to be the model planned first."""
         key = (model.identity, str(dtype))
+        limit = limit or self.max_pipelines
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
-        if len(cache) >= self.max_pipelines:
-            while len(cache) >= self.max_pipelines:
+        if len(cache) >= limit:
+            while len(cache) >= limit:
                 cache.popitem(last=False)
             self._release()
         started = time.perf_counter()
@@ -257,6 +268,48 @@ class Worker:
                                 model, device, torch_dtype,
                                 self.local(loadout.checkpoint, "checkpoint"), base))
 
+    def controlled(self, pipe, loadout: Loadout, dtype: str, img2img: bool):
+        """The ControlNet pipeline of a loaded pipeline and the loadout's ControlNets (a
+        MultiControlNet for several): the same components, nothing loaded again but the
+        ControlNets, which are kept (MAX_CONTROLNETS per pipeline kept loaded)."""
+        torch_dtype = self.dtype(dtype, loadout.checkpoint)
+        nets = [self._cached(self._controlnets, model, CONTROLNET, torch_dtype,
+                             models.load_controlnet, limit=self.max_pipelines * MAX_CONTROLNETS)
+                for model in loadout.controlnets]
+        key = (tuple(m.identity for m in loadout.controlnets), str(torch_dtype), img2img)
+        made = self._controlled.setdefault(pipe, {})
+        found = made.get(key)
+        if found is None:
+            import diffusers
+
+            if len(made) >= MAX_CONTROLNETS:  # let go of ControlNets no longer cached
+                made.clear()
+            auto = diffusers.AutoPipelineForImage2Image if img2img else \
+                diffusers.AutoPipelineForText2Image
+            spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
+            found = made[key] = auto.from_pipe(pipe, controlnet=nets if len(nets) > 1 else nets[0],
+                                               scheduler=spare)
+            found.set_progress_bar_config(disable=True)
+        return found
+
+    def control_maps(self, job: Job, batch: Batch) -> list[tuple[Image.Image, str]]:
+        """A job's detected maps, one per ControlNet unit, with their pixel hashes: its control
+        image fitted to its size and run through the unit's preprocessor, made once per
+        (pixels, preprocessor settings, size, fit)."""
+        found = []
+        for unit, image in zip(job.control, job.control_images):
+            key = (image.identity, unit.settings, job.width, job.height, job.resize)
+            if key not in self._maps:
+                fitted = inputs.fit(self.input_image(image, batch), job.width, job.height,
+                                    job.resize)
+                detected = preprocessors.detect(fitted, unit)
+                self._maps[key] = (detected, outputs.pixel_hash(detected))
+                while len(self._maps) > MAX_MAPS:
+                    self._maps.popitem(last=False)
+            self._maps.move_to_end(key)
+            found.append(self._maps[key])
+        return found
+
     def input_image(self, image: Model, batch: Batch):
         """An input image of a job (any image field): sent with the batch, or read where it
         is; checked to be the pixels planned."""
@@ -322,9 +375,10 @@ class Worker:
         return self._write(batch, *self._compute.submit(self._images, batch).result())
 
     def _images(self, batch: Batch) -> tuple[list[render.Rendered], dict | None, float,
-                                              tuple[tuple[str, float], ...], dict]:
+                                              tuple[tuple[str, float], ...], dict, dict]:
         """The batch's images (or errors), the scheduler that ran, the seconds it took, the
-        models it loaded first (with their seconds), and what else made them (provenance)."""
+        models it loaded first (with their seconds), what else made them (provenance), and
+        each job's detected maps with their hashes (ControlNet units)."""
         started, first = time.perf_counter(), batch.first
         try:
             pipe = self.pipeline(first.loadout, first.dtype)
@@ -332,7 +386,10 @@ class Worker:
             config = self._scheduler_configs[first.checkpoint.identity]
             stages = render.Stages(
                 img2img=self.img2img, init=lambda job: self.input_image(job.init, batch),
-                refiner=lambda: self.refiner(first.loadout, first.dtype, pipe))
+                refiner=lambda: self.refiner(first.loadout, first.dtype, pipe),
+                controlled=lambda base, img2img: self.controlled(base, first.loadout,
+                                                                 first.dtype, img2img),
+                control=lambda job: [m for m, _ in self.control_maps(job, batch)])
             made = self._decoding(pipe, batch)
             if first.checkpoint.variant:  # its weights came from the repository's variant files
                 made["weights_variant"] = first.checkpoint.variant
@@ -341,15 +398,16 @@ class Worker:
                                                ("fused_qkv", speedups.fused)) if on})
             images, scheduler = render.render(pipe, batch, config,
                                               encode.TextEncoding(pipe, self.embedding), stages)
+            maps = {job.id: self.control_maps(job, batch) for job in batch.jobs if job.control}
         except Exception as e:  # one bad batch must not end the run: report it per job
             logging.getLogger(__name__).debug("batch failed:\n%s", traceback.format_exc())
             error = f"{type(e).__name__}: {e}"
             if _out_of_memory(e):  # the call was too big: the dispatcher splits it
                 error = OutOfMemory(error)
                 self._release()
-            images, scheduler, made = [error] * len(batch.jobs), None, {}
+            images, scheduler, made, maps = [error] * len(batch.jobs), None, {}, {}
         loaded, self._loaded = tuple(self._loaded), []
-        return images, scheduler, time.perf_counter() - started, loaded, made
+        return images, scheduler, time.perf_counter() - started, loaded, made, maps
 
     def score(self, work: Work) -> list[list[Score]]:
         """Score images (a farm score batch): each scorer's model is loaded once and kept."""
@@ -427,15 +485,20 @@ class Worker:
 
     def _write(self, batch: Batch, images: list[render.Rendered], scheduler: dict | None,
                seconds: float, loaded: tuple[tuple[str, float], ...] = (),
-               made: dict | None = None) -> list[Result]:
+               made: dict | None = None, maps: dict | None = None) -> list[Result]:
         record = json.dumps(scheduler, default=str) if scheduler else None
         made_by = self.provenance(batch.first.dtype, batch.first.checkpoint, made)
         def stored(job: Job, path: str, image: render.Rendered, position: int):
             """(files left for the driver, pixel hash, error, why the run must stop)."""
             if isinstance(image, str):
                 return (), None, image, None
+            detected = (maps or {}).get(job.id, ())
             files, pixel_hash = outputs.encode_image(image, job, batch.image, scheduler,
-                                                     len(batch.shape), position)
+                                                     len(batch.shape), position,
+                                                     [digest for _, digest in detected])
+            if batch.image.detected_maps:  # beside the image: NAME.control0.png, ...
+                files += tuple((f".control{i}.png", outputs.png_bytes(detected_map))
+                               for i, (detected_map, _) in enumerate(detected))
             if self.folder is None:  # the driver writes them (runtime.outputs)
                 return files, pixel_hash, None, None
             error, stop = self.folder.write(path, files)

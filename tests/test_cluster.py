@@ -113,6 +113,25 @@ def test_sd3_and_flux_on_ray_give_the_pixels_inline_does(workdir, capsys):
     assert len(inline) == 4 and inline == ray
 
 
+def test_controlnets_on_ray_give_the_pixels_inline_does(workdir, capsys):
+    """ControlNets load on the actors beside the pipeline; control images travel with their
+    batches and the driver writes the images and the detected maps."""
+    from PIL import Image
+
+    (workdir / "recipes" / "drawings").mkdir()
+    for i in range(2):
+        Image.effect_noise((64, 64), 40 + 30 * i).convert("RGB").save(
+            workdir / "recipes" / "drawings" / f"{i}.png")
+    threads = "runtime.threads=1"
+    args = ("recipe=fleet", "control=[{model: tiny-controlnet, image: drawings, preprocessor: "
+            "canny, weight: [0.5, 1.0]}]", "seeds=0", "save_detected_map=true", threads)
+    assert run_farm("render", *args, "runtime=inline", "outputs=inline") == 0
+    assert run_farm("render", *args, "runtime.outputs=driver", "outputs=ray") == 0
+    inline, ray = done_hashes(workdir / "inline" / "fleet"), done_hashes(workdir / "ray" / "fleet")
+    assert len(inline) == 8 and inline == ray
+    assert len(list((workdir / "ray" / "fleet").glob("images/*/*.control0.png"))) == 8
+
+
 def test_img2img_on_ray_gives_the_pixels_inline_does(workdir, capsys):
     """Input images travel to the actors with their batches (inputs.carried)."""
     from PIL import Image

@@ -45,6 +45,9 @@ emphasis: none
                "refiner: {checkpoint: tiny-xl-refiner, switch_at: 0.7}\n" + COMMON,
     "sd3": "checkpoint: tiny-sd3\nprompt: a hare\nmax_sequence_length: 64\n" + COMMON,
     "flux": "checkpoint: tiny-flux\nprompt: a hare\nguidance: 2.5\n" + COMMON,
+    "control": "prompt: a hare\ncontrol: {model: tiny-controlnet, image: in.png, preprocessor: "
+               "canny, weight: 0.8, start: 0.1, end: 0.9, guess_mode: true}\nresize: fill\n"
+               + COMMON,
 }
 
 
@@ -116,7 +119,8 @@ def test_every_row_walks_from_recipe_to_replay(walked, name, capsys, tmp_path):
 def test_the_walks_cover_every_axis_and_every_job_field():
     covered = set()
     for text in WALKS.values():
-        covered |= {k for k in keys.BY_KEY if f"\n{k}:" in f"\n{text}"}
+        covered |= {k for k, key in keys.BY_KEY.items()
+                    if f"\n{key.within or k}:" in f"\n{text}"}  # control.image: in control
     assert {k.name for k in keys.AXES} - {"seeds", "prompt"} <= covered
     assert set().union(*(keys.BY_KEY[k].sets for k in covered | {"seeds", "prompt", "dtype",
                                                                    "resize"})) == set(BY_NAME)

@@ -16,8 +16,11 @@ BASE = "prompt: [a fox, a hare]\nsize: 64x64\nsteps: 2\n"
 
 
 def test_what_lists_keys_derives_from_the_rows():
-    assert {k.name for k in keys.LOADED} == {"checkpoint", "vae", "refiner"}
-    assert {k.name for k in keys.STAGES} == {"refiner", "hires", "denoise", "init"}
+    assert {k.name for k in keys.LOADED} == {"checkpoint", "vae", "refiner", "control"}
+    assert {k.name for k in keys.STAGES} == {"refiner", "control", "hires", "denoise", "init",
+                                              "control.image"}
+    assert {k.name for k in keys.INPUT_KEYS} == {"init", "control.image"}
+    assert "control.image" not in keys.DEFAULTS  # written inside control
     assert keys.COLUMN_AXES == {"steps": "steps", "cfg": "cfg", "clip_skip": "clip_skip",
                                 "seed": "seeds"}
     job_fields = set(BY_NAME)
@@ -46,6 +49,9 @@ BOUNDARIES = [
     ("denoise", 0, 0.01), ("denoise", 1.01, 1),
     ("resize", "cropped", "crop"), ("format", "gif", "jpg"), ("name", "a name", "a-name"),
     ("checkpoint", "", "tiny"), ("expand", "random", "combinatorial"),
+    ("control.weight", 2.5, 2), ("control.weight", -0.1, 0),
+    ("control.start", 1.5, 0.5), ("control.low_threshold", 0, 1),
+    ("control.high_threshold", 256, 255), ("control.guess_mode", "maybe", True),
 ]
 
 
@@ -61,7 +67,8 @@ def _refusal(args: list[str]) -> str | None:
 def _yaml(key: str, value) -> str:
     parent, _, member = key.partition(".")
     if member:
-        rest = {"hires": "{scale: 2, %s: %r}", "refiner": "{checkpoint: tiny-xl-refiner, %s: %r}"}
+        rest = {"hires": "{scale: 2, %s: %r}", "refiner": "{checkpoint: tiny-xl-refiner, %s: %r}",
+                "control": "{model: tiny-controlnet, image: in.png, preprocessor: canny, %s: %r}"}
         extra = "checkpoint: tiny-xl\n" if parent == "refiner" else ""
         if member == "scale":
             return f"{extra}{parent}: {{scale: {value!r}}}\n"

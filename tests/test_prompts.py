@@ -173,7 +173,7 @@ def test_zip_of_outer_axes_keeps_the_cost_order():
 
 @pytest.mark.parametrize("zipped, words", [
     ([["prompt", "seeds"]], "zipped axes must have the same length; got prompt 2, seeds 3"),
-    ([["checkpoint", "prompt"]], "checkpoint, vae and refiner decide what"),
+    ([["checkpoint", "prompt"]], "checkpoint, vae, refiner and control decide what"),
     ([["prompt"]], "each of 2 or more"),
     ([["prompt", "seeds"], ["seeds", "cfg"]], "in one zip group only"),
     ("prompt,seeds", "a list of axis groups"),

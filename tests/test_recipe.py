@@ -25,7 +25,7 @@ def test_lists_multiply_into_the_plan():
                                 "scheduler": 1, "steps": 2, "cfg": 2, "size": 2,
                                 "clip_skip": 1, "seeds": 4, "loras": 1, "emphasis": 1,
                                 "init": 1, "denoise": 1, "hires": 1, "refiner": 1,
-                                "guidance": 1}
+                                "guidance": 1, "control": 1, "control.image": 1}
     assert r.job_count == 2 * 2 * 2 * 2 * 2 * 4
     assert r["prompt"][1] == Prompt("b", "c")
     assert r["size"][1] == (128, 64)

@@ -7,7 +7,8 @@ seconds per image of, rendered in turn round after round (so that drift hits the
   - tiny: one pass at SIZE (the baseline); a hires pass from SIZE/2 at scale 2, latent and
     lanczos upscalers (first pass STEPS, second pass HIRES_STEPS at denoise 0.5); img2img of
     a SIZE input at denoise 0.75 (STEPS x 0.75 steps); one ControlNet unit (tiny-controlnet,
-    canny on a SIZE input);
+    canny on a SIZE input); inpainting a centred square of that input at denoise 0.75, on
+    tiny and on the 9-channel tiny-inpaint;
   - tiny-xl: one pass at SIZE (the baseline); the same with tiny-xl-refiner from 0.8; one
     ControlNet unit (tiny-xl-controlnet, canny).
 The tiny models' UNets are mostly convolutions at low width: the ratios, not the seconds, are
@@ -45,7 +46,10 @@ def main() -> None:
     picture = root / "input.png"
     Image.fromarray(np.random.default_rng(0).integers(
         0, 256, (args.size, args.size, 3), dtype=np.uint8)).save(picture)
-    init, = inputs.identify([str(picture)])
+    square = Image.new("L", (args.size, args.size))
+    square.paste(255, (args.size // 4, args.size // 4, args.size * 3 // 4, args.size * 3 // 4))
+    square.save(root / "mask.png")
+    init, mask = inputs.identify([str(picture), str(root / "mask.png")])
     worker = Worker(root / "run")
     counter = iter(range(10**9))
     size, half = args.size, args.size // 2
@@ -66,6 +70,11 @@ def main() -> None:
         "tiny-xl: one pass (baseline)": job(xl),
         "tiny-xl: refiner from 0.8": job(xl, refiner=refiner, switch_at=0.8),
     }
+    inpainting = dict(init=init, denoise=0.75, resize="stretch", mask=mask, mask_blur=4,
+                      inpaint_full_res=False, inpainting_fill="original")
+    cases["tiny: inpainting, denoise 0.75"] = job(sd, **inpainting)
+    cases["tiny: inpainting with tiny-inpaint"] = job(models.resolve("tiny-inpaint"),
+                                                      **inpainting)
     unit = (Control("canny", 100, 200),)
     cases["tiny: one ControlNet unit, canny"] = job(sd, controlnets=(net,), control=unit,
                                                     control_images=(init,), resize="stretch")

@@ -132,6 +132,17 @@ def size(value: Any) -> tuple[int, int]:
     return (w, h)
 
 
+INPAINTING_FILL = ("original", "fill")  # A1111's masked content: latent noise/nothing, not yet
+
+
+def inpainting_fill(value: Any) -> str:
+    if value in ("latent_noise", "latent_nothing", "latent noise", "latent nothing"):
+        raise FieldError("original or fill: diffusers' inpainting pipelines start from the "
+                         "input's own latents, so farm cannot render A1111's latent noise and "
+                         "latent nothing (for new content in the masked area, use denoise 1.0)")
+    return choice(INPAINTING_FILL)(value)
+
+
 def model_ref(value: Any) -> str:
     """A model reference, or {path: FILE.safetensors, config: REF} for a single file."""
     if isinstance(value, dict):

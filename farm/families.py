@@ -30,11 +30,15 @@ class Rules:
     a1111_prompts: bool = True
     clip_skip: bool = True
     stages: bool = True  # img2img and the hires pass
+    inpainting: bool = False  # an inpainting checkpoint (a 9-channel UNet): it needs masks
 
 
 RULES: dict[str, Rules] = {
     "StableDiffusionPipeline": Rules("Stable Diffusion 1.x/2.x"),
     "StableDiffusionXLPipeline": Rules("SDXL"),
+    # an SD 1.x/2.x inpainting checkpoint: its UNet also reads the mask and the masked image
+    "StableDiffusionInpaintPipeline": Rules("Stable Diffusion 1.x/2.x inpainting",
+                                            inpainting=True),
     "StableDiffusion3Pipeline": Rules("SD3", flow=True, multiple=16, t5_tokens=256,
                                       a1111_prompts=False, clip_skip=False, stages=False),
     "FluxPipeline": Rules("Flux.1", flow=True, multiple=16, t5_tokens=512,

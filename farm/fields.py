@@ -291,6 +291,17 @@ FIELDS: tuple[JobField, ...] = (  # in the order AUTOMATIC1111 writes them
     # diffusers' step count (the first rule, so in the id as None) or A1111's
     JobField("img2img_steps", BATCH, str, "string", id_default=None, codec=Codec(
         lambda v: None if v == "diffusers" else v, lambda name, v: {name: v}, _plain_restore)),
+    # inpainting: the init image's mask (its identity its decoded pixels') and A1111's
+    # settings; None on jobs without a mask
+    JobField("mask", IMAGE, str, "string", id_default=None, codec=MODEL, source=INPUT),
+    JobField("mask_blur", BATCH, int, "int64",
+             _pair("mask_blur", "Mask blur", when=lambda v: bool(v)), id_default=None),
+    JobField("inpaint_full_res", BATCH, bool, "bool", lambda job: {
+        "Inpaint area": "Only masked", "Masked area padding": job.inpaint_full_res_padding}
+        if job.inpaint_full_res else {}, id_default=None),
+    JobField("inpaint_full_res_padding", BATCH, int, "int64", id_default=None),
+    JobField("inpainting_fill", BATCH, str, "string", _pair(
+        "inpainting_fill", "Masked content", when=lambda v: v == "fill"), id_default=None),
     # a second pass (A1111's hires fix): {width, height (of the first pass), scale, upscaler,
     # steps, denoise, sampler, scheduler}; width and height above are the final image's
     JobField("hires", BATCH, dict, "string", _hires, id_default=None, codec=HIRES,

@@ -487,3 +487,53 @@ def control_images(ctx: Context, name: str, value: Any) -> tuple:
                  "unit by unit (they are one axis, control.image); sweep models, weights and "
                  "preprocessors on the same images, or make a second recipe")
     return tuple(itertools.product(*per_set[0]))
+
+
+def init_images(ctx: Context, name: str, value: Any) -> tuple[str | None, ...]:
+    """`init`: what input_images takes, and items {image: IMAGES, mask: MASKS} that give
+    their images' masks (farm/keys.py's `mask` pairs them)."""
+    if value is None:
+        return (None,)
+    items = value if isinstance(value, list) else [value]
+    plain = [item["image"] if isinstance(item, dict) and set(item) == {"image", "mask"}
+             else item for item in items]
+    return input_images(ctx, name, plain if isinstance(value, list) else plain[0])
+
+
+MASK_ALLOWED = ("expected a mask file, a folder or glob of masks (each paired with the init "
+                "image of the same relative path and file stem), or a list of those; or give "
+                "init items as {image: ..., mask: ...}")
+
+
+def masks(ctx: Context, name: str, value: Any) -> dict[str, str] | None:
+    """Each init image's mask, by the image's path: from `mask` (a file, folder or glob) and
+    from init's {image, mask} items. Every init image needs one."""
+    given = ctx.given.get("init")
+    items = given if isinstance(given, list) else [given] if given is not None else []
+    pairs = [(item["image"], item["mask"], f"init[{i}].mask") for i, item in enumerate(items)
+             if isinstance(item, dict)]
+    if value is not None:
+        if given is None:
+            ctx.fail(name, value, "masks pair with init images: set init too")
+        if not (isinstance(value, str) and value.strip()) and not (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            ctx.fail(name, value, MASK_ALLOWED)
+        plain = [item for item in items if not isinstance(item, dict)]
+        for mask in value if isinstance(value, list) else [value]:
+            pairs += [(image, mask, name) for image in plain]
+    if not pairs:
+        return None
+    found: dict[str, str] = {}
+    for image, mask, where in pairs:
+        if not isinstance(image, str) or not isinstance(mask, str):
+            ctx.fail(where, mask, MASK_ALLOWED)
+        try:
+            found.update(inputs.paired(image.strip(), mask.strip(), ctx.base))
+        except inputs.InputError as e:
+            ctx.fail(where, e.given, e.problem)
+    for path in ctx.parsed["init"]:
+        if path not in found:
+            ctx.fail(name, value, f"init image {path} has no mask: a mask pairs with the init "
+                     "image of the same relative path and file stem (in/a.png with "
+                     "masks/a.png or masks/a.jpg)")
+    return found

@@ -84,6 +84,51 @@ def listed(value: str, base: Path) -> list[str]:
     return [str(path.resolve())]
 
 
+def _root(value: str, base: Path) -> Path:
+    """Where an entry's paths are relative from: a folder or shard itself, a file's folder,
+    a glob's part before its first wildcard."""
+    given = Path(value).expanduser()
+    path = given if given.is_absolute() else base / given
+    if any(c in value for c in GLOB_CHARACTERS):
+        parts = []
+        for part in path.parts:
+            if any(c in part for c in GLOB_CHARACTERS):
+                break
+            parts.append(part)
+        return Path(*parts).resolve()
+    return path.resolve() if path.is_dir() or path.suffix.lower() == ".tar" else \
+        path.resolve().parent
+
+
+def paired(images: str, masks: str, base: Path) -> dict[str, str]:
+    """Each image an entry names, with its mask: a single image with a single mask file, else
+    the mask of the same path relative to its entry, without the suffix (in/a.png with
+    masks/a.png or masks/a.jpg)."""
+    found, shapes = listed(images, base), listed(masks, base)
+    if len(found) == 1 and len(shapes) == 1:
+        return {found[0]: shapes[0]}
+    image_root, mask_root = _root(images, base), _root(masks, base)
+
+    def stem(path: str, root: Path) -> str:
+        return Path(path).relative_to(root).with_suffix("").as_posix()
+
+    by_stem: dict[str, str] = {}
+    for mask in shapes:
+        twin = by_stem.setdefault(stem(mask, mask_root), mask)
+        if twin != mask:
+            raise InputError(masks, f"{twin} and {mask} are masks of the same name; keep one")
+    return {image: by_stem[stem(image, image_root)] for image in found
+            if stem(image, image_root) in by_stem}
+
+
+def size_of(path: str) -> tuple[int, int]:
+    """An image's width and height (upright, as decoded), from its header."""
+    with Image.open(io.BytesIO(read(path))) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def _members(shard: Path) -> list[str]:
     try:
         with tarfile.open(shard) as tar:

@@ -82,6 +82,13 @@ class Job:
     denoise: float | None = None
     resize: str | None = None
     img2img_steps: str | None = None  # "diffusers" (int(steps x denoise)) or "a1111" (one more)
+    # inpainting: the init image's mask (white repaints), A1111's blur, "only masked" area with
+    # its padding, and masked content (original or fill)
+    mask: Model | None = None
+    mask_blur: int | None = None
+    inpaint_full_res: bool | None = None
+    inpaint_full_res_padding: int | None = None
+    inpainting_fill: str | None = None
     max_sequence_length: int | None = None  # T5 tokens a prompt takes (SD3, Flux); None: no T5
     guidance: float | None = None  # Flux.1-dev's distilled guidance; None on other families
     hires: Hires | None = None  # a second pass; width and height are then its final size

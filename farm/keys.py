@@ -230,6 +230,31 @@ def _input(name: str) -> Apply:
         name, None if path is None else draft.inputs[path])
 
 
+def _apply_mask(draft: Draft, pairs: Mapping[str, str] | None) -> None:
+    init = draft.fields["init"]
+    draft.fields["mask"] = None if init is None or not pairs else draft.inputs[pairs[init.path]]
+
+
+def _for_mask(name: str, needs: str | None = None) -> Apply:
+    """An inpainting setting of jobs that have a mask (and, for the padding, that inpaint only
+    the masked area); None on the others."""
+    def apply(draft: Draft, value: Any) -> None:
+        fields = draft.fields
+        fields[name] = value if fields["mask"] is not None and (
+            needs is None or fields[needs]) else None
+    return apply
+
+
+def _masked(check: Check) -> Parse:
+    """An inpainting setting: checked, and refused away from its default without a mask."""
+    def parse(ctx: Context, name: str, value: Any) -> Any:
+        value = ctx.checked(check, name, value)
+        if value != DEFAULTS[name] and ctx.parsed.get("mask") is None:
+            ctx.fail(name, value, "an inpainting setting: set init and mask too")
+        return value
+    return parse
+
+
 def _apply_control(draft: Draft, units: tuple[tuple[str, Control], ...] | None) -> None:
     draft.fields["controlnets"] = tuple(draft.models[ref] for ref, _ in units or ())
     draft.fields["control"] = tuple(unit for _, unit in units or ())
@@ -285,7 +310,7 @@ def _for_inputs(name: str) -> Apply:
     the others."""
     def apply(draft: Draft, value: str) -> None:
         fields = draft.fields
-        fields[name] = value if any(fields[f.name] for f in INPUT_FIELDS) else None
+        fields[name] = value if any(fields.get(f.name) for f in INPUT_FIELDS) else None
     return apply
 
 
@@ -380,7 +405,7 @@ KEYS: tuple[Key, ...] = (
         checks.choice(checks.EMPHASIS)),
     Key("denoise", None, BATCH, ("denoise",), _set("denoise"), checks.strength,
         parse=_denoise, stage=True),
-    Key("init", None, IMAGE, ("init",), _input("init"), parse=forms.input_images, stage=True,
+    Key("init", None, IMAGE, ("init",), _input("init"), parse=forms.init_images, stage=True,
         summary=_shown_images("init")),
     Key("control.image", None, IMAGE, ("control_images",), _apply_control_images,
         parse=forms.control_images, stage=True, within="control",
@@ -393,6 +418,17 @@ KEYS: tuple[Key, ...] = (
         kind=int, each=lambda r: itertools.chain.from_iterable(r["seeds"]),
         length=lambda r: sum(len(s) for s in r["seeds"]), summary=_shown_seeds),
     # settings that read the axes
+    # inpainting: each init image's mask (white repaints, black keeps), and A1111's settings
+    Key("mask", None, SETTING, ("mask",), _apply_mask, parse=forms.masks, stage=True),
+    Key("mask_blur", 4, SETTING, ("mask_blur",), _for_mask("mask_blur"),
+        parse=_masked(checks.whole(0, 64))),
+    Key("inpaint_full_res", False, SETTING, ("inpaint_full_res",), _for_mask("inpaint_full_res"),
+        parse=_masked(checks.flag)),  # A1111's "Inpaint area: Only masked"
+    Key("inpaint_full_res_padding", 32, SETTING, ("inpaint_full_res_padding",),
+        _for_mask("inpaint_full_res_padding", "inpaint_full_res"),
+        parse=_masked(checks.whole(0, 256))),
+    Key("inpainting_fill", "original", SETTING, ("inpainting_fill",),
+        _for_mask("inpainting_fill"), parse=_masked(checks.inpainting_fill)),
     Key("zip", None, SETTING, parse=_zip),  # axes that advance together: [[prompt, seeds]]
     Key("grids", None, SETTING, parse=forms.grids),  # contact sheets: auto, or [{x: cfg, y: steps}]
     Key("gallery", False, SETTING, item=checks.flag),  # RUN/gallery/ refreshed after each render
@@ -407,7 +443,14 @@ DEFAULTS = {k.name: k.default for k in KEYS if not k.within}  # the recipe's fie
 AXES = tuple(k for k in KEYS if k.axis)  # in cost order
 LOADED = tuple(k for k in AXES if k.role == LOAD)  # what workers load: these always multiply
 STAGES = tuple(k for k in AXES if k.stage)  # (None,) unless the recipe sets them
-INPUT_KEYS = tuple(k for k in AXES if any(BY_NAME[f].source == "input" for f in k.sets))
+# the keys that name input images (init, control.image, mask)
+INPUT_KEYS = tuple(k for k in KEYS if any(BY_NAME[f].source == "input" for f in k.sets))
+
+
+def input_paths(key: Key, value: Any) -> list[str]:
+    """The image paths a key's value names (an axis's values, a mask's pairing)."""
+    values = value.values() if isinstance(value, Mapping) else value or ()
+    return [p for v in values for p in (v if isinstance(v, tuple) else (v,)) if p is not None]
 COLUMNS = {k.column: k.cell for k in AXES if k.column}  # prompt-file columns that set a key
 COLUMN_AXES = {k.column: k.name for k in AXES if k.column}
 APPLIED = AXES + tuple(k for k in KEYS if not k.axis and k.apply)  # axes first: resize reads init

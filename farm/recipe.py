@@ -62,7 +62,7 @@ class Recipe:
     def uses(self, key: str) -> bool:
         """Whether the recipe sets an optional stage (init images, a hires pass, a refiner);
         `farm plan` leaves out the stages it does not."""
-        return not BY_KEY[key].stage or self[key] != (None,)
+        return not BY_KEY[key].stage or self[key] not in ((None,), None)
 
     def zipped(self, *keys: str) -> bool:
         """Whether these axes are in one zip group."""
@@ -177,7 +177,10 @@ def check_stages(recipe: Recipe) -> None:
         raise RecipeError(recipe.name, "refiner", recipe["refiner"][0][0], "the refiner "
                           "finishes a text-to-image render; farm does not combine it with init "
                           "images or a hires pass")
-    for key in INPUT_KEYS:
+    if recipe.uses("mask") and recipe.uses("control"):
+        raise RecipeError(recipe.name, "mask", "...", "farm does not combine inpainting with "
+                          "ControlNet units yet; render them in two recipes")
+    for key in (k for k in INPUT_KEYS if k.axis):
         twice = [path for path, n in Counter(recipe[key.name]).items() if n > 1]
         if twice and not recipe.zipped(key.name, "prompt"):
             raise RecipeError(recipe.name, key.name, twice[0], "this image is listed twice; "

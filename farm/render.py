@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from farm import emphasis, encode, inputs, samplers
+from farm import emphasis, encode, inpaint, inputs, samplers
 from farm.encode import TextEncoding
 from farm.jobs import Batch, Job
 
@@ -32,6 +32,9 @@ class Stages:
     # detected maps, one per unit, at its size
     controlled: Callable[[object, bool], object] | None = None
     control: Callable[[Job], list[Image.Image]] | None = None
+    # the inpainting pipeline sharing a pipeline's components, and a job's mask
+    inpainting: Callable[[object], object] | None = None
+    mask: Callable[[Job], Image.Image] | None = None
 
 
 def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | None = None,
@@ -64,7 +67,9 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
         # 4. denoise with classifier-free guidance, decode; recipes were checked against the
         #    pipeline's family, so an input it does not take is left at its default
-        if first.control:  # ControlNet units, each image with its own maps
+        if first.mask is not None:  # inpainting: each image with its own mask
+            output = _inpainted(pipe, jobs, text, guidance, generators, stages)
+        elif first.control:  # ControlNet units, each image with its own maps
             output = _controlled(pipe, jobs, text, guidance, generators, stages)
         elif first.init is not None:  # img2img: each image's input, fitted to the size
             fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height,
@@ -94,6 +99,41 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
         images.append(Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)))
     used = {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)}
     return images, used
+
+
+@dataclass
+class _Output:
+    images: list
+
+
+def _inpainted(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: list,
+               stages: Stages) -> _Output:
+    """An inpainting call (diffusers' inpainting pipeline, for inpainting checkpoints and
+    ordinary ones), each image with its own mask; A1111's mask blur, "only masked" crop and
+    paste-back around it (inpaint.py). Returns the finished images as arrays in [0, 1]."""
+    first = jobs[0]
+    prepared = {}
+    for job in {j.id: j for j in jobs}.values():
+        prepared[job.id] = inpaint.prepare(
+            stages.init(job), stages.mask(job), first.width, first.height, first.resize,
+            first.mask_blur, first.inpaint_full_res, first.inpaint_full_res_padding,
+            first.inpainting_fill)
+    pipeline = stages.inpainting(pipe)
+    pipeline.scheduler = pipe.scheduler  # this batch's fresh one
+    output = pipeline(image=[prepared[j.id].image for j in jobs],
+                      mask_image=[prepared[j.id].mask for j in jobs],
+                      strength=img2img_strength(first), num_inference_steps=first.steps,
+                      width=first.width, height=first.height, generator=generators,
+                      output_type="np", **text, **guidance)
+    images = []
+    for job, array in zip(jobs, output.images):
+        if not np.isfinite(array).all():
+            images.append(array)  # refused below, as any broken image
+            continue
+        rendered = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+        done = inpaint.finished(rendered, prepared[job.id])
+        images.append(np.asarray(done, dtype=np.float32) / 255)
+    return _Output(images)
 
 
 def _controlled(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: list,

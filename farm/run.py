@@ -21,7 +21,7 @@ from farm import (adapters, catalog, emphasis, families, gallery, grid, inputs, 
                   samplers, schedule, scorers)
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
-from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair
+from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair, input_paths
 from farm.plan import Resolved
 from farm.compose import BadInput, Settings
 from farm.finished import CHUNK, Finished
@@ -105,19 +105,27 @@ def identified_inputs(recipe: recipes.Recipe) -> dict[str, Model]:
     one, or two files of the same pixels, is refused (their jobs would be the same)."""
     found: dict[str, Model] = {}
     for key in INPUT_KEYS:
-        paths = [p for value in recipe[key.name]
-                 for p in (value if isinstance(value, tuple) else (value,)) if p is not None]
+        paths = input_paths(key, recipe[key.name])
         seen: dict[str, str] = {}
         try:
             for model in inputs.identify(dict.fromkeys(paths)):
                 twin = seen.setdefault(model.identity, model.path)
-                if twin != model.path and not recipe.zipped(key.name, "prompt"):
+                if twin != model.path and key.axis and not recipe.zipped(key.name, "prompt"):
                     raise BadInput(f"recipe {recipe.name}: {key.name}: {twin} and {model.path} "
                                    "have the same pixels, so their jobs would be the same; "
                                    "remove one")
                 found[model.path] = model
         except inputs.InputError as e:
             raise BadInput(f"recipe {recipe.name}: {key.name}: {e.given}: {e.problem}") from None
+    for image, mask in (recipe["mask"] or {}).items():
+        try:
+            sizes = inputs.size_of(image), inputs.size_of(mask)
+        except (OSError, KeyError, ValueError) as e:
+            raise BadInput(f"recipe {recipe.name}: mask: {mask}: cannot be read ({e})") from None
+        if sizes[0] != sizes[1]:
+            raise BadInput(f"recipe {recipe.name}: mask: {mask} is {sizes[1][0]}x{sizes[1][1]}, "
+                           f"but its image {image} is {sizes[0][0]}x{sizes[0][1]}; a mask is "
+                           "the size of its image")
     return found
 
 
@@ -176,6 +184,12 @@ def check_family(recipe: recipes.Recipe, ref: str, family: models.Family) -> Non
         if recipe.uses(name) and not rules.stages:
             raise BadInput(where.format(name) + f"; farm renders {name} with Stable Diffusion "
                            "1.x/2.x and SDXL checkpoints")
+    if rules.inpainting and not recipe.uses("mask"):
+        raise BadInput(where.format("mask") + ", which repaints the masked part of an input "
+                       "image: set init and mask (or use an ordinary checkpoint)")
+    if rules.inpainting and recipe.uses("control"):
+        raise BadInput(where.format("control") + "; farm runs ControlNets on ordinary "
+                       "checkpoints")
     if recipe.uses("refiner") and family.pipeline != "StableDiffusionXLPipeline":
         raise BadInput(f"recipe {recipe.name}: refiner: checkpoint {ref!r} is a "
                        f"{family.pipeline}; a refiner finishes an SDXL base model's render")

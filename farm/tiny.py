@@ -147,6 +147,24 @@ def build_tiny(folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def build_tiny_inpaint(folder: Path) -> None:
+    """An SD-1.x-shaped inpainting checkpoint: tiny's text encoder and VAE, a UNet of 9 input
+    channels (the noisy latents, the mask, the masked image's latents), random weights."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    tiny = ensure("tiny")
+    base = StableDiffusionInpaintPipeline.from_pretrained(tiny, safety_checker=None,
+                                                          requires_safety_checker=False)
+    base.unet = _seeded(3, lambda: UNet2DConditionModel(
+        sample_size=64, in_channels=9, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 64), norm_num_groups=32, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+    ))
+    base.register_modules(unet=base.unet)
+    base.save_pretrained(folder, safe_serialization=True)
+
+
 def build_tiny_xl(folder: Path) -> None:
     """An SDXL-shaped pipeline with random weights: two text encoders (the second with a
     projection, for the pooled embedding), a UNet with SDXL's size/crop conditioning."""
@@ -609,7 +627,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "random-sd35": build_random_sd35, "random-flux": build_random_flux,
     "tiny-clip": build_tiny_clip, "tiny-aesthetic": build_tiny_aesthetic,
     "tiny-nsfw": build_tiny_nsfw, "instant": build_instant,
-    "tiny-controlnet": build_tiny_controlnet, "tiny-xl-controlnet": build_tiny_xl_controlnet}
+    "tiny-controlnet": build_tiny_controlnet, "tiny-xl-controlnet": build_tiny_xl_controlnet,
+    "tiny-inpaint": build_tiny_inpaint}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
                          "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
@@ -618,7 +637,7 @@ ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "random-sd35": "checkpoint", "random-flux": "checkpoint",
                          "tiny-clip": "scorer", "tiny-aesthetic": "scorer", "tiny-nsfw": "scorer",
                          "instant": "checkpoint", "tiny-controlnet": "controlnet",
-                         "tiny-xl-controlnet": "controlnet"}
+                         "tiny-xl-controlnet": "controlnet", "tiny-inpaint": "checkpoint"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

@@ -102,6 +102,7 @@ class Worker:
         # (image identity, preprocessor settings, width, height, fit) -> (map, its pixel hash)
         self._maps: OrderedDict[tuple, tuple] = OrderedDict()
         self._img2img: WeakKeyDictionary = WeakKeyDictionary()  # pipeline -> its img2img twin
+        self._inpainting: WeakKeyDictionary = WeakKeyDictionary()  # and its inpainting one
         # a pipeline with another VAE swapped in -> the checkpoint's pipeline whose UNet and
         # text encoders (and so LoRAs) it shares; a checkpoint's pipeline -> its speed-ups
         self._base_of: WeakKeyDictionary = WeakKeyDictionary()
@@ -234,15 +235,22 @@ class Worker:
     def img2img(self, pipe):
         """The img2img pipeline of a loaded pipeline: the same components (nothing loaded
         again, LoRAs included), made once."""
-        found = self._img2img.get(pipe)
+        return self._sibling(pipe, self._img2img, "AutoPipelineForImage2Image")
+
+    def inpainting(self, pipe):
+        """The inpainting pipeline of a loaded pipeline (an inpainting checkpoint's own class,
+        or diffusers' inpainting pipeline for an ordinary one), made once likewise."""
+        return self._sibling(pipe, self._inpainting, "AutoPipelineForInpainting")
+
+    def _sibling(self, pipe, made: WeakKeyDictionary, kind: str):
+        found = made.get(pipe)
         if found is None:
             import diffusers
 
             # with a scheduler of its own: a pipeline's constructor rewrites some schedulers'
             # configs (DDIM's clip_sample), and the batch's one must stay as it was made
             spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
-            found = self._img2img[pipe] = diffusers.AutoPipelineForImage2Image.from_pipe(
-                pipe, scheduler=spare)
+            found = made[pipe] = getattr(diffusers, kind).from_pipe(pipe, scheduler=spare)
             found.set_progress_bar_config(disable=True)
         return found
 
@@ -389,7 +397,9 @@ class Worker:
                 refiner=lambda: self.refiner(first.loadout, first.dtype, pipe),
                 controlled=lambda base, img2img: self.controlled(base, first.loadout,
                                                                  first.dtype, img2img),
-                control=lambda job: [m for m, _ in self.control_maps(job, batch)])
+                control=lambda job: [m for m, _ in self.control_maps(job, batch)],
+                inpainting=self.inpainting,
+                mask=lambda job: self.input_image(job.mask, batch))
             made = self._decoding(pipe, batch)
             if first.checkpoint.variant:  # its weights came from the repository's variant files
                 made["weights_variant"] = first.checkpoint.variant

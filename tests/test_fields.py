@@ -45,6 +45,9 @@ emphasis: none
                "refiner: {checkpoint: tiny-xl-refiner, switch_at: 0.7}\n" + COMMON,
     "sd3": "checkpoint: tiny-sd3\nprompt: a hare\nmax_sequence_length: 64\n" + COMMON,
     "flux": "checkpoint: tiny-flux\nprompt: a hare\nguidance: 2.5\n" + COMMON,
+    "inpaint": "checkpoint: tiny-inpaint\nprompt: a hare\ninit: in.png\nmask: mask.png\n"
+               "mask_blur: 6\ninpaint_full_res: true\ninpaint_full_res_padding: 16\n"
+               "inpainting_fill: fill\n" + COMMON,
     "control": "prompt: a hare\ncontrol: {model: tiny-controlnet, image: in.png, preprocessor: "
                "canny, weight: 0.8, start: 0.1, end: 0.9, guess_mode: true}\nresize: fill\n"
                + COMMON,
@@ -67,6 +70,7 @@ def walked(tmp_path_factory, farm_cache):
               str(root / "embeddings" / "badhands.safetensors"))
     noise = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
     Image.fromarray(noise).save(root / "in.png")
+    Image.fromarray((noise[..., 0] > 128).astype(np.uint8) * 255).save(root / "mask.png")
     for name, text in WALKS.items():
         (root / f"{name}.yaml").write_text(text)
         settings = compose([f"recipe={root / name}.yaml", "runtime=inline",

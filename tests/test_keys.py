@@ -19,7 +19,7 @@ def test_what_lists_keys_derives_from_the_rows():
     assert {k.name for k in keys.LOADED} == {"checkpoint", "vae", "refiner", "control"}
     assert {k.name for k in keys.STAGES} == {"refiner", "control", "hires", "denoise", "init",
                                               "control.image"}
-    assert {k.name for k in keys.INPUT_KEYS} == {"init", "control.image"}
+    assert {k.name for k in keys.INPUT_KEYS} == {"init", "control.image", "mask"}
     assert "control.image" not in keys.DEFAULTS  # written inside control
     assert keys.COLUMN_AXES == {"steps": "steps", "cfg": "cfg", "clip_skip": "clip_skip",
                                 "seed": "seeds"}

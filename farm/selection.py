@@ -67,6 +67,7 @@ class Selection:
     scores: tuple[str, ...] = ()  # the score columns of the run (its scorers': farm score)
     scorers: tuple[dict, ...] = ()  # each scorer identity that scored it: scorer, model, images
     grouped: bool = False  # whether farm dedup grouped it: a dup_group column
+    units: int = 0  # the most ControlNet units a selected row has: columns per unit
 
     @property
     def base(self) -> Path | None:
@@ -102,12 +103,39 @@ class Selection:
         for name, keys in self.nested.items():
             given = entry.params.get(name) or {}
             row[name] = {k: _text(given.get(k)) for k in keys}
+        row.update(unit_values(entry.params, self.units, self.base if public else None,
+                               public))
         row["pixel_hash"] = entry.pixel_hash
         for column in self.scores:
             row[column] = entry.scores.get(column)
         if self.grouped:
             row["dup_group"] = entry.dup_group
         return row
+
+
+# each ControlNet unit's columns (control_0_model, control_0_image, ...), as export types
+UNIT_COLUMNS = {"model": "string", "image": "string", "preprocessor": "string",
+                "weight": "float64", "start": "float64", "end": "float64"}
+
+
+def unit_columns(units: int) -> dict[str, str]:
+    return {f"control_{i}_{name}": kind for i in range(units)
+            for name, kind in UNIT_COLUMNS.items()}
+
+
+def unit_values(params: dict, units: int, base: Path | None, public: bool) -> dict[str, Any]:
+    """A row's ControlNet units, one set of columns each (None past the row's own units)."""
+    found: dict[str, Any] = dict.fromkeys(unit_columns(units))
+    nets, settings, images = (params.get(k) or () for k in ("controlnets", "control",
+                                                            "control_images"))
+    for i, (net, unit, image) in enumerate(zip(nets, settings, images)):
+        found.update({f"control_{i}_model": public_ref(net["ref"], base) if public
+                      else net["ref"],
+                      f"control_{i}_image": public_ref(image["ref"], base) if public
+                      else image["ref"],
+                      **{f"control_{i}_{k}": unit[k] for k in ("preprocessor", "weight",
+                                                               "start", "end")}})
+    return found
 
 
 def _text(value: Any) -> str | None:
@@ -117,16 +145,17 @@ def _text(value: Any) -> str | None:
 def select(run: Path, where: Where) -> Selection:
     """Scan the selected rows once for the union of their nested keys (streaming)."""
     nested: dict[str, set[str]] = {name: set() for name in catalog.FREE}
-    count = 0
+    count = units = 0
     for count, entry in enumerate(catalog.entries(run, where), 1):
         for name, keys in nested.items():
             keys.update(entry.params.get(name) or ())
+        units = max(units, len(entry.params.get("control") or ()))
     with Manifest(catalog.manifest_of(run), readonly=True) as manifest:
         have, used, grouped = manifest.scorer_names(), manifest.scorers(), manifest.grouped()
     columns = tuple(c for c in scorers.COLUMNS if scorers.BY_COLUMN[c].name in have)
     return Selection(run, where, {k: tuple(sorted(v)) for k, v in nested.items() if v}, count,
                      last_record(run), columns, tuple(u for u in used if u["images"]),
-                     bool(grouped))
+                     bool(grouped), units)
 
 
 REFERENCES = tuple(f.name for f in FIELDS if f.source)  # checkpoints, VAEs, refiners, inputs

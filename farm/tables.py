@@ -20,7 +20,7 @@ from farm import card, scorers
 from farm.catalog import Entry
 from farm.fields import COLUMNS
 from farm.outputs import PARTIAL_SUFFIX
-from farm.selection import Options, Report, Selection
+from farm.selection import Options, Report, Selection, unit_columns
 
 PROVENANCE = ("device", "dtype", "farm", "torch", "diffusers", "transformers")
 ROWS_PER_GROUP, BYTES_PER_GROUP = 1000, 64 << 20  # parquet row groups: bounded memory
@@ -207,6 +207,8 @@ def schema_of(selection: Selection, first: str | None = None, images: bool = Fal
     types.update({name: pa.type_for_alias(kind) for name, kind in COLUMNS.items()})
     for name, keys in selection.nested.items():
         types[name] = pa.struct([(k, text) for k in keys])
+    types.update({name: pa.type_for_alias(kind)
+                  for name, kind in unit_columns(selection.units).items()})
     types["pixel_hash"] = text
     types.update({column: pa.type_for_alias(scorers.TYPES[column])
                   for column in selection.scores})

@@ -132,6 +132,26 @@ def test_controlnets_on_ray_give_the_pixels_inline_does(workdir, capsys):
     assert len(list((workdir / "ray" / "fleet").glob("images/*/*.control0.png"))) == 8
 
 
+def test_inpainting_on_ray_gives_the_pixels_inline_does(workdir, capsys):
+    """Masks travel to the actors with their images; the driver writes the results."""
+    from PIL import Image, ImageDraw
+
+    for i in range(2):
+        Image.effect_noise((64, 48), 60 + i).convert("RGB").save(
+            workdir / "recipes" / f"in{i}.png")
+        mask = Image.new("L", (64, 48))
+        ImageDraw.Draw(mask).ellipse((8 * i, 4, 40 + 8 * i, 40), fill=255)
+        mask.save(workdir / "recipes" / f"mask{i}.png")
+    threads = "runtime.threads=1"
+    args = ("recipe=fleet", "init=[{image: in0.png, mask: mask0.png}, "
+            "{image: in1.png, mask: mask1.png}]", "checkpoint=[tiny,tiny-inpaint]", "seeds=0",
+            "inpaint_full_res=true", threads)
+    assert run_farm("render", *args, "runtime=inline", "outputs=inline") == 0
+    assert run_farm("render", *args, "runtime.outputs=driver", "outputs=ray") == 0
+    inline, ray = done_hashes(workdir / "inline" / "fleet"), done_hashes(workdir / "ray" / "fleet")
+    assert len(inline) == 8 and inline == ray
+
+
 def test_img2img_on_ray_gives_the_pixels_inline_does(workdir, capsys):
     """Input images travel to the actors with their batches (inputs.carried)."""
     from PIL import Image

@@ -327,6 +327,16 @@ def test_a_control_run_records_resumes_verifies_replays_and_exports(project, cap
     assert {row["control"] for row in table} == {"canny 100/200 x0.5 0-1"}
     assert {row["controlnets"] for row in table} == {"tiny-controlnet"}
     assert {row["control_images"] for row in table} == {"0.png", "1.png", "2.png"}
+    # and one set of typed columns per unit
+    assert {(row["control_0_model"], row["control_0_preprocessor"], row["control_0_weight"],
+             row["control_0_start"], row["control_0_end"]) for row in table} == {
+        ("tiny-controlnet", "canny", 0.5, 0.0, 1.0)}
+    assert {Path(row["control_0_image"]).name for row in table} == {"0.png", "1.png", "2.png"}
+    # a contact sheet of weight by control image
+    capsys.readouterr()
+    assert run_farm("grid", str(folder), "--x", "control", "--y", "control_images",
+                    "--where", "prompt=a fox", "--where", "seed=0") == 0
+    assert "2 x 3 cells (control by control_images)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("change, words", [

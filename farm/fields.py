@@ -167,6 +167,8 @@ def _controlnet(job) -> dict[str, Any]:
             pairs.update({"Threshold A": float(unit.low), "Threshold B": float(unit.high)})
         pairs.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end),
                       "Pixel Perfect": True, "Control Mode": CONTROL_MODES[unit.guess_mode]})
+        if unit.mode is not None:  # a union ControlNet's control type, by its number
+            pairs["Union Control Type"] = unit.mode
         found[f"ControlNet {i}"] = json.dumps(", ".join(f"{k}: {v}" for k, v in pairs.items()))
     return found
 
@@ -178,6 +180,7 @@ def _shown_control(units) -> str | None:
     return "; ".join(
         u["preprocessor"] + (f" {u['low']}/{u['high']}" if u.get("low") is not None else "")
         + f" x{u['weight']:g} {u['start']:g}-{u['end']:g}" + (" guess" if u["guess_mode"] else "")
+        + (f" mode {u['mode']}" if u.get("mode") is not None else "")
         for u in units)
 
 

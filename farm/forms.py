@@ -387,12 +387,12 @@ def scores(ctx: Context, name: str, value: Any) -> tuple[str, ...]:
 
 
 CONTROL_UNIT = ("model", "image", "preprocessor", "weight", "start", "end", "guess_mode",
-                "low_threshold", "high_threshold")
+                "low_threshold", "high_threshold", "control_mode")
 CONTROL_ALLOWED = ("expected a ControlNet unit set, [{model: REF, image: IMAGES, preprocessor: "
                    "none|canny, weight: 1.0, start: 0.0, end: 1.0, guess_mode: false}, ...] (one "
                    "unit may be written without the list), or a list of such sets; weight, "
                    "start and end may be lists to sweep; canny takes low_threshold and "
-                   "high_threshold (100, 200)")
+                   "high_threshold (100, 200); a union ControlNet takes control_mode")
 
 
 def _unit_sets(ctx: Context, name: str, value: Any) -> list[tuple[str, list[dict]]]:
@@ -452,7 +452,9 @@ def control_sets(ctx: Context, name: str, value: Any) -> tuple:
             starts = each(checks.number(0, 1))(ctx, f"{at}.start", unit.get("start", 0.0))
             ends = each(checks.number(0, 1))(ctx, f"{at}.end", unit.get("end", 1.0))
             guess = ctx.checked(checks.flag, f"{at}.guess_mode", unit.get("guess_mode", False))
-            options = [(ref, Control(kind, low, high, float(w), float(s), float(e), guess))
+            mode = None if unit.get("control_mode") is None else ctx.checked(
+                checks.whole(0, 31), f"{at}.control_mode", unit["control_mode"])
+            options = [(ref, Control(kind, low, high, float(w), float(s), float(e), guess, mode))
                        for w, s, e in itertools.product(weights, starts, ends) if s < e]
             if not options:
                 ctx.fail(f"{at}.start", unit.get("start"), "start must be below end (the share "

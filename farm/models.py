@@ -120,7 +120,7 @@ def check_components(folder: Path, field: str, ref: str) -> None:
                 "safetensors.torch.save_file)" if pickles else ""))
 
 
-CONTROLNET_CLASSES = ("ControlNetModel",)
+CONTROLNET_CLASSES = ("ControlNetModel", "ControlNetUnionModel")
 
 
 def check_controlnet_folder(folder: Path, field: str, ref: str) -> None:
@@ -162,16 +162,27 @@ def controlnet_fits(controlnet: Model, checkpoint: Model) -> str | None:
     return None
 
 
-def load_controlnet(controlnet: Model, device: str, dtype):
-    """A ControlNetModel from its folder, or a single .safetensors file with its config."""
-    from diffusers import ControlNetModel
+def control_types(controlnet: Model) -> int | None:
+    """How many control types a union ControlNet takes (its control_mode is below); None for
+    an ordinary ControlNet."""
+    config = controlnet_config(controlnet)
+    return config.get("num_control_type", 6) if config.get("_class_name") == \
+        "ControlNetUnionModel" else None
 
+
+def load_controlnet(controlnet: Model, device: str, dtype):
+    """A ControlNetModel (or ControlNetUnionModel) from its folder, or a single .safetensors
+    file with its config."""
+    import diffusers
+
+    kind = getattr(diffusers, controlnet_config(controlnet).get("_class_name",
+                                                                "ControlNetModel"))
     if controlnet.config:
-        model = ControlNetModel.from_single_file(controlnet.path, config=controlnet.config,
-                                                 torch_dtype=dtype, local_files_only=True)
+        model = kind.from_single_file(controlnet.path, config=controlnet.config,
+                                      torch_dtype=dtype, local_files_only=True)
     else:
-        model = ControlNetModel.from_pretrained(controlnet.path, torch_dtype=dtype,
-                                                use_safetensors=True, local_files_only=True)
+        model = kind.from_pretrained(controlnet.path, torch_dtype=dtype, use_safetensors=True,
+                                     local_files_only=True)
     return model.to(device)
 
 
@@ -225,6 +236,8 @@ def _resolve_hub(ref: str, repo: str, revision: str | None, field: str,
     return Model(ref=ref, path=str(folder), identity=f"hub:{repo}@{folder.name}")
 
 
+# what diffusers' from_pretrained reads of a one-model repository (a VAE, a ControlNet)
+MODEL_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*.safetensors")
 # weight files a repository may hold besides the ones a pipeline loads by default
 VARIANTS = ("fp16", "bf16", "fp32", "non_ema", "ema")
 CONFIG_SUFFIXES = ("json", "txt", "model")  # configs, tokenizer vocabularies and merges
@@ -235,7 +248,9 @@ def hub_patterns(index: dict | None, variant: str | None = None) -> tuple[list[s
     and the folders of the components it names (configs, tokenizer files, the default weights,
     or with `variant` that variant's weights instead), never the single-file checkpoints at the
     top or the other weight variants (fp16, EMA, ...). A repository without model_index.json is
-    one model (a VAE): its top-level files."""
+    one model (a VAE, a ControlNet): its top-level configs and the weights from_pretrained
+    reads (diffusion_pytorch_model.safetensors, or its shards), never the other single files
+    such repositories hold beside them (a "promax" ControlNet, a single-file VAE)."""
     ignore = [p for v in VARIANTS if v != variant
               for p in (f"*.{v}.safetensors", f"*.{v}-*.safetensors",
                         f"*.safetensors.index.{v}.json")]
@@ -247,7 +262,7 @@ def hub_patterns(index: dict | None, variant: str | None = None) -> tuple[list[s
                   for tail in (".safetensors", "-*.safetensors")]
         return allow, ignore
     if index is None:
-        return ["*.safetensors", *(f"*.{suffix}" for suffix in CONFIG_SUFFIXES)], \
+        return [*MODEL_WEIGHTS, *(f"*.{suffix}" for suffix in CONFIG_SUFFIXES)], \
             ignore + ["*/*"]
     allow = ["model_index.json"] + [f"{part}/*.{suffix}" for part in _parts(index)
                                     for suffix in ("safetensors", *CONFIG_SUFFIXES)]

@@ -156,6 +156,13 @@ def _controlled(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generat
     images = [list(m) for m in maps] if several else [m[0] for m in maps]
     controlled = stages.controlled(pipe, first.init is not None)
     controlled.scheduler = pipe.scheduler  # this batch's fresh one
+    if units[0].mode is not None:  # a union ControlNet: its one unit's images, by control type
+        steering["control_mode"] = [units[0].mode]
+        images = [images]
+        if first.init is None:
+            return controlled(control_image=images, num_inference_steps=first.steps,
+                              width=first.width, height=first.height, generator=generators,
+                              output_type="np", **steering, **text, **guidance)
     if first.init is not None:
         fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height, first.resize)
                   for job in {j.id: j for j in jobs}.values()}

@@ -72,6 +72,7 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
             if problem:
                 raise BadInput(f"recipe {recipe.name}: control.model: {unit!r} cannot steer "
                                f"checkpoint {ref!r}: {problem}")
+    check_control_modes(recipe, found)
     for ref in (r for r in loaded["refiner"] if r is not None):
         pipeline = models.family(found[ref]).pipeline
         if pipeline not in SDXL_PIPELINES:
@@ -95,6 +96,24 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
     except scorers.ScorerError as e:
         raise BadInput(f"recipe {recipe.name}: {e}") from None
     return Resolved(found, identified_inputs(recipe), reader, scoring)
+
+
+def check_control_modes(recipe: recipes.Recipe, found: Mapping[str, Model]) -> None:
+    """A union ControlNet's units name their control type (control_mode, below its count) and
+    are alone in their set (one diffusers union call); an ordinary one takes no mode."""
+    for units in (u for u in recipe["control"] if u):
+        for ref, unit in units:
+            types = models.control_types(found[ref])
+            where = f"recipe {recipe.name}: control.control_mode: {ref!r} is "
+            if types is None and unit.mode is not None:
+                raise BadInput(where + "an ordinary ControlNet, which takes no control_mode "
+                               "(a union ControlNet does); leave it out")
+            if types is not None and (unit.mode is None or unit.mode >= types):
+                raise BadInput(where + f"a union ControlNet of {types} control types: give "
+                               f"each unit control_mode 0 to {types - 1} (got {unit.mode})")
+            if types is not None and len(units) > 1:
+                raise BadInput(where + "a union ControlNet: farm runs it as the only unit of "
+                               "its set")
 
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")

@@ -342,16 +342,47 @@ def _build_tiny_controlnet(folder: Path, base: str, seed: int) -> None:
 
     def made():
         net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-        embedding = net.controlnet_cond_embedding  # keeps the map's scale through its convs
-        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
-            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-        with torch.no_grad():
-            embedding.conv_out.weight *= 8
-        for conv in [net.controlnet_mid_block, *net.controlnet_down_blocks]:
-            torch.nn.init.normal_(conv.weight, std=0.3)
+        _steering(net, torch)
         return net
 
     _seeded(seed, made).save_pretrained(folder, safe_serialization=True)
+
+
+def build_tiny_xl_controlnet_union(folder: Path) -> None:
+    """A union ControlNet (ControlNetUnionModel: one model, several control types, as xinsir's
+    controlnet-union-sdxl) shaped from tiny-xl's UNet, its output layers not zero."""
+    import inspect
+
+    import torch
+    from diffusers import ControlNetUnionModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(ensure("tiny-xl") / "unet", use_safetensors=True)
+    shape = ControlNetUnionModel.from_unet(unet, load_weights_from_unet=False).config
+    allowed = inspect.signature(ControlNetUnionModel.__init__).parameters
+    config = {k: v for k, v in shape.items() if k in allowed}
+    width = unet.config.block_out_channels[0]  # its control-type attention works at that width
+    config.update(num_trans_channel=width, num_trans_head=2, num_proj_channel=width,
+                  conditioning_embedding_out_channels=(8, 8, 16, 16))
+
+    def made():
+        net = ControlNetUnionModel(**config)
+        _steering(net, torch)
+        torch.nn.init.normal_(net.spatial_ch_projs.weight, std=0.3)
+        return net
+
+    _seeded(9, made).save_pretrained(folder, safe_serialization=True)
+
+
+def _steering(net, torch) -> None:
+    """A fresh ControlNet's output layers (zeros) made random, and its conditioning embedding
+    made to keep the map's scale, so that its image visibly steers."""
+    embedding = net.controlnet_cond_embedding
+    for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    with torch.no_grad():
+        embedding.conv_out.weight *= 8
+    for conv in [net.controlnet_mid_block, *net.controlnet_down_blocks]:
+        torch.nn.init.normal_(conv.weight, std=0.3)
 
 
 def build_tiny_controlnet(folder: Path) -> None:
@@ -628,7 +659,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-clip": build_tiny_clip, "tiny-aesthetic": build_tiny_aesthetic,
     "tiny-nsfw": build_tiny_nsfw, "instant": build_instant,
     "tiny-controlnet": build_tiny_controlnet, "tiny-xl-controlnet": build_tiny_xl_controlnet,
-    "tiny-inpaint": build_tiny_inpaint}
+    "tiny-inpaint": build_tiny_inpaint, "tiny-xl-controlnet-union": build_tiny_xl_controlnet_union}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
                          "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
@@ -637,7 +668,8 @@ ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "random-sd35": "checkpoint", "random-flux": "checkpoint",
                          "tiny-clip": "scorer", "tiny-aesthetic": "scorer", "tiny-nsfw": "scorer",
                          "instant": "checkpoint", "tiny-controlnet": "controlnet",
-                         "tiny-xl-controlnet": "controlnet", "tiny-inpaint": "checkpoint"}
+                         "tiny-xl-controlnet": "controlnet", "tiny-inpaint": "checkpoint",
+                         "tiny-xl-controlnet-union": "controlnet"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

@@ -116,6 +116,7 @@ class Control:
     start: float = 0.0  # control_guidance_start: the share of the schedule it starts at
     end: float = 1.0  # control_guidance_end
     guess_mode: bool = False  # diffusers' guess mode (sd-webui's "ControlNet is more important")
+    mode: int | None = None  # a union ControlNet's control type (xinsir's: 3 is canny); else None
 
     def record(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}

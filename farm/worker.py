@@ -294,6 +294,9 @@ class Worker:
                 made.clear()
             auto = diffusers.AutoPipelineForImage2Image if img2img else \
                 diffusers.AutoPipelineForText2Image
+            if type(nets[0]).__name__ == "ControlNetUnionModel":  # (auto's from_pipe has none)
+                auto = diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline if img2img \
+                    else diffusers.StableDiffusionXLControlNetUnionPipeline
             spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
             found = made[key] = auto.from_pipe(pipe, controlnet=nets if len(nets) > 1 else nets[0],
                                                scheduler=spare)

@@ -3,6 +3,7 @@ pipelines called with the same inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -173,6 +174,49 @@ def test_several_units_give_diffusers_multicontrolnet_pixels(worker, tiny, contr
                               scheduler)
     for a, b in zip(mine, theirs):
         assert np.abs(a - b).max() <= 1
+
+
+def test_guess_mode_gives_diffusers_pixels(worker, tiny, controlnet, images_in):
+    job = control_job(tiny, controlnet, [images_in[0]], [Control("canny", 100, 200, 1.0, 0.0,
+                                                                 1.0, True)], cfg=4.0)
+    mine, results = rendered(worker, [job], "guess")
+    theirs = diffusers_images(tiny.path, [controlnet.path], [job], [maps_of(job)],
+                              json.loads(results[0].scheduler))
+    assert np.abs(mine[0] - theirs[0]).max() <= 1
+    plain, _ = rendered(worker, [dataclasses.replace(job, control=(Control("canny", 100, 200),))],
+                        "balanced")
+    assert not np.array_equal(mine[0], plain[0])
+
+
+def test_a_union_controlnet_gives_diffusers_pixels_for_its_control_type(worker, images_in):
+    """SDXL's union ControlNet (one model, a control type per unit): diffusers'
+    StableDiffusionXLControlNetUnionPipeline with the same maps and control_mode."""
+    import diffusers
+    import torch
+
+    xl = models.resolve("tiny-xl")
+    union = models.resolve("tiny-xl-controlnet-union", "controlnet")
+    jobs = [control_job(xl, union, [images_in[i]], [Control("canny", 100, 200, 0.8, 0.0, 0.9,
+                                                            False, 3)], seed=i, negative="")
+            for i in range(2)]
+    mine, results = rendered(worker, jobs, "union")
+    scheduler = json.loads(results[0].scheduler)
+    base = diffusers.StableDiffusionXLPipeline.from_pretrained(xl.path)
+    pipe = diffusers.StableDiffusionXLControlNetUnionPipeline.from_pipe(
+        base, controlnet=diffusers.ControlNetUnionModel.from_pretrained(union.path))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = getattr(diffusers, scheduler["class"]).from_config(scheduler["config"])
+    theirs = pipe(prompt=[j.prompt for j in jobs], negative_prompt=["", ""],
+                  control_image=[[maps_of(j)[0] for j in jobs]], control_mode=[3],
+                  controlnet_conditioning_scale=0.8, control_guidance_start=0.0,
+                  control_guidance_end=0.9, num_inference_steps=4, guidance_scale=7.0,
+                  width=64, height=64, output_type="np",
+                  generator=[torch.Generator().manual_seed(j.seed) for j in jobs]).images
+    for a, b in zip(mine, theirs):
+        assert np.abs(a - (np.clip(b, 0, 1) * 255).round()).max() <= 1
+    other, _ = rendered(worker, [dataclasses.replace(jobs[0], control=(
+        dataclasses.replace(jobs[0].control[0], mode=1),))], "union-depth")
+    assert not np.array_equal(other[0], mine[0])  # the control type steers too
 
 
 def test_sdxl_and_img2img_give_diffusers_pixels(worker, controlnet, images_in, farm_cache):
@@ -354,11 +398,18 @@ def test_a_control_run_records_resumes_verifies_replays_and_exports(project, cap
     ("control=[{model: tiny-controlnet, image: drawings, preprocessor: none, low_threshold: 3}]",
      "thresholds are canny's"),
     ("hires={scale: 1.5}", "cannot be combined with control.image images"),
+    ("control=[{model: tiny-controlnet, image: drawings, control_mode: 3}]",
+     "an ordinary ControlNet, which takes no control_mode"),
+    ("checkpoint=tiny-xl control=[{model: tiny-xl-controlnet-union, image: drawings}]",
+     "give each unit control_mode 0 to 5 (got None)"),
+    ("checkpoint=tiny-xl control=[{model: tiny-xl-controlnet-union, image: drawings, "
+     "control_mode: 6}]", "control_mode 0 to 5 (got 6)"),
     ("control=[[{model: tiny-controlnet, image: drawings}],"
      "[{model: tiny-controlnet, image: drawings/0.png, weight: 0.5}]]", "takes the same images"),
 ])
 def test_bad_control_input_exits_2_before_anything_is_written(project, capsys, change, words):
-    assert run_inline("render", "recipe=steer", change) == 2
+    assert run_inline("render", "recipe=steer", *change.split(" ", 1 if change.startswith(
+        "checkpoint=") else 0)) == 2
     err = capsys.readouterr().err
     assert words in err, err
     assert not (project / "outputs").exists()

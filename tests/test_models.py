@@ -279,6 +279,15 @@ def test_a_hub_pipeline_fetches_only_what_it_loads():
                 "README.md", "extra/other.safetensors"]
     assert fetched(vae_repo, None) == {
         "config.json", "diffusion_pytorch_model.safetensors"}
+    union_repo = ["config.json", "config_promax.json", "diffusion_pytorch_model.safetensors",
+                  "diffusion_pytorch_model_promax.safetensors", "sdxl_vae.safetensors",
+                  "images/000.png"]
+    assert fetched(union_repo, None) == {  # one ControlNet, not its 2.5 GB sibling
+        "config.json", "config_promax.json", "diffusion_pytorch_model.safetensors"}
+    sharded = ["config.json", "diffusion_pytorch_model.safetensors.index.json",
+               "diffusion_pytorch_model-00001-of-00002.safetensors",
+               "diffusion_pytorch_model-00002-of-00002.safetensors"]
+    assert fetched(sharded, None) == set(sharded)
 
 
 def test_a_checkpoints_safety_checker_never_blacks_out_an_image(tiny, tmp_path):

@@ -294,7 +294,8 @@ class Worker:
                 made.clear()
             auto = diffusers.AutoPipelineForImage2Image if img2img else \
                 diffusers.AutoPipelineForText2Image
-            if type(nets[0]).__name__ == "ControlNetUnionModel":  # (auto's from_pipe has none)
+            if isinstance(nets[0], diffusers.ControlNetUnionModel):  # auto's from_pipe does
+                # not map a union ControlNet to its own pipeline
                 auto = diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline if img2img \
                     else diffusers.StableDiffusionXLControlNetUnionPipeline
             spare = type(pipe.scheduler).from_config(pipe.scheduler.config)

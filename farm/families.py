@@ -39,6 +39,7 @@ RULES: dict[str, Rules] = {
     # an SD 1.x/2.x inpainting checkpoint: its UNet also reads the mask and the masked image
     "StableDiffusionInpaintPipeline": Rules("Stable Diffusion 1.x/2.x inpainting",
                                             inpainting=True),
+    "StableDiffusionXLInpaintPipeline": Rules("SDXL inpainting", inpainting=True),
     "StableDiffusion3Pipeline": Rules("SD3", flow=True, multiple=16, t5_tokens=256,
                                       a1111_prompts=False, clip_skip=False, stages=False),
     "FluxPipeline": Rules("Flux.1", flow=True, multiple=16, t5_tokens=512,

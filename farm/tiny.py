@@ -165,6 +165,18 @@ def build_tiny_inpaint(folder: Path) -> None:
     base.save_pretrained(folder, safe_serialization=True)
 
 
+def build_tiny_xl_inpaint(folder: Path) -> None:
+    """An SDXL-shaped inpainting checkpoint (as diffusers' stable-diffusion-xl-1.0-inpainting):
+    tiny-xl's text encoders and VAE, a UNet of 9 input channels, random weights."""
+    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    base = StableDiffusionXLInpaintPipeline.from_pretrained(ensure("tiny-xl"))
+    config = {**base.unet.config, "in_channels": 9}
+    unet = _seeded(4, lambda: UNet2DConditionModel.from_config(config))
+    base.register_modules(unet=unet)
+    base.save_pretrained(folder, safe_serialization=True)
+
+
 def build_tiny_xl(folder: Path) -> None:
     """An SDXL-shaped pipeline with random weights: two text encoders (the second with a
     projection, for the pooled embedding), a UNet with SDXL's size/crop conditioning."""
@@ -659,7 +671,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-clip": build_tiny_clip, "tiny-aesthetic": build_tiny_aesthetic,
     "tiny-nsfw": build_tiny_nsfw, "instant": build_instant,
     "tiny-controlnet": build_tiny_controlnet, "tiny-xl-controlnet": build_tiny_xl_controlnet,
-    "tiny-inpaint": build_tiny_inpaint, "tiny-xl-controlnet-union": build_tiny_xl_controlnet_union}
+    "tiny-inpaint": build_tiny_inpaint, "tiny-xl-inpaint": build_tiny_xl_inpaint,
+    "tiny-xl-controlnet-union": build_tiny_xl_controlnet_union}
 ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-xl-refiner": "checkpoint", "tiny-sd3": "checkpoint",
                          "tiny-flux": "checkpoint", "tiny-flux-schnell": "checkpoint",
@@ -669,7 +682,7 @@ ROLES: dict[str, str] = {"tiny": "checkpoint", "tiny-xl": "checkpoint",
                          "tiny-clip": "scorer", "tiny-aesthetic": "scorer", "tiny-nsfw": "scorer",
                          "instant": "checkpoint", "tiny-controlnet": "controlnet",
                          "tiny-xl-controlnet": "controlnet", "tiny-inpaint": "checkpoint",
-                         "tiny-xl-controlnet-union": "controlnet"}
+                         "tiny-xl-controlnet-union": "controlnet", "tiny-xl-inpaint": "checkpoint"}
 
 
 # LoRA files in the layouts people share, made from a tiny pipeline's own layers ------------------

@@ -256,7 +256,8 @@ def test_a_pipeline_family_farm_does_not_test_is_refused(workdir, capsys, pipeli
         assert f"checkpoint: '{folder}' is a {pipeline}; farm renders the families it " \
                "tests: Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL " \
                "(StableDiffusionXLPipeline), Stable Diffusion 1.x/2.x inpainting " \
-               "(StableDiffusionInpaintPipeline), SD3 (StableDiffusion3Pipeline), Flux.1 " \
+               "(StableDiffusionInpaintPipeline), SDXL inpainting " \
+               "(StableDiffusionXLInpaintPipeline), SD3 (StableDiffusion3Pipeline), Flux.1 " \
                "(FluxPipeline), Flux.1-schnell (FluxPipeline)" in err
         assert not (workdir / "outputs").exists()
 

@@ -93,7 +93,7 @@ def a1111_blur(mask: Image.Image, radius: int) -> np.ndarray:
 
 # 1. pixels: diffusers inside the mask, the input outside it -------------------------------------
 
-@pytest.mark.parametrize("checkpoint", ["tiny", "tiny-inpaint", "tiny-xl"])
+@pytest.mark.parametrize("checkpoint", ["tiny", "tiny-inpaint", "tiny-xl", "tiny-xl-inpaint"])
 def test_each_image_keeps_its_own_mask_and_the_input_outside_it(worker, pairs, checkpoint):
     """Three jobs with three masks in one call: inside each (blurred) mask the pixels are
     diffusers' inpainting pipeline's for that image; where the blurred mask is black, the

@@ -177,9 +177,10 @@ def check_stages(recipe: Recipe) -> None:
         raise RecipeError(recipe.name, "refiner", recipe["refiner"][0][0], "the refiner "
                           "finishes a text-to-image render; farm does not combine it with init "
                           "images or a hires pass")
-    if recipe.uses("mask") and recipe.uses("control"):
-        raise RecipeError(recipe.name, "mask", "...", "farm does not combine inpainting with "
-                          "ControlNet units yet; render them in two recipes")
+    if recipe.uses("mask") and recipe.uses("control") and recipe["inpaint_full_res"]:
+        raise RecipeError(recipe.name, "inpaint_full_res", True, "ControlNet units steer the "
+                          "whole picture: farm does not crop their images with the masked "
+                          "area; inpaint the whole picture (inpaint_full_res: false)")
     for key in (k for k in INPUT_KEYS if k.axis):
         twice = [path for path, n in Counter(recipe[key.name]).items() if n > 1]
         if twice and not recipe.zipped(key.name, "prompt"):

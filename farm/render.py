@@ -28,9 +28,9 @@ class Stages:
     init: Callable[[Job], Image.Image]  # a job's input image, checked against its identity
     refiner: Callable[[], tuple[object, dict, TextEncoding]] | None = None  # (pipeline,
     # its scheduler config, its text encoding)
-    # the ControlNet pipeline sharing a pipeline's components (img2img or not), and a job's
-    # detected maps, one per unit, at its size
-    controlled: Callable[[object, bool], object] | None = None
+    # the ControlNet pipeline sharing a pipeline's components ("text2image", "img2img" or
+    # "inpainting"), and a job's detected maps, one per unit, at its size
+    controlled: Callable[[object, str], object] | None = None
     control: Callable[[Job], list[Image.Image]] | None = None
     # the inpainting pipeline sharing a pipeline's components, and a job's mask
     inpainting: Callable[[object], object] | None = None
@@ -118,13 +118,19 @@ def _inpainted(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generato
             stages.init(job), stages.mask(job), first.width, first.height, first.resize,
             first.mask_blur, first.inpaint_full_res, first.inpaint_full_res_padding,
             first.inpainting_fill)
-    pipeline = stages.inpainting(pipe)
+    steering: dict = {}
+    if first.control:  # ControlNet units steer the inpainting too
+        steering, images = _steering(jobs, stages)
+        steering["control_image"] = images
+        pipeline = stages.controlled(pipe, "inpainting")
+    else:
+        pipeline = stages.inpainting(pipe)
     pipeline.scheduler = pipe.scheduler  # this batch's fresh one
     output = pipeline(image=[prepared[j.id].image for j in jobs],
                       mask_image=[prepared[j.id].mask for j in jobs],
                       strength=img2img_strength(first), num_inference_steps=first.steps,
                       width=first.width, height=first.height, generator=generators,
-                      output_type="np", **text, **guidance)
+                      output_type="np", **steering, **text, **guidance)
     images = []
     for job, array in zip(jobs, output.images):
         if not np.isfinite(array).all():
@@ -139,8 +145,32 @@ def _inpainted(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generato
 def _controlled(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generators: list,
                 stages: Stages):
     """A ControlNet call (diffusers' ControlNet pipelines, img2img when the jobs have an input
-    image): each image of the call with its own detected maps, one per unit; the units'
-    weights, guidance start and end, and guess mode shared by the call."""
+    image): each image of the call with its own detected maps, one per unit."""
+    first = jobs[0]
+    steering, images = _steering(jobs, stages)
+    controlled = stages.controlled(pipe, "img2img" if first.init is not None else "text2image")
+    controlled.scheduler = pipe.scheduler  # this batch's fresh one
+    if first.init is not None:
+        fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height, first.resize)
+                  for job in {j.id: j for j in jobs}.values()}
+        return controlled(image=[fitted[job.id] for job in jobs], control_image=images,
+                          strength=img2img_strength(first), num_inference_steps=first.steps,
+                          generator=generators, output_type="np", **steering, **text,
+                          **guidance)
+    if first.control[0].mode is not None:  # a union ControlNet's pipeline names them so
+        return controlled(control_image=images, num_inference_steps=first.steps,
+                          width=first.width, height=first.height, generator=generators,
+                          output_type="np", **steering, **text, **guidance)
+    return controlled(image=images, num_inference_steps=first.steps, width=first.width,
+                      height=first.height, generator=generators, output_type="np", **steering,
+                      **text, **guidance)
+
+
+def _steering(jobs: tuple[Job, ...], stages: Stages) -> tuple[dict, list]:
+    """A ControlNet call's settings (the units' weights, guidance start and end, guess mode,
+    a union ControlNet's control type) and its control images: each job's detected maps, one
+    per unit, as diffusers takes them (a list per image for several units; for a union
+    ControlNet, one list per control type)."""
     first = jobs[0]
     made = {job.id: stages.control(job) for job in {j.id: j for j in jobs}.values()}
     maps = [made[job.id] for job in jobs]  # per image, one map per unit
@@ -154,25 +184,10 @@ def _controlled(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generat
         "guess_mode": units[0].guess_mode,
     }
     images = [list(m) for m in maps] if several else [m[0] for m in maps]
-    controlled = stages.controlled(pipe, first.init is not None)
-    controlled.scheduler = pipe.scheduler  # this batch's fresh one
-    if units[0].mode is not None:  # a union ControlNet: its one unit's images, by control type
+    if units[0].mode is not None:
         steering["control_mode"] = [units[0].mode]
         images = [images]
-        if first.init is None:
-            return controlled(control_image=images, num_inference_steps=first.steps,
-                              width=first.width, height=first.height, generator=generators,
-                              output_type="np", **steering, **text, **guidance)
-    if first.init is not None:
-        fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height, first.resize)
-                  for job in {j.id: j for j in jobs}.values()}
-        return controlled(image=[fitted[job.id] for job in jobs], control_image=images,
-                          strength=img2img_strength(first), num_inference_steps=first.steps,
-                          generator=generators, output_type="np", **steering, **text,
-                          **guidance)
-    return controlled(image=images, num_inference_steps=first.steps, width=first.width,
-                      height=first.height, generator=generators, output_type="np", **steering,
-                      **text, **guidance)
+    return steering, images
 
 
 LATENT_MODES = {"latent": ("bilinear", False), "latent-antialiased": ("bilinear", True),

@@ -111,6 +111,9 @@ def check_control_modes(recipe: recipes.Recipe, found: Mapping[str, Model]) -> N
             if types is not None and (unit.mode is None or unit.mode >= types):
                 raise BadInput(where + f"a union ControlNet of {types} control types: give "
                                f"each unit control_mode 0 to {types - 1} (got {unit.mode})")
+            if types is not None and recipe.uses("mask"):
+                raise BadInput(where + "a union ControlNet: farm does not inpaint with one yet "
+                               "(an ordinary ControlNet steers inpainting)")
             if types is not None and len(units) > 1:
                 raise BadInput(where + "a union ControlNet: farm runs it as the only unit of "
                                "its set")

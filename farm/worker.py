@@ -55,6 +55,13 @@ COMPILE_BACKEND = "inductor"
 # many per call: a decision made from the job alone (so the same job decodes the same way
 # everywhere), recorded in the image's provenance. Below them nothing changes.
 MAX_CONTROLNETS = 4  # ControlNets (and ControlNet pipelines) kept per pipeline
+# the pipeline of each kind of ControlNet call, made from a loaded pipeline
+AUTO_PIPELINES = {"text2image": "AutoPipelineForText2Image",
+                  "img2img": "AutoPipelineForImage2Image",
+                  "inpainting": "AutoPipelineForInpainting"}
+UNION_PIPELINES = {"text2image": "StableDiffusionXLControlNetUnionPipeline",
+                   "img2img": "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+                   "inpainting": "StableDiffusionXLControlNetUnionInpaintPipeline"}
 MAX_MAPS = 256  # detected maps kept, the least recently used out
 TILE_ABOVE = 2048 * 2048
 SLICE_ABOVE = 16 * 1024 * 1024
@@ -276,7 +283,7 @@ class Worker:
                                 model, device, torch_dtype,
                                 self.local(loadout.checkpoint, "checkpoint"), base))
 
-    def controlled(self, pipe, loadout: Loadout, dtype: str, img2img: bool):
+    def controlled(self, pipe, loadout: Loadout, dtype: str, kind: str):
         """The ControlNet pipeline of a loaded pipeline and the loadout's ControlNets (a
         MultiControlNet for several): the same components, nothing loaded again but the
         ControlNets, which are kept (MAX_CONTROLNETS per pipeline kept loaded)."""
@@ -284,7 +291,7 @@ class Worker:
         nets = [self._cached(self._controlnets, model, CONTROLNET, torch_dtype,
                              models.load_controlnet, limit=self.max_pipelines * MAX_CONTROLNETS)
                 for model in loadout.controlnets]
-        key = (tuple(m.identity for m in loadout.controlnets), str(torch_dtype), img2img)
+        key = (tuple(m.identity for m in loadout.controlnets), str(torch_dtype), kind)
         made = self._controlled.setdefault(pipe, {})
         found = made.get(key)
         if found is None:
@@ -292,12 +299,10 @@ class Worker:
 
             if len(made) >= MAX_CONTROLNETS:  # let go of ControlNets no longer cached
                 made.clear()
-            auto = diffusers.AutoPipelineForImage2Image if img2img else \
-                diffusers.AutoPipelineForText2Image
+            auto = getattr(diffusers, AUTO_PIPELINES[kind])
             if isinstance(nets[0], diffusers.ControlNetUnionModel):  # auto's from_pipe does
                 # not map a union ControlNet to its own pipeline
-                auto = diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline if img2img \
-                    else diffusers.StableDiffusionXLControlNetUnionPipeline
+                auto = getattr(diffusers, UNION_PIPELINES[kind])
             spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
             found = made[key] = auto.from_pipe(pipe, controlnet=nets if len(nets) > 1 else nets[0],
                                                scheduler=spare)
@@ -399,8 +404,8 @@ class Worker:
             stages = render.Stages(
                 img2img=self.img2img, init=lambda job: self.input_image(job.init, batch),
                 refiner=lambda: self.refiner(first.loadout, first.dtype, pipe),
-                controlled=lambda base, img2img: self.controlled(base, first.loadout,
-                                                                 first.dtype, img2img),
+                controlled=lambda base, kind: self.controlled(base, first.loadout,
+                                                              first.dtype, kind),
                 control=lambda job: [m for m, _ in self.control_maps(job, batch)],
                 inpainting=self.inpainting,
                 mask=lambda job: self.input_image(job.mask, batch))

@@ -400,6 +400,8 @@ def test_a_control_run_records_resumes_verifies_replays_and_exports(project, cap
     ("hires={scale: 1.5}", "cannot be combined with control.image images"),
     ("control=[{model: tiny-controlnet, image: drawings, control_mode: 3}]",
      "an ordinary ControlNet, which takes no control_mode"),
+    ("init=drawings/1.png mask=drawings/2.png inpaint_full_res=true",
+     "ControlNet units steer the whole picture"),
     ("checkpoint=tiny-xl control=[{model: tiny-xl-controlnet-union, image: drawings}]",
      "give each unit control_mode 0 to 5 (got None)"),
     ("checkpoint=tiny-xl control=[{model: tiny-xl-controlnet-union, image: drawings, "
@@ -408,8 +410,9 @@ def test_a_control_run_records_resumes_verifies_replays_and_exports(project, cap
      "[{model: tiny-controlnet, image: drawings/0.png, weight: 0.5}]]", "takes the same images"),
 ])
 def test_bad_control_input_exits_2_before_anything_is_written(project, capsys, change, words):
-    assert run_inline("render", "recipe=steer", *change.split(" ", 1 if change.startswith(
-        "checkpoint=") else 0)) == 2
+    args = change.split(" ") if change.startswith("init=") else change.split(
+        " ", 1 if change.startswith("checkpoint=") else 0)
+    assert run_inline("render", "recipe=steer", *args) == 2
     err = capsys.readouterr().err
     assert words in err, err
     assert not (project / "outputs").exists()

@@ -123,6 +123,47 @@ def test_each_image_keeps_its_own_mask_and_the_input_outside_it(worker, pairs, c
     assert not np.array_equal(mine[0], mine[1])
 
 
+def test_controlnet_units_steer_an_inpainting_as_diffusers_does(worker, tiny, pairs):
+    """ControlNet and mask together: diffusers' StableDiffusionControlNetInpaintPipeline inside
+    each mask, the input outside it."""
+    import cv2
+    import diffusers
+    import torch
+
+    from farm.values import Control
+
+    net = models.resolve("tiny-controlnet", "controlnet")
+    unit = Control("canny", 100, 200, 0.9)
+    jobs = [masked_job(tiny, pair, seed=s, controlnets=(net,), control=(unit,),
+                       control_images=(pairs[2 - s][0],)) for s, pair in enumerate(pairs[:2])]
+    mine, results = rendered(worker, jobs, "steered")
+    fitted = [inputs.fit(inputs.decoded(inputs.read(i.path), ""), 64, 64, "stretch")
+              for i, _ in pairs]
+    masks = [inputs.fit(Image.fromarray(a1111_blur(Image.open(m.path).convert("L"), 4)), 64, 64,
+                        "stretch") for _, m in pairs]
+    maps = [Image.fromarray(np.stack([cv2.Canny(np.asarray(fitted[2 - s]), 100, 200)] * 3, -1))
+            for s in range(2)]
+    pipe = diffusers.AutoPipelineForInpainting.from_pretrained(
+        tiny.path, controlnet=diffusers.ControlNetModel.from_pretrained(net.path))
+    pipe.set_progress_bar_config(disable=True)
+    scheduler = json.loads(results[0].scheduler)
+    pipe.scheduler = getattr(diffusers, scheduler["class"]).from_config(scheduler["config"])
+    theirs = pipe(prompt=[j.prompt for j in jobs], negative_prompt=[j.negative for j in jobs],
+                  image=fitted[:2], mask_image=masks[:2], control_image=maps,
+                  controlnet_conditioning_scale=0.9, strength=0.75, num_inference_steps=4,
+                  guidance_scale=7.0, width=64, height=64, output_type="np",
+                  generator=[torch.Generator().manual_seed(j.seed) for j in jobs]).images
+    plain, _ = rendered(worker, [masked_job(tiny, pairs[0])], "unsteered")
+    for image, ours, reference, mask in zip(fitted, mine, theirs, masks):
+        weight = np.clip(np.asarray(mask, np.float32) * 2, 0, 255)
+        kept, repainted = weight == 0, weight == 255
+        reference = (np.clip(reference, 0, 1) * 255).round()
+        assert np.abs(ours[repainted] - reference[repainted]).max() <= 1
+        assert np.array_equal(ours[kept], np.asarray(image).astype(int)[kept])
+    repainted = np.clip(np.asarray(masks[0], np.float32) * 2, 0, 255) == 255
+    assert np.abs(mine[0][repainted] - plain[0][repainted]).mean() > 1  # it steered
+
+
 def test_only_masked_renders_the_crop_and_puts_it_back(worker, tiny, pairs):
     job = masked_job(tiny, pairs[0], inpaint_full_res=True, inpaint_full_res_padding=8)
     (image,), _ = rendered(worker, [job], "only")

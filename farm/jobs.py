@@ -123,10 +123,12 @@ class Job:
             prompt, negative = self.prompt.encode(), self.negative.encode()
             digest.update(b"%d:%b%d:%b%d" % (len(prompt), prompt, len(negative), negative,
                                              self.seed))
-            for f in LATER_IMAGE_FIELDS:
-                value = self.identity_value(f.name)
-                if value != f.id_default:
-                    digest.update(b"\n" + json.dumps([f.name, value]).encode())
+            for name, identity, default in _LATER_IMAGE_IDENTITY:
+                value = getattr(self, name)
+                if identity is not None:
+                    value = identity(value)
+                if value != default:
+                    digest.update(b"\n" + json.dumps([name, value]).encode())
             cached = self.__dict__["_id"] = digest.hexdigest()[:ID_LENGTH]
         return cached
 
@@ -180,6 +182,8 @@ def share_batch_key(job: Job, previous: Job) -> None:
         job.__dict__["_batch_key"] = previous.batch_key
 
 
+_LATER_IMAGE_IDENTITY = tuple((f.name, None if f.codec is PLAIN else f.codec.identity,
+                               f.id_default) for f in LATER_IMAGE_FIELDS)
 _BATCH_IDENTITY = tuple((f.name, None if f.codec is PLAIN else f.codec.identity, f.id_default)
                         for f in IDENTITY_FIELDS)  # (the plain identity is the value itself)
 _batch_values = attrgetter(*(f.name for f in IDENTITY_FIELDS))

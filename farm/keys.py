@@ -305,12 +305,15 @@ def _apply_t5(draft: Draft, tokens: int | None) -> None:
         fields["truncated"] = True
 
 
+INPUT_NAMES = tuple(f.name for f in INPUT_FIELDS)  # (set or not by the time settings apply)
+
+
 def _for_inputs(name: str) -> Apply:
     """A setting of jobs that have an input image (how it is fitted, its steps); None on
     the others."""
     def apply(draft: Draft, value: str) -> None:
         fields = draft.fields
-        fields[name] = value if any(fields.get(f.name) for f in INPUT_FIELDS) else None
+        fields[name] = value if any(map(fields.get, INPUT_NAMES)) else None
     return apply
 
 

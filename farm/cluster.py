@@ -251,8 +251,17 @@ def interrupts_held() -> Iterator[None]:
         return
     caught: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, lambda number, frame: caught.append(number))
-                for number in held}
+    stopped, done = threading.Event(), threading.Event()
+
+    def hold(number: int, frame) -> None:
+        caught.append(number)
+        stopped.set()
+
+    # Ray may never come back from a start a signal reached: a watchdog (started here, not in
+    # the handler, which runs between two bytecodes of whatever the main thread was doing)
+    threading.Thread(target=_give_up, args=(caught, stopped, done), daemon=True,
+                     name="farm-held-stop").start()
+    previous = {number: signal.signal(number, hold) for number in held}
     try:
         yield
     except SystemExit as e:  # ray.init installs a SIGTERM handler of its own that exits
@@ -262,11 +271,39 @@ def interrupts_held() -> Iterator[None]:
     finally:  # (which also puts farm's back in place of Ray's)
         for number, handler in previous.items():
             signal.signal(number, handler)
+        done.set()
+        stopped.set()  # (the watchdog's wait ends)
     if caught:
         handler = previous[caught[0]]
         if callable(handler):
             handler(caught[0], None)
         raise KeyboardInterrupt
+
+
+HELD_FOR = 30.0  # seconds a stop waits for Ray's start to end before farm exits without it
+
+
+def _give_up(caught: list[int], stopped: threading.Event, done: threading.Event) -> None:
+    """A stop held through Ray's start, which has not ended HELD_FOR seconds later (it can wait
+    forever for its own processes once a signal reached it): end those processes and exit as
+    the stop asks (130 Ctrl-C, 143 SIGTERM). Nothing had been rendered yet."""
+    stopped.wait()
+    if done.wait(HELD_FOR) or not caught:
+        return
+    number = caught[0]
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):  # the cluster it was starting
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    said = "interrupted" if number == signal.SIGINT else "terminated"
+    sys.stderr.write(f"farm: {said} while Ray was starting, which did not end in "
+                     f"{HELD_FOR:g} s; nothing was rendered: run the same command again to "
+                     "resume\n")
+    sys.stderr.flush()
+    os._exit(128 + number)
 
 
 def _remote_worker():

@@ -5,6 +5,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -461,3 +462,29 @@ def test_ctrl_c_in_plan_says_nothing_of_resuming(workdir, capsys, monkeypatch):
     assert run_farm("plan", "recipe=small") == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "resume" not in err
+
+
+@pytest.mark.parametrize("stop, code, said", [("SIGINT", 130, "interrupted"),
+                                              ("SIGTERM", 143, "terminated")])
+def test_a_stop_while_farm_is_still_importing_exits_as_any_stop(tmp_path, stop, code, said):
+    """Ctrl-C or SIGTERM in the second or two farm takes to import its libraries: the usual
+    exit code and message, not a traceback or a kill by the signal."""
+    script = tmp_path / "early.py"
+    script.write_text(
+        "import builtins, os, signal, sys, time\n"
+        "import farm.__main__ as command\n"
+        "real = builtins.__import__\n"
+        "def importing(name, *args, **kwargs):\n"
+        "    if name == 'farm.cli':  # the stop lands inside the import\n"
+        f"        os.kill(os.getpid(), signal.{stop})\n"
+        "        time.sleep(5)\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = importing\n"
+        "sys.argv = ['farm', 'plan']\n"
+        "command.entry()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert f"farm: {said}; nothing was done yet: run the same command again to resume" in \
+        done.stderr
+    assert "Traceback" not in done.stderr

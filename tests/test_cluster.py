@@ -5,6 +5,7 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -396,7 +397,11 @@ def test_a_stop_while_the_embedded_cluster_starts_is_handled(workdir, after, sto
     time.sleep(after)
     process.send_signal(getattr(signal, stop))
     out, err = process.communicate(timeout=120)
-    assert process.returncode == code, (process.returncode, err[-2000:], out[-1500:])
+    # a shell sees 130 also for a process that ends by the SIGINT itself (as POSIX advises a
+    # program stopped by Ctrl-C to end): now and then one does, after farm's message, when the
+    # stop lands as Ray's start ends (a race in Ray's signal handling, not pinned down here)
+    ended = (code, -signal.SIGINT) if stop == "SIGINT" else (code,)
+    assert process.returncode in ended, (process.returncode, err[-2000:], out[-1500:])
     assert "Segmentation fault" not in err and "Fatal Python error" not in err
     assert "SIGTERM received" not in err
     assert f"{said}; " in err and "run the same command again to resume" in err
@@ -516,3 +521,32 @@ def test_a_fraction_of_a_cpu_per_worker_runs_more_workers_than_cores(workdir, ca
     assert "Rendered 128 of 128" in out and "Per worker: cpu-" in out
     assert run_farm("render", "recipe=fleet", "checkpoint=instant", "runtime.device=cpu",
                     "runtime.cpus_per_worker=0", "outputs=sim") == 2
+
+
+def test_a_stop_held_through_a_start_that_never_ends_still_exits(tmp_path):
+    """Ray's start can hang once a signal reached it (seen once, in ray.init waiting for its
+    own node): a stop held through it gives up after HELD_FOR seconds, ends the processes the
+    start left, and exits as the stop asks."""
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "from farm import cluster\n"
+        "cluster.HELD_FOR = 1.0\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(child.pid, flush=True)\n"
+        "with cluster.interrupts_held():\n"
+        "    time.sleep(60)  # a start that never ends\n")
+    import signal
+
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    child = int(process.stdout.readline())
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143 and time.monotonic() - started < 20
+    assert "terminated while Ray was starting, which did not end in 1 s" in err
+    import psutil
+
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"

@@ -72,9 +72,7 @@ def render(pipe, batch: Batch, scheduler_config: dict, encoding: TextEncoding | 
         elif first.control:  # ControlNet units, each image with its own maps
             output = _controlled(pipe, jobs, text, guidance, generators, stages)
         elif first.init is not None:  # img2img: each image's input, fitted to the size
-            fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height,
-                                         first.resize) for job in {j.id: j for j in jobs}.values()}
-            images = [fitted[job.id] for job in jobs]  # the padding repeats the first
+            images = _fitted(jobs, stages)  # the padding repeats the first
             img2img = stages.img2img(pipe)
             img2img.scheduler = pipe.scheduler  # this batch's fresh one (1.)
             output = img2img(image=images, strength=img2img_strength(first),
@@ -112,12 +110,10 @@ def _inpainted(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generato
     ordinary ones), each image with its own mask; A1111's mask blur, "only masked" crop and
     paste-back around it (inpaint.py). Returns the finished images as arrays in [0, 1]."""
     first = jobs[0]
-    prepared = {}
-    for job in {j.id: j for j in jobs}.values():
-        prepared[job.id] = inpaint.prepare(
-            stages.init(job), stages.mask(job), first.width, first.height, first.resize,
-            first.mask_blur, first.inpaint_full_res, first.inpaint_full_res_padding,
-            first.inpainting_fill)
+    prepared = {job.id: inpaint.prepare(
+        stages.init(job), stages.mask(job), first.width, first.height, first.resize,
+        first.mask_blur, first.inpaint_full_res, first.inpaint_full_res_padding,
+        first.inpainting_fill) for job in _distinct(jobs)}
     steering: dict = {}
     if first.control:  # ControlNet units steer the inpainting too
         steering, images = _steering(jobs, stages)
@@ -151,9 +147,7 @@ def _controlled(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generat
     controlled = stages.controlled(pipe, "img2img" if first.init is not None else "text2image")
     controlled.scheduler = pipe.scheduler  # this batch's fresh one
     if first.init is not None:
-        fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height, first.resize)
-                  for job in {j.id: j for j in jobs}.values()}
-        return controlled(image=[fitted[job.id] for job in jobs], control_image=images,
+        return controlled(image=_fitted(jobs, stages), control_image=images,
                           strength=img2img_strength(first), num_inference_steps=first.steps,
                           generator=generators, output_type="np", **steering, **text,
                           **guidance)
@@ -166,13 +160,26 @@ def _controlled(pipe, jobs: tuple[Job, ...], text: dict, guidance: dict, generat
                       **text, **guidance)
 
 
+def _distinct(jobs: tuple[Job, ...]) -> list[Job]:
+    """A call's jobs, each once (the padding repeats the first)."""
+    return list({job.id: job for job in jobs}.values())
+
+
+def _fitted(jobs: tuple[Job, ...], stages: Stages) -> list[Image.Image]:
+    """Each job's input image fitted to the call's size, read once per job."""
+    first = jobs[0]
+    fitted = {job.id: inputs.fit(stages.init(job), first.width, first.height, first.resize)
+              for job in _distinct(jobs)}
+    return [fitted[job.id] for job in jobs]
+
+
 def _steering(jobs: tuple[Job, ...], stages: Stages) -> tuple[dict, list]:
     """A ControlNet call's settings (the units' weights, guidance start and end, guess mode,
     a union ControlNet's control type) and its control images: each job's detected maps, one
     per unit, as diffusers takes them (a list per image for several units; for a union
     ControlNet, one list per control type)."""
     first = jobs[0]
-    made = {job.id: stages.control(job) for job in {j.id: j for j in jobs}.values()}
+    made = {job.id: stages.control(job) for job in _distinct(jobs)}
     maps = [made[job.id] for job in jobs]  # per image, one map per unit
     units = first.control
     several = len(units) > 1

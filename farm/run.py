@@ -65,9 +65,10 @@ def resolve_models(recipe: recipes.Recipe, half: bool | None = None) -> Resolved
             raise BadInput(f"recipe {recipe.name}: vae: {twin!r} and {ref!r} are the same VAE "
                            "weights (a checkpoint folder and its vae/ folder), which would "
                            "render the same images under two ids; list it once")
+    controlnets = {r for units in loaded["control"] for r in units}
     for ref in recipe["checkpoint"]:
         check_family(recipe, ref, models.family(found[ref]))
-        for unit in {r for units in loaded["control"] for r in units}:
+        for unit in controlnets:
             problem = models.controlnet_fits(found[unit], found[ref])
             if problem:
                 raise BadInput(f"recipe {recipe.name}: control.model: {unit!r} cannot steer "

@@ -54,17 +54,18 @@ COMPILE_BACKEND = "inductor"
 # The VAE decodes in tiles above this many pixels per image, and one image at a time above this
 # many per call: a decision made from the job alone (so the same job decodes the same way
 # everywhere), recorded in the image's provenance. Below them nothing changes.
+TILE_ABOVE = 2048 * 2048
+SLICE_ABOVE = 16 * 1024 * 1024
 MAX_CONTROLNETS = 4  # ControlNets (and ControlNet pipelines) kept per pipeline
-# the pipeline of each kind of ControlNet call, made from a loaded pipeline
+MAX_MAPS = 256  # detected maps kept, the least recently used out
+# the pipeline of each kind of call, made from a loaded pipeline (the auto pipelines choose the
+# ControlNet one when given a ControlNet, but not for a union ControlNet)
 AUTO_PIPELINES = {"text2image": "AutoPipelineForText2Image",
                   "img2img": "AutoPipelineForImage2Image",
                   "inpainting": "AutoPipelineForInpainting"}
 UNION_PIPELINES = {"text2image": "StableDiffusionXLControlNetUnionPipeline",
                    "img2img": "StableDiffusionXLControlNetUnionImg2ImgPipeline",
                    "inpainting": "StableDiffusionXLControlNetUnionInpaintPipeline"}
-MAX_MAPS = 256  # detected maps kept, the least recently used out
-TILE_ABOVE = 2048 * 2048
-SLICE_ABOVE = 16 * 1024 * 1024
 
 
 @dataclass
@@ -104,7 +105,7 @@ class Worker:
         self._vaes: OrderedDict[str, object] = OrderedDict()
         self._refiners: OrderedDict[str, object] = OrderedDict()
         self._controlnets: OrderedDict[str, object] = OrderedDict()
-        # pipeline -> {(ControlNet identities, img2img): its ControlNet pipeline}
+        # pipeline -> {(ControlNet identities, dtype, kind of call): its ControlNet pipeline}
         self._controlled: WeakKeyDictionary = WeakKeyDictionary()
         # (image identity, preprocessor settings, width, height, fit) -> (map, its pixel hash)
         self._maps: OrderedDict[tuple, tuple] = OrderedDict()
@@ -242,23 +243,17 @@ class Worker:
     def img2img(self, pipe):
         """The img2img pipeline of a loaded pipeline: the same components (nothing loaded
         again, LoRAs included), made once."""
-        return self._sibling(pipe, self._img2img, "AutoPipelineForImage2Image")
+        return self._sibling(pipe, self._img2img, "img2img")
 
     def inpainting(self, pipe):
         """The inpainting pipeline of a loaded pipeline (an inpainting checkpoint's own class,
         or diffusers' inpainting pipeline for an ordinary one), made once likewise."""
-        return self._sibling(pipe, self._inpainting, "AutoPipelineForInpainting")
+        return self._sibling(pipe, self._inpainting, "inpainting")
 
     def _sibling(self, pipe, made: WeakKeyDictionary, kind: str):
         found = made.get(pipe)
         if found is None:
-            import diffusers
-
-            # with a scheduler of its own: a pipeline's constructor rewrites some schedulers'
-            # configs (DDIM's clip_sample), and the batch's one must stay as it was made
-            spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
-            found = made[pipe] = getattr(diffusers, kind).from_pipe(pipe, scheduler=spare)
-            found.set_progress_bar_config(disable=True)
+            found = made[pipe] = _made_from(pipe, AUTO_PIPELINES[kind])
         return found
 
     def refiner(self, loadout: Loadout, dtype: str, pipe) -> tuple[object, dict,
@@ -299,14 +294,10 @@ class Worker:
 
             if len(made) >= MAX_CONTROLNETS:  # let go of ControlNets no longer cached
                 made.clear()
-            auto = getattr(diffusers, AUTO_PIPELINES[kind])
-            if isinstance(nets[0], diffusers.ControlNetUnionModel):  # auto's from_pipe does
-                # not map a union ControlNet to its own pipeline
-                auto = getattr(diffusers, UNION_PIPELINES[kind])
-            spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
-            found = made[key] = auto.from_pipe(pipe, controlnet=nets if len(nets) > 1 else nets[0],
-                                               scheduler=spare)
-            found.set_progress_bar_config(disable=True)
+            union = isinstance(nets[0], diffusers.ControlNetUnionModel)
+            found = made[key] = _made_from(pipe, (UNION_PIPELINES if union else
+                                                  AUTO_PIPELINES)[kind],
+                                           controlnet=nets if len(nets) > 1 else nets[0])
         return found
 
     def control_maps(self, job: Job, batch: Batch) -> list[tuple[Image.Image, str]]:
@@ -539,6 +530,19 @@ class Worker:
                                   scores=scores[len(results)] if error is None else ()))
         return results
 
+
+
+def _made_from(pipe, kind: str, **components):
+    """A pipeline of diffusers class `kind` made from a loaded one (its components shared,
+    nothing loaded again) with `components` added, and a scheduler of its own: a pipeline's
+    constructor rewrites some schedulers' configs (DDIM's clip_sample), and the batch's one
+    must stay as it was made."""
+    import diffusers
+
+    spare = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    made = getattr(diffusers, kind).from_pipe(pipe, scheduler=spare, **components)
+    made.set_progress_bar_config(disable=True)
+    return made
 
 
 class OutOfMemory(str):

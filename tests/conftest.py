@@ -49,6 +49,14 @@ def farm_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """A CPU worker in float32 that keeps its pipelines for a test module."""
+    from farm.worker import Device, Worker
+
+    return Worker(tmp_path_factory.mktemp("worker"), device=Device("cpu", "float32"))
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Model:
     return models.resolve("tiny", "checkpoint")

@@ -128,3 +128,17 @@ def fake_hub_cache(tmp_path, source, repo="org/tiny-sd", commit="0123456789abcde
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(commit)
     return cache, commit
+
+
+def replayed_after_moving(image: Path, folder: Path, to: Path) -> str:
+    """Move an input folder of a rendered image to `to`, then `farm replay` the image: refused
+    without --inputs, rendered with it; the pixel hash of the image rendered again."""
+    from PIL import Image
+
+    from farm.outputs import pixel_hash
+
+    shutil.move(folder, to)
+    again = to.parent / f"{to.name}-replayed"
+    assert run_farm("replay", str(image), "--to", str(again)) == 2
+    assert run_farm("replay", str(image), "--to", str(again), "--inputs", str(to)) == 0
+    return pixel_hash(Image.open(again / image.name))

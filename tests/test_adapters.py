@@ -32,11 +32,6 @@ def lora_files(tmp_path_factory, farm_cache):
     return made
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    return Worker(tmp_path_factory.mktemp("run"), device=Device("cpu", "float32"))
-
-
 def pixels(worker, job, tag):
     return rendered_images(worker, [job], tag)[0]
 

@@ -17,8 +17,8 @@ from farm import recipe as recipes
 from farm.fields import BY_NAME
 from farm.jobs import Batch
 from farm.values import Control
-from farm.worker import Device, Worker
-from tests.helpers import make_job, manifest_rows, planned, recipe_folder, run_farm, run_inline
+from tests.helpers import (make_job, manifest_rows, planned, recipe_folder, replayed_after_moving,
+                           run_farm, run_inline)
 
 
 def drawing(path: Path, kind: int, size: tuple[int, int] = (64, 64)) -> Path:
@@ -36,11 +36,6 @@ def drawing(path: Path, kind: int, size: tuple[int, int] = (64, 64)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    return Worker(tmp_path_factory.mktemp("control"), device=Device("cpu", "float32"))
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +376,9 @@ def test_a_control_run_records_resumes_verifies_replays_and_exports(project, cap
     assert run_farm("grid", str(folder), "--x", "control", "--y", "control_images",
                     "--where", "prompt=a fox", "--where", "seed=0") == 0
     assert "2 x 3 cells (control by control_images)" in capsys.readouterr().out
+    # control images that moved are found by their pixels in a folder named
+    assert replayed_after_moving(image, project / "recipes" / "drawings",
+                                 tmp_path / "moved") == rows[0]["pixel_hash"]
 
 
 @pytest.mark.parametrize("change, words", [

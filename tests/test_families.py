@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from farm import families, models, outputs, tiny
-from farm.worker import Device, Worker
 from tests.helpers import manifest_rows, planned, recipe, rendered_images, run_farm
 
 SD3 = dict(checkpoint="tiny-sd3", size="64x64", steps=4, negative="blurry")
@@ -18,11 +17,6 @@ SD3 = dict(checkpoint="tiny-sd3", size="64x64", steps=4, negative="blurry")
 @pytest.fixture(scope="module")
 def sd3(farm_cache):
     return models.resolve("tiny-sd3", "checkpoint")
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    return Worker(tmp_path_factory.mktemp("families"), device=Device("cpu", "float32"))
 
 
 @pytest.fixture(scope="module")

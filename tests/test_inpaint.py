@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 
 from farm import inpaint, inputs, models, outputs
 from farm.jobs import Batch
-from farm.worker import Device, Worker
-from tests.helpers import make_job, manifest_rows, recipe_folder, run_farm, run_inline
+from tests.helpers import (make_job, manifest_rows, recipe_folder, replayed_after_moving, run_farm,
+                           run_inline)
 
 
 def photo(path: Path, seed: int, size=(96, 72)) -> Path:
@@ -30,11 +30,6 @@ def mask_file(path: Path, box, size=(96, 72)) -> Path:
     ImageDraw.Draw(mask).rectangle(box, fill=255)
     mask.save(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    return Worker(tmp_path_factory.mktemp("inpaint"), device=Device("cpu", "float32"))
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +270,9 @@ def test_masks_pair_by_path_and_a_run_records_resumes_verifies_and_replays(proje
     assert run_farm("replay", str(image), "--to", str(tmp_path / "again")) == 0
     assert outputs.pixel_hash(Image.open(tmp_path / "again" / image.name)) == \
         rows[0]["pixel_hash"]
+    # masks that moved are found by their pixels in a folder named
+    assert replayed_after_moving(image, project / "recipes" / "masks",
+                                 tmp_path / "moved") == rows[0]["pixel_hash"]
 
 
 def test_init_items_may_carry_their_masks(project):

@@ -29,11 +29,6 @@ def noise_image(path: Path, width: int, height: int, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    return Worker(tmp_path_factory.mktemp("stages"), device=Device("cpu", "float32"))
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """Three inputs of other sizes than the renders: one in a subfolder, one hidden."""
     folder = tmp_path_factory.mktemp("photos")

@@ -14,11 +14,6 @@ from farm.worker import Device, Worker
 from tests.helpers import make_job, planned, recipe, rendered_images
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    return Worker(tmp_path_factory.mktemp("run"), device=Device("cpu", "float32"))
-
-
 def test_a_batch_writes_one_png_per_job_with_its_metadata(worker, tiny):
     jobs = [make_job(tiny, seed=s, prompt=p) for s, p in [(0, "a cat"), (1, "a dog")]]
     paths = ("images/00000/a.png", "images/00000/b.png")

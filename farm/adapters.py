@@ -286,6 +286,10 @@ class Reader:
             self._checked.add((found.identity, checkpoint.identity))
         return found
 
+    def loras(self) -> dict[str, Model]:
+        """Every LoRA found so far, by reference."""
+        return dict(self._loras)
+
     def read(self, prompt: str, negative: str, checkpoint: Model, mode: str) -> Reading:
         key = (prompt, negative, checkpoint.identity, mode)
         reading = self._readings.get(key)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import operator
+import random
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -257,6 +258,25 @@ def entries(folder: Path, where: Where = Where(), order: str = "file") -> Iterat
                 yield entry
 
 
+def sample(folder: Path, where: Where, count: int) -> list[Entry]:
+    """`count` of the images `where` selects, chosen at random but always the same ones for the
+    same folder, in file order; in memory for the sample alone (a run of ten million: the file
+    numbers, 8 bytes each, when nothing filters; else one pass keeping `count`)."""
+    rng = random.Random(0)
+    with Manifest(manifest_of(folder), readonly=True) as manifest:
+        if where == Where():
+            seqs = manifest.done_seqs()
+            chosen = sorted(seqs[i] for i in rng.sample(range(len(seqs)), min(count, len(seqs))))
+            return list(_entries(manifest, manifest.done_at(chosen), where))
+    kept: list[Entry] = []
+    for n, entry in enumerate(entries(folder, where)):  # reservoir sampling
+        if n < count:
+            kept.append(entry)
+        elif (i := rng.randrange(n + 1)) < count:
+            kept[i] = entry
+    return sorted(kept, key=lambda entry: entry.seq)
+
+
 def check_columns(manifest: Manifest, where: Where, folder: Path) -> None:
     """A filter on a score column the run has no score for, or on dup_group before farm dedup,
     is an error that says what to run (not an empty selection)."""
@@ -274,7 +294,10 @@ def check_columns(manifest: Manifest, where: Where, folder: Path) -> None:
 
 def _stream(manifest: Manifest, where: Where, order: str) -> Iterator[Entry]:
     """The done rows that match, with their scores and duplicate groups, read in chunks."""
-    rows = manifest.done(order)
+    return _entries(manifest, manifest.done(order), where)
+
+
+def _entries(manifest: Manifest, rows: Iterator[dict], where: Where) -> Iterator[Entry]:
     scored, grouped = bool(manifest.scorer_names()), bool(manifest.grouped())
     while chunk := list(islice(rows, CHUNK)):
         found = manifest.scores_for([r["pixel_hash"] for r in chunk]) if scored else {}

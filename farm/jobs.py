@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from functools import lru_cache
@@ -119,18 +120,44 @@ class Job:
         (plans run to millions of jobs); the id is cached on the job."""
         cached = self.__dict__.get("_id")
         if cached is None:
+            head, later = self._id_texts()
             digest = _settings_digest(self.batch_key).copy()
-            prompt, negative = self.prompt.encode(), self.negative.encode()
-            digest.update(b"%d:%b%d:%b%d" % (len(prompt), prompt, len(negative), negative,
-                                             self.seed))
-            for name, identity, default in _LATER_IMAGE_IDENTITY:
-                value = getattr(self, name)
-                if identity is not None:
-                    value = identity(value)
-                if value != default:
-                    digest.update(b"\n" + json.dumps([name, value]).encode())
+            digest.update(b"%b%d%b" % (head, self.seed, later))
             cached = self.__dict__["_id"] = digest.hexdigest()[:ID_LENGTH]
         return cached
+
+    def _id_texts(self) -> tuple[bytes, bytes]:
+        """The id's text around the seed: prompt and negative before it, the later image fields
+        after it. Cached on the job, and kept by reseeded()."""
+        texts = self.__dict__.get("_texts")
+        if texts is None:
+            prompt, negative = self.prompt.encode(), self.negative.encode()
+            later = b"".join(b"\n" + json.dumps([name, value]).encode()
+                             for name, value in self._later_identity())
+            texts = self.__dict__["_texts"] = (
+                b"%d:%b%d:%b" % (len(prompt), prompt, len(negative), negative), later)
+        return texts
+
+    def _later_identity(self) -> Iterator[tuple[str, Any]]:
+        """The later image fields not at their default, as the id sees them."""
+        for name, identity, default in _LATER_IMAGE_IDENTITY:
+            value = getattr(self, name)
+            if identity is not None:
+                value = identity(value)
+            if value != default:
+                yield name, value
+
+    def reseeded(self, seed: int) -> Job:
+        """This job with another seed, made without building its fields again: its batch key
+        and the rest of its id's text are kept (a plan's jobs mostly differ by seed alone)."""
+        self._id_texts()
+        self.batch_key  # noqa: B018 (computed once, for every job made from this one)
+        job = object.__new__(Job)
+        values = job.__dict__
+        values.update(self.__dict__)
+        values["seed"] = seed
+        values.pop("_id", None)
+        return job
 
     @property
     def batch_key(self) -> tuple[tuple[str, Any], ...]:

@@ -9,6 +9,7 @@ killed half-way and started again writes each image to the same place, exactly o
 from __future__ import annotations
 
 import json
+from array import array
 import os
 import socket
 import sqlite3
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     claimed_run INTEGER,              -- the run that last handed it out
     updated_at  TEXT
 );
+CREATE INDEX IF NOT EXISTS failed_jobs ON jobs (seq) WHERE status = 'failed';
 CREATE TABLE IF NOT EXISTS scores (    -- a score belongs to pixels and a scorer, never to a job
     pixel_hash  TEXT NOT NULL,
     scorer      TEXT NOT NULL,        -- aesthetic | clip | nsfw | phash (farm/scorers.py)
@@ -68,6 +70,20 @@ CREATE TABLE IF NOT EXISTS writer (    -- the render writing now: a second one i
     host        TEXT NOT NULL,
     pid         INTEGER NOT NULL,
     heartbeat   REAL NOT NULL         -- seconds since the epoch, renewed while it runs
+);
+CREATE TABLE IF NOT EXISTS generation ( -- counts every transaction that changed the jobs
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    value       INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO generation (id, value) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS seals (     -- the last plan found all done (farm/seal.py)
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    key         TEXT NOT NULL,        -- what decides the plan's jobs, hashed
+    generation  INTEGER NOT NULL,     -- the jobs' generation then
+    sources     TEXT NOT NULL,        -- JSON: the files the plan read (path, size, mtime)
+    folders     TEXT NOT NULL,        -- JSON: each image folder's modification time then
+    counts      TEXT NOT NULL,        -- JSON: planned, done, failed, repeats
+    sealed_at   TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
     id          INTEGER PRIMARY KEY,
@@ -154,10 +170,14 @@ class Manifest:
                                   ) from None
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """One transaction; a disk that refuses it is ManifestUnwritable, saying what to do."""
+    def _writing(self, jobs: bool = False) -> Iterator[None]:
+        """One transaction; a disk that refuses it is ManifestUnwritable, saying what to do.
+        `jobs`: it changes the jobs table, and counts one more generation (a seal made before
+        no longer holds)."""
         try:
             with self.db:
+                if jobs:
+                    self.db.execute("UPDATE generation SET value = value + 1")
                 yield
         except sqlite3.OperationalError as e:
             if not any(words in str(e) for words in UNWRITABLE):
@@ -167,7 +187,7 @@ class Manifest:
     def insert_done(self, rows: Iterable[dict]) -> int:
         """Rows of finished images as farm rebuild reads them back from the files."""
         count = 0
-        with self._writing():
+        with self._writing(jobs=True):
             for row in rows:
                 self.db.execute(
                     "INSERT INTO jobs (id, seq, path, status, pixel_hash, params, attempts, "
@@ -260,13 +280,14 @@ class Manifest:
             stop.set()
             thread.join()
 
-    def lookup(self, ids: list[str] | None = None) -> dict[str, Seen]:
-        """What this folder knows of those of `ids` it has seen (of every job when None); one
-        query whatever their number (the ids travel as one JSON array)."""
+    def lookup(self, ids: list[str] | None = None) -> dict[str, tuple]:
+        """What this folder knows of those of `ids` it has seen (of every job when None), as
+        the fields of a Seen (plain tuples: a plan's diff reads millions); one query whatever
+        their number (the ids travel as one JSON array)."""
         query = "SELECT id, status, path, claimed_run, batch_size, position FROM jobs"
         rows = self.db.execute(query) if ids is None else self.db.execute(
             query + " WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))
-        return {row[0]: Seen(*row[1:]) for row in rows}
+        return {row[0]: row[1:] for row in rows}
 
     def size(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
@@ -279,7 +300,7 @@ class Manifest:
         paths: list[str | None] = []
         jobs = list(jobs)
         stamp = now()
-        with self._writing():
+        with self._writing(jobs=True):
             (top,) = self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM jobs").fetchone()
             seen = {row[0]: row[1:] for row in self.db.execute(  # one query for the batch
                 "SELECT id, path, claimed_run FROM jobs WHERE id IN "
@@ -314,7 +335,7 @@ class Manifest:
         `attempts` says how many tries each job took in this run (default one)."""
         attempts = attempts or {}
         stamp = now()
-        with self._writing():
+        with self._writing(jobs=True):
             for r in results:
                 self.db.execute(
                     "UPDATE jobs SET status = ?, pixel_hash = ?, error = ?, seconds = ?, "
@@ -422,7 +443,7 @@ class Manifest:
         reference); return how many changed."""
         changed = 0
         jobs = iter(jobs)
-        with self._writing():
+        with self._writing(jobs=True):
             while chunk := list(islice(jobs, CHUNK)):
                 stored = dict(self.db.execute(
                     "SELECT id, params FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
@@ -452,6 +473,29 @@ class Manifest:
                 "UPDATE runs SET ended_at = ?, rendered = ?, skipped = ?, failed = ?, seconds = ? "
                 "WHERE id = ?", (now(), rendered, skipped, failed, seconds, run_id))
 
+    def generation(self) -> int:
+        """How many transactions have changed the jobs (-1: a folder made before it counted)."""
+        if not self._has("generation"):
+            return -1
+        row = self.db.execute("SELECT value FROM generation").fetchone()
+        return row[0] if row else -1
+
+    def seal(self, key: str) -> dict | None:
+        """The seal of the plan with this key, if the last one sealed was it."""
+        if not self._has("seals"):
+            return None
+        cursor = self.db.execute("SELECT * FROM seals WHERE key = ?", (key,))
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row)) if row else None
+
+    def write_seal(self, key: str, sources: str, folders: str, counts: str) -> None:
+        """Seal a plan found all done, as of the jobs' generation now (replacing the last)."""
+        with self._writing():
+            self.db.execute(
+                "INSERT OR REPLACE INTO seals (id, key, generation, sources, folders, counts, "
+                "sealed_at) VALUES (1, ?, (SELECT value FROM generation), ?, ?, ?, ?)",
+                (key, sources, folders, counts, now()))
+
     def last_run(self) -> dict | None:
         cursor = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
         row = cursor.fetchone()
@@ -477,6 +521,20 @@ class Manifest:
         """Every row whose job is done, as a dict, streamed by one cursor (never held)."""
         cursor = self.db.execute(
             f"SELECT * FROM jobs WHERE status = 'done' ORDER BY {self.ORDERS[order]}")
+        names = [c[0] for c in cursor.description]
+        for values in cursor:
+            yield dict(zip(names, values))
+
+    def done_seqs(self) -> array:
+        """The file number of every done row, in order (8 bytes each)."""
+        return array("q", (seq for (seq,) in self.db.execute(
+            "SELECT seq FROM jobs WHERE status = 'done' ORDER BY seq")))
+
+    def done_at(self, seqs: list[int]) -> Iterator[dict]:
+        """The done rows of these file numbers, as done() gives them, in file order."""
+        cursor = self.db.execute(
+            "SELECT * FROM jobs WHERE status = 'done' AND seq IN (SELECT value FROM json_each(?)) "
+            "ORDER BY seq", (json.dumps(seqs),))
         names = [c[0] for c in cursor.description]
         for values in cursor:
             yield dict(zip(names, values))

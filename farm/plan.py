@@ -60,29 +60,38 @@ def jobs(recipe: Recipe, resolved: Resolved, loadout: Loadout | None = None) -> 
         before: list[dict] = [{}] * len(APPLIED)
         applied: list = [_UNSET] * len(APPLIED)
         previous: Job | None = None
-        for chosen in _product(recipe, axes, chosen_loads):
+        seeds_inside = axes[-1] == ("seeds",)  # the innermost loop: only the seed advances
+        for chosen, advanced in _product(recipe, axes, chosen_loads):
             row: prompts.Row = chosen["prompt"][1]
             fixed = dict(row.overrides) if row.overrides else {}
             # a prompt-file row that sets a key takes part at one value of that key's axis
             if fixed and any(replaced[c] and chosen[COLUMN_AXES[c]][0] for c in fixed):
+                previous = None
                 continue
-            values = [chosen[k.name][1] for k in AXES] + settings
-            if fixed:
-                values = [fixed.get(k.column, v) for k, v in zip(APPLIED, values)]
-            first = len(AXES) - 1  # (nothing changed: only a repeated job, all the same)
-            for i, value in enumerate(values):
-                if value is not applied[i]:
-                    first = i
-                    break
-            draft.fields = dict(before[first])
-            for i in range(first, len(APPLIED)):
-                if i > first:
-                    before[i] = dict(draft.fields)
-                APPLIED[i].apply(draft, values[i])
-                applied[i] = values[i]
-            job = Job(**draft.fields)
-            if previous is not None:
-                share_batch_key(job, previous)
+            if advanced and seeds_inside and previous is not None:
+                # the seed alone changed since the job before, and no other row reads it
+                seed = fixed.get("seed", chosen["seeds"][1]) if fixed else chosen["seeds"][1]
+                job = previous.reseeded(seed)
+                applied[SEED] = seed
+            else:
+                values = [chosen[k.name][1] for k in AXES]
+                if fixed:
+                    values = [fixed.get(k.column, v) for k, v in zip(AXES, values)]
+                first = SEED  # (nothing changed: only a repeated job, all the same)
+                for i, value in enumerate(values):
+                    if value is not applied[i]:
+                        first = i
+                        break
+                values += settings
+                draft.fields = dict(before[first])
+                for i in range(first, len(APPLIED)):
+                    if i > first:
+                        before[i] = dict(draft.fields)
+                    APPLIED[i].apply(draft, values[i])
+                    applied[i] = values[i]
+                job = Job(**draft.fields)
+                if previous is not None:
+                    share_batch_key(job, previous)
             previous = job
             if recipe["caption"] is not None:  # recorded with the image, never in its id
                 job = _captioned(job, recipe["caption"], row)
@@ -104,13 +113,17 @@ def repeated_prompts(recipe: Recipe) -> frozenset[int]:
 
 
 _UNSET = object()  # a row not applied yet
+SEED = len(AXES) - 1  # the seeds row, the last axis; it sets the seed alone, and no row reads it
+if AXES[SEED].sets != ("seed",):
+    raise TypeError("farm/keys.py: the seeds row must be the last axis and set the seed alone")
 
 
 def _product(recipe: Recipe, axes: list[tuple[str, ...]],
-             loaded: dict[str, list]) -> Iterator[dict[str, tuple[int, Any]]]:
+             loaded: dict[str, list]) -> Iterator[tuple[dict[str, tuple[int, Any]], bool]]:
     """Nested loops over the (combined) axes, outermost first; each item maps an axis name to
-    (index on its axis, value). Axes with fixed values (sizes, samplers, steps, ...) are
-    multiplied directly; the streamed ones (prompts, seeds) are re-read lazily inside."""
+    (index on its axis, value), with whether only the innermost axis advanced since the item
+    before. Axes with fixed values (sizes, samplers, steps, ...) are multiplied directly; the
+    streamed ones (prompts, seeds) are re-read lazily inside."""
     def values(name: str) -> Iterable:
         return loaded[name] if name in loaded else BY_KEY[name].values(recipe.values)
 
@@ -128,14 +141,24 @@ def _product(recipe: Recipe, axes: list[tuple[str, ...]],
 
 
 def _streamed(values: Callable[[str], Iterable], axes: list[tuple[str, ...]],
-              chosen: dict) -> Iterator[dict[str, tuple[int, Any]]]:
+              chosen: dict) -> Iterator[tuple[dict[str, tuple[int, Any]], bool]]:
     if not axes:
-        yield chosen
+        yield chosen, False
         return
-    for index, value_tuple in enumerate(zip(*(values(name) for name in axes[0]))):
-        for name, value in zip(axes[0], value_tuple):
+    names = axes[0]
+    if len(axes) == 1 and len(names) == 1:  # the innermost loop of one axis (mostly seeds)
+        name = names[0]
+        for index, value in enumerate(values(name)):
             chosen[name] = (index, value)
-        yield from _streamed(values, axes[1:], chosen)
+            yield chosen, index > 0  # past its first item, only it advances
+        return
+    for index, value_tuple in enumerate(zip(*(values(name) for name in names))):
+        for name, value in zip(names, value_tuple):
+            chosen[name] = (index, value)
+        if len(axes) == 1:
+            yield chosen, index > 0
+        else:
+            yield from _streamed(values, axes[1:], chosen)
 
 
 def batches(stream: Iterable[tuple[Job, Slot | None]], batch_size: int) -> Iterator[Batch]:

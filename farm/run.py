@@ -11,20 +11,20 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from farm import (adapters, catalog, emphasis, families, gallery, grid, inputs, models, plan,
-                  samplers, schedule, scorers)
+                  samplers, schedule, scorers, seals)
 from farm import recipe as recipes
 from farm.fields import BY_NAME, VAE
 from farm.keys import BY_KEY, DEFAULTS, INPUT_KEYS, effective_pair, input_paths
 from farm.plan import Resolved
 from farm.compose import BadInput, Settings
-from farm.finished import CHUNK, Finished
+from farm.finished import CHUNK, Finished, paused_gc
 from farm.jobs import Job, Loadout, Lora, Model, Slot
 from farm.manifest import Manifest, ManifestDamaged, ManifestUnwritable
 from farm.outputs import RunFolder
@@ -333,25 +333,28 @@ def survey(recipe: recipes.Recipe, folder: RunFolder, found: Resolved,
     chunk: list[Job] = []
     refreshed = 0
     pending = 0
-    for job, state, row in Finished(folder, manifest).mark(plan.jobs(recipe, found)):
-        repeat = False  # a job the plan reaches again: handed out all the same (if not done),
-        if repeated and hash((job.prompt, job.negative)) in repeated:  # skipped by the claim
-            repeat = job.id in ids
-            ids.add(job.id)
-        if not repeat:
-            states[state] += 1
-            if refresh:
-                chunk.append(job)
-                if len(chunk) >= CHUNK:
-                    refreshed, chunk = refreshed + manifest.refresh(chunk), []
-        if state != "done":
-            loadout, pending = job.loadout, pending + 1
-            left[loadout] = left.get(loadout, 0) + 1
-            if kept is not None:
-                kept.setdefault(loadout, []).append(
-                    (job, row.slot if row is not None and row.status == "done" else None))
-                if pending > keep:
-                    kept = None
+    with paused_gc():
+        for job, state, row in Finished(folder, manifest).mark(plan.jobs(recipe, found)):
+            # a job the plan reaches again: handed out all the same (if not done), skipped by
+            # the claim
+            repeat = False
+            if repeated and hash((job.prompt, job.negative)) in repeated:
+                repeat = job.id in ids
+                ids.add(job.id)
+            if not repeat:
+                states[state] += 1
+                if refresh:
+                    chunk.append(job)
+                    if len(chunk) >= CHUNK:
+                        refreshed, chunk = refreshed + manifest.refresh(chunk), []
+            if state != "done":
+                loadout, pending = job.loadout, pending + 1
+                left[loadout] = left.get(loadout, 0) + 1
+                if kept is not None:
+                    kept.setdefault(loadout, []).append(
+                        (job, row.slot if row is not None and row.status == "done" else None))
+                    if pending > keep:
+                        kept = None
     if chunk:
         refreshed += manifest.refresh(chunk)
     planned = sum(states.values())
@@ -494,8 +497,15 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
     recipe, folder = settings.recipe, settings.folder
     # 1. one pass over the plan: how much is done, what is left, finished records brought up
     #    to date; with everything done, that is all
+    #    (a plan sealed all done, untouched since: nothing to stream)
     with Manifest(folder.manifest) as manifest:
-        seen = survey(recipe, folder, found, manifest)
+        held = seals.sealed(folder, manifest, recipe, found)
+        if held is not None:
+            seen = Survey(Counts(**held), 0, {}, {})
+        else:
+            seen = survey(recipe, folder, found, manifest)
+            if seen.counts.pending == 0:
+                seals.seal(folder, manifest, recipe, found, asdict(seen.counts))
         last = manifest.last_run()
     counts = seen.counts
     if counts.pending == 0:  # report.json keeps what the last render that did something did
@@ -530,6 +540,11 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
                 try:
                     manifest.end_run(run_id, summary.rendered, summary.skipped, summary.failed,
                                      summary.seconds)
+                    if interrupted is None and not (summary.failed or summary.unfinished
+                                                    or summary.stopped) \
+                            and summary.rendered == counts.pending:  # all done: sealed
+                        seals.seal(folder, manifest, recipe, found, asdict(
+                            Counts(counts.planned, counts.planned, 0, counts.repeats)))
                 except ManifestUnwritable:  # summary.stopped says so; the next run resumes
                     pass
                 try:
@@ -629,7 +644,11 @@ def status(folder: RunFolder, settings: Settings | None) -> dict[str, Any]:
         raise BadInput(f"{folder.root}: has no recorded run")
     else:
         recipe, found = recorded_recipe(folder, last["recipe"])
-    counts = count(recipe, folder, found)
+    held = None
+    if folder.manifest.exists():  # a plan sealed all done, untouched since: nothing to stream
+        with Manifest(folder.manifest, readonly=True) as manifest:
+            held = seals.sealed(folder, manifest, recipe, found)
+    counts = Counts(**held) if held is not None else count(recipe, folder, found)
     report: dict[str, Any] = {
         "folder": str(folder.root), "recipe": recipe.name, "planned": counts.planned,
         "done": counts.done, "pending": counts.pending, "failed": counts.failed,

@@ -4,7 +4,6 @@ finished jobs rendered again give the same pixels."""
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,10 +65,10 @@ def rerender(folder: RunFolder, sample: int | None, device: str | None = None,
     compare their pixels."""
     from farm.worker import Device, Worker
 
-    rows = [(e.path, e.params, e.row["batch_size"], e.row["position"],
-             e.row["provenance"]) for e in catalog.entries(folder.root, where)]
-    if sample is not None and sample < len(rows):
-        rows = sorted(random.Random(0).sample(rows, sample), key=lambda row: row[0])
+    chosen = catalog.entries(folder.root, where) if sample is None else \
+        catalog.sample(folder.root, where, sample)  # (never every row in memory)
+    rows = ((e.path, e.params, e.row["batch_size"], e.row["position"], e.row["provenance"])
+            for e in chosen)
     findings = []
     workers: dict[tuple[bool, bool], Worker] = {}
     with tempfile.TemporaryDirectory(prefix="farm-verify-") as scratch:

@@ -60,3 +60,22 @@ def test_entries_stream_done_rows_in_file_order(tmp_path, tiny):
         == [1, 3]
     with pytest.raises(CatalogError, match="not a run folder"):
         list(catalog.entries(tmp_path / "nothing"))
+
+
+def test_a_sample_is_the_same_images_every_time_in_file_order(finished_run):
+    import random
+
+    everything = list(catalog.entries(finished_run))
+    # unfiltered, from the file numbers alone: the images a draw from every entry gives
+    drawn = sorted(random.Random(0).sample(everything, 5), key=lambda e: e.seq)
+    assert catalog.sample(finished_run, Where(), 5) == drawn
+    assert catalog.sample(finished_run, Where(), 50) == everything
+    assert catalog.sample(finished_run, Where(), 0) == []
+    # filtered: one pass keeping the sample
+    where = Where.parse(["cfg=7"])
+    chosen = catalog.sample(finished_run, where, 4)
+    assert chosen == catalog.sample(finished_run, where, 4)
+    assert len(chosen) == 4 and all(e.params["cfg"] == 7 for e in chosen)
+    assert [e.seq for e in chosen] == sorted(e.seq for e in chosen)
+    assert catalog.sample(finished_run, where, 50) == [e for e in everything
+                                                       if e.params["cfg"] == 7]

@@ -122,3 +122,31 @@ def test_planning_streams():
     stream = planned(r, MODELS)
     first = [next(stream) for _ in range(3)]
     assert [j.seed for j in first] == [0, 1, 2]
+
+
+def test_a_job_whose_seed_alone_changed_is_the_job_planned_on_its_own(tmp_path):
+    """The plan makes a job whose seed alone changed from the job before (no other row reads
+    the seed): every field, record and id equals the job of a recipe of that one seed."""
+    from PIL import Image, ImageDraw
+
+    (tmp_path / "masks").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (40, 32), "teal" if name == "a" else "tan").save(tmp_path / f"{name}.png")
+        mask = Image.new("L", (40, 32))
+        ImageDraw.Draw(mask).rectangle((4, 4, 20, 20 if name == "a" else 12), fill=255)
+        mask.save(tmp_path / "masks" / f"{name}.png")
+    fields = dict(prompt=["a cat", {"text": "a dog", "negative": "ugly"}], negative="blurry",
+                  init=[{"image": str(tmp_path / n), "mask": str(tmp_path / "masks" / n)}
+                        for n in ("a.png", "b.png")], denoise=[0.5, 0.8],
+                  mask_blur=6, inpaint_full_res=True, inpaint_full_res_padding=8,
+                  inpainting_fill="fill", resize="crop", img2img_steps="a1111", dtype="float32",
+                  cfg=[5, 7], steps=[3], clip_skip=[1, 2], size="64x48",
+                  caption="{prompt} at {seed}")
+    everything = list(planned(recipe(seeds="3-6", **fields), MODELS))
+    assert len(everything) == 2 * 2 * 2 * 2 * 2 * 4
+    alone = {(j.prompt, j.init.path, j.denoise, j.cfg, j.clip_skip, j.seed): j
+             for seed in range(3, 7) for j in planned(recipe(seeds=seed, **fields), MODELS)}
+    for job in everything:
+        twin = alone[(job.prompt, job.init.path, job.denoise, job.cfg, job.clip_skip, job.seed)]
+        assert job == twin and job.id == twin.id and job.to_dict() == twin.to_dict()
+        assert job.mask is not None and job.inpaint_full_res_padding == 8

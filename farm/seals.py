@@ -1,0 +1,124 @@
+"""A finished plan, remembered: a resume or `farm status` of a run folder whose every job is
+done, and that nothing has touched since, answers without planning again (ten million jobs:
+seconds, where the plan alone takes minutes).
+
+A render that leaves every job of its plan done seals it in the manifest (table `seals`): the
+plan's key (the recipe as parsed, with its variables and wildcards read; the models' and input
+images' identities; farm's version), the files the plan reads beside them (prompt files,
+LoRAs, embeddings: where each was found, its size and modification time), the manifest's write
+generation (every change to its jobs counts one) and each image folder's modification time
+(a file deleted or added there changes it), and the counts. The seal holds while all of these
+are as they were; otherwise the plan is streamed and diffed as always. So the seal can only
+skip work that a diff would find done: it never renders less than a full diff would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from farm import adapters, jobs
+from farm.manifest import Manifest
+from farm.outputs import RunFolder
+from farm.plan import Resolved
+from farm.recipe import PromptFile, Recipe
+
+VERSION = 1  # of what a seal holds: a farm that reads it otherwise bumps it
+
+
+def key(recipe: Recipe, found: Resolved) -> str:
+    """What decides the plan's jobs and their records, hashed."""
+    from farm import __version__
+
+    values = {k: _canonical(v) for k, v in recipe.values.items() if k != "name"}
+    described = repr((VERSION, __version__, jobs.ID_VERSION, _canonical(recipe.base), values,
+                      sorted((ref, m.identity, m.variant) for ref, m in found.models.items()),
+                      sorted((path, m.identity) for path, m in found.inputs.items())))
+    return hashlib.sha256(described.encode()).hexdigest()
+
+
+def sources(recipe: Recipe, reader: adapters.Reader) -> dict[str, Any]:
+    """The files the plan read besides the recipe and models: each as (path, size, mtime)."""
+    return {"prompt_files": sorted(_stat(Path(p.path)) for p in recipe["prompt"]
+                                   if isinstance(p, PromptFile)),
+            "loras": {ref: _stat(Path(m.path)) for ref, m in sorted(reader.loras().items())},
+            "embeddings": {word: _stat(path)
+                           for word, path in sorted(reader.embedding_files.items())}}
+
+
+def folders(folder: RunFolder) -> dict[str, int]:
+    """The modification time (ns) of the images folder and of each folder in it."""
+    images = folder.root / "images"
+    found = {"images": _mtime(images)}
+    try:
+        with os.scandir(images) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    found[f"images/{entry.name}"] = entry.stat(follow_symlinks=False).st_mtime_ns
+    except FileNotFoundError:
+        pass
+    return dict(sorted(found.items()))
+
+
+def sealed(folder: RunFolder, manifest: Manifest, recipe: Recipe,
+           found: Resolved) -> dict[str, int] | None:
+    """The counts the seal holds (planned, done, failed, repeats) if it holds, else None."""
+    row = manifest.seal(key(recipe, found))
+    if row is None or row["generation"] != manifest.generation():
+        return None
+    if json.loads(row["folders"]) != folders(folder):
+        return None
+    held = json.loads(row["sources"])
+    base = recipe.base
+    try:
+        loras = {ref: _stat(Path(adapters.find_lora(ref, base).path)) for ref in held["loras"]}
+    except adapters.AdapterError:  # gone: the plan says so, as it would have
+        return None
+    now = sources(recipe, adapters.Reader(base))
+    now["loras"] = loras
+    if json.loads(json.dumps(now)) != held:  # (as JSON reads it back: lists, not tuples)
+        return None
+    return json.loads(row["counts"])
+
+
+def seal(folder: RunFolder, manifest: Manifest, recipe: Recipe, found: Resolved,
+         counts: dict[str, int]) -> None:
+    """Remember that the plan is all done, as of now."""
+    manifest.write_seal(key(recipe, found), json.dumps(sources(recipe, found.reader)),
+                        json.dumps(folders(folder)), json.dumps(counts))
+
+
+def _canonical(value: Any) -> Any:
+    """A parsed value as plain data, its paths absolute (a recipe read from its file and one
+    read back from a run's record name the same files differently)."""
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, PromptFile):
+        return ("file", str(Path(value.path).resolve()), value.rows, value.negatives)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__, *(_canonical(getattr(value, f.name))
+                                        for f in dataclasses.fields(value)))
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((repr(k), _canonical(v)) for k, v in value.items())
+    return value
+
+
+def _stat(path: Path) -> tuple[str, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path.absolute()), -1, -1)
+    return (str(path.absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1

@@ -19,7 +19,6 @@ from farm.jobs import Job, Slot
 from farm.manifest import Manifest, Seen
 from farm.outputs import RunFolder
 
-
 WHOLE = 1_000_000  # manifest rows read at once; above, looked up a chunk at a time
 CHUNK = 10_000  # jobs looked up per query
 LISTINGS = 64  # image folders (10,000 names each) whose listings are kept

@@ -73,9 +73,11 @@ CREATE TABLE IF NOT EXISTS writer (    -- the render writing now: a second one i
 );
 CREATE TABLE IF NOT EXISTS generation ( -- counts every transaction that changed the jobs
     id          INTEGER PRIMARY KEY CHECK (id = 1),
-    value       INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO generation (id, value) VALUES (1, 0);
+    value       INTEGER NOT NULL,
+    context     INTEGER               -- 1: a job's params say how its prompt was made (a
+);                                    -- template, a file's columns, a caption); NULL: unknown
+INSERT OR IGNORE INTO generation (id, value, context)
+    VALUES (1, 0, CASE WHEN EXISTS (SELECT 1 FROM jobs) THEN NULL ELSE 0 END);
 CREATE TABLE IF NOT EXISTS seals (     -- the last plan found all done (farm/seal.py)
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     key         TEXT NOT NULL,        -- what decides the plan's jobs, hashed
@@ -115,6 +117,7 @@ class Seen(NamedTuple):
 
 
 CHUNK = 10_000  # jobs looked up per query
+CONTEXT_MARKS = ('"template":', '"fields":', '"caption":')  # in params: how a prompt was made
 
 
 def now() -> str:
@@ -152,7 +155,7 @@ class Manifest:
     """
 
     def __init__(self, path: Path, readonly: bool = False):
-        self.path = Path(path)
+        self.path, self.readonly = Path(path), readonly
         try:
             if readonly:
                 self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
@@ -189,6 +192,7 @@ class Manifest:
         count = 0
         with self._writing(jobs=True):
             for row in rows:
+                self._with_context((row["params"],))
                 self.db.execute(
                     "INSERT INTO jobs (id, seq, path, status, pixel_hash, params, attempts, "
                     "batch_size, position, scheduler, provenance, updated_at) VALUES (?, ?, ?, "
@@ -327,6 +331,8 @@ class Manifest:
             self.db.executemany(
                 "INSERT INTO jobs (id, seq, path, status, params, claimed_run, updated_at) "
                 "VALUES (?, ?, ?, 'queued', ?, ?, ?)", fresh)
+            if any(job.context for job in jobs):
+                self._with_context(row[3] for row in fresh)
         return paths
 
     def record(self, results: Iterable[Result], run_id: int,
@@ -432,10 +438,24 @@ class Manifest:
 
     def has_context(self) -> bool:
         """Whether any recorded job says how its prompt was made (template, file columns) or
-        carries a caption."""
-        return self.db.execute(
+        carries a caption: remembered as they are recorded (a folder made before that is read
+        once, and the answer kept when this connection may write)."""
+        known = self.db.execute("SELECT context FROM generation").fetchone() \
+            if self._has("generation") else None
+        if known is not None and known[0] is not None:
+            return bool(known[0])
+        found = self.db.execute(
             "SELECT 1 FROM jobs WHERE params LIKE '%\"template\":%' OR params LIKE "
             "'%\"fields\":%' OR params LIKE '%\"caption\":%' LIMIT 1").fetchone() is not None
+        if known is not None and not self.readonly:
+            with self._writing():
+                self.db.execute("UPDATE generation SET context = ?", (int(found),))
+        return found
+
+    def _with_context(self, params: Iterable[str]) -> None:
+        """Remember that params with a prompt's context were recorded, if any were."""
+        if any(key in p for p in params for key in CONTEXT_MARKS):
+            self.db.execute("UPDATE generation SET context = 1 WHERE context IS NOT 1")
 
     def refresh(self, jobs: Iterable[Job]) -> int:
         """Bring the recorded params of jobs this folder has seen up to date with `jobs` (the
@@ -453,6 +473,7 @@ class Manifest:
                     if job.id in stored and stored[job.id] != params:
                         self.db.execute("UPDATE jobs SET params = ? WHERE id = ?",
                                         (params, job.id))
+                        self._with_context((params,))
                         changed += 1
         return changed
 
@@ -524,6 +545,11 @@ class Manifest:
         names = [c[0] for c in cursor.description]
         for values in cursor:
             yield dict(zip(names, values))
+
+    def done_files(self) -> Iterator[tuple[str, str]]:
+        """(path, pixel hash) of every done row, in file order, streamed."""
+        yield from self.db.execute(
+            "SELECT path, pixel_hash FROM jobs WHERE status = 'done' ORDER BY seq")
 
     def done_seqs(self) -> array:
         """The file number of every done row, in order (8 bytes each)."""

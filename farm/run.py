@@ -245,8 +245,11 @@ def schedulers(recipe: recipes.Recipe, found: Resolved) -> list[str]:
     lines = []
     for ref in recipe["checkpoint"]:
         checkpoint = found.models[ref]
-        config = json.loads((Path(checkpoint.config or checkpoint.path) / "scheduler" /
-                             "scheduler_config.json").read_text())
+        file = Path(checkpoint.config or checkpoint.path) / "scheduler" / "scheduler_config.json"
+        if not file.is_file():  # the built-in instant checkpoint's pipeline returns noise
+            lines.append(f"{ref}: none (its pipeline has no scheduler)")
+            continue
+        config = json.loads(file.read_text())
         for sampler in recipe["sampler"]:
             for spacing in recipe["scheduler"]:
                 pair = effective_pair(sampler, spacing)
@@ -285,6 +288,9 @@ def count(recipe: recipes.Recipe, folder: RunFolder, found: Resolved) -> Counts:
         return Counts(recipe.job_count, 0, 0)  # nothing done, nothing reached twice
     manifest = Manifest(folder.manifest, readonly=True) if folder.manifest.exists() else None
     try:
+        held = seals.sealed(folder, manifest, recipe, found) if manifest else None
+        if held is not None:  # a plan sealed all done, untouched since: nothing to stream
+            return Counts(**held)
         return survey(recipe, folder, found, manifest, refresh=False, keep=0).counts
     finally:
         if manifest:
@@ -644,11 +650,7 @@ def status(folder: RunFolder, settings: Settings | None) -> dict[str, Any]:
         raise BadInput(f"{folder.root}: has no recorded run")
     else:
         recipe, found = recorded_recipe(folder, last["recipe"])
-    held = None
-    if folder.manifest.exists():  # a plan sealed all done, untouched since: nothing to stream
-        with Manifest(folder.manifest, readonly=True) as manifest:
-            held = seals.sealed(folder, manifest, recipe, found)
-    counts = Counts(**held) if held is not None else count(recipe, folder, found)
+    counts = count(recipe, folder, found)
     report: dict[str, Any] = {
         "folder": str(folder.root), "recipe": recipe.name, "planned": counts.planned,
         "done": counts.done, "pending": counts.pending, "failed": counts.failed,

@@ -39,8 +39,7 @@ def check_files(folder: RunFolder) -> list[Finding]:
     """Every file the manifest records as done: present, decodable, and the recorded pixels."""
     findings = []
     with Manifest(folder.manifest, readonly=True) as manifest:
-        for row in manifest.done():
-            path, recorded = row["path"], row["pixel_hash"]
+        for path, recorded in manifest.done_files():
             file = folder.root / path
             if not file.is_file():
                 findings.append(Finding(path, "missing"))

@@ -44,3 +44,32 @@ def test_runs_are_recorded(tmp_path):
         assert (last["id"], last["planned"], last["rendered"], last["recipe"]) == \
             (run_id, 8, 6, "name: demo\n")
         assert last["ended_at"] is not None
+
+
+def test_whether_a_prompt_context_was_recorded_is_remembered(tmp_path):
+    import sqlite3
+
+    folder = RunFolder(tmp_path)
+    plain = make_job(CKPT, seed=1)
+    templated = make_job(CKPT, seed=2, context=(("template", "a {x}"), ("values", {"x": "y"})))
+    path = tmp_path / "m.sqlite"
+    with Manifest(path) as m:
+        m.claim([plain], folder.image_path, run_id=1)
+        assert not m.has_context()
+        m.claim([templated], folder.image_path, run_id=1)
+        assert m.has_context()
+    # a manifest made before farm remembered it: read once, then kept
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE generation")
+    with Manifest(path, readonly=True) as m:
+        assert m.has_context() and m.generation() == -1
+    with Manifest(path) as m:
+        assert m.db.execute("SELECT context FROM generation").fetchone() == (None,)
+        assert m.has_context()
+        assert m.db.execute("SELECT context FROM generation").fetchone() == (1,)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM jobs WHERE id = ?", (templated.id,))
+        db.execute("DROP TABLE generation")
+    with Manifest(path) as m:
+        assert not m.has_context()
+        assert m.db.execute("SELECT context FROM generation").fetchone() == (0,)

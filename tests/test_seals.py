@@ -50,7 +50,8 @@ def test_a_finished_plan_answers_without_planning_again(tmp_path, monkeypatch, c
     again = render("recipe=r")
     assert (again.summary.rendered, again.summary.skipped) == (0, 12)
     by_recipe, by_folder = status(capsys, "recipe=r"), status(capsys, "outputs/r")
-    assert len(surveys) == 1  # neither the resume nor either status streamed the plan
+    assert run_farm("plan", "recipe=r") == 0 and "done 12, pending 0" in capsys.readouterr().out
+    assert len(surveys) == 1  # neither the resume, the plan nor either status streamed it
     assert counts(by_recipe) == counts(by_folder) == (12, 12, 0, 0)
     # the same counts as a full diff
     monkeypatch.setattr(run.seals, "sealed", lambda *args: None)

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at  TEXT
 );
 CREATE INDEX IF NOT EXISTS failed_jobs ON jobs (seq) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS done_by_run ON jobs (run_id, seq) WHERE status = 'done';
 CREATE TABLE IF NOT EXISTS scores (    -- a score belongs to pixels and a scorer, never to a job
     pixel_hash  TEXT NOT NULL,
     scorer      TEXT NOT NULL,        -- aesthetic | clip | nsfw | phash (farm/scorers.py)

@@ -509,9 +509,10 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
         if held is not None:
             seen = Survey(Counts(**held), 0, {}, {})
         else:
+            before = seals.folders(folder)
             seen = survey(recipe, folder, found, manifest)
             if seen.counts.pending == 0:
-                seals.seal(folder, manifest, recipe, found, asdict(seen.counts))
+                seals.seal(manifest, recipe, found, asdict(seen.counts), before)
         last = manifest.last_run()
     counts = seen.counts
     if counts.pending == 0:  # report.json keeps what the last render that did something did
@@ -548,9 +549,14 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
                                      summary.seconds)
                     if interrupted is None and not (summary.failed or summary.unfinished
                                                     or summary.stopped) \
-                            and summary.rendered == counts.pending:  # all done: sealed
-                        seals.seal(folder, manifest, recipe, found, asdict(
-                            Counts(counts.planned, counts.planned, 0, counts.repeats)))
+                            and summary.rendered == counts.pending:
+                        # all rendered: one more pass (a file may have gone since the first)
+                        # and the plan is sealed if it finds everything done
+                        before = seals.folders(folder)
+                        final = survey(recipe, folder, found, manifest, refresh=False,
+                                       keep=0).counts
+                        if final.pending == 0:
+                            seals.seal(manifest, recipe, found, asdict(final), before)
                 except ManifestUnwritable:  # summary.stopped says so; the next run resumes
                     pass
                 try:

@@ -2,7 +2,8 @@
 done, and that nothing has touched since, answers without planning again (ten million jobs:
 seconds, where the plan alone takes minutes).
 
-A render that leaves every job of its plan done seals it in the manifest (table `seals`): the
+A render that finds every job of its plan done (its first pass, or one more after it rendered
+what was left) seals the plan in the manifest (table `seals`): the
 plan's key (the recipe as parsed, with its variables and wildcards read; the models' and input
 images' identities; farm's version), the files the plan reads beside them (prompt files,
 LoRAs, embeddings: where each was found, its size and modification time), the manifest's write
@@ -85,11 +86,13 @@ def sealed(folder: RunFolder, manifest: Manifest, recipe: Recipe,
     return json.loads(row["counts"])
 
 
-def seal(folder: RunFolder, manifest: Manifest, recipe: Recipe, found: Resolved,
-         counts: dict[str, int]) -> None:
-    """Remember that the plan is all done, as of now."""
+def seal(manifest: Manifest, recipe: Recipe, found: Resolved, counts: dict[str, int],
+         before: dict[str, int]) -> None:
+    """Remember that the plan is all done, as the pass that found it so saw the image folders
+    (`before`: their modification times when it began; a file deleted while it went on
+    changes its folder's, and the seal does not hold)."""
     manifest.write_seal(key(recipe, found), json.dumps(sources(recipe, found.reader)),
-                        json.dumps(folders(folder)), json.dumps(counts))
+                        json.dumps(before), json.dumps(counts))
 
 
 def _canonical(value: Any) -> Any:
@@ -109,7 +112,7 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def _stat(path: Path) -> tuple[str, int, int] | None:
+def _stat(path: Path) -> tuple[str, int, int]:
     try:
         stat = path.stat()
     except OSError:

@@ -9,12 +9,12 @@ killed half-way and started again writes each image to the same place, exactly o
 from __future__ import annotations
 
 import json
-from array import array
 import os
 import socket
 import sqlite3
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS generation ( -- counts every transaction that changed
 );                                    -- template, a file's columns, a caption); NULL: unknown
 INSERT OR IGNORE INTO generation (id, value, context)
     VALUES (1, 0, CASE WHEN EXISTS (SELECT 1 FROM jobs) THEN NULL ELSE 0 END);
-CREATE TABLE IF NOT EXISTS seals (     -- the last plan found all done (farm/seal.py)
+CREATE TABLE IF NOT EXISTS seals (     -- the last plan found all done (farm/seals.py)
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     key         TEXT NOT NULL,        -- what decides the plan's jobs, hashed
     generation  INTEGER NOT NULL,     -- the jobs' generation then

@@ -103,6 +103,16 @@ def farm_command() -> list[str]:
     return [sys.executable, "-m", "farm"]
 
 
+def as_in_a_terminal() -> None:
+    """A child's Ctrl-C and SIGTERM as a terminal leaves them (Popen's preexec_fn): a process
+    started in the background by a shell without job control ignores Ctrl-C, and its children
+    inherit that (a test run so would see farm ignore the SIGINT it sends, as it should)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def recipe_folder(tmp_path, monkeypatch, **recipes: str):
     """A working directory holding recipes/NAME.yaml for each given text, as a user has."""
     (tmp_path / "recipes").mkdir(exist_ok=True)

@@ -15,7 +15,7 @@ import pytest
 from farm import cli, compose, run, schedule
 from farm.finished import Finished
 from farm.manifest import Manifest, ManifestDamaged
-from tests.helpers import farm_command, manifest_rows, recipe_folder, run_farm
+from tests.helpers import as_in_a_terminal, farm_command, manifest_rows, recipe_folder, run_farm
 
 RECIPE = """\
 name: fleet
@@ -391,9 +391,8 @@ def test_a_stop_while_the_embedded_cluster_starts_is_handled(workdir, after, sto
     # enough images that the render cannot end before the stop (a warm machine renders the
     # fleet's 12 in under 3 s, and a stop sent after the end finds nothing to stop)
     process = subprocess.Popen(farm_command() + ["render", "recipe=fleet", "seeds=0-199"],
-                               cwd=workdir,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               cwd=workdir, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     time.sleep(after)
     process.send_signal(getattr(signal, stop))
     out, err = process.communicate(timeout=120)

@@ -368,6 +368,17 @@ def survey(recipe: recipes.Recipe, folder: RunFolder, found: Resolved,
     return Survey(counts, refreshed, left, kept)
 
 
+def sealing_survey(recipe: recipes.Recipe, folder: RunFolder, found: Resolved,
+                   manifest: Manifest, **options) -> Survey:
+    """survey(), and the plan sealed if it found every job done (the image folders' times
+    taken before the pass: a file deleted while it went on unseals it)."""
+    before = seals.folders(folder)
+    seen = survey(recipe, folder, found, manifest, **options)
+    if seen.counts.pending == 0:
+        seals.seal(manifest, recipe, found, asdict(seen.counts), before)
+    return seen
+
+
 # 3. the render run ------------------------------------------------------------------------------
 
 @dataclass
@@ -506,13 +517,8 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
     #    (a plan sealed all done, untouched since: nothing to stream)
     with Manifest(folder.manifest) as manifest:
         held = seals.sealed(folder, manifest, recipe, found)
-        if held is not None:
-            seen = Survey(Counts(**held), 0, {}, {})
-        else:
-            before = seals.folders(folder)
-            seen = survey(recipe, folder, found, manifest)
-            if seen.counts.pending == 0:
-                seals.seal(manifest, recipe, found, asdict(seen.counts), before)
+        seen = Survey(Counts(**held), 0, {}, {}) if held is not None else \
+            sealing_survey(recipe, folder, found, manifest)
         last = manifest.last_run()
     counts = seen.counts
     if counts.pending == 0:  # report.json keeps what the last render that did something did
@@ -552,11 +558,7 @@ def _render_locked(settings: Settings, found: Resolved) -> Outcome:
                             and summary.rendered == counts.pending:
                         # all rendered: one more pass (a file may have gone since the first)
                         # and the plan is sealed if it finds everything done
-                        before = seals.folders(folder)
-                        final = survey(recipe, folder, found, manifest, refresh=False,
-                                       keep=0).counts
-                        if final.pending == 0:
-                            seals.seal(manifest, recipe, found, asdict(final), before)
+                        sealing_survey(recipe, folder, found, manifest, refresh=False, keep=0)
                 except ManifestUnwritable:  # summary.stopped says so; the next run resumes
                     pass
                 try:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from farm import adapters, jobs
@@ -27,6 +28,7 @@ from farm.manifest import Manifest
 from farm.outputs import RunFolder
 from farm.plan import Resolved
 from farm.recipe import PromptFile, Recipe
+from farm.values import Model
 
 VERSION = 1  # of what a seal holds: a farm that reads it otherwise bumps it
 
@@ -42,13 +44,14 @@ def key(recipe: Recipe, found: Resolved) -> str:
     return hashlib.sha256(described.encode()).hexdigest()
 
 
-def sources(recipe: Recipe, reader: adapters.Reader) -> dict[str, Any]:
-    """The files the plan read besides the recipe and models: each as (path, size, mtime)."""
+def sources(recipe: Recipe, loras: Mapping[str, Model],
+            embeddings: Mapping[str, Path]) -> dict[str, Any]:
+    """The files the plan read besides the recipe and models (its prompt files, the LoRAs it
+    found by reference, the embedding files by word): each as (path, size, mtime)."""
     return {"prompt_files": sorted(_stat(Path(p.path)) for p in recipe["prompt"]
                                    if isinstance(p, PromptFile)),
-            "loras": {ref: _stat(Path(m.path)) for ref, m in sorted(reader.loras().items())},
-            "embeddings": {word: _stat(path)
-                           for word, path in sorted(reader.embedding_files.items())}}
+            "loras": {ref: _stat(Path(m.path)) for ref, m in sorted(loras.items())},
+            "embeddings": {word: _stat(path) for word, path in sorted(embeddings.items())}}
 
 
 def folders(folder: RunFolder) -> dict[str, int]:
@@ -74,13 +77,11 @@ def sealed(folder: RunFolder, manifest: Manifest, recipe: Recipe,
     if json.loads(row["folders"]) != folders(folder):
         return None
     held = json.loads(row["sources"])
-    base = recipe.base
-    try:
-        loras = {ref: _stat(Path(adapters.find_lora(ref, base).path)) for ref in held["loras"]}
+    try:  # the LoRAs the plan found, looked for again (another file may be found first now)
+        loras = {ref: adapters.find_lora(ref, recipe.base) for ref in held["loras"]}
     except adapters.AdapterError:  # gone: the plan says so, as it would have
         return None
-    now = sources(recipe, adapters.Reader(base))
-    now["loras"] = loras
+    now = sources(recipe, loras, adapters.Reader(recipe.base).embedding_files)
     if json.loads(json.dumps(now)) != held:  # (as JSON reads it back: lists, not tuples)
         return None
     return json.loads(row["counts"])
@@ -91,7 +92,9 @@ def seal(manifest: Manifest, recipe: Recipe, found: Resolved, counts: dict[str, 
     """Remember that the plan is all done, as the pass that found it so saw the image folders
     (`before`: their modification times when it began; a file deleted while it went on
     changes its folder's, and the seal does not hold)."""
-    manifest.write_seal(key(recipe, found), json.dumps(sources(recipe, found.reader)),
+    reader = found.reader
+    manifest.write_seal(key(recipe, found), json.dumps(sources(recipe, reader.loras(),
+                                                               reader.embedding_files)),
                         json.dumps(before), json.dumps(counts))
 
 
